@@ -1,0 +1,3 @@
+from medr2.cli import main
+
+raise SystemExit(main())
