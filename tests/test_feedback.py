@@ -1,0 +1,319 @@
+"""Reviewer feedback store: validation, privacy, durability under SIGKILL, concurrency, exports, CLI."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from medr2 import feedback as fb
+from medr2.feedback import FeedbackError, FeedbackRecord, FeedbackStore, cli_feedback, read_export
+
+ROOT = Path(__file__).resolve().parents[1]
+SHA = hashlib.sha256(b"phantom").hexdigest()
+FINAL = "Findings: The heart is enlarged. Small left pleural effusion. Impression: Cardiomegaly."
+
+
+def make(**kw) -> FeedbackRecord:
+    base = dict(image_sha256=SHA, final_report=FINAL, model_id="assets/medr2-tiny", weights_sha256="ab" * 32,
+                model_output="<think><perception>heart: big</perception></think><report>" + FINAL + "</report>",
+                draft_report="Findings: The heart is enlarged. Impression: Cardiomegaly.", prompt="Report this CXR.")
+    return FeedbackRecord(**{**base, **kw})
+
+
+def full_record() -> FeedbackRecord:
+    return make(
+        reviewer="dr_a", rating=2, reasoning_rating="4", saliency_rating=3, comment='Effusion is "right", not left; é, 日本',
+        corrected_report="Findings: The heart is enlarged.\nSmall right pleural effusion. Impression: Cardiomegaly, effusion.",
+        sentence_verdicts=[{"sentence": "The heart is enlarged.", "verdict": "accept"},
+                           {"sentence": "Small left pleural effusion.", "verdict": "edit",
+                            "edited_text": "Small right pleural effusion."}],
+        error_tags=[{"tag": "wrong_location", "clinically_significant": True, "note": "side"},
+                    {"tag": "omission", "clinically_significant": False}],
+        labels={"draft": {"Cardiomegaly": 1, "Pleural Effusion": None},
+                "final": {"Cardiomegaly": 1, "Pleural Effusion": 1.0}, "reviewer": {"Pleural Effusion": float("nan")}},
+        image_metadata={"Modality": "CR", "view_position": "PA", "Rows": 2140, "PixelSpacing": (0.1, 0.1)},
+        image_ref="phantom_cardiomegaly_01.png", demo=True)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = FeedbackStore(tmp_path / "data")
+    yield s
+    s.close()
+
+
+def test_submit_get_round_trip_and_normalisation(store):
+    rec = full_record()
+    rid = store.submit(rec)
+    got = store.get(rid)
+    assert got == rec and store.count() == 1
+    assert got.reasoning_rating == 4 and got.labels["reviewer"] == {"Pleural Effusion": None}
+    assert got.image_metadata["PixelSpacing"] == [0.1, 0.1]
+    assert got.created_at.endswith("+00:00")
+    assert [i for i, _ in store.iter_records()] == [rid]
+    with pytest.raises(KeyError, match="no feedback record with id 999"):
+        store.get(999)
+
+
+def test_sqlite_settings(store):
+    conn = store._conn()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 60_000
+    assert [tuple(r) for r in conn.execute("SELECT version FROM schema_version")] == [(fb.SCHEMA_VERSION,)]
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"rating": 6}, "rating must be an integer from 1 to 5"),
+    ({"rating": 0}, "rating must be an integer from 1 to 5"),
+    ({"rating": True}, "rating must be an integer"),
+    ({"saliency_rating": 4.5}, "saliency_rating must be an integer"),
+    ({"error_tags": [{"tag": "typo", "clinically_significant": True}]}, "unknown error tag 'typo'"),
+    ({"error_tags": [{"tag": "omission"}]}, "needs clinically_significant"),
+    ({"error_tags": [{"tag": "omission", "clinically_significant": 1}]}, "needs clinically_significant"),
+    ({"sentence_verdicts": [{"sentence": "A.", "verdict": "maybe"}]}, "unknown verdict 'maybe'"),
+    ({"sentence_verdicts": [{"sentence": "A.", "verdict": "edit"}]}, "needs edited_text"),
+    ({"sentence_verdicts": [{"sentence": "A.", "verdict": "accept", "edited_text": "B."}]}, "only allowed with verdict 'edit'"),
+    ({"sentence_verdicts": [{"sentence": "A.", "verdict": "accept", "score": 1}]}, "unknown keys"),
+    ({"sentence_verdicts": "A."}, "must be a list"),
+    ({"comment": "x" * (fb.MAX_TEXT_CHARS + 1)}, "comment is 20001 characters; the limit is 20000"),
+    ({"corrected_report": 5}, "corrected_report must be text"),
+    ({"image_sha256": "abc"}, "image_sha256 must be 64 hex digits"),
+    ({"created_at": "2026-01-01T10:00:00"}, "needs a time zone"),
+    ({"created_at": "yesterday"}, "ISO-8601"),
+    ({"image_ref": "../uploads/John_Doe.dcm"}, "bare example file name"),
+    ({"labels": {"draft": {"Edema": 2}}}, "must be 1, 0, -1 or null"),
+    ({"labels": {"gold": {}}}, "keys among draft, final, reviewer"),
+    ({"image_metadata": ["Modality"]}, "image_metadata must be a dict"),
+])
+def test_validation_errors_name_the_problem(kw, match):
+    with pytest.raises(FeedbackError, match=match):
+        make(**kw)
+
+
+def test_identifiers_never_stored(tmp_path):
+    phi = {"PatientName": "Doe^John", "PatientID": "123-45-6789", "PatientBirthDate": "19500101",
+           "InstitutionName": "St Elsewhere", "AccessionNumber": "ACC999", "StudyDate": "20240101",
+           "ReferringPhysicianName": "House^Greg", "Doe^Jane": 1}
+    meta = {**phi, "Modality": "DX", "ViewPosition": "PA", "Rows": 512,
+            "BodyPartExamined": "x" * 500, "WindowCenter": {"nested": "Doe^John"}}
+    rec = make(image_metadata=meta)
+    assert rec.image_metadata == {"Modality": "DX", "ViewPosition": "PA", "Rows": 512}
+    store = FeedbackStore(tmp_path)
+    store.submit(rec)
+    store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("feedback.sqlite3*"))
+    for value in ("Doe^John", "123-45-6789", "St Elsewhere", "ACC999", "House^Greg", "Doe^Jane", "PatientName"):
+        assert value.encode() not in raw, value
+
+
+def test_imaging_metadata_passes_unchanged():
+    """The allow-list must accept everything medr2.imaging emits (its keys are snake_case)."""
+    from pydicom.data import get_testdata_file
+
+    from medr2.imaging import load_image
+
+    emitted = {"rows": 2140, "columns": 1760, "bits_stored": 15, "number_of_frames": 1, "transfer_syntax":
+               "JPEG 2000 Image Compression", "modality": "CR", "view_position": "PA",
+               "photometric_interpretation": "MONOCHROME1", "body_part": "CHEST"}
+    assert fb.sanitize_metadata(emitted) == emitted
+    real = load_image(get_testdata_file("CT_small.dcm")).metadata  # bundled with pydicom, read locally
+    assert fb.sanitize_metadata(real) == real and "modality" in real
+
+
+def test_image_ref_only_for_bundled_examples(tmp_path):
+    store = FeedbackStore(tmp_path, allowed_image_refs={"phantom_01.png"})
+    assert store.get(store.submit(make(image_ref="phantom_01.png"))).image_ref == "phantom_01.png"
+    store.submit(make(image_ref=None))
+    with pytest.raises(FeedbackError, match="not one of the bundled examples") as err:
+        store.submit(make(image_ref="Doe_John_chest.dcm"))
+    assert "Doe" not in str(err.value)  # an upload's name may be an identifier: never echoed
+    assert store.count() == 2
+
+
+CHILD_LOOP = textwrap.dedent("""
+    import sys
+    from medr2.feedback import FeedbackRecord, FeedbackStore
+    store = FeedbackStore(sys.argv[1])
+    i = int(sys.argv[2])
+    while True:
+        rid = store.submit(FeedbackRecord(image_sha256=f"{i:064x}", final_report="r" * 3000, comment=f"rec {i}"))
+        print(rid, i, flush=True)  # printed only after submit() returned, i.e. after COMMIT
+        i += 1
+""")
+
+
+def _child_env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def test_sigkill_mid_write_loses_nothing_committed(tmp_path):
+    data = tmp_path / "data"
+    confirmed: list[tuple[int, int]] = []
+    for round_, wait_for in enumerate((5, 17, 31)):  # kill at different points; each restart recovers the WAL
+        child = subprocess.Popen([sys.executable, "-c", CHILD_LOOP, str(data), str(round_ * 1000)],
+                                 stdout=subprocess.PIPE, env=_child_env(), text=True)
+        lines = [child.stdout.readline() for _ in range(wait_for)]
+        os.kill(child.pid, signal.SIGKILL)  # almost surely inside the next submit()
+        child.wait(timeout=30)
+        lines += child.stdout.readlines()
+        child.stdout.close()
+        assert child.returncode == -signal.SIGKILL
+        confirmed += [tuple(map(int, ln.split())) for ln in lines if ln.endswith("\n")]
+    store = FeedbackStore(data)
+    assert store._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert len(confirmed) >= 53
+    for rid, i in confirmed:
+        assert store.get(rid).comment == f"rec {i}"
+    assert store.count() >= len(confirmed)
+    store.close()
+
+
+CHILD_BATCH = textwrap.dedent("""
+    import os, sys, time
+    from medr2.feedback import FeedbackRecord, FeedbackStore
+    store = FeedbackStore(sys.argv[1])
+    print("ready", flush=True)
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.005)
+    for j in range(25):
+        store.submit(FeedbackRecord(image_sha256="b" * 64, final_report="r", comment=f"p{sys.argv[3]}-{j}"))
+""")
+
+
+def test_concurrent_threads_and_processes_all_stored(tmp_path):
+    data, go = tmp_path / "data", tmp_path / "go"
+    store = FeedbackStore(data)
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD_BATCH, str(data), str(go), str(k)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env(), text=True)
+             for k in range(4)]
+    assert all(p.stdout.readline() == "ready\n" for p in procs)
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            for j in range(25):
+                store.submit(make(comment=f"t{t}-{j}"))
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    go.touch()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    results = [p.communicate(timeout=120) for p in procs]
+    assert errors == []
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in results]
+    comments = sorted(r.comment for _, r in store.iter_records())
+    expected = sorted([f"t{t}-{j}" for t in range(8) for j in range(25)] + [f"p{k}-{j}" for k in range(4) for j in range(25)])
+    assert comments == expected and store.count() == 300
+    store.close()
+
+
+def test_export_round_trips_jsonl_and_csv(store, tmp_path):
+    recs = [full_record(), make(), make(reviewer="", weights_sha256=None, comment="line1\nline2, \"quoted\"")]
+    ids = [store.submit(r) for r in recs]
+    for fmt in ("jsonl", "csv"):
+        out = tmp_path / f"all.{fmt}"
+        assert store.export(out, format=fmt) == 3
+        assert read_export(out) == list(zip(ids, recs)), fmt
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_export_training_only_reviewer_corrections(store, tmp_path):
+    accepted = store.submit(make(corrected_report=FINAL, rating=5))
+    store.submit(make(corrected_report="  " + FINAL.replace(" ", "  ") + "\n"))  # whitespace only
+    corrected = store.submit(full_record())
+    rejected = store.submit(make(sentence_verdicts=[{"sentence": "Small left pleural effusion.", "verdict": "reject"}]))
+    assert store.export_training(tmp_path / "sft.jsonl", as_="sft") == 2
+    sft = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in sft] == [corrected, rejected] and accepted not in [r["id"] for r in sft]
+    assert sft[0]["completion"] == full_record().corrected_report and sft[0]["image_ref"] == "phantom_cardiomegaly_01.png"
+    assert sft[1]["completion"] == "Findings: The heart is enlarged. Impression: Cardiomegaly."
+    assert set(sft[0]) == {"id", "image_sha256", "image_ref", "prompt", "completion"}
+    assert store.export_training(tmp_path / "dpo.csv", as_="dpo", format="csv") == 2
+    header, first = (tmp_path / "dpo.csv").read_text().splitlines()[:2]
+    assert header == "id,image_sha256,image_ref,prompt,chosen,rejected"
+    dpo = [json.loads(line) for line in (store.export_training(tmp_path / "d.jsonl", as_="dpo") and
+                                         (tmp_path / "d.jsonl").read_text().splitlines())]
+    assert all(r["rejected"] == FINAL and r["chosen"] != FINAL and r["prompt"] == "Report this CXR." for r in dpo)
+    with pytest.raises(FeedbackError, match="unknown training format 'kto'"):
+        store.export_training(tmp_path / "x", as_="kto")
+    with pytest.raises(FeedbackError, match="unknown export format 'xml'"):
+        store.export(tmp_path / "x", format="xml")
+
+
+def test_schema_migration_hook_and_newer_schema(tmp_path, monkeypatch):
+    FeedbackStore(tmp_path).close()
+    with sqlite3.connect(tmp_path / fb.DB_NAME) as conn:
+        conn.execute("UPDATE schema_version SET version = 0")
+    calls = []
+    monkeypatch.setitem(fb.MIGRATIONS, 0, lambda conn: calls.append(conn.in_transaction))
+    store = FeedbackStore(tmp_path)
+    assert calls == [True]
+    assert store._conn().execute("SELECT version FROM schema_version").fetchone()[0] == fb.SCHEMA_VERSION
+    store.close()
+    with sqlite3.connect(tmp_path / fb.DB_NAME) as conn:
+        conn.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(FeedbackError, match="schema 99, newer than this medr2"):
+        FeedbackStore(tmp_path)
+
+
+def test_cli_export_and_stats(tmp_path, capsys, monkeypatch):
+    store = FeedbackStore(tmp_path / "d")
+    store.submit(full_record())
+    store.submit(make(rating=4))
+    store.close()
+    assert cli_feedback(["export", "--data-dir", str(tmp_path / "d"), "--format", "csv", "--out", str(tmp_path / "a.csv")]) == 0
+    assert len(read_export(tmp_path / "a.csv")) == 2
+    monkeypatch.setenv("MEDR2_DATA_DIR", str(tmp_path / "d"))
+    assert cli_feedback(["export", "--as", "dpo", "--out", str(tmp_path / "dpo.jsonl")]) == 0
+    assert len((tmp_path / "dpo.jsonl").read_text().splitlines()) == 1
+    capsys.readouterr()
+    assert cli_feedback(["stats"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["records"] == 2 and stats["corrected"] == 1 and stats["mean_rating"] == 3.0
+    assert stats["error_tags"] == {"wrong_location": 1, "omission": 1}
+    assert stats["clinically_significant"] == {"wrong_location": 1} and stats["verdicts"] == {"accept": 1, "edit": 1}
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["stats", "--data-dir", "{tmp}/missing"], "no feedback store at"),
+    (["export", "--data-dir", "{tmp}", "--format", "xml", "--out", "x"], "invalid choice: 'xml'"),
+    (["export", "--data-dir", "{tmp}"], "--out"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_cli_user_errors_one_line_exit_2(tmp_path, capsys, argv, match):
+    FeedbackStore(tmp_path).close()
+    assert cli_feedback([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
+    assert not (tmp_path / "missing").exists()
+
+
+def test_hub_sync_off_unless_configured(store, monkeypatch):
+    monkeypatch.delenv("MEDR2_FEEDBACK_REPO", raising=False)
+    assert fb.maybe_start_hub_sync(store) is None
+    monkeypatch.setenv("MEDR2_FEEDBACK_REPO", "lab/feedback")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    assert fb.maybe_start_hub_sync(store) is None  # repo but no token: stays off, nothing contacted
+
+
+def test_store_shared_across_threads_uses_one_connection_each(store):
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(store._conn()))
+    t.start()
+    t.join()
+    assert seen[0] is not store._conn() and store._conn() is store._conn()
