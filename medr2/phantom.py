@@ -1,0 +1,352 @@
+"""Synthetic PA chest radiographs with exact ground truth: findings, side, zone, severity, pixel masks, report.
+
+No paired chest X-ray data can be fetched here, so the demo model learns from phantoms, which also give
+what real datasets never do: the truth for every finding's presence, location and mask, so perception,
+reflection and saliency can be measured honestly. One seed -> one `Study` (deterministic):
+
+    sample patient (phantom_anatomy) -> sample findings (prevalence, co-occurrence, subtle cases)
+    -> edit the anatomy (cardiomegaly, widened mediastinum, rib break, volume loss) -> render density
+    layers -> draw findings (phantom_findings) -> expose the film -> write the report (phantom_reports)
+
+Conventions: radiological orientation (patient RIGHT = image LEFT), bright = dense. Knobs are in
+`PhantomConfig` and documented in docs/phantom.md. CLI: `medr2 phantom --n N --out DIR --seed S --size PX`
+writes an R2Gen-layout dataset (see `medr2.data`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import random
+import sys
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from medr2 import phantom_findings as draw
+from medr2.phantom_anatomy import FIELD_MM, Anatomy, RibBreak, expose, grids, render_anatomy, sample_acquisition, sample_params
+from medr2.phantom_reports import OBSERVATIONS, write_report
+
+log = logging.getLogger(__name__)
+OBS = OBSERVATIONS
+
+# kind -> CheXpert observation
+OBSERVATION_OF: dict[str, str] = {
+    "cardiomegaly": "Cardiomegaly", "widened_mediastinum": "Enlarged Cardiomediastinum", "effusion": "Pleural Effusion",
+    "pneumothorax": "Pneumothorax", "consolidation": "Consolidation", "pneumonia": "Pneumonia", "atelectasis": "Atelectasis",
+    "opacity": "Lung Opacity", "edema": "Edema", "nodule": "Lung Lesion", "mass": "Lung Lesion", "fracture": "Fracture",
+    "pleural_thickening": "Pleural Other", "ett": "Support Devices", "central_line": "Support Devices",
+    "ng_tube": "Support Devices", "pacemaker": "Support Devices", "sternotomy": "Support Devices",
+}
+DEVICE_KINDS = ("ett", "central_line", "ng_tube", "pacemaker", "sternotomy")
+# Probability of each kind in an ABNORMAL study (before co-occurrence rules); tuned so that effusion,
+# cardiomegaly, opacity and atelectasis are the most common, as in chest radiograph reports.
+DEFAULT_PREVALENCE: dict[str, float] = {
+    "effusion": 0.22, "cardiomegaly": 0.2, "opacity": 0.13, "atelectasis": 0.14, "consolidation": 0.09,
+    "pneumonia": 0.09, "edema": 0.08, "pneumothorax": 0.1, "nodule": 0.12, "mass": 0.05, "fracture": 0.07,
+    "widened_mediastinum": 0.06, "pleural_thickening": 0.06, "ett": 0.05, "central_line": 0.08, "ng_tube": 0.04,
+    "pacemaker": 0.05, "sternotomy": 0.05,
+}
+
+
+@dataclass
+class FindingRecord:
+    """Ground truth for one finding. `mask` marks where its sign is drawn (devices: the device; cardiomegaly: heart)."""
+
+    observation: str
+    kind: str
+    code: int  # 1 positive, -1 uncertain (hedged in the report)
+    side: str | None  # "right" | "left" | "bilateral" | None (patient side)
+    zone: str | None  # "upper" | "mid" | "lower" | None
+    severity: str | None
+    size_mm: float | None
+    subtle: bool
+    mask: np.ndarray
+    details: dict = field(default_factory=dict)  # rib number, tube tip distance, CTR, ...
+
+    def to_dict(self) -> dict:
+        """JSON-ready ground truth without the mask (mask area and bounding box instead)."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "mask"}
+        ys, xs = np.nonzero(self.mask)
+        out["mask_area"] = int(len(ys))
+        out["bbox"] = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(ys) else None
+        return out
+
+
+@dataclass
+class Study:
+    study_id: str
+    seed: int
+    image: np.ndarray  # uint8 [H, W]
+    findings: list[FindingRecord]
+    anatomy: Anatomy
+    labels: dict[str, int | None]
+    report: str
+    findings_text: str
+    impression_text: str
+
+    def ground_truth(self) -> dict:
+        """JSON-ready record (no masks, no image)."""
+        a = self.anatomy
+        return {"id": self.study_id, "seed": self.seed, "labels": self.labels, "report": self.report,
+                "findings": [f.to_dict() for f in self.findings],
+                "anatomy": {"ctr": round(a.ctr, 3), "mediastinum_ratio": round(a.mediastinum_ratio, 3), "heart_box": list(a.heart_box),
+                            "zone_bounds": {k: [round(x, 1) for x in v] for k, v in a.zone_bounds.items()}, "female": a.female}}
+
+
+@dataclass
+class PhantomConfig:
+    """Knobs of the generator (documented in docs/phantom.md)."""
+
+    size: int = 256  # image side in pixels (64..1024)
+    normal_fraction: float = 0.28  # studies with no finding and no device
+    prevalence: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PREVALENCE))
+    subtle_fraction: float = 0.18  # findings drawn at the edge of visibility (small, faint)
+    hedge_fraction: float = 0.05  # non-subtle findings reported with hedged language (code -1)
+    subtle_hedge_fraction: float = 0.35  # subtle findings reported hedged
+    pneumonia_uncertain: float = 0.7  # pneumonia reported as "concerning for" rather than stated
+    max_findings: int = 4  # cap on sampled kinds per study (co-occurrence included)
+    distractors: bool = True  # breast and nipple shadows
+    anatomy_variation: float = 1.0  # 0 = the average patient every time
+    acquisition_variation: float = 1.0  # 0 = the same exposure every time
+
+    def __post_init__(self) -> None:
+        if not 64 <= self.size <= 1024:
+            raise ValueError(f"size must be in 64..1024 px, got {self.size}")
+        unknown = set(self.prevalence) - set(OBSERVATION_OF)
+        if unknown:
+            raise ValueError(f"unknown finding kinds in prevalence: {sorted(unknown)}; valid: {sorted(OBSERVATION_OF)}")
+        for name in ("normal_fraction", "subtle_fraction", "hedge_fraction", "subtle_hedge_fraction", "pneumonia_uncertain"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass
+class Spec:
+    """A finding decided before drawing."""
+
+    kind: str
+    side: str | None = None
+    zone: str | None = None
+    severity: str | None = None
+    size_px: float | None = None  # lesion diameter at 256 px
+    subtle: bool = False
+    code: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+def _choice(rng: np.random.Generator, options: dict):
+    keys = list(options)
+    w = np.asarray([options[k] for k in keys], dtype=float)
+    return keys[int(rng.choice(len(keys), p=w / w.sum()))]
+
+
+CO_OCCURRENCE = {  # kind -> [(other kind, probability)]
+    "edema": [("cardiomegaly", 0.6), ("effusion", 0.55)],
+    "cardiomegaly": [("edema", 0.15), ("effusion", 0.2)],
+    "ett": [("ng_tube", 0.6), ("central_line", 0.5)],
+    "sternotomy": [("cardiomegaly", 0.3), ("pacemaker", 0.2)],
+    "pneumonia": [("effusion", 0.2)],
+    "mass": [("effusion", 0.15)],
+}
+
+
+def sample_kinds(rng: np.random.Generator, config: PhantomConfig) -> list[str]:
+    if rng.random() < config.normal_fraction:
+        return []
+    kinds = [k for k, pr in config.prevalence.items() if rng.random() < pr]
+    if not kinds:
+        kinds = [_choice(rng, {k: v for k, v in config.prevalence.items() if v > 0})]
+    for k in list(kinds):
+        for other, pr in CO_OCCURRENCE.get(k, []):
+            if other not in kinds and rng.random() < pr:
+                kinds.append(other)
+    if "nodule" in kinds and "mass" in kinds:
+        kinds.remove("nodule")
+    return kinds[: config.max_findings]
+
+
+def make_spec(kind: str, rng: np.random.Generator, config: PhantomConfig) -> Spec:
+    """Side, zone, severity, size and subtlety of one finding kind."""
+    lr = {"right": 0.5, "left": 0.5}
+    zones = {"upper": 0.3, "mid": 0.3, "lower": 0.4}
+    subtle = bool(rng.random() < config.subtle_fraction) and kind not in DEVICE_KINDS + ("widened_mediastinum", "edema")
+    s = Spec(kind, subtle=subtle)
+    if kind == "effusion":
+        s.side = _choice(rng, {"right": 0.4, "left": 0.3, "bilateral": 0.3})
+        s.severity = "small" if subtle else _choice(rng, {"small": 0.4, "moderate": 0.4, "large": 0.2})
+    elif kind == "pneumothorax":
+        s.side = _choice(rng, lr)
+        s.severity = "small" if subtle else _choice(rng, {"small": 0.4, "moderate": 0.35, "large": 0.25})
+        s.zone = "upper" if s.severity == "small" else None
+    elif kind in ("consolidation", "pneumonia", "opacity"):
+        s.side, s.zone = _choice(rng, lr), _choice(rng, {"upper": 0.25, "mid": 0.25, "lower": 0.5})
+    elif kind == "atelectasis":
+        s.side = _choice(rng, {"right": 0.35, "left": 0.35, "bilateral": 0.3})
+        s.zone = "lower" if s.side == "bilateral" else _choice(rng, {"mid": 0.3, "lower": 0.7})
+    elif kind == "edema":
+        s.side, s.severity = "bilateral", _choice(rng, {"mild": 0.45, "moderate": 0.35, "severe": 0.2})
+    elif kind == "nodule":
+        s.side, s.zone = _choice(rng, lr), _choice(rng, zones)
+        s.size_px = float(rng.uniform(8, 9.5) if subtle else rng.uniform(9, 19))
+    elif kind == "mass":
+        s.side, s.zone = _choice(rng, lr), _choice(rng, zones)
+        s.size_px = float(rng.uniform(22, 38))
+    elif kind == "fracture":
+        s.side = _choice(rng, lr)
+        s.extra = {"index": int(rng.integers(3, 9)), "s": float(rng.uniform(0.62, 0.9)),
+                   "step": float(rng.uniform(0.003, 0.004) if subtle else rng.uniform(0.005, 0.009))}
+    elif kind == "pleural_thickening":
+        s.side, s.zone = _choice(rng, lr), _choice(rng, {"upper": 0.5, "mid": 0.3, "lower": 0.2})
+    elif kind == "cardiomegaly":
+        s.severity = "mild" if subtle else _choice(rng, {"mild": 0.45, "moderate": 0.35, "severe": 0.2})
+        lo, hi = {"mild": (0.52, 0.56), "moderate": (0.56, 0.62), "severe": (0.62, 0.7)}[s.severity]
+        s.extra = {"ctr": float(rng.uniform(0.515, 0.535) if subtle else rng.uniform(lo, hi))}
+    elif kind == "widened_mediastinum":
+        s.extra = {"ratio": float(rng.uniform(0.33, 0.42))}
+    elif kind == "central_line":
+        s.side = _choice(rng, {"right": 0.7, "left": 0.3})
+    elif kind == "pacemaker":
+        s.side = _choice(rng, {"left": 0.85, "right": 0.15})
+    if kind == "pneumonia":
+        s.code = -1 if rng.random() < config.pneumonia_uncertain else 1
+    elif kind not in DEVICE_KINDS and rng.random() < (config.subtle_hedge_fraction if subtle else config.hedge_fraction):
+        s.code = -1
+    return s
+
+
+def _resolve_conflicts(specs: list[Spec]) -> None:
+    """Keep two pleural processes off the same side (a pneumothorax goes to the other side of an effusion)."""
+    eff = next((s for s in specs if s.kind == "effusion"), None)
+    ptx = next((s for s in specs if s.kind == "pneumothorax"), None)
+    if eff and ptx:
+        if eff.side == "bilateral":
+            specs.remove(ptx)
+        elif eff.side == ptx.side:
+            ptx.side = "left" if eff.side == "right" else "right"
+
+
+def _draw(spec: Spec, c: draw.Canvas) -> tuple[np.ndarray, dict]:
+    """Draw one finding; returns its mask and report details."""
+    k = spec.kind
+    if k == "effusion":
+        return draw.draw_effusion(c, spec.side, spec.severity), {}
+    if k == "pneumothorax":
+        return draw.draw_pneumothorax(c, spec.side, spec.severity), {}
+    if k in ("consolidation", "pneumonia", "opacity"):
+        return draw.draw_airspace(c, spec.side, spec.zone, k), {}
+    if k == "atelectasis":
+        return draw.draw_atelectasis(c, spec.side, spec.zone), {}
+    if k == "edema":
+        return draw.draw_edema(c, spec.severity), {}
+    if k in ("nodule", "mass"):
+        return draw.draw_lesion(c, spec.side, spec.zone, spec.size_px / 256.0, k), {}
+    if k == "fracture":
+        mask, _ = draw.fracture_mask(c, spec.side, spec.extra["index"], spec.extra["s"])
+        return mask, {"rib": spec.extra["index"] + 1}
+    if k == "pleural_thickening":
+        return draw.draw_pleural_thickening(c, spec.side, spec.zone), {}
+    if k == "cardiomegaly":
+        return draw.heart_mask(c), {"ctr": round(spec.extra["ctr"], 2)}
+    if k == "widened_mediastinum":
+        return draw.mediastinum_mask(c), {"ratio": round(spec.extra["ratio"], 2)}
+    return draw.draw_device(c, k, spec.side)
+
+
+def _record(spec: Spec, mask: np.ndarray, details: dict, size: int, kind: str | None = None, code: int | None = None) -> FindingRecord:
+    kind = kind or spec.kind
+    size_mm = round(spec.size_px * FIELD_MM / 256.0, 1) if spec.size_px else None
+    return FindingRecord(OBSERVATION_OF[kind], kind, spec.code if code is None else code, spec.side, spec.zone,
+                         spec.severity, size_mm, spec.subtle, mask, details)
+
+
+def generate_study(seed: int, config: PhantomConfig | None = None) -> Study:
+    """One synthetic study, fully determined by `seed` and `config`."""
+    config = config or PhantomConfig()
+    rng = np.random.default_rng(seed)
+    p = sample_params(rng, config.anatomy_variation)
+    specs = [make_spec(k, rng, config) for k in sample_kinds(rng, config)]
+    _resolve_conflicts(specs)
+    # findings that change the anatomy itself are applied before rendering
+    breaks, upper_gain = [], 1.0
+    for s in specs:
+        if s.kind == "cardiomegaly":
+            p.ctr = s.extra["ctr"]
+        elif s.kind == "widened_mediastinum":
+            p.mediastinum_ratio = s.extra["ratio"]
+        elif s.kind == "fracture":
+            breaks.append(RibBreak(s.side, s.extra["index"], s.extra["s"], s.extra["step"]))
+        elif s.kind == "edema":
+            upper_gain = {"mild": 1.5, "moderate": 1.8, "severe": 2.0}[s.severity]
+        elif s.kind == "atelectasis" and s.side != "bilateral" and not s.subtle and rng.random() < 0.5:
+            if s.side == "right":  # volume loss: the hemidiaphragm rises on the collapsed side
+                p.dome_r -= 0.015
+            else:
+                p.dome_l = max(p.dome_r, p.dome_l - 0.02)
+    u, v = grids(config.size, p.tilt)
+    layers, anatomy = render_anatomy(p, config.size, rng, breaks=breaks, upper_gain=upper_gain, distractors=config.distractors, grid=(u, v))
+    records: list[FindingRecord] = []
+    for s in specs:
+        c = draw.Canvas(p, u, v, layers, anatomy, rng, config.size, strength=0.6 if s.subtle else 1.0)
+        mask, details = _draw(s, c)
+        if s.kind == "fracture":
+            s.zone = anatomy.zone_of(s.side, float(np.nonzero(mask)[0].mean()) if mask.any() else anatomy.zone_bounds[s.side][1])
+        if s.kind == "pneumonia":  # the opacity of a pneumonia is reported as consolidation or opacity
+            paired = "consolidation" if rng.random() < 0.7 else "opacity"
+            if not any(r.kind == paired for r in records) and not any(x.kind == paired for x in specs):
+                records.append(_record(s, mask, {}, config.size, kind=paired, code=1))
+                details = {"paired": paired}
+        records.append(_record(s, mask, details, config.size))
+    image = expose(layers.density(), sample_acquisition(rng, config.acquisition_variation), rng)
+    text = write_report(records, random.Random(seed))
+    return Study(study_id=f"phantom-{seed}", seed=seed, image=image, findings=records, anatomy=anatomy,
+                 labels=text.labels, report=text.text, findings_text=text.findings, impression_text=text.impression)
+
+
+def study_seed(seed: int, i: int) -> int:
+    """Seed of the i-th study of a set: distinct sets for distinct base seeds, stable across runs."""
+    return seed * 1_000_003 + i
+
+
+def generate_studies(n: int, seed: int, config: PhantomConfig | None = None) -> Iterator[Study]:
+    config = config or PhantomConfig()
+    for s in study_seeds(n, seed):
+        yield generate_study(s, config)
+
+
+def cli_phantom(argv: list[str]) -> int:
+    """`medr2 phantom --n N --out DIR --seed S --size PX`: write an R2Gen-layout phantom dataset."""
+    from tqdm import tqdm
+
+    from medr2.data import write_phantom_dataset
+
+    ap = argparse.ArgumentParser(prog="medr2 phantom", description="Generate synthetic chest radiographs with ground truth (R2Gen layout).")
+    ap.add_argument("--n", type=int, default=100, help="number of studies")
+    ap.add_argument("--out", required=True, help="output folder (annotation.json, images/, ground_truth.jsonl, masks/)")
+    ap.add_argument("--seed", type=int, default=0, help="base seed; study i uses seed*1000003+i")
+    ap.add_argument("--size", type=int, default=256, help="image side in px (64..1024)")
+    ap.add_argument("--val-frac", type=float, default=0.1)
+    ap.add_argument("--test-frac", type=float, default=0.1)
+    ap.add_argument("--no-masks", action="store_true", help="skip masks/<id>.npz")
+    ap.add_argument("--subtle-fraction", type=float, default=PhantomConfig.subtle_fraction)
+    ap.add_argument("--normal-fraction", type=float, default=PhantomConfig.normal_fraction)
+    args = ap.parse_args(argv)
+    try:
+        if args.n < 1:
+            raise ValueError(f"--n must be >= 1, got {args.n}")
+        if not (0 <= args.val_frac and 0 <= args.test_frac and args.val_frac + args.test_frac < 1):
+            raise ValueError(f"--val-frac + --test-frac must be in [0, 1), got {args.val_frac} + {args.test_frac}")
+        config = PhantomConfig(size=args.size, subtle_fraction=args.subtle_fraction, normal_fraction=args.normal_fraction)
+    except ValueError as exc:
+        print(f"medr2 phantom: {exc}", file=sys.stderr)
+        return 2
+    studies = tqdm(generate_studies(args.n, args.seed, config), total=args.n, desc="phantoms", unit="study")
+    counts = write_phantom_dataset(studies, args.out, val_frac=args.val_frac, test_frac=args.test_frac, masks=not args.no_masks, n=args.n)
+    print(f"wrote {sum(counts.values())} studies to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
+    return 0
+
+
+def study_seeds(n: int, seed: int) -> list[int]:
+    """Seeds of the n studies of the set `seed` (what `generate_studies` and `medr2 phantom` use)."""
+    return [study_seed(seed, i) for i in range(n)]

@@ -1,0 +1,337 @@
+"""The Med-R2 output schema: one tagged text <-> one `MedR2Output` dataclass.
+
+The model writes (and the SFT traces teach) exactly this text:
+
+    <think>
+    <perception>
+    heart: cardiothoracic ratio about 0.46, normal heart size.          one line per region
+    </perception>
+    <reasoning>
+    blunted right costophrenic angle -> small right pleural effusion [rule: effusion_meniscus]
+    </reasoning>                                                        "[rule: …]" is optional
+    <draft>
+    Findings: … Impression: …
+    </draft>
+    <reflection>
+    kept: pleural effusion - re-checked the right base, meniscus confirmed.
+    </reflection>                                      action in kept | revised | removed | added
+    </think>
+    <report>
+    Findings: … Impression: …
+    </report>
+
+`render` writes it; `parse` reads it back tolerantly (streamed prefixes, malformed or truncated text:
+it never raises, it returns what it could plus `missing` and `problems`). `render(parse(render(x)))`
+round-trips. Lines that do not match their section's line format are kept as *free-text* items (the
+structured fields are None), never dropped. Direct-SFT targets are only the report section
+(`render_direct`): one parser, and a truncated direct completion is still detectable by its missing
+`</report>`. Hands on: `MedR2Output` to pipeline/app/traces, `extract_report` to rewards and metrics.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+THINK_SECTIONS: tuple[str, ...] = ("perception", "reasoning", "draft", "reflection")
+SECTIONS: tuple[str, ...] = ("think", *THINK_SECTIONS, "report")
+REFLECTION_ACTIONS: tuple[str, ...] = ("kept", "revised", "removed", "added")
+
+# Case-insensitive and tolerant of inner spaces ("< /report >") when *parsing*; `render` and the strict
+# format rewards use the exact lower-case tags.
+TAG_RE = re.compile(r"<\s*(/?)\s*(" + "|".join(SECTIONS) + r")\s*>", re.IGNORECASE)
+_TRAILING_PARTIAL_TAG = re.compile(r"<\s*/?\s*[a-zA-Z]*$")  # "</refl" at the end of a streamed prefix
+_HEADER_RE = re.compile(r"\b(findings|impression)\s*:", re.IGNORECASE)
+_PERCEPTION_RE = re.compile(r"^(?P<region>[^:\n]{1,60}?)\s*:\s*(?P<text>.*)$")
+_REASONING_RE = re.compile(
+    r"^(?P<sign>.+?)\s*(?:->|→)\s*(?P<conclusion>.+?)(?:\s*\[rule:\s*(?P<rule>[^\]\n]+?)\s*\])?$"
+)
+_REFLECTION_RE = re.compile(
+    r"^(?P<action>" + "|".join(REFLECTION_ACTIONS) + r")\s*:\s*(?P<target>.+?)(?:\s+[-–—]\s+(?P<text>.*))?$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class PerceptionItem:
+    """One perceived region. `region=None` marks a free-text line that had no "region: " prefix."""
+
+    region: str | None
+    text: str
+
+    def line(self) -> str:
+        return self.text if self.region is None else f"{self.region}: {self.text}"
+
+
+@dataclass(frozen=True)
+class ReasoningStep:
+    """`sign -> conclusion [rule: id]`. `conclusion=None` marks a free-text line (whole line in `sign`)."""
+
+    sign: str
+    conclusion: str | None = None
+    rule_id: str | None = None
+
+    def line(self) -> str:
+        if self.conclusion is None:
+            return self.sign
+        rule = f" [rule: {self.rule_id}]" if self.rule_id else ""
+        return f"{self.sign} -> {self.conclusion}{rule}"
+
+
+@dataclass(frozen=True)
+class ReflectionItem:
+    """`action: target - explanation`. `action=None` marks a free-text line (whole line in `text`)."""
+
+    action: str | None
+    target: str | None
+    text: str
+
+    def line(self) -> str:
+        if self.action is None:
+            return self.text
+        return f"{self.action}: {self.target}" + (f" - {self.text}" if self.text else "")
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report with its two conventional sections; `text` renders "Findings: … Impression: …"."""
+
+    findings: str = ""
+    impression: str = ""
+
+    @property
+    def text(self) -> str:
+        parts = [f"Findings: {self.findings}" if self.findings else "",
+                 f"Impression: {self.impression}" if self.impression else ""]
+        return " ".join(p for p in parts if p)
+
+    @classmethod
+    def parse(cls, text: str) -> Report:
+        """Split on "Findings:" / "Impression:" headers (any case); no headers → everything is findings."""
+        text = (text or "").strip()
+        headers = list(_HEADER_RE.finditer(text))
+        if not headers:
+            return cls(findings=text)
+        found: dict[str, str] = {}
+        # Text before the first header is kept as findings rather than dropped.
+        lead = text[: headers[0].start()].strip()
+        for i, match in enumerate(headers):
+            end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
+            name = match.group(1).lower()
+            body = text[match.end():end].strip()
+            found[name] = f"{found[name]} {body}".strip() if name in found else body
+        findings = " ".join(p for p in (lead, found.get("findings", "")) if p)
+        return cls(findings=findings, impression=found.get("impression", ""))
+
+
+@dataclass
+class MedR2Output:
+    """One parsed Med-R2 output. Sections that were absent are empty lists / None."""
+
+    perception: list[PerceptionItem] = field(default_factory=list)
+    reasoning: list[ReasoningStep] = field(default_factory=list)
+    draft: Report | None = None
+    reflection: list[ReflectionItem] = field(default_factory=list)
+    report: Report | None = None
+
+    def final_report_or_draft(self) -> Report | None:
+        """The final report, else the draft (e.g. generation stopped inside <reflection>), else None."""
+        return self.report if self.report is not None else self.draft
+
+
+@dataclass
+class ParseResult:
+    output: MedR2Output
+    complete_sections: list[str]  # names whose closing tag was seen, in closing order
+    missing: list[str]  # expected sections that are not complete
+    problems: list[str]  # human-readable, for logs and the UI
+    partial_section: str | None = None  # innermost section still open at the end of the text
+    partial_text: str = ""  # its text so far (after the last tag), for streaming display
+    tag_counts: dict[str, int] = field(default_factory=dict)  # opening tags seen per section name
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # body (start, end) per complete section
+
+
+# ---------------------------------------------------------------- render
+def _block(name: str, lines: list[str]) -> str:
+    body = "\n".join(lines)
+    return f"<{name}>\n{body}\n</{name}>" if body else f"<{name}>\n</{name}>"
+
+
+def render(output: MedR2Output) -> str:
+    """The exact tagged text of `output` (sections that are None are omitted)."""
+    think = [
+        _block("perception", [p.line() for p in output.perception]),
+        _block("reasoning", [r.line() for r in output.reasoning]),
+        *([_block("draft", [output.draft.text])] if output.draft is not None else []),
+        _block("reflection", [r.line() for r in output.reflection]),
+    ]
+    parts = [_block("think", think)]
+    if output.report is not None:
+        parts.append(render_direct(output.report))
+    return "\n".join(parts)
+
+
+def render_direct(report: Report) -> str:
+    """The direct-SFT target: only `<report>…</report>` (no <think>, so the MRG-R1 format reward is N/A)."""
+    return _block("report", [report.text])
+
+
+# ---------------------------------------------------------------- parse
+def _lines(body: str) -> list[str]:
+    return [ln.strip() for ln in body.splitlines() if ln.strip()]
+
+
+def parse_perception(body: str) -> list[PerceptionItem]:
+    items = []
+    for ln in _lines(body):
+        m = _PERCEPTION_RE.match(ln)
+        items.append(PerceptionItem(m["region"], m["text"]) if m else PerceptionItem(None, ln))
+    return items
+
+
+def parse_reasoning(body: str) -> list[ReasoningStep]:
+    steps = []
+    for ln in _lines(body):
+        m = _REASONING_RE.match(ln)
+        steps.append(ReasoningStep(m["sign"], m["conclusion"], m["rule"]) if m else ReasoningStep(ln))
+    return steps
+
+
+def parse_reflection(body: str) -> list[ReflectionItem]:
+    items = []
+    for ln in _lines(body):
+        m = _REFLECTION_RE.match(ln)
+        if m:
+            items.append(ReflectionItem(m["action"].lower(), m["target"], (m["text"] or "").strip()))
+        else:
+            items.append(ReflectionItem(None, None, ln))
+    return items
+
+
+def _scan(text: str):
+    """Match tags with a stack. Returns (first complete span per name, closing order, counts, stack, problems)."""
+    spans: dict[str, tuple[int, int]] = {}
+    closed: list[str] = []
+    counts = {name: 0 for name in SECTIONS}
+    stack: list[tuple[str, int]] = []  # (name, content start)
+    problems: list[str] = []
+    for m in TAG_RE.finditer(text):
+        name, is_close = m.group(2).lower(), bool(m.group(1))
+        if not is_close:
+            counts[name] += 1
+            if counts[name] == 2:
+                problems.append(f"<{name}> appears more than once; the first complete one is used")
+            stack.append((name, m.end()))
+            continue
+        open_names = [n for n, _ in stack]
+        if name not in open_names:
+            problems.append(f"</{name}> at character {m.start()} has no matching <{name}>")
+            continue
+        while stack[-1][0] != name:  # inner sections left open by this close tag
+            problems.append(f"<{stack.pop()[0]}> was not closed before </{name}>")
+        _, start = stack.pop()
+        if name not in spans:
+            spans[name] = (start, m.start())
+            closed.append(name)
+    return spans, closed, counts, stack, problems
+
+
+def _order_problems(spans: dict[str, tuple[int, int]]) -> list[str]:
+    problems = []
+    think = spans.get("think")
+    seen = [n for n in THINK_SECTIONS if n in spans]
+    if seen != sorted(seen, key=lambda n: spans[n][0]):
+        problems.append(f"think sections out of order: expected {' < '.join(seen)}")
+    if think:
+        for n in seen:
+            if not (think[0] <= spans[n][0] and spans[n][1] <= think[1]):
+                problems.append(f"<{n}> is outside <think>")
+        if "report" in spans and spans["report"][0] < think[1]:
+            problems.append("<report> does not come after </think>")
+    return problems
+
+
+def _outside_text(text: str, spans: dict[str, tuple[int, int]]) -> str:
+    """Non-whitespace text outside the top-level think/report sections (tags removed)."""
+    kept, pos = [], 0
+    for start, end in sorted(spans[n] for n in ("think", "report") if n in spans):
+        kept.append(text[pos:start])
+        pos = max(pos, end)
+    kept.append(text[pos:])
+    return TAG_RE.sub(" ", " ".join(kept)).strip()
+
+
+def parse(text: str) -> ParseResult:
+    """Parse tagged (possibly partial or malformed) text; never raises for any string input."""
+    text = text if isinstance(text, str) else ""
+    spans, closed, counts, stack, problems = _scan(text)
+    body = {name: text[a:b] for name, (a, b) in spans.items()}
+    output = MedR2Output(
+        perception=parse_perception(body["perception"]) if "perception" in body else [],
+        reasoning=parse_reasoning(body["reasoning"]) if "reasoning" in body else [],
+        draft=Report.parse(body["draft"]) if "draft" in body else None,
+        reflection=parse_reflection(body["reflection"]) if "reflection" in body else [],
+        report=Report.parse(body["report"]) if "report" in body else None,
+    )
+    partial_section, partial_text = None, ""
+    if stack:
+        partial_section = stack[-1][0]
+        last_tag_end = max([m.end() for m in TAG_RE.finditer(text)], default=0)
+        partial_text = _TRAILING_PARTIAL_TAG.sub("", text[last_tag_end:]).strip()
+        problems.append("not closed (truncated or still streaming): " + ", ".join(f"<{n}>" for n, _ in stack))
+    problems += _order_problems(spans)
+    if any(counts.values()):
+        outside = _outside_text(text, spans) if not stack else ""
+        if outside:
+            problems.append(f"text outside the sections: {outside[:60]!r}")
+    else:
+        problems.append("no Med-R2 tags found")
+    for name in ("perception", "reasoning", "reflection"):
+        free = sum(1 for item in getattr(output, name) if _is_free(item))
+        if free:
+            problems.append(f"{free} line(s) in <{name}> do not follow the line format (kept as free text)")
+    missing = [n for n in SECTIONS if n not in spans]
+    return ParseResult(output, closed, missing, problems, partial_section, partial_text, counts, spans)
+
+
+def _is_free(item: PerceptionItem | ReasoningStep | ReflectionItem) -> bool:
+    if isinstance(item, PerceptionItem):
+        return item.region is None
+    if isinstance(item, ReasoningStep):
+        return item.conclusion is None
+    return item.action is None
+
+
+# ---------------------------------------------------------------- report extraction (rewards, metrics)
+def extract_report(text: str, allow_untagged: bool = False) -> tuple[str | None, str]:
+    """The final report text of a completion, strictly: (text, "") or (None, reason).
+
+    Rejected (None): no closed <report>; <report> opened more than once (tag injection such as
+    "<report></report><report>Pneumothorax</report>"); schema tags inside the report; empty report.
+    A text with no schema tags at all is returned whole only when `allow_untagged` (plain-text policies).
+    """
+    text = text if isinstance(text, str) else ""
+    result = parse(text)
+    if not any(result.tag_counts.values()):
+        if allow_untagged and text.strip():
+            return text.strip(), ""
+        return None, "no <report> section (untagged text)"
+    if result.tag_counts["report"] > 1:
+        return None, "<report> appears more than once (possible tag injection)"
+    if "report" not in result.complete_sections:
+        return None, "no closed <report> section (truncated?)"
+    start, end = result.spans["report"]
+    if TAG_RE.search(text, start, end):
+        return None, "schema tags inside <report> (possible tag injection)"
+    report_text = result.output.report.text if result.output.report else ""
+    if not report_text.strip():
+        return None, "empty report"
+    return report_text, ""
+
+
+def report_for_scoring(text: str) -> str:
+    """Report text for evaluation: the <report> (else <draft>) of a tagged text, or the text itself."""
+    result = parse(text)
+    if not any(result.tag_counts.values()):
+        return (text or "").strip()
+    chosen = result.output.final_report_or_draft()
+    return chosen.text if chosen is not None else ""

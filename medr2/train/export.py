@@ -1,0 +1,91 @@
+"""Package a trained run as the embedded demo model: weights + processor + model card + provenance.
+
+Hands on `assets/model/` (or any folder): the `save_pretrained` files, `medr2_model.json` (read by the
+pipeline: target, demo flag, training data — shown in the UI as provenance) and a `README.md` model card
+with the recipe, commit, measured metrics and limitations.
+
+Run: `python -m medr2.train.export runs/sft_medr2 assets/model --eval runs/eval/medr2/eval.json`
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+KEEP = ("config.json", "generation_config.json", "model.safetensors", "processor_config.json", "preprocessor_config.json",
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+        "training_summary.json", "sft_loss.png", "grpo_curves.png")
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def export(run_dir: str | Path, dest: str | Path, *, target: str, recipe: list[str], eval_json: str | None = None, notes: str = "") -> Path:
+    run_dir, dest = Path(run_dir), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in KEEP:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dest / name)
+    metrics = json.loads(Path(eval_json).read_text()) if eval_json else None
+    card = {
+        "target": target,
+        "demo": True,
+        "training_data": "synthetic chest-radiograph phantoms (medr2.phantom); no patient data",
+        "intended_use": "research demo of shown-work report generation; NOT for clinical use",
+        "recipe": recipe,
+        "commit": _commit(),
+    }
+    (dest / "medr2_model.json").write_text(json.dumps(card, indent=2))
+    (dest / "README.md").write_text(model_card(card, metrics, notes))
+    return dest
+
+
+def model_card(card: dict, metrics: dict | None, notes: str) -> str:
+    lines = ["# medr2 embedded demo model", "",
+             "**Demo model trained only on synthetic phantoms. Not for clinical use.** It has never seen a real",
+             "radiograph; on real films (e.g. the bundled RG1 DICOM) its output is meaningless.", "",
+             "- Architecture: tiny LLaVA (SigLIP vision tower, 28 px patches, 64 image tokens + Qwen2 language model), built from config.",
+             f"- Target: `{card['target']}` (perceive -> reason -> draft -> reflect -> report)" if card["target"] == "medr2" else f"- Target: `{card['target']}`",
+             f"- Training data: {card['training_data']}",
+             f"- Recipe: {'; '.join(f'`{r}`' for r in card['recipe'])}",
+             f"- Commit: `{card['commit']}`", ""]
+    if metrics:
+        f = metrics["final"]
+        lines += ["## Held-out phantom test set", "",
+                  f"- n = {metrics['n']} (phantom seed {metrics.get('config', {}).get('seed')}, never seen in training)",
+                  f"- CE example-based F1 (14 obs, positive-only): {f['example-14']['f1']:.3f}",
+                  f"- CE micro F1 (R2Gen, 14): {f['r2gen-14']['micro']['f1']:.3f}" if 'r2gen-14' in f else "",
+                  ""]
+        lines += ["| observation | P | R | F1 | support |", "|---|---|---|---|---|"]
+        lines += [f"| {r['observation']} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | {r['support']} |"
+                  for r in f["per_observation"] if r["support"]]
+        if "location" in metrics:
+            loc = metrics["location"]
+            lines += ["", f"Side correct on {loc['side_accuracy']:.1%} and zone correct on {loc['zone_accuracy']:.1%} of true positives."]
+    lines += ["", "## Limitations", "",
+              "- Synthetic data only: the phantom generator's vocabulary of findings and phrasings bounds what it can say.",
+              "- No comparison with priors, no lateral views, no clinical context.", notes]
+    return "\n".join(l for l in lines if l is not None) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("dest")
+    parser.add_argument("--target", default="medr2")
+    parser.add_argument("--recipe", action="append", default=[])
+    parser.add_argument("--eval", default=None)
+    parser.add_argument("--notes", default="")
+    args = parser.parse_args(argv)
+    print(export(args.run_dir, args.dest, target=args.target, recipe=args.recipe, eval_json=args.eval, notes=args.notes))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

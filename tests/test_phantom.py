@@ -1,0 +1,197 @@
+"""Phantom generator: determinism, anatomy conventions, masks on the right side, report/label consistency."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medr2.findings import OBSERVATIONS, label_report, split_sentences
+from medr2.phantom import (DEVICE_KINDS, OBSERVATION_OF, PhantomConfig, cli_phantom, generate_studies, generate_study,
+                           study_seeds)
+from medr2.phantom_reports import parse_location
+
+ROOT = Path(__file__).resolve().parents[1]
+# word that names each kind in its report sentence
+KIND_WORD = {"effusion": "effusion", "pneumothorax": "pneumothorax", "consolidation": "consolidation", "opacity": "opacity",
+             "atelectasis": "atelectasis", "nodule": "nodule", "mass": "mass", "fracture": "rib", "edema": "edema",
+             "pleural_thickening": "pleural thickening", "central_line": "central", "pacemaker": "pacemaker"}
+
+
+@pytest.fixture(scope="module")
+def studies():
+    return list(generate_studies(300, seed=5))
+
+
+def test_deterministic_by_seed():
+    a, b = generate_study(123), generate_study(123)
+    assert np.array_equal(a.image, b.image)
+    assert a.report == b.report and a.labels == b.labels
+    assert [f.kind for f in a.findings] == [f.kind for f in b.findings]
+    assert all(np.array_equal(x.mask, y.mask) for x, y in zip(a.findings, b.findings))
+    assert not np.array_equal(a.image, generate_study(124).image)
+    assert study_seeds(3, 2) == [s.seed for s in generate_studies(3, 2)]
+
+
+def test_image_shape_dtype_and_sizes():
+    for size in (64, 256, 512):
+        st = generate_study(9, PhantomConfig(size=size))
+        assert st.image.shape == (size, size) and st.image.dtype == np.uint8
+        assert all(f.mask.shape == (size, size) and f.mask.dtype == bool for f in st.findings)
+        assert st.anatomy.lung_right.shape == (size, size)
+
+
+@pytest.mark.parametrize("bad", [{"size": 32}, {"size": 2048}, {"subtle_fraction": 1.5}, {"prevalence": {"tumour": 0.1}}])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match=next(iter(bad)) if "prevalence" not in bad else "unknown finding"):
+        PhantomConfig(**bad)
+
+
+def test_radiological_orientation_and_anatomy(studies):
+    """Patient right = image left; right hemidiaphragm higher; lungs dark, heart bright; CTR drawn as stated."""
+    for st in studies:
+        a = st.anatomy
+        half = st.image.shape[1] / 2
+        assert np.nonzero(a.lung_right)[1].mean() < half < np.nonzero(a.lung_left)[1].mean()
+        assert a.dome_y["right"] <= a.dome_y["left"] + 1e-6
+        x0, y0, x1, y1 = a.heart_box
+        assert abs((x1 - x0) / a.thoracic_width_px - a.ctr) < 0.03, (st.study_id, (x1 - x0) / a.thoracic_width_px, a.ctr)
+        lungs = a.lung_right | a.lung_left
+        heart = np.zeros_like(lungs)
+        heart[y0:y1, x0:x1] = True
+        assert st.image[lungs].mean() + 30 < st.image[heart & ~lungs].mean()
+
+
+def test_masks_inside_image_and_on_the_stated_side(studies):
+    n_checked = 0
+    for st in studies:
+        mid = st.anatomy.midline_x
+        for f in st.findings:
+            assert f.mask.any(), (st.study_id, f.kind)
+            xs = np.nonzero(f.mask)[1]
+            if f.side == "right" and f.kind not in DEVICE_KINDS:
+                assert xs.mean() < mid, (st.study_id, f.kind, xs.mean(), mid)
+                n_checked += 1
+            elif f.side == "left" and f.kind not in DEVICE_KINDS:
+                assert xs.mean() > mid, (st.study_id, f.kind, xs.mean(), mid)
+                n_checked += 1
+            elif f.side == "bilateral":
+                assert xs.min() < mid < xs.max()
+            if f.kind == "pacemaker":  # the generator box sits on the stated side
+                assert (xs.mean() < mid) == (f.side == "right")
+    assert n_checked > 100
+
+
+def test_zone_matches_mask_position(studies):
+    for st in studies:
+        for f in st.findings:
+            if f.zone and f.side in ("right", "left") and f.kind in ("nodule", "mass", "consolidation", "opacity", "fracture"):
+                y = np.nonzero(f.mask)[0].mean()
+                zone = st.anatomy.zone_of(f.side, y)
+                order = ["upper", "mid", "lower"]
+                assert abs(order.index(zone) - order.index(f.zone)) <= 1, (st.study_id, f.kind, f.zone, zone)
+
+
+def test_labels_match_the_labeler_on_500_studies():
+    studies = list(generate_studies(500, seed=77))
+    agree = sum(label_report(s.report) == s.labels for s in studies)
+    assert agree >= 495, f"labeler agreed on {agree}/500 generated reports"
+    assert all(set(s.labels) == set(OBSERVATIONS) for s in studies)
+
+
+def test_side_and_zone_are_named_in_the_finding_sentence(studies):
+    checked = 0
+    for st in studies:
+        sentences = [st.findings_text[a:b] for a, b in split_sentences(st.findings_text)]
+        for f in st.findings:
+            if f.kind not in KIND_WORD or f.details.get("paired") or f.side is None:
+                continue
+            hits = [s for s in sentences if KIND_WORD[f.kind] in s.lower()]
+            assert hits, (st.study_id, f.kind, st.findings_text)
+            located = [parse_location(s) for s in hits]
+            assert any(side == f.side and (f.zone is None or zone == f.zone) for side, zone in located), (f, hits)
+            checked += 1
+    assert checked > 150
+
+
+def test_uncertain_findings_are_hedged_and_pertinent_negatives_stated(studies):
+    hedged = [(s, f) for s in studies for f in s.findings if f.code == -1]
+    assert hedged, "no uncertain finding in 300 studies"
+    for st, f in hedged:
+        assert st.labels[f.observation] in (-1, 1)
+        assert re.search(r"possible|questionable|may represent|concerning|suspected", st.report, re.I)
+    normal = [s for s in studies if not s.findings]
+    assert all(s.labels["No Finding"] == 1 for s in normal)
+    assert sum(s.labels["Pneumothorax"] == 0 for s in normal) > 0.7 * len(normal)
+
+
+def test_prevalence_normal_and_subtle_fractions(studies):
+    normal = sum(not s.findings for s in studies) / len(studies)
+    assert 0.2 < normal < 0.36, normal
+    findings = [f for s in studies for f in s.findings if f.kind not in DEVICE_KINDS]
+    subtle = sum(f.subtle for f in findings) / len(findings)
+    assert 0.08 < subtle < 0.25, subtle
+
+
+@pytest.mark.parametrize("kind", sorted(OBSERVATION_OF))
+def test_every_kind_is_drawable(kind):
+    config = PhantomConfig(normal_fraction=0.0, prevalence={kind: 1.0}, subtle_fraction=0.0)
+    st = generate_study(3, config)
+    rec = [f for f in st.findings if f.kind == kind]
+    assert rec and rec[0].mask.sum() > 10, kind
+    assert st.labels[OBSERVATION_OF[kind]] in (1, -1)
+    assert label_report(st.report) == st.labels
+
+
+def test_lesions_are_visible_and_sized():
+    """A non-subtle nodule is >= 8 px at 256 and brighter than the lung around it."""
+    config = PhantomConfig(normal_fraction=0.0, prevalence={"nodule": 1.0}, subtle_fraction=0.0, distractors=False)
+    from scipy import ndimage
+
+    for st in generate_studies(20, 8, config):
+        f = next(f for f in st.findings if f.kind == "nodule")
+        assert f.size_mm >= 8 * 380 / 256 - 1e-6
+        ring = ndimage.binary_dilation(f.mask, iterations=4) & ~ndimage.binary_dilation(f.mask, iterations=1)
+        ring &= st.anatomy.lung(f.side)
+        assert st.image[f.mask].mean() > st.image[ring].mean() + 12, st.study_id
+
+
+def test_effusion_whitens_the_base():
+    config = PhantomConfig(normal_fraction=0.0, prevalence={"effusion": 1.0}, subtle_fraction=0.0)
+    for st in generate_studies(10, 4, config):
+        f = next(f for f in st.findings if f.kind == "effusion")
+        if f.side in ("right", "left"):
+            other = st.anatomy.lung("left" if f.side == "right" else "right")
+            assert st.image[f.mask].mean() > st.image[other].mean() + 15, st.study_id
+
+
+def test_cli_writes_a_dataset(tmp_path, capsys):
+    from medr2.data import read_ground_truth, read_r2gen
+
+    assert cli_phantom(["--n", "5", "--out", str(tmp_path), "--seed", "1", "--size", "128"]) == 0
+    recs = read_r2gen(tmp_path)
+    assert [r["id"] for r in recs] == [f"phantom-{s}" for s in study_seeds(5, 1)][: len(recs)]
+    gt = read_ground_truth(tmp_path)
+    st = generate_study(study_seeds(5, 1)[0], PhantomConfig(size=128))
+    assert gt[st.study_id]["report"] == st.report and gt[st.study_id]["labels"] == st.labels
+
+
+def test_cli_user_errors_exit_2(tmp_path, capsys):
+    assert cli_phantom(["--n", "2", "--out", str(tmp_path), "--size", "5000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medr2 phantom:") and "5000" in err and "\n" not in err
+
+
+def test_bundled_examples_are_reproducible():
+    files = sorted((ROOT / "assets" / "examples").glob("phantom_*.json"))
+    assert len(files) >= 4, "run: python -m medr2.phantom_sheet"
+    kinds = set()
+    for path in files:
+        gt = json.loads(path.read_text())
+        st = generate_study(gt["seed"])
+        assert gt["labels"] == st.labels and gt["report"] == st.report, f"{path.name} is stale: run python -m medr2.phantom_sheet"
+        assert (path.with_suffix(".png")).is_file()
+        kinds |= {f["kind"] for f in gt["findings"]} or {"normal"}
+    assert len(kinds) >= 4

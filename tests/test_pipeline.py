@@ -1,0 +1,130 @@
+"""The one pipeline (stream / run / batch), its CLI, and the evaluation's scoring, on a micro model."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medr2.evaluate import location_scores, summarize
+from medr2.phantom import generate_studies
+from medr2.pipeline import Event, Pipeline, PipelineConfig, StudyResult, format_result
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def micro_model(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("micro") / "model"
+    proc = subprocess.run([sys.executable, "-m", "medr2", "build-tiny", "--micro", "--out", str(out), "--vocab-size", "400"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (out / "medr2_model.json").write_text(json.dumps({"target": "medr2", "demo": True, "training_data": "test"}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe(micro_model) -> Pipeline:
+    return Pipeline(PipelineConfig(model=str(micro_model), max_new_tokens=12))
+
+
+@pytest.fixture(scope="module")
+def phantom_png(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("img") / "study.png"
+    Image.fromarray(next(generate_studies(1, seed=99)).image).save(path)
+    return path
+
+
+def test_stream_yields_tokens_then_done_then_result(pipe, phantom_png):
+    events = list(pipe.stream(str(phantom_png)))
+    assert isinstance(events[-1], StudyResult)
+    assert isinstance(events[-2], Event) and events[-2].kind == "done"
+    tokens = [e for e in events[:-2] if e.kind == "token"]
+    assert tokens, "no token events streamed"
+    assert all(len(a.text) <= len(b.text) for a, b in zip(tokens, tokens[1:])), "streamed text must only grow"
+    result = events[-1]
+    assert 0 < result.n_tokens <= 12
+    assert result.timings["generate_s"] > 0 and "first_token_s" in result.timings
+    assert result.provenance.demo and "not for clinical use" in result.provenance.line()
+    assert len(result.provenance.weights_sha256) == 64
+
+
+def test_run_is_deterministic_and_reports_missing_sections(pipe, phantom_png):
+    a, b = pipe.run(str(phantom_png)), pipe.run(str(phantom_png))
+    assert a.raw_text == b.raw_text  # greedy
+    assert "report" in a.parsed.missing  # an untrained micro model never closes <report> in 12 tokens
+    text = format_result(a)
+    assert "REPORT" in text and "did not finish a report" in text and "DEMO MODEL" in text
+    assert set(a.to_json()) >= {"report", "perception", "reasoning", "reflection", "provenance", "timings"}
+
+
+def test_run_batch_keeps_input_order(pipe):
+    images = [s.image for s in generate_studies(3, seed=5)]
+    batch = pipe.run_batch(images, batch_size=2)
+    assert len(batch) == 3
+    single = [pipe.run(im).raw_text for im in images]
+    assert [r.raw_text for r in batch] == single
+
+
+def test_accepts_arrays_pil_bytes_and_rejects_bad_input(pipe, phantom_png):
+    from PIL import Image
+
+    from medr2.imaging import ImageLoadError
+
+    assert pipe.run(Image.open(phantom_png)).raw_text == pipe.run(phantom_png.read_bytes()).raw_text
+    with pytest.raises(ImageLoadError):
+        pipe.run(b"this is not an image")
+
+
+def test_cli_generate_json_and_bad_file(micro_model, phantom_png, tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "medr2", "generate", str(phantom_png), "--model", str(micro_model),
+                         "--json", "--max-new-tokens", "8"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["provenance"]["demo"] is True
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    fail = subprocess.run([sys.executable, "-m", "medr2", "generate", str(bad), "--model", str(micro_model)],
+                          capture_output=True, text=True, timeout=120)
+    assert fail.returncode == 2
+    assert "Traceback" not in fail.stderr and len(fail.stderr.strip().splitlines()) == 1
+
+
+def _fake_result(text: str) -> StudyResult:
+    from medr2.findings import label_report
+    from medr2.pipeline import Provenance
+    from medr2.schema import parse
+
+    parsed = parse(text)
+    out = parsed.output
+    return StudyResult(text, parsed, label_report(out.draft.text) if out.draft else None,
+                       label_report(out.report.text) if out.report else None, {"generate_s": 0.1},
+                       Provenance("m", "0" * 64, True, "t", "0"), 10)
+
+
+def test_summarize_scores_final_and_draft_against_references():
+    studies = list(generate_studies(6, seed=21))
+    refs = [s.report for s in studies]
+    perfect = [_fake_result(f"<think><perception>heart: x</perception><reasoning>a -> b</reasoning><draft>No pneumothorax.</draft>"
+                            f"<reflection>kept: x - y</reflection></think><report>{r}</report>") for r in refs]
+    summary = summarize(perfect, refs, studies, nlg=False)
+    assert summary["final"]["example-14"]["f1"] == pytest.approx(1.0)
+    assert summary["format"]["medr2_format_failure_rate"] == 0.0
+    assert summary["final"]["r2gen-14"]["micro"]["f1"] >= summary["draft"]["r2gen-14"]["micro"]["f1"]
+    broken = [_fake_result("Findings: nothing") for _ in refs]
+    bad = summarize(broken, refs, studies, nlg=False)
+    assert bad["format"]["missing_report_rate"] == 1.0 and bad["format"]["mrg_r1_format_failure_rate"] == 1.0
+
+
+def test_location_scores_check_side_and_zone():
+    study = next(s for s in generate_studies(400, seed=8) if any(f.kind == "nodule" and f.side in ("right", "left") for f in s.findings))
+    nodule = next(f for f in study.findings if f.kind == "nodule")
+    other = "left" if nodule.side == "right" else "right"
+    right = location_scores([study], [f"A 12 mm nodule in the {nodule.side} {nodule.zone} zone."])
+    wrong = location_scores([study], [f"A 12 mm nodule in the {other} {nodule.zone} zone."])
+    assert right["side_correct"] >= 1 and right["zone_correct"] >= 1
+    assert wrong["side_correct"] < right["side_correct"]
