@@ -80,12 +80,12 @@ def load_eval_set(config: EvalConfig):
     from PIL import Image
 
     if config.data:
-        from medr2.data import read_r2gen
+        from medr2.data import image_file, read_r2gen
 
-        records = [r for r in read_r2gen(config.data) if r["split"] == config.split][: config.n]
+        records = read_r2gen(config.data, splits=(config.split,))[: config.n]
         if not records:
             raise ValueError(f"no {config.split!r} studies in {config.data}")
-        images = [Image.open(Path(config.data) / "images" / r["image_path"][0]).convert("L") for r in records]
+        images = [Image.open(image_file(config.data, r)).convert("L") for r in records]
         return [r["id"] for r in records], images, [r["report"] for r in records], None
     from medr2.phantom import generate_studies
 

@@ -79,3 +79,22 @@ def test_grpo_rejects_mismatched_weights(tmp_path):
     proc = _medr2("train-grpo", "--rewards", "mccs,format", "--reward_weights_csv", "1.0", "--output_dir", str(tmp_path), cwd=Path.cwd())
     assert proc.returncode == 2
     assert "weights" in proc.stderr
+
+
+def test_sft_and_evaluate_on_an_r2gen_dataset(sft_checkpoint, tmp_path):
+    from medr2.data import write_phantom_dataset
+    from medr2.phantom import generate_studies
+
+    root = tmp_path / "r2gen"
+    write_phantom_dataset(generate_studies(10, seed=31), root, val_frac=0.2, test_frac=0.2)
+    out = tmp_path / "direct"
+    proc = _medr2("train-sft", "--target", "direct", "--dataset_dir", str(root), "--output_dir", str(out), *SFT_ARGS, cwd=Path.cwd())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "medr2_model.json").read_text())["target"] == "direct"
+    refused = _medr2("train-sft", "--target", "medr2", "--dataset_dir", str(root), "--output_dir", str(out), cwd=Path.cwd())
+    assert refused.returncode == 2 and "phantom ground truth" in refused.stderr
+    ev = _medr2("evaluate", "--model", str(sft_checkpoint), "--data", str(root), "--split", "test", "--n", "2",
+                "--max_new_tokens", "8", "--no-nlg", "--out", str(tmp_path / "eval"), cwd=Path.cwd())
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    summary = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert summary["n"] == 2 and "example-14" in summary["final"] and "location" not in summary

@@ -63,15 +63,10 @@ class MedR2GRPOConfig(GRPOConfig):
 
 def build_prompts(config: MedR2GRPOConfig, prompt_text: str):
     """GRPO dataset: `prompt` (chat with image placeholder), `image` (PIL), `report` (reference)."""
-    from datasets import Dataset
-    from PIL import Image
-
+    from medr2.data import to_grpo_dataset
     from medr2.phantom import generate_studies
 
-    rows = [{"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text}]}],
-             "image": Image.fromarray(s.image), "report": s.report}
-            for s in generate_studies(config.n_prompts, config.prompt_seed)]
-    return Dataset.from_list(rows)
+    return to_grpo_dataset(generate_studies(config.n_prompts, config.prompt_seed), prompt_text)
 
 
 def plot_curves(log_history: list[dict], path: Path, reward_names: list[str]) -> None:

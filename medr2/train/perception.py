@@ -117,15 +117,26 @@ def _make(args) -> dict[str, np.ndarray]:
 
 
 def build_examples(n: int, seed: int, config: PerceptionConfig) -> dict[str, np.ndarray]:
-    """Generate `n` phantom studies (same seeds as `medr2 phantom --seed`) and stack their examples."""
+    """Generate `n` phantom studies (same seeds as `medr2 phantom --seed`) and stack their examples.
+
+    Cached as `<out>/examples_<seed>_<n>_<image_size>.npz`: generation costs minutes, a retrain should not repeat it.
+    """
     from tqdm import tqdm
+
+    cache = Path(config.out) / f"examples_{seed}_{n}_{config.image_size}.npz"
+    if cache.is_file():
+        with np.load(cache) as data:
+            return {k: data[k] for k in data.files}
 
     from medr2.phantom import study_seeds
 
     jobs = [(s, config) for s in study_seeds(n, seed)]
     with Pool(config.workers) as pool:
-        rows = list(tqdm(pool.imap(_make, jobs, chunksize=16), total=n, desc=f"phantoms (seed {seed})"))
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        rows = list(tqdm(pool.imap(_make, jobs, chunksize=16), total=n, desc=f"phantoms (seed {seed})", mininterval=10))
+    stacked = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **stacked)
+    return stacked
 
 
 class PerceptionNet(nn.Module):

@@ -33,6 +33,7 @@ class MedR2SFTConfig(SFTConfig):
     model_name_or_path: str | None = field(default=None, metadata={"help": "fine-tune this VLM (path or hub id); empty = build the tiny embedded LLaVA"})
     perception_dir: str | None = field(default=None, metadata={"help": "stage-0 output folder whose vision_tower.safetensors initialises the tiny model's tower"})
     freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen (train projector + language model)"})
+    dataset_dir: str | None = field(default=None, metadata={"help": "R2Gen-layout dataset (IU X-Ray / MIMIC-CXR) to train on instead of phantoms; real data has no ground-truth masks, so only target=direct is supported there"})
     n_train: int = field(default=6000, metadata={"help": "phantom training studies"})
     train_seed: int = field(default=1, metadata={"help": "phantom seed (same as stage 0 so the tower saw these images)"})
     focal_oversample: int = field(default=2, metadata={"help": "studies with focal findings appear this many times"})
@@ -52,6 +53,9 @@ class MedR2SFTConfig(SFTConfig):
 
         if self.target not in ("medr2", "direct"):
             raise ValueError(f"target must be 'medr2' or 'direct', got {self.target!r}")
+        if self.dataset_dir and self.target == "medr2":
+            raise ValueError("Med-R2 traces are built from phantom ground truth; on a real dataset use target=direct "
+                             "(or first write traces with a teacher LVLM in prompted mode)")
         if not torch.cuda.is_available():
             self.use_cpu, self.bf16 = True, False
         self.report_to = "none" if self.report_to in (None, "all") else self.report_to
@@ -83,6 +87,24 @@ def _phantom_rows(config: MedR2SFTConfig) -> list[dict]:
         repeats = config.focal_oversample if any(f.kind in FOCAL_KINDS for f in study.findings) else 1
         rows += [row] * repeats
     random.Random(config.seed).shuffle(rows)
+    return rows
+
+
+def _dataset_rows(config: MedR2SFTConfig) -> list[dict]:
+    """Prompt/completion rows (direct target) from an R2Gen-layout dataset's train split."""
+    from PIL import Image
+
+    from medr2.data import image_file, read_r2gen
+    from medr2.schema import Report, render_direct
+    from medr2.traces import DIRECT_PROMPT
+
+    rows = []
+    for record in read_r2gen(config.dataset_dir, splits=("train",)):
+        rows.append({
+            "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DIRECT_PROMPT}]}],
+            "completion": [{"role": "assistant", "content": [{"type": "text", "text": render_direct(Report.parse(record["report"]))}]}],
+            "images": [Image.open(image_file(config.dataset_dir, record)).convert("L")],
+        })
     return rows
 
 
@@ -177,7 +199,7 @@ def train(config: MedR2SFTConfig) -> Path:
     from datasets import Dataset
     from trl import SFTTrainer
 
-    rows = _phantom_rows(config)
+    rows = _dataset_rows(config) if config.dataset_dir else _phantom_rows(config)
     model, processor = build_model(config, rows)
     dataset = Dataset.from_list(rows)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,65 @@
+"""Collect held-out evaluations of the training variants into the README's ablation table.
+
+Reads `<eval_root>/<variant>/eval.json` written by `medr2 evaluate`, prints a Markdown table and writes
+`benchmarks/results/ablation.json`. Variants missing from disk are listed as such, never invented.
+
+Run: `python benchmarks/ablation_table.py runs/eval`
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+VARIANTS = {
+    "sft_direct": "direct SFT",
+    "sft_medr2": "Med-R2 SFT",
+    "grpo_mccs": "Med-R2 SFT + GRPO (MCCS + format)",
+    "grpo_cef1": "Med-R2 SFT + GRPO (CE-F1 + format)",
+}
+
+
+def row(summary: dict) -> dict:
+    final, fmt = summary["final"], summary["format"]
+    per_obs = {r["observation"]: r["f1"] for r in final["per_observation"] if r["support"]}
+    out = {
+        "ce_f1_example": final["example-14"]["f1"],
+        "ce_micro_f1_14": final["r2gen-14"]["micro"]["f1"],
+        "ce_macro_f1_14": final["r2gen-14"]["macro"]["f1"],
+        "format_failure_rate": fmt["mrg_r1_format_failure_rate"],
+        "missing_report_rate": fmt["missing_report_rate"],
+        "mean_tokens": fmt["mean_tokens"],
+        "per_observation_f1": per_obs,
+        "draft_ce_f1_example": summary["draft"]["example-14"]["f1"] if "draft" in summary else None,
+    }
+    if "location" in summary:
+        out["side_accuracy"] = summary["location"]["side_accuracy"]
+        out["zone_accuracy"] = summary["location"]["zone_accuracy"]
+    if "nlg" in summary:
+        out["nlg"] = {k: v for k, v in summary["nlg"].items() if k.isupper() or k.startswith(("BLEU", "ROUGE", "CIDEr", "METEOR"))}
+    return out
+
+
+def main(argv: list[str]) -> int:
+    root = Path(argv[0] if argv else "runs/eval")
+    rows = {}
+    for key, name in VARIANTS.items():
+        path = root / key / "eval.json"
+        rows[key] = {"name": name, **row(json.loads(path.read_text()))} if path.is_file() else {"name": name, "missing": str(path)}
+    header = "| variant | CE-F1 example-based | CE micro-F1 (14) | CE macro-F1 (14) | draft CE-F1 | format failure | mean tokens |"
+    print(header)
+    print("|---|---|---|---|---|---|---|")
+    for r in rows.values():
+        if "missing" in r:
+            print(f"| {r['name']} | not run ({r['missing']}) | | | | | |")
+            continue
+        draft = f"{r['draft_ce_f1_example']:.3f}" if r["draft_ce_f1_example"] is not None else "—"
+        print(f"| {r['name']} | {r['ce_f1_example']:.3f} | {r['ce_micro_f1_14']:.3f} | {r['ce_macro_f1_14']:.3f} | {draft} | "
+              f"{r['format_failure_rate']:.1%} | {r['mean_tokens']:.0f} |")
+    out = Path(__file__).parent / "results" / "ablation.json"
+    out.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
