@@ -1,0 +1,345 @@
+"""Is the saliency faithful? Pointing game, energy-in-mask and deletion on held-out phantoms with masks.
+
+For each held-out phantom study (seed 3) the model writes its report; every finding it reports that is
+also in the ground truth (a true positive, so a mask exists) is explained by each method on the same
+targets, and scored per finding type:
+- pointing game: the heatmap's maximum lies inside the finding's mask dilated by `tol` patches
+  (tol 0 = strict, tol 1 = one vision patch, the map's own resolution);
+- energy in mask: the fraction of the heatmap's mass inside the (undilated) mask; `area` is what a
+  uniform map would get;
+- deletion: occluding the 10 % most salient patches (set to the normalisation mean) must lower the
+  finding's log-probability more than occluding 10 % random patches.
+Baselines in the same run: `random` (a seeded random map) and `center` (a centred Gaussian prior).
+Extra variants (gradcam only) compare the explained layer (vision block vs projector) and the target
+sentences (report only vs draft + report).
+
+Run (the embedded model; ~25 min on one thread for n=300):
+  python benchmarks/saliency_faithfulness.py --model assets/model --n 300
+-> table on stdout, JSON in benchmarks/results/saliency_faithfulness.json, figure docs/saliency_overlays.png.
+`--source reference` teacher-forces the ground-truth trace instead of the model's own (for development
+on an untrained model: numbers then say nothing about faithfulness).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from medr2 import saliency as S
+from medr2.model import prepare_inputs
+from medr2.phantom import DEVICE_KINDS, generate_studies
+from medr2.traces import region_of
+from medr2.pipeline import Pipeline, PipelineConfig, _as_loaded
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_saliency import reference_result  # noqa: E402
+
+logger = logging.getLogger("saliency_faithfulness")
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "saliency_faithfulness.json"
+FIGURE = ROOT / "docs" / "saliency_overlays.png"
+FOCAL = ("nodule", "effusion", "pneumothorax", "consolidation", "fracture", "devices")  # the issue's target set
+DELETE_FRACTION = 0.10
+
+
+def finding_type(kinds: list[str]) -> str:
+    return "devices" if all(k in DEVICE_KINDS for k in kinds) else kinds[0]
+
+
+def generate(pipe: Pipeline, studies, batch: int) -> list:
+    """Batched greedy generation; each result keeps its own single-image inputs for saliency."""
+    tok = pipe.processor.tokenizer
+    tok.padding_side = "left"
+    out = []
+    for i in range(0, len(studies), batch):
+        chunk = [_as_loaded(s.image) for s in studies[i:i + batch]]
+        inputs = prepare_inputs(pipe.processor, [c.to_pil() for c in chunk], pipe.messages()).to(pipe.model.device)
+        with torch.no_grad():
+            ids = pipe.model.generate(**inputs, **pipe._gen_kwargs())[:, inputs["input_ids"].shape[1]:]
+        for loaded, row in zip(chunk, ids):
+            row = row.tolist()
+            if tok.eos_token_id in row:
+                row = row[:row.index(tok.eos_token_id) + 1]
+            row = [t for t in row if t != tok.pad_token_id]
+            text = tok.decode(row, skip_special_tokens=False)
+            for special in pipe._strip:
+                text = text.replace(special, "")
+            out.append(pipe._finish(text.strip(), loaded, len(row), {}, pipe._inputs([loaded.to_pil()]),
+                                    torch.tensor([row])))
+        logger.info("generated %d/%d", len(out), len(studies))
+    return out
+
+
+def ground_truth(study, key=lambda f: f.observation) -> dict[str, tuple[str, np.ndarray]]:
+    """key (observation, or perception region) -> (finding type, union mask) of the study's findings."""
+    kinds, masks = defaultdict(list), {}
+    for f in study.findings:
+        kinds[key(f)].append(f.kind)
+        masks[key(f)] = masks.get(key(f), np.zeros_like(f.mask)) | f.mask
+    return {k: (finding_type(kinds[k]), masks[k]) for k in kinds}
+
+
+def targets_with_truth(text: str, result, study, sections: tuple[str, ...]) -> list[tuple]:
+    """(Target, type, mask) for each reported true-positive finding; sections=("perception",) explains
+    instead the abnormal perception line of each finding's region (e.g. "right lung, upper zone")."""
+    if sections == ("perception",):
+        gt = ground_truth(study, key=region_of)
+        found = [t for t in S.locate_targets(text, result.final_labels) if t.kind == "perception"]
+    else:
+        gt = ground_truth(study)
+        found = [t for t in S.locate_targets(text, result.final_labels, include_perception=False, sections=sections)
+                 if t.kind == "finding"]
+    return [(t, *gt[t.name]) for t in found if t.name in gt]
+
+
+def score_map(grid: np.ndarray, mask: np.ndarray, patch_px: float) -> dict:
+    """Pointing (strict / within one patch), energy in mask, and energy in the patches the mask touches
+    (`energy_cells`: fair to a coarse grid when masks are smaller than a patch; uniform map = `cells`)."""
+    g = S.normalise(grid)
+    touched = _cells_touched(mask, g.shape)
+    heat = S.upsample(g, mask.shape)
+    peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    dist = ndimage.distance_transform_edt(~mask)  # px from each pixel to the mask
+    total = float(heat.sum())
+    return {"point0": float(dist[peak] == 0), "point1": float(dist[peak] <= patch_px),
+            "energy": float((heat * mask).sum() / total) if total > 0 else 0.0, "area": float(mask.mean()),
+            "energy_cells": float((g * touched).sum() / g.sum()) if g.sum() > 0 else 0.0, "cells": float(touched.mean())}
+
+
+def weak_evidence(target, grid: np.ndarray, mask: np.ndarray) -> float | None:
+    """1.0 when the evidence check would flag this true-positive finding (0.0 if not; None: no check)."""
+    region = S.plausible_region(target.name, target.text, mask.shape) if target.kind == "finding" else None
+    return None if region is None else float(S.evidence_share(S.upsample(S.normalise(grid), mask.shape), region) < S.EVIDENCE_MIN)
+
+
+def _cells_touched(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """[gh, gw] bool: grid cells that contain any mask pixel."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    out = np.zeros(shape, dtype=bool)
+    out[(ys * shape[0]) // h, (xs * shape[1]) // w] = True
+    return out
+
+
+def deletion(pipe, inputs, new_ids, weights, grids: dict[str, np.ndarray], k: int, rng, layer: str) -> dict:
+    """Log-prob drop of target k when its top-10 % cells (per method) or 10 % random cells are occluded."""
+    model = pipe.model
+    g = next(iter(grids.values()))[k]
+    n_cells = max(1, math.ceil(DELETE_FRACTION * g.size))
+    variants = {}
+    for method, maps in grids.items():
+        if method == "random":
+            continue
+        cells = np.zeros(g.size, dtype=bool)
+        cells[np.argsort(-maps[k].reshape(-1), kind="stable")[:n_cells]] = True
+        variants[method] = cells.reshape(g.shape)
+    cells = np.zeros(g.size, dtype=bool)
+    cells[rng.choice(g.size, n_cells, replace=False)] = True
+    variants["random"] = cells.reshape(g.shape)
+    pixels = torch.cat([inputs["pixel_values"]] + [S.occlude(model, inputs, c, layer) for c in variants.values()])
+    with torch.no_grad():
+        scores = (S.token_logprobs(model, inputs, new_ids, pixels) * weights[k]).sum(-1).tolist()
+    return {m: scores[0] - s for m, s in zip(variants, scores[1:])}
+
+
+def evaluate(pipe, studies, results, methods, variants, seed: int) -> tuple[list[dict], list[dict]]:
+    rng = np.random.default_rng(seed)
+    rows, shown = [], []
+    tok = pipe.processor.tokenizer
+    for i, (study, res) in enumerate(zip(studies, results)):
+        new_ids, inputs = res._saliency_inputs["new_ids"], res._saliency_inputs["inputs"]
+        text, offsets = S.token_char_spans(tok, new_ids[0].tolist())
+        for vi, (layer, sections) in enumerate(variants):
+            found = targets_with_truth(text, res, study, sections)
+            weights = S.token_weights([t for t, _, _ in found], offsets)
+            keep = [j for j in range(len(found)) if weights[j].sum() > 0]
+            found, weights = [found[j] for j in keep], weights[keep]
+            if not found:
+                continue
+            run = methods if vi == 0 else [S.DEFAULT_METHOD]
+            grids, _ = S.attribute(pipe.model, inputs, new_ids, [t for t, _, _ in found], offsets, methods=run,
+                                   layer=layer)
+            patch_px = study.image.shape[1] / next(iter(grids.values())).shape[2]
+            for k, (t, kind, mask) in enumerate(found):
+                drops = deletion(pipe, inputs, new_ids, weights, grids, k, rng, layer) if vi == 0 else {}
+                for m in run:
+                    name = m if vi == 0 else f"{m}[{layer}|{'+'.join(sections)}]"
+                    rows.append({"study": study.study_id, "type": kind, "target": t.name, "method": name,
+                                 **score_map(grids[m][k], mask, patch_px), "weak": weak_evidence(t, grids[m][k], mask),
+                                 "drop": drops.get(m) if m != "random" else None, "drop_random": drops.get("random")})
+                if vi == 0 and len(shown) < 40:
+                    shown.append({"study": study, "target": t, "kind": kind, "grid": grids[S.DEFAULT_METHOD][k],
+                                  "mask": mask})
+        if (i + 1) % 25 == 0:
+            logger.info("explained %d/%d studies", i + 1, len(studies))
+    return rows, shown
+
+
+def coverage(studies, results) -> dict[str, list[int]]:
+    """type -> [ground-truth findings, reported by the model (true positives)]."""
+    out = defaultdict(lambda: [0, 0])
+    for study, res in zip(studies, results):
+        for obs, (kind, _) in ground_truth(study).items():
+            out[kind][0] += 1
+            out[kind][1] += int((res.final_labels or {}).get(obs) in (1, -1))
+    return dict(out)
+
+
+def summarise(rows: list[dict]) -> dict:
+    table = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        for group in {r["type"], "ALL", *(["FOCAL"] if r["type"] in FOCAL else [])}:
+            table[r["method"]][group].append(r)
+    out = {}
+    for method, groups in table.items():
+        out[method] = {}
+        for group, rs in groups.items():
+            drops = [r for r in rs if r["drop"] is not None]
+            out[method][group] = {
+                "n": len(rs), "pointing_tol1": float(np.mean([r["point1"] for r in rs])),
+                "pointing_tol0": float(np.mean([r["point0"] for r in rs])),
+                "energy_in_mask": float(np.mean([r["energy"] for r in rs])),
+                "mask_area": float(np.mean([r["area"] for r in rs])),
+                "energy_in_cells": float(np.mean([r["energy_cells"] for r in rs])),
+                "cells_fraction": float(np.mean([r["cells"] for r in rs])),
+                "weak_evidence_rate": float(np.mean(weak)) if (weak := [r["weak"] for r in rs if r["weak"] is not None]) else None,
+                "deletion_drop_top": float(np.mean([r["drop"] for r in drops])) if drops else None,
+                "deletion_drop_random": float(np.mean([r["drop_random"] for r in drops])) if drops else None,
+                "deletion_win_rate": float(np.mean([r["drop"] > r["drop_random"] for r in drops])) if drops else None,
+            }
+    return out
+
+
+def short(method: str) -> str:
+    """'gradcam[projector|report]' -> 'gc:proj', for table columns."""
+    if "[" not in method:
+        return method
+    layer, sections = method[method.index("[") + 1:-1].split("|")
+    return f"gc:{layer[:4]}" if sections == "report" else f"gc:{sections.replace('report', 'rep')}"
+
+
+def print_table(summary: dict, cover: dict) -> None:
+    groups = sorted({g for m in summary.values() for g in m}, key=lambda g: (g in ("ALL", "FOCAL"), g))
+    methods = list(summary)
+    for key, title in (("pointing_tol1", "pointing game, tolerance 1 patch"), ("pointing_tol0", "pointing game, strict"),
+                       ("energy_in_mask", "energy in mask (uniform map = area)"),
+                       ("energy_in_cells", "energy in the patches the mask touches (uniform map = area)")):
+        print(f"\n{title}")
+        extra = "  area" if key.startswith("energy") else ""
+        print(f"{'type':<15}{'GT':>4}{'TP':>4}" + "".join(f"{short(m):>14}" for m in methods) + extra)
+        for g in groups:
+            gt, tp = cover.get(g, ["", ""])
+            cells = [summary[m].get(g) for m in methods]
+            line = "".join(f"{c[key]:>14.2f}" if c else f"{'-':>14}" for c in cells)
+            area_key = "mask_area" if key == "energy_in_mask" else "cells_fraction"
+            area = f"{cells[0][area_key]:>6.3f}" if extra and cells[0] else ""
+            print(f"{g:<15}{gt!s:>4}{tp!s:>4}{line}{area}")
+    print("\nevidence check: share of true-positive findings flagged 'weak visual evidence' (lower is better)")
+    print("  " + "  ".join(f"{short(m)} {r['ALL']['weak_evidence_rate']:.2f}" for m, r in summary.items()
+                           if r.get("ALL", {}).get("weak_evidence_rate") is not None))
+    print("\ndeletion (top 10 % vs random 10 % of patches occluded; mean log-prob drop; win = top drop > random drop)")
+    for m, groups_ in summary.items():
+        r = groups_.get("ALL", {})
+        if r.get("deletion_drop_top") is not None:
+            print(f"  {m:<10} top {r['deletion_drop_top']:+.3f}  random {r['deletion_drop_random']:+.3f}  "
+                  f"win {r['deletion_win_rate']:.2f}  (n={r['n']})")
+
+
+def figure(pipe, shown: list[dict], path: Path, rg1: Path) -> None:
+    """Overlays (default method) on up to 5 phantoms of different types, GT mask outlined, plus RG1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picked, seen = [], set()
+    for s in shown:
+        kind = s["kind"]
+        if kind not in seen:
+            seen.add(kind)
+            picked.append((s, kind))
+    picked = picked[:5]
+    fig, grid = plt.subplots(2, 3, figsize=(9.6, 7.4))
+    axes = list(grid.reshape(-1))[:len(picked)] + [grid.reshape(-1)[-1]]
+    for a in grid.reshape(-1):
+        a.axis("off")
+    for ax, (s, kind) in zip(axes, picked):
+        heat = S.upsample(S.normalise(s["grid"]), s["mask"].shape)
+        ax.imshow(S.overlay(s["study"].image, heat))
+        ax.contour(s["mask"], levels=[0.5], colors="cyan", linewidths=0.8)
+        ax.set_title(f"{kind}\n{s['target'].text[:38]}", fontsize=7)
+    ax = axes[-1]
+    result = pipe.run(str(rg1))
+    sal = S.explain(pipe.model, pipe.processor, result, include_perception=False)
+    shown_map = next((m for m in sal.maps if m.kind == "finding"), sal.for_target("report"))
+    ax.imshow(S.overlay(result.image.pixels, shown_map.heatmap) if shown_map else result.image.pixels, cmap="gray")
+    ax.set_title(f"real CXR (RG1): {shown_map.target if shown_map else 'no report'}", fontsize=7)
+    for a in axes:
+        a.axis("off")
+    fig.suptitle(f"Grad-CAM of finding sentences; cyan = ground-truth mask ({pipe.provenance.model})", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model directory (the trained embedded model)")
+    parser.add_argument("--n", type=int, default=300, help="held-out phantom studies")
+    parser.add_argument("--seed", type=int, default=3, help="phantom seed (3 = the held-out test split)")
+    parser.add_argument("--methods", default="gradcam,gradxact,ig,random,center")
+    parser.add_argument("--variants", default="projector:report,block:draft+report,block:perception",
+                        help="extra gradcam variants layer:sections (comma-separated; '' for none)")
+    parser.add_argument("--ig-steps", type=int, default=S.IG_STEPS)
+    parser.add_argument("--batch", type=int, default=25, help="generation batch size")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--source", default="generated", choices=("generated", "reference"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--figure", type=Path, default=FIGURE)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    methods = [m for m in args.methods.split(",") if m]
+    bad = [m for m in methods if m not in S.METHODS]
+    if bad or S.DEFAULT_METHOD not in methods or not Path(args.model).is_dir():
+        print(f"saliency_faithfulness: bad --methods {bad} (must include {S.DEFAULT_METHOD}) or no model at {args.model}",
+              file=sys.stderr)
+        return 2
+    variants = [("block", ("report",))] + [(v.split(":")[0], tuple(v.split(":")[1].split("+")))
+                                           for v in args.variants.split(",") if v]
+    S.IG_STEPS = args.ig_steps
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    pipe = Pipeline(PipelineConfig(model=args.model, threads=args.threads))
+    studies = list(generate_studies(args.n, args.seed))
+    results = (generate(pipe, studies, args.batch) if args.source == "generated"
+               else [reference_result(pipe, s) for s in studies])
+    t_gen = time.perf_counter() - t0
+    rows, shown = evaluate(pipe, studies, results, methods, variants, args.seed)
+    summary, cover = summarise(rows), coverage(studies, results)
+    print(f"saliency faithfulness: {args.n} held-out phantoms (seed {args.seed}), {args.source} text, model {args.model}")
+    print_table(summary, cover)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "model": str(args.model), "n_studies": args.n, "seed": args.seed, "source": args.source,
+        "methods": methods, "variants": [f"{l}|{'+'.join(s)}" for l, s in variants], "ig_steps": args.ig_steps,
+        "delete_fraction": DELETE_FRACTION, "focal_types": FOCAL, "coverage_gt_tp": cover, "summary": summary,
+        "seconds": {"generate": t_gen, "total": time.perf_counter() - t0},
+    }, indent=2) + "\n")
+    if args.figure and shown:
+        figure(pipe, shown, args.figure, ROOT / "assets" / "examples" / "rg1_chest.dcm")
+    logger.info("done in %.0f s", time.perf_counter() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,536 @@
+"""Where did the model look? Per-finding saliency maps for a generated report (Grad-CAM by default).
+
+For one `StudyResult` (prompt + generated ids kept by the pipeline) this module:
+1. locates the targets in the generated text: each positive/uncertain finding of the final report (its
+   sentences, found with the same labeler as the findings table), each abnormal perception line, and the
+   whole report — char spans mapped to generated-token spans;
+2. re-runs the model teacher-forced on prompt + generated ids once, with a probe on the vision layer
+   (`layer_for`), and takes one backward pass per target: target = summed log-probability of its tokens;
+3. turns activations x gradients into a patch-grid map (Grad-CAM: ReLU(sum_c mean_hw(dS/dA_c) A_c)),
+   normalised to [0, 1] and upsampled to the original image size.
+
+Hands on a `SaliencyResult` (arrays only) that the app overlays with `overlay` + `legend_image`.
+`gradcam` / `gradxact` compute exactly captum's `LayerGradCam` / `LayerGradientXActivation` (a test holds
+them equal) but share one forward across targets; `ig` is captum's `IntegratedGradients` on the pixels;
+`random` / `center` are the baselines of `benchmarks/saliency_faithfulness.py`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medr2.findings import find_mentions, split_sentences
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METHOD = "gradcam"
+IG_STEPS = 8  # Integrated Gradients steps: a baseline, so few (each step costs a forward + backward)
+_HEADER = re.compile(r"^\s*(findings|impression)\s*:\s*", re.IGNORECASE)
+_NORMAL_CUE = re.compile(r"\b(normal|clear|sharp|none|no|not|midline|unremarkable)\b", re.IGNORECASE)
+SUPPORTED_ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
+EVIDENCE_MIN = 0.5  # below this share of energy in the plausible region a finding gets "weak visual evidence"
+# Evidence check geometry, as fractions of a frontal (PA/AP) film: patient right = image left. Loose on
+# purpose (checked against the phantom masks in tests): it flags maps that look elsewhere, not borderline ones.
+_LUNGS = (0.06, 0.94, 0.08, 0.94)  # x0, x1, y0, y1
+_ZONES = {"upper": (0.06, 0.45), "mid": (0.28, 0.68), "lower": (0.45, 0.94)}
+_HEART = (0.22, 0.88, 0.28, 0.9)
+_MEDIASTINUM = (0.25, 0.8, 0.04, 0.9)
+_PLAUSIBLE = {"Pleural Effusion": "base", "Pneumothorax": "lung", "Edema": "lung", "Pleural Other": "lung",
+              "Cardiomegaly": "heart", "Enlarged Cardiomediastinum": "mediastinum", "Consolidation": "zone",
+              "Pneumonia": "zone", "Lung Opacity": "zone", "Lung Lesion": "zone", "Atelectasis": "zone"}
+
+
+@dataclass
+class SaliencyMap:
+    """One explained target. `heatmap` is at the original image size, `grid` on the vision patch grid."""
+
+    target: str  # "Pleural Effusion", "report", or a perception region "right lung, lower zone"
+    kind: str  # "finding" | "perception" | "report"
+    text: str  # the sentence(s) / perception line the map explains
+    value: int | None  # 1 positive / -1 uncertain for findings
+    heatmap: np.ndarray  # float32 [H, W] in [0, 1]
+    grid: np.ndarray  # float32 [gh, gw] in [0, 1]
+    method: str
+    score: float = 0.0  # the target's summed log-probability (teacher-forced)
+    evidence: float | None = None  # findings: share of the map's energy in the anatomically plausible region
+    weak_evidence: bool = False  # evidence < EVIDENCE_MIN: show "weak visual evidence"
+
+
+@dataclass
+class SaliencyResult:
+    maps: list[SaliencyMap]
+    method: str
+    seconds: float
+
+    def for_target(self, target: str) -> SaliencyMap | None:
+        return next((m for m in self.maps if m.target == target), None)
+
+
+@dataclass
+class Target:
+    """What to explain: char spans of the decoded generated text whose tokens' log-probs are summed."""
+
+    name: str
+    kind: str
+    text: str
+    value: int | None
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ targets
+def _sections(text: str) -> dict[str, tuple[int, int]]:
+    """Body span of each `<name> … </name>` section (an unclosed last section runs to the end)."""
+    out = {}
+    for m in re.finditer(r"<(perception|reasoning|draft|reflection|report)>", text):
+        end = text.find(f"</{m.group(1)}>", m.end())
+        out.setdefault(m.group(1), (m.end(), len(text) if end < 0 else end))
+    if "report" not in out and "<think>" not in text:  # a direct (report-only) model without tags
+        out["report"] = (0, len(text))
+    return out
+
+
+def _units(text: str, span: tuple[int, int]) -> list[tuple[int, int]]:
+    """Sentence spans inside `span`, split at line breaks first (perception/reasoning lines have no '.')."""
+    out, pos = [], span[0]
+    for line in text[span[0]:span[1]].split("\n"):
+        out += [(pos + a, pos + b) for a, b in split_sentences(line)]
+        pos += len(line) + 1
+    return out
+
+
+def _strip_header(text: str, span: tuple[int, int]) -> tuple[int, int]:
+    m = _HEADER.match(text[span[0]:span[1]])
+    return (span[0] + m.end(), span[1]) if m else span
+
+
+def locate_targets(text: str, labels: dict | None = None, *, include_perception: bool = True,
+                   sections: Sequence[str] = ("report",)) -> list[Target]:
+    """Targets in a decoded generation: findings (positive/uncertain), abnormal perception lines, the report.
+
+    Args:
+        text: the generated text, schema tags included.
+        labels: the final report's labels; when given, only observations labelled 1/-1 get a target, with
+            that value (a labelled finding whose sentence is not found gets none).
+        sections: where finding sentences are looked for; ("report",) by default, ("draft", "report") adds
+            the draft's sentences.
+    """
+    where = _sections(text)
+    findings: dict[str, Target] = {}
+    for section in sections:
+        for unit in _units(text, where[section]) if section in where else []:
+            unit = _strip_header(text, unit)
+            for m in find_mentions(text[unit[0]:unit[1]]):
+                if m.value not in (1, -1) or (labels is not None and labels.get(m.observation) not in (1, -1)):
+                    continue
+                value = labels[m.observation] if labels is not None else m.value
+                t = findings.setdefault(m.observation, Target(m.observation, "finding", "", value))
+                if unit not in t.spans:
+                    t.spans.append(unit)
+                    t.text = f"{t.text} {text[unit[0]:unit[1]]}".strip()
+    targets = list(findings.values())
+    if include_perception and "perception" in where:
+        a, b = where["perception"]
+        pos = a
+        for line in text[a:b].split("\n"):
+            region, sep, body = line.partition(":")
+            span = (pos, pos + len(line.rstrip()))
+            pos += len(line) + 1
+            if not sep or not body.strip():
+                continue
+            abnormal = any(m.value in (1, -1) for m in find_mentions(body, include_other=True))
+            if abnormal or not _NORMAL_CUE.search(body):
+                targets.append(Target(region.strip(), "perception", line.strip(), None, [span]))
+    if "report" in where:
+        units = [_strip_header(text, u) for u in _units(text, where["report"])]
+        units = [u for u in units if u[1] > u[0]]
+        if units:
+            targets.append(Target("report", "report", text[where["report"][0]:where["report"][1]].strip(), None, units))
+    return targets
+
+
+def token_char_spans(tokenizer, ids: Sequence[int]) -> tuple[str, np.ndarray]:
+    """Decoded text (special tokens kept) and each token's [start, end) char span in it: int [T, 2]."""
+    ids = [int(i) for i in ids]
+    full = tokenizer.decode(ids, skip_special_tokens=False)
+    pieces = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
+    if "".join(pieces) == full:  # byte-level BPE on ASCII text: pieces concatenate exactly
+        ends = np.cumsum([len(p) for p in pieces])
+    else:  # multi-byte characters split across tokens, or decoder clean-up: decode prefixes
+        ends = np.array([len(tokenizer.decode(ids[:k + 1], skip_special_tokens=False)) for k in range(len(ids))])
+    ends = np.maximum.accumulate(ends) if len(ends) else np.zeros(0, dtype=int)
+    starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
+    return full, np.stack([starts, ends], 1).astype(np.int64).reshape(-1, 2)
+
+
+def token_weights(targets: Sequence[Target], offsets: np.ndarray) -> torch.Tensor:
+    """[K, T] 0/1 masks: token t belongs to target k when its char span overlaps one of k's spans."""
+    w = np.zeros((len(targets), len(offsets)), dtype=np.float32)
+    for k, t in enumerate(targets):
+        for a, b in t.spans:
+            w[k] = np.maximum(w[k], (offsets[:, 0] < b) & (offsets[:, 1] > a))
+    return torch.from_numpy(w)
+
+
+# --------------------------------------------------------------------------------- layer registry
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wrapper
+
+
+def _arch(model) -> str:
+    arch = getattr(_base(model).config, "model_type", None)
+    if arch not in SUPPORTED_ARCHS:
+        raise ValueError(f"saliency supports {', '.join(SUPPORTED_ARCHS)} models, not model_type={arch!r}")
+    return arch
+
+
+def _part(model, name: str):
+    base = _base(model)
+    part = getattr(getattr(base, "model", base), name, None)
+    return part if part is not None else getattr(base, name)
+
+
+def layer_for(model, layer: str = "block") -> torch.nn.Module:
+    """The vision module whose output is explained: "block" = the vision tower's (feature) block,
+    "projector" = LLaVA's multi_modal_projector / Qwen's patch merger."""
+    arch = _arch(model)
+    if layer not in ("block", "projector"):
+        raise ValueError(f"layer={layer!r}: use 'block' or 'projector'")
+    if arch == "llava":
+        if layer == "projector":
+            return _part(model, "multi_modal_projector")
+        tower = _part(model, "vision_tower")
+        blocks = next(m for n, m in tower.named_modules() if n.endswith("encoder.layers"))
+        feature_layer = _base(model).config.vision_feature_layer
+        # hidden_states[i] for i < 0 is the output of blocks[i]: explain the block LLaVA actually reads.
+        return blocks[feature_layer if isinstance(feature_layer, int) and feature_layer < 0 else -1]
+    visual = _part(model, "visual")
+    return visual.merger if layer == "projector" else visual.blocks[-1]
+
+
+@dataclass
+class _Layout:
+    """How the explained layer's rows map to the image grid: rows[order] is the grid in row-major order."""
+
+    gh: int
+    gw: int
+    order: torch.Tensor  # [gh * gw] long
+    skip: int = 0  # leading non-patch rows (LLaVA "default" strategy: a CLS token)
+    batched: bool = True  # LLaVA: [B, N, D]; Qwen: [B * N, D]
+
+
+def _qwen_patch_order(h: int, w: int) -> torch.Tensor:
+    """Qwen's processor emits patches in 2 x 2 merge windows: row of grid cell (y, x)."""
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return (((y // 2) * (w // 2) + x // 2) * 4 + (y % 2) * 2 + x % 2).reshape(-1)
+
+
+def _layout(model, inputs, layer: str) -> _Layout:
+    arch, cfg = _arch(model), _base(model).config
+    if arch == "llava":
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        skip = 1 if cfg.vision_feature_select_strategy == "default" and layer == "block" else 0
+        return _Layout(side, side, torch.arange(side * side), skip)
+    t, h, w = (int(v) for v in inputs["image_grid_thw"][0])
+    merge = cfg.vision_config.spatial_merge_size
+    if layer == "block":
+        order = _qwen_patch_order(h, w)
+    else:
+        h, w, order = h // merge, w // merge, torch.arange(h * w // merge ** 2)
+    if arch == "qwen2_5_vl":  # blocks and merger run in window order; map merged units through it
+        from transformers.vision_utils import get_vision_window_index
+
+        visual = _part(model, "visual")
+        window, _ = get_vision_window_index(inputs["image_grid_thw"][:1].cpu(), spatial_merge_size=merge,
+                                            window_size=visual.window_size, patch_size=visual.patch_size)
+        pos = torch.argsort(window)  # merged unit m sits at window position pos[m]
+        unit = merge * merge if layer == "block" else 1
+        order = pos[order // unit] * unit + order % unit
+    return _Layout(h, w, order.long(), 0, False)
+
+
+class _Probe:
+    """Routes the layer's output through a grid-shaped leaf tensor [B, D, gh, gw] and keeps it for gradients."""
+
+    def __init__(self, module: torch.nn.Module, layout: _Layout):
+        self.module, self.layout, self.acts = module, layout, None
+        self.identity = torch.nn.Identity()  # what captum hooks in the equality test
+
+    def _hook(self, module, args, output):
+        x = output[0] if isinstance(output, tuple) else getattr(output, "last_hidden_state", output)
+        lay = self.layout
+        rows = x[:, lay.skip:] if lay.batched else x.reshape(-1, len(lay.order), x.shape[-1])  # [B, N, D]
+        grid = rows[:, lay.order].transpose(1, 2).reshape(rows.shape[0], -1, lay.gh, lay.gw)
+        grid = self.identity(grid.detach().requires_grad_(True))  # a leaf: backward stops here
+        self.acts = grid
+        back = torch.empty_like(rows)
+        back[:, lay.order] = grid.flatten(2).transpose(1, 2)
+        new = torch.cat([x[:, :lay.skip], back], 1) if lay.batched else back.reshape(x.shape)
+        if isinstance(output, tuple):
+            return (new,) + output[1:]
+        if hasattr(output, "last_hidden_state"):
+            output.last_hidden_state = new
+            return output
+        return new
+
+    def __enter__(self) -> _Probe:
+        # prepend: transformers' output-capturing hooks must record the probed tensor, not the original.
+        self.handle = self.module.register_forward_hook(self._hook, prepend=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+# ------------------------------------------------------------------------------------------ engine
+def _n_images(model, inputs, pixel_values: torch.Tensor) -> int:
+    if _arch(model) == "llava":
+        return pixel_values.shape[0]
+    per_image = int(inputs["image_grid_thw"][0].prod())
+    return pixel_values.shape[0] // per_image
+
+
+def token_logprobs(model, inputs, new_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+    """Teacher-forced log-probability of each generated token: [B, T] for B copies of the image rows."""
+    pv = inputs["pixel_values"] if pixel_values is None else pixel_values
+    b, t = _n_images(model, inputs, pv), new_ids.shape[1]
+    new_ids = new_ids.to(inputs["input_ids"].device)
+    kwargs = {"input_ids": torch.cat([inputs["input_ids"][:1], new_ids[:1]], 1).expand(b, -1),
+              "attention_mask": torch.cat([inputs["attention_mask"][:1], torch.ones_like(new_ids[:1])], 1).expand(b, -1),
+              "pixel_values": pv.to(_base(model).dtype)}
+    if "mm_token_type_ids" in inputs:  # Qwen-VL (transformers 5) builds M-RoPE positions from it
+        kwargs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"][:1], torch.zeros_like(new_ids[:1])], 1).expand(b, -1)
+    if "image_grid_thw" in inputs:
+        kwargs["image_grid_thw"] = inputs["image_grid_thw"][:1].expand(b, -1)
+    logits = model(**kwargs, logits_to_keep=t + 1).logits[:, :t].float()  # [B, T, V]: position P-1+j predicts token j
+    return torch.log_softmax(logits, -1).gather(-1, new_ids[:1].expand(b, -1)[..., None])[..., 0]
+
+
+@dataclass
+class _Context:
+    model: torch.nn.Module
+    inputs: object
+    new_ids: torch.Tensor
+    weights: torch.Tensor  # [K, T]
+    layout: _Layout
+    layer: torch.nn.Module
+    names: list[str]
+    cache: dict = field(default_factory=dict)
+
+    def layer_grads(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward, one backward per target: activations [D, gh, gw], gradients [K, D, gh, gw], scores [K]."""
+        if "grads" not in self.cache:
+            with _Probe(self.layer, self.layout) as probe, torch.enable_grad():
+                lp = token_logprobs(self.model, self.inputs, self.new_ids)[0]  # [T]
+                scores = self.weights.to(lp.device) @ lp  # [K]
+                k = len(scores)
+                grads = [torch.autograd.grad(scores[i], probe.acts, retain_graph=i < k - 1)[0][0] for i in range(k)]
+            self.cache["grads"] = (probe.acts[0].detach(), torch.stack(grads).detach(), scores.detach())
+        return self.cache["grads"]
+
+
+def _gradcam(ctx: _Context) -> torch.Tensor:
+    acts, grads, _ = ctx.layer_grads()
+    return (grads.mean((2, 3), keepdim=True) * acts).sum(1)  # captum LayerGradCam, channels summed
+
+
+def _gradxact(ctx: _Context) -> torch.Tensor:
+    acts, grads, _ = ctx.layer_grads()
+    return (grads * acts).sum(1)  # captum LayerGradientXActivation, channels summed
+
+
+def _ig(ctx: _Context) -> torch.Tensor:
+    from captum.attr import IntegratedGradients
+
+    k, pv = len(ctx.weights), ctx.inputs["pixel_values"]
+
+    def forward(pixels: torch.Tensor) -> torch.Tensor:  # row r of an expanded batch is target r % K
+        lp = token_logprobs(ctx.model, ctx.inputs, ctx.new_ids, pixels)
+        return (lp * ctx.weights.to(lp.device)[torch.arange(lp.shape[0]) % k]).sum(-1)
+
+    with torch.enable_grad():
+        attr = IntegratedGradients(forward).attribute(torch.cat([pv] * k), baselines=0.0, n_steps=IG_STEPS,
+                                                      internal_batch_size=2 * k * len(pv)).detach()  # 2 steps a chunk
+    if _arch(ctx.model) == "llava":  # [K, C, H, W] -> sum each patch
+        g = ctx.layout.gh
+        return F.adaptive_avg_pool2d(attr.sum(1, keepdim=True), (g, g))[:, 0]
+    per = attr.reshape(k, -1, attr.shape[-1]).sum(-1)  # [K, patches] in merge-window order
+    t, h, w = (int(v) for v in ctx.inputs["image_grid_thw"][0])
+    cells = per[:, _qwen_patch_order(h, w)].reshape(k, h, w)
+    return F.adaptive_avg_pool2d(cells[:, None], (ctx.layout.gh, ctx.layout.gw))[:, 0]
+
+
+def _random(ctx: _Context) -> torch.Tensor:
+    seeds = [zlib.crc32(n.encode()) for n in ctx.names]
+    return torch.stack([torch.from_numpy(np.random.default_rng(s).random((ctx.layout.gh, ctx.layout.gw)))
+                        for s in seeds]).float()
+
+
+def _center(ctx: _Context) -> torch.Tensor:
+    gh, gw = ctx.layout.gh, ctx.layout.gw
+    y, x = torch.meshgrid((torch.arange(gh) + 0.5) / gh - 0.5, (torch.arange(gw) + 0.5) / gw - 0.5, indexing="ij")
+    return torch.exp(-(x ** 2 + y ** 2) / (2 * 0.25 ** 2)).expand(len(ctx.names), gh, gw)
+
+
+METHODS: dict[str, Callable[[_Context], torch.Tensor]] = {
+    "gradcam": _gradcam, "gradxact": _gradxact, "ig": _ig, "random": _random, "center": _center,
+}
+
+
+def occlude(model, inputs, cells: np.ndarray, layer: str = "block") -> torch.Tensor:
+    """pixel_values with the image under the True cells of a [gh, gw] map set to 0 (the normalisation
+    mean: mid-gray), for deletion checks."""
+    lay, pv = _layout(model, inputs, layer), inputs["pixel_values"].clone()
+    cells = np.asarray(cells, dtype=bool)
+    if cells.shape != (lay.gh, lay.gw):
+        raise ValueError(f"cells shape {cells.shape} != the {layer} grid {(lay.gh, lay.gw)}")
+    if _arch(model) == "llava":  # [1, C, S, S]: one cell = S / gh pixels a side
+        up = F.interpolate(torch.from_numpy(cells)[None, None].float(), size=pv.shape[-2:], mode="nearest")[0, 0]
+        pv[..., up > 0] = 0.0
+        return pv
+    t, h, w = (int(v) for v in inputs["image_grid_thw"][0])
+    if layer == "projector":  # a merged cell covers 2 x 2 patches
+        cells = np.kron(cells, np.ones((h // lay.gh, w // lay.gw), dtype=bool))
+    pv[_qwen_patch_order(h, w)[torch.from_numpy(cells.reshape(-1))]] = 0.0
+    return pv
+
+
+def normalise(grid: np.ndarray | torch.Tensor) -> np.ndarray:
+    """ReLU, then divide by the maximum (an all-zero map stays zero): float32 in [0, 1]."""
+    g = np.clip(np.nan_to_num(np.asarray(grid, dtype=np.float32)), 0.0, None)
+    top = float(g.max()) if g.size else 0.0
+    return g / top if top > 0 else np.zeros_like(g)
+
+
+def upsample(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of a [gh, gw] map to `shape` (the processor resizes the whole image: no crop)."""
+    up = F.interpolate(torch.from_numpy(grid)[None, None], size=tuple(shape), mode="bilinear", align_corners=False)
+    return normalise(up[0, 0].numpy())
+
+
+def attribute(model, inputs, new_ids: torch.Tensor, targets: Sequence[Target], offsets: np.ndarray, *,
+              methods: Sequence[str] = (DEFAULT_METHOD,), layer: str = "block") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Raw patch-grid maps {method: [K, gh, gw]} and the targets' log-probs [K]; methods share one pass."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown saliency method(s) {unknown}: use one of {', '.join(METHODS)}")
+    ctx = _Context(model, inputs, new_ids, token_weights(targets, offsets), _layout(model, inputs, layer),
+                   layer_for(model, layer), [t.name for t in targets])
+    was_training = model.training
+    model.eval()  # no dropout: the same result gives the same maps
+    try:
+        grids = {m: METHODS[m](ctx).float().cpu().numpy() for m in methods}
+        scores = ctx.layer_grads()[2].cpu().numpy() if "grads" in ctx.cache else np.zeros(len(targets))
+    finally:
+        model.train(was_training)
+    return grids, scores
+
+
+def explain(model, processor, result, *, method: str = DEFAULT_METHOD, targets: Sequence[str] | None = None,
+            include_perception: bool = True, layer: str = "block") -> SaliencyResult:
+    """Saliency maps for a `StudyResult` from `Pipeline.run/stream`: one per positive/uncertain finding of
+    the final report, per abnormal perception line (`include_perception`) and for the whole report.
+
+    `targets` keeps only those names (e.g. ["Pleural Effusion", "report"]); a finding whose sentence is
+    not in the generated text gets no map. Arrays only; nothing is written.
+    """
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"unknown saliency method {method!r}: use one of {', '.join(METHODS)}")
+    saved = getattr(result, "_saliency_inputs", None)
+    if not saved:
+        raise ValueError("this result kept no model inputs: explain results of Pipeline.run/stream, not run_batch")
+    pixels = getattr(result.image, "pixels", None)
+    if pixels is None:
+        raise ValueError("the result carries no image (result.image.pixels): run it through Pipeline.run")
+    new_ids = saved["new_ids"]
+    text, offsets = token_char_spans(processor.tokenizer, new_ids[0].tolist())
+    found = locate_targets(text, result.final_labels, include_perception=include_perception)
+    if targets is not None:
+        found = [t for t in found if t.name in set(targets)]
+    found = [t for t in found if token_weights([t], offsets).sum() > 0]
+    if not found:
+        return SaliencyResult([], method, time.perf_counter() - t0)
+    grids, scores = attribute(model, saved["inputs"], new_ids, found, offsets, methods=(method,), layer=layer)
+    maps = []
+    for t, raw, score in zip(found, grids[method], scores):
+        grid = normalise(raw)
+        heat = upsample(grid, pixels.shape[:2])
+        region = plausible_region(t.name, t.text, heat.shape) if t.kind == "finding" else None
+        share = None if region is None else evidence_share(heat, region)
+        maps.append(SaliencyMap(t.name, t.kind, t.text, t.value, heat, grid, method, float(score), share,
+                                share is not None and share < EVIDENCE_MIN))
+    return SaliencyResult(maps, method, time.perf_counter() - t0)
+
+
+def plausible_region(observation: str, text: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """bool [H, W]: where `observation` can be seen on a frontal film, narrowed by the side and zone its
+    sentence names; None when there is no check (devices, fractures, unknown observations)."""
+    rule = _PLAUSIBLE.get(observation)
+    if rule is None:
+        return None
+    h, w = shape
+    low = text.lower()
+    right, left = "right" in low, "left" in low
+    both = "bilateral" in low or "both" in low or right == left
+    x0, x1, y0, y1 = {"heart": _HEART, "mediastinum": _MEDIASTINUM}.get(rule, _LUNGS)
+    if rule == "base":
+        y0 = 0.25  # a large effusion rises to the mid zone
+    zones = [z for z in _ZONES if z in low or (z == "upper" and "apic" in low) or (z == "lower" and "bas" in low)]
+    if rule == "zone" and zones:
+        y0, y1 = min(_ZONES[z][0] for z in zones), max(_ZONES[z][1] for z in zones)
+    region = np.zeros(shape, dtype=bool)
+    region[int(y0 * h):int(np.ceil(y1 * h)), int(x0 * w):int(np.ceil(x1 * w))] = True
+    if rule in ("lung", "base", "zone") and not both:  # patient right is image left
+        region[:, int(0.55 * w):] &= not right
+        region[:, :int(0.45 * w)] &= not left
+    return region
+
+
+def evidence_share(heatmap: np.ndarray, region: np.ndarray) -> float:
+    """Share of a heatmap's energy inside `region` (0 for an empty map)."""
+    total = float(heatmap.sum())
+    return float(heatmap[region].sum() / total) if total > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------------------ render
+def overlay(gray_u8: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, cmap: str = "inferno") -> np.ndarray:
+    """Blend a [0, 1] heatmap (colour-mapped) over a grayscale image: uint8 [H, W, 3]; alpha=0 = the image."""
+    from matplotlib import colormaps
+
+    gray = np.asarray(gray_u8)
+    if gray.ndim == 3:
+        gray = gray[..., :3].mean(-1)
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if heat.shape != gray.shape[:2]:
+        raise ValueError(f"heatmap shape {heat.shape} != image shape {gray.shape[:2]}: use SaliencyMap.heatmap")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} must be in [0, 1]")
+    base = np.repeat(gray.astype(np.float32)[..., None], 3, -1)
+    colour = colormaps[cmap](np.clip(heat, 0, 1))[..., :3] * 255.0
+    # Weight the colour by the heat itself so cold regions keep the radiograph visible.
+    a = alpha * np.clip(heat, 0, 1)[..., None]
+    return np.clip(base * (1 - a) + colour * a + 0.5, 0, 255).astype(np.uint8)
+
+
+def legend_image(cmap: str = "inferno", width: int = 220, height: int = 36) -> np.ndarray:
+    """A colour bar from 'low' to 'high' saliency: uint8 [height, width, 3] on white."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    bar_h = height // 2
+    ramp = colormaps[cmap](np.linspace(0, 1, width))[:, :3] * 255
+    img = np.full((height, width, 3), 255, np.uint8)
+    img[:bar_h] = ramp[None].astype(np.uint8)
+    pil = Image.fromarray(img)
+    draw = ImageDraw.Draw(pil)
+    draw.text((2, bar_h + 2), "low", fill=(0, 0, 0))
+    draw.text((width - 28, bar_h + 2), "high", fill=(0, 0, 0))
+    return np.asarray(pil)

@@ -1,0 +1,264 @@
+"""medr2.saliency on micro models built from config: targets, layer registry, Grad-CAM vs captum, maps, overlays."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import LayerGradCam, LayerGradientXActivation
+
+from medr2 import saliency as S
+from medr2.findings import label_report
+from medr2.imaging import load_image
+from medr2.model import TinyVLMConfig, build_chat, build_tiny_vlm, prepare_inputs
+from medr2.pipeline import StudyResult, _as_loaded
+from medr2.schema import parse
+from medr2.tokenizer import train_tokenizer
+
+ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
+GENERATED = """<think>
+<perception>
+heart: cardiothoracic ratio about 0.46, normal heart size.
+right lung, lower zone: blunted costophrenic angle with a meniscus.
+left lung: clear, markings reach the periphery.
+devices: none.
+</perception>
+<reasoning>
+blunted angle with meniscus -> small right pleural effusion [rule: effusion_meniscus]
+</reasoning>
+<draft>
+Findings: Small right pleural effusion. Impression: Small right pleural effusion.
+</draft>
+<reflection>
+kept: pleural effusion - re-checked the right base, meniscus confirmed.
+</reflection>
+</think>
+<report>
+Findings: Normal heart size. Small right pleural effusion. Possible left apical pneumothorax. No consolidation. Impression: Small right pleural effusion.
+</report>"""
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer([GENERATED] * 20, vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def film() -> np.ndarray:
+    """A non-square grayscale film, so 'heatmap at the original size' is not the model's 224 x 224."""
+    y, x = np.mgrid[0:200, 0:232]
+    return ((np.sin(x / 9.0) * np.cos(y / 13.0) + 1) * 120).astype(np.uint8)
+
+
+def _micro(tokenizer, arch: str):
+    return build_tiny_vlm(tokenizer, TinyVLMConfig.micro(arch))
+
+
+def _result(tokenizer, processor, film, text: str = GENERATED, labels: dict | None = None) -> StudyResult:
+    """What Pipeline.run hands on, with a hand-made generation instead of the untrained model's."""
+    inputs = prepare_inputs(processor, film, build_chat("Read this chest radiograph."))
+    new_ids = torch.tensor([tokenizer.encode(text + "<|im_end|>", add_special_tokens=False)])
+    parsed = parse(text)
+    labels = labels if labels is not None else label_report(parsed.output.report.text)
+    return StudyResult(text, parsed, None, labels, {}, None, new_ids.shape[1], _as_loaded(film),
+                       {"inputs": inputs, "new_ids": new_ids})
+
+
+def test_targets_of_a_hand_made_generation():
+    targets = {t.name: t for t in S.locate_targets(GENERATED)}
+    effusion = targets["Pleural Effusion"]
+    assert (effusion.kind, effusion.value) == ("finding", 1)
+    # both report sentences, headers stripped; the draft is not searched by default
+    assert [GENERATED[a:b] for a, b in effusion.spans] == ["Small right pleural effusion."] * 2
+    assert effusion.spans[0][0] > GENERATED.index("<report>")
+    assert targets["Pneumothorax"].value == -1
+    assert "Consolidation" not in targets and "Cardiomegaly" not in targets  # negated / normal
+    perception = [t.name for t in targets.values() if t.kind == "perception"]
+    assert perception == ["right lung, lower zone"]  # normal lines and "devices: none" are not explained
+    assert targets["report"].text.startswith("Findings: Normal heart size.")
+    with_draft = {t.name: t for t in S.locate_targets(GENERATED, sections=("draft", "report"))}
+    assert len(with_draft["Pleural Effusion"].spans) == 4
+
+
+def test_labels_restrict_targets_and_a_missing_sentence_gives_none():
+    labels = {"Pleural Effusion": 1, "Pneumothorax": None, "Fracture": 1}  # Fracture is not in the text
+    names = [t.name for t in S.locate_targets(GENERATED, labels, include_perception=False)]
+    assert names == ["Pleural Effusion", "report"]
+    assert [t.name for t in S.locate_targets("<report>\nFindings: No acute disease.\n</report>")] == ["report"]
+    assert S.locate_targets("") == []
+
+
+def test_token_spans_cover_the_target_sentence(tokenizer):
+    ids = tokenizer.encode(GENERATED, add_special_tokens=False)
+    text, offsets = S.token_char_spans(tokenizer, ids)
+    assert text == GENERATED and offsets.shape == (len(ids), 2) and offsets[-1, 1] == len(text)
+    target = next(t for t in S.locate_targets(text) if t.name == "Pneumothorax")
+    picked = S.token_weights([target], offsets)[0].numpy().astype(bool)
+    covered = "".join(text[a:b] for a, b in offsets[picked])
+    assert covered.strip() == "Possible left apical pneumothorax."
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_maps_shapes_normalised_deterministic(tokenizer, film, arch):
+    model, processor = _micro(tokenizer, arch)
+    result = _result(tokenizer, processor, film)
+    first = S.explain(model, processor, result)
+    second = S.explain(model, processor, result)
+    assert [m.target for m in first.maps] == ["Pleural Effusion", "Pneumothorax", "right lung, lower zone", "report"]
+    # LLaVA squashes to 224 x 224 (8 x 8 patches); Qwen keeps the aspect ratio, 14 px patches before the merge
+    grid = (8, 8) if arch == "llava" else tuple(int(v) for v in result._saliency_inputs["inputs"]["image_grid_thw"][0, 1:])
+    assert grid[0] != grid[1] or arch == "llava"
+    for a, b in zip(first.maps, second.maps):
+        assert a.heatmap.shape == film.shape and a.heatmap.dtype == np.float32
+        assert a.grid.shape == grid and a.method == "gradcam"
+        assert 0.0 <= a.heatmap.min() and a.heatmap.max() == pytest.approx(1.0)
+        assert a.grid.max() == pytest.approx(1.0) and a.grid.min() >= 0.0
+        np.testing.assert_array_equal(a.heatmap, b.heatmap)
+    assert first.for_target("Pneumothorax").value == -1 and first.for_target("nothing") is None
+    effusion = first.for_target("Pleural Effusion")
+    assert 0.0 <= effusion.evidence <= 1.0 and effusion.weak_evidence == (effusion.evidence < S.EVIDENCE_MIN)
+    assert first.for_target("report").evidence is None
+    only = S.explain(model, processor, result, targets=["report", "Fracture"], include_perception=False)
+    assert [m.target for m in only.maps] == ["report"]
+    assert not model.training
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_5_vl"])
+def test_gradcam_equals_captum(tokenizer, film, arch):
+    model, processor = _micro(tokenizer, arch)
+    result = _result(tokenizer, processor, film)
+    inputs, new_ids = result._saliency_inputs["inputs"], result._saliency_inputs["new_ids"]
+    text, offsets = S.token_char_spans(tokenizer, new_ids[0].tolist())
+    target = [t for t in S.locate_targets(text) if t.name == "Pleural Effusion"]
+    ours, _ = S.attribute(model, inputs, new_ids, target, offsets, methods=("gradcam", "gradxact"))
+    weights = S.token_weights(target, offsets)[0]
+
+    def forward(pixels):
+        return (S.token_logprobs(model, inputs, new_ids, pixels) * weights).sum(-1)
+
+    with S._Probe(S.layer_for(model), S._layout(model, inputs, "block")) as probe:
+        cam = LayerGradCam(forward, probe.identity).attribute(inputs["pixel_values"])[0, 0]
+        gxa = LayerGradientXActivation(forward, probe.identity).attribute(inputs["pixel_values"])[0].sum(0)
+    assert cam.abs().max() > 0
+    torch.testing.assert_close(torch.from_numpy(ours["gradcam"][0]), cam, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(torch.from_numpy(ours["gradxact"][0]), gxa, rtol=1e-4, atol=1e-7)
+
+
+def test_registry_resolves_every_arch(tokenizer):
+    for arch in ARCHS:
+        model, _ = _micro(tokenizer, arch)
+        block, projector = S.layer_for(model), S.layer_for(model, "projector")
+        names = {id(m): n for n, m in model.named_modules()}
+        assert id(block) in names and id(projector) in names
+        if arch == "llava":
+            assert names[id(block)].endswith("encoder.layers.1") and names[id(projector)].endswith("multi_modal_projector")
+        else:
+            assert names[id(block)].endswith("visual.blocks.1") and names[id(projector)].endswith("visual.merger")
+    with pytest.raises(ValueError, match="layer='neck'"):
+        S.layer_for(model, "neck")
+    model.config.model_type = "idefics3"
+    with pytest.raises(ValueError, match="idefics3"):
+        S.layer_for(model)
+
+
+def test_qwen_grid_order_follows_the_image(tokenizer):
+    """Rows reordered by the layout are row-major in image space (2 x 2 merge windows, 2.5's windows undone)."""
+    y, x = np.mgrid[0:224, 0:224]
+    for arch in ("qwen2_vl", "qwen2_5_vl"):
+        model, processor = _micro(tokenizer, arch)
+        inputs = prepare_inputs(processor, (x + 0 * y).astype(np.uint8), build_chat("x"))
+        order = S._qwen_patch_order(16, 16)
+        col = inputs["pixel_values"][order].mean(1).reshape(16, 16)  # brightness = image column
+        assert (col.diff(dim=1) > 0).all() and (col.diff(dim=0).abs() < 1e-5).all()
+        layout = S._layout(model, inputs, "block")
+        seen = {}
+        visual = S._part(model, "visual")
+
+        def keep(module, args, kwargs):
+            seen["x"] = args[0] if args else kwargs["hidden_states"]
+
+        hook = visual.blocks[0].register_forward_pre_hook(keep, with_kwargs=True)
+        with torch.no_grad():
+            model(**inputs)
+            embedded = visual.patch_embed(inputs["pixel_values"])
+        hook.remove()
+        torch.testing.assert_close(seen["x"][layout.order], embedded[order])
+
+
+def test_baselines_and_ig(tokenizer, film):
+    model, processor = _micro(tokenizer, "llava")
+    result = _result(tokenizer, processor, film)
+    inputs, new_ids = result._saliency_inputs["inputs"], result._saliency_inputs["new_ids"]
+    text, offsets = S.token_char_spans(tokenizer, new_ids[0].tolist())
+    targets = S.locate_targets(text, include_perception=False)
+    grids, _ = S.attribute(model, inputs, new_ids, targets, offsets, methods=("random", "center", "ig"))
+    assert all(g.shape == (len(targets), 8, 8) for g in grids.values())
+    again, _ = S.attribute(model, inputs, new_ids, targets, offsets, methods=("random",))
+    np.testing.assert_array_equal(grids["random"], again["random"])
+    assert np.unravel_index(grids["center"][0].argmax(), (8, 8)) in {(3, 3), (3, 4), (4, 3), (4, 4)}
+    assert np.abs(grids["ig"]).max() > 0
+    with pytest.raises(ValueError, match="unknown saliency method"):
+        S.explain(model, processor, result, method="lime")
+
+
+def test_explain_needs_saved_inputs(tokenizer, film):
+    model, processor = _micro(tokenizer, "llava")
+    result = _result(tokenizer, processor, film)
+    result._saliency_inputs = None
+    with pytest.raises(ValueError, match="run_batch"):
+        S.explain(model, processor, result)
+
+
+def test_overlay_and_legend(film):
+    heat = S.upsample(S.normalise(np.arange(16, dtype=np.float32).reshape(4, 4) - 5), film.shape)
+    assert heat.shape == film.shape and heat.min() == 0.0 and heat.max() == pytest.approx(1.0)
+    out = S.overlay(film, heat, alpha=0.5)
+    assert out.dtype == np.uint8 and out.shape == (*film.shape, 3)
+    np.testing.assert_array_equal(S.overlay(film, heat, alpha=0.0), np.repeat(film[..., None], 3, -1))
+    assert not np.array_equal(out, np.repeat(film[..., None], 3, -1))
+    with pytest.raises(ValueError, match="heatmap shape"):
+        S.overlay(film, heat[:10])
+    with pytest.raises(ValueError, match="alpha"):
+        S.overlay(film, heat, alpha=1.5)
+    legend = S.legend_image()
+    assert legend.dtype == np.uint8 and legend.shape == (36, 220, 3)
+    assert S.normalise(np.zeros((3, 3))).max() == 0.0
+
+
+def test_real_radiograph_shape(tokenizer):
+    """The RG1 example (non-square DICOM) gets a heatmap at its own size."""
+    loaded = load_image("assets/examples/rg1_chest.dcm")
+    model, processor = _micro(tokenizer, "qwen2_vl")
+    result = _result(tokenizer, processor, loaded.pixels)
+    result.image = loaded
+    maps = S.explain(model, processor, result, targets=["report"]).maps
+    assert maps[0].heatmap.shape == loaded.pixels.shape
+
+
+def test_evidence_region_holds_the_phantom_masks():
+    """The plausible regions are loose enough for every ground-truth mask of held-out phantoms."""
+    from medr2.phantom import generate_studies
+
+    checked = 0
+    for study in generate_studies(40, 3):
+        for f in study.findings:
+            sentence = f"{f.side or ''} {f.zone or ''} {f.kind}"
+            region = S.plausible_region(f.observation, sentence, f.mask.shape)
+            if region is None or not f.mask.any():
+                continue
+            checked += 1
+            assert (f.mask & region).sum() >= 0.9 * f.mask.sum(), (f.kind, f.side, f.zone)
+    assert checked > 30
+
+
+def test_evidence_flags_a_map_away_from_the_region():
+    shape = (100, 100)
+    region = S.plausible_region("Pleural Effusion", "Small right pleural effusion.", shape)
+    assert region[90, 10] and not region[90, 90] and not region[5, 10]  # patient right = image left, base
+    base = np.zeros(shape, np.float32)
+    base[80:90, 10:20] = 1.0
+    apex = np.zeros(shape, np.float32)
+    apex[2:8, 80:90] = 1.0
+    assert S.evidence_share(base, region) == 1.0 and S.evidence_share(apex, region) == 0.0
+    assert S.plausible_region("Support Devices", "Central line.", shape) is None
+    lesion = S.plausible_region("Lung Lesion", "Nodule in the left upper zone.", shape)
+    assert lesion[20, 80] and not lesion[80, 80] and not lesion[20, 20]
