@@ -1,0 +1,154 @@
+"""medr2 reviewer app: upload a chest radiograph, watch the model perceive, reason, reflect and report,
+check its saliency maps, correct the report and leave structured feedback.
+
+Run: `bash scripts/app.sh [--model PATH_OR_HUB_ID] [--port 7860]` (or `python app.py ...`); on Hugging Face
+Spaces this file is the `app_file`. The model (`--model`, else $MEDR2_MODEL, else the embedded demo model
+in assets/model) is loaded once at start-up. Reviews go to $MEDR2_DATA_DIR (default ./medr2_data).
+All logic lives in `medr2.ui_events` (event functions) and `medr2.ui` (presentation); this file only wires
+components to them and sets the safety options (bounded queue, file-size cap, no run history, no
+monitoring endpoint, no analytics, curated errors only, periodic cache deletion).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+
+import gradio as gr  # noqa: E402
+
+from medr2 import ui  # noqa: E402
+from medr2.ui_events import ANALYZE_OUTPUTS, AppService, find_examples, gpu  # noqa: E402
+
+MAX_FILE_SIZE = "64mb"  # a 43 x 43 cm CR at 100 um, 16 bit, uncompressed is ~37 MB
+DELETE_CACHE = (600, 1800)  # every 10 min, delete gradio temp files (overlay PNGs) older than 30 min
+ERROR_TAG_CHOICES = [(tag.replace("_", " "), tag) for tag in
+                     ("false_finding", "omission", "wrong_location", "wrong_severity", "false_comparison", "missed_comparison")]
+LIKERT = [("1 poor", 1), ("2", 2), ("3", 3), ("4", 4), ("5 excellent", 5)]
+
+
+def make_service(model: str | None = None, data_dir: str | None = None, max_new_tokens: int = 640,
+                 adapter: str | None = None) -> AppService:
+    """Load the model once and open the feedback store (raises ModelLoadError / FeedbackError)."""
+    from medr2.feedback import FeedbackStore, default_data_dir, maybe_start_hub_sync
+    from medr2.pipeline import Pipeline, PipelineConfig, default_model
+
+    pipeline = Pipeline(PipelineConfig(model=model or default_model(), adapter=adapter, max_new_tokens=max_new_tokens))
+    examples = find_examples()
+    store = FeedbackStore(data_dir or default_data_dir(), allowed_image_refs=[e.name for e in examples])
+    maybe_start_hub_sync(store)
+    return AppService(pipeline, store, examples)
+
+
+def build_demo(service: AppService | None = None, concurrency: int = 1, queue_size: int = 16) -> gr.Blocks:
+    """The three-column review UI wired to `service` (built from $MEDR2_MODEL / defaults when None)."""
+    service = service or make_service()
+    demo_model = bool(service.pipeline.provenance.demo)
+    notice = f"⚠ {ui.NOTICE}" + (f"<small>{ui.DEMO_NOTICE}</small>" if demo_model else "")
+    with gr.Blocks(title="medr2 — chest X-ray report review", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
+        study = gr.State(None, time_to_live=3600)  # per-session study; dropped an hour after its last use
+        with gr.Row(equal_height=False):
+            gr.Markdown("## medr2 · chest X-ray report review")
+            gr.HTML(f'<div class="medr2-notice">{notice}</div>', elem_id="notice")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5, min_width=360):
+                view = gr.Image(label="Radiograph", type="numpy", interactive=False, height=560, format="png",
+                                buttons=["fullscreen"], elem_id="viewer")
+                with gr.Row():
+                    overlay = gr.Dropdown(choices=ui.overlay_choices([]), value=ui.NO_OVERLAY, label="Saliency for",
+                                          interactive=False, scale=3, elem_id="overlay")
+                    alpha = gr.Slider(0.0, 1.0, value=0.45, step=0.05, label="Opacity", scale=2)
+                    cmap = gr.Dropdown(choices=list(ui.COLORMAPS), value=ui.COLORMAPS[0], label="Colormap", scale=1)
+                upload = gr.File(label="Upload a chest radiograph: DICOM (any extension), PNG or JPEG",
+                                 file_count="single", type="filepath", height=110, elem_id="upload")
+                if service.examples:
+                    gr.Examples([[str(e.path)] for e in service.examples], inputs=[upload], label="Examples",
+                                example_labels=[e.label for e in service.examples], examples_per_page=8)
+                truth = gr.Markdown(visible=False, elem_id="truth")
+            with gr.Column(scale=4, min_width=320):
+                stages = gr.HTML(ui.stage_html([]), elem_id="stages")
+                gr.Markdown("#### Perception · region checklist")
+                perception = gr.HTML(elem_id="perception")
+                gr.Markdown("#### Reasoning · sign → finding, with the knowledge rule used")
+                reasoning = gr.HTML(elem_id="reasoning")
+                gr.Markdown("#### Reflection · what was re-checked")
+                reflection = gr.HTML(elem_id="reflection")
+                diff = gr.HighlightedText(label="Draft → final report (word diff)", color_map=ui.DIFF_COLORS,
+                                          show_legend=True, combine_adjacent=True, elem_id="diff")
+                with gr.Accordion("Raw model output", open=False):
+                    raw = gr.Textbox(show_label=False, lines=8, max_lines=20, interactive=False)
+            with gr.Column(scale=4, min_width=320):
+                report = gr.Textbox(label="Final report (edit to correct it)", lines=7, max_lines=16, interactive=True,
+                                    placeholder=ui.REPORT_PLACEHOLDER, elem_id="report")
+                findings = gr.Dataframe(label=f"Findings, CheXpert 14 ({ui.FINDINGS_LEGEND})", interactive=False,
+                                        wrap=True, max_height=600, elem_id="findings")
+                provenance = gr.Markdown(elem_id="provenance")
+        with gr.Accordion("Reviewer feedback", open=True, elem_id="feedback"):
+            with gr.Row():
+                rating = gr.Radio(LIKERT, label="Overall report quality", elem_id="rating")
+                reasoning_rating = gr.Radio(LIKERT, label="Reasoning quality", elem_id="reasoning_rating")
+                saliency_rating = gr.Radio(LIKERT, label="Saliency usefulness", elem_id="saliency_rating")
+            verdicts = gr.Dataframe(headers=ui.VERDICT_HEADERS, label="Per sentence (filled from your edit; override the verdict if needed)",
+                                    interactive=True, static_columns=[0], wrap=True, elem_id="verdicts")
+            with gr.Row():
+                errors = gr.CheckboxGroup(ERROR_TAG_CHOICES, label="Errors in the final report", elem_id="errors")
+                significant = gr.CheckboxGroup(ERROR_TAG_CHOICES, label="…of which clinically significant", elem_id="significant")
+            with gr.Row():
+                comment = gr.Textbox(label="Comment", lines=2, scale=3)
+                reviewer = gr.Textbox(label="Reviewer (optional handle, not your name)", lines=1, scale=1)
+            submit = gr.Button("Submit review", variant="primary", elem_id="submit")
+            status = gr.Markdown(elem_id="status")
+
+        parts = dict(stages=stages, view=view, perception=perception, reasoning=reasoning, reflection=reflection,
+                     diff=diff, report=report, findings=findings, verdicts=verdicts, provenance=provenance,
+                     overlay=overlay, truth=truth, raw=raw, study=study, rating=rating, reasoning_rating=reasoning_rating,
+                     saliency_rating=saliency_rating, errors=errors, significant=significant, comment=comment, status=status)
+        upload.change(gpu(service.analyze), [upload], [parts[n] for n in ANALYZE_OUTPUTS], api_name="analyze",
+                      concurrency_limit=concurrency, concurrency_id="model", show_progress="hidden")
+        for trigger in (overlay.change, cmap.change, alpha.release):  # cheap: never wait behind the model
+            trigger(service.view, [study, overlay, alpha, cmap], [view], concurrency_limit=None,
+                    show_progress="hidden", api_visibility="private")
+        report.input(service.review, [study, report], [findings, verdicts], concurrency_limit=None,
+                     trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+        submit.click(service.submit, [study, report, verdicts, rating, reasoning_rating, saliency_rating, errors,
+                                      significant, comment, reviewer], [status], concurrency_limit=None, api_name="submit")
+    demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
+    return demo
+
+
+def launch_settings() -> dict:
+    """`launch()` options shared by the app, its tests and the benchmark (safety settings in one place)."""
+    return dict(max_file_size=MAX_FILE_SIZE, show_error=False, run_history=False, enable_monitoring=False,
+                footer_links=["gradio", "settings"], ssr_mode=False, pwa=False, mcp_server=False,
+                css=ui.APP_CSS, theme=gr.themes.Soft())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="medr2 reviewer app (research demo, not for clinical use)")
+    parser.add_argument("--model", default=None, help="local path or hub id (default: $MEDR2_MODEL, else assets/model)")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter folder on top of --model")
+    parser.add_argument("--data-dir", default=None, help="feedback folder (default: $MEDR2_DATA_DIR or ./medr2_data)")
+    parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1; Spaces sets 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=None, help="port (default 7860 or $GRADIO_SERVER_PORT)")
+    parser.add_argument("--max-new-tokens", type=int, default=640, help="generation budget per study")
+    parser.add_argument("--concurrency", type=int, default=1, help="studies generated at once (model calls are serialised)")
+    parser.add_argument("--queue-size", type=int, default=16, help="studies waiting at most; more get a 'busy' message")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from medr2.feedback import FeedbackError
+    from medr2.model import ModelLoadError
+
+    try:
+        service = make_service(args.model, args.data_dir, args.max_new_tokens, args.adapter)
+    except (ModelLoadError, FeedbackError, ValueError, OSError) as exc:
+        print(f"app.py: {exc}", file=sys.stderr)
+        return 2
+    demo = build_demo(service, concurrency=args.concurrency, queue_size=args.queue_size)
+    demo.launch(server_name=args.host, server_port=args.port, **launch_settings())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Hugging Face Spaces configuration: README front matter == Space.yaml == docs/app.md, pinned to the
+installed gradio; requirements.txt == what scripts/sync_requirements.py derives from pyproject.toml."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = {"sdk", "sdk_version", "app_file", "python_version", "license", "short_description", "suggested_hardware"}
+
+
+def front_matter(text: str, where: str) -> dict:
+    match = re.match(r"---\n(.*?)\n---\n", text, re.DOTALL)
+    assert match, f"{where} must start with a '---' YAML front matter block (Spaces reads it)"
+    return yaml.safe_load(match.group(1))
+
+
+def space_yaml() -> dict:
+    return yaml.safe_load((ROOT / "Space.yaml").read_text())
+
+
+def test_space_yaml_is_complete_and_pinned_to_the_installed_gradio():
+    import gradio
+
+    cfg = space_yaml()
+    assert REQUIRED <= set(cfg), f"Space.yaml lacks {sorted(REQUIRED - set(cfg))}"
+    assert cfg["sdk"] == "gradio" and cfg["sdk_version"] == gradio.__version__
+    assert (ROOT / cfg["app_file"]).is_file()
+    assert isinstance(cfg["python_version"], str) and cfg["python_version"].startswith("3.")
+    assert len(cfg["short_description"]) <= 60  # the Hub rejects longer ones
+
+
+def test_readme_front_matter_equals_space_yaml():
+    assert front_matter((ROOT / "README.md").read_text(encoding="utf-8"), "README.md") == space_yaml()
+
+
+def test_docs_front_matter_block_equals_space_yaml():
+    doc = (ROOT / "docs" / "app.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(---\n.*?\n---\n)```", doc, re.DOTALL)
+    assert block, "docs/app.md must hold the README front matter in a ```yaml block"
+    assert front_matter(block.group(1), "docs/app.md") == space_yaml()
+
+
+def test_requirements_txt_matches_pyproject():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_requirements.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from sync_requirements import requirements
+
+    reqs = requirements()
+    assert "torch==2.13.0" in reqs and any(r.startswith("gradio") for r in reqs)
+    assert not any(r.startswith("torchvision") for r in reqs)  # does not import beside torch 2.13
