@@ -1,26 +1,24 @@
-"""Build and load the vision-language model (VLM) and its processor; prompts and generation settings.
+"""Build the tiny vision-language model (VLM) and its processor; turn (image, prompt) into model inputs.
 
 Two ways in, one interface out — `(model, processor)` with the standard `Auto*` classes, so the pipeline,
 training, saliency and evaluation never care which architecture they hold:
 - `build_tiny_vlm(tokenizer, TinyVLMConfig(...))`: the embedded demo architecture from config, nothing
   downloaded. LLaVA (SigLIP vision tower + Qwen2 text model, stock `LlavaProcessor`) by default; tiny
   Qwen2-VL / Qwen2.5-VL through the no-video processors of `medr2.qwen_processor`.
-- `load_model(path_or_hub_id)`: any image-text-to-text checkpoint (ours or e.g. Qwen2.5-VL-7B-Instruct),
-  fp32 on CPU / bf16 on CUDA, `device_map` for big models, a peft LoRA adapter on top; it checks that
-  the processor really is multimodal, because `AutoProcessor` silently falls back to a bare tokenizer.
+- `load_model(path_or_hub_id)`: any image-text-to-text checkpoint; it lives in `medr2.model_io` (with
+  `ModelLoadError`, `check_multimodal_processor`, `weights_sha256`) and is re-exported here.
 
-`prepare_inputs` turns (image, chat messages) into model-ready tensors for all three architectures
-(Qwen-VL additionally needs `mm_token_type_ids` and `image_grid_thw`; the processor returns them).
+Hands on: `prepare_inputs` turns (image, chat messages) into model-ready tensors for all three architectures
+(Qwen-VL additionally needs `mm_token_type_ids` and `image_grid_thw`; the processor returns them);
+`build_chat`, `generation_kwargs` and `generate_text` drive `model.generate`.
 `prompted_system_prompt()` is the "prompted mode" for off-the-shelf instruct LVLMs.
 CLI: `medr2 build-tiny --arch llava --out DIR [--corpus FILE.txt]`.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,9 +29,6 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import (
-    AutoConfig,
-    AutoModelForImageTextToText,
-    AutoProcessor,
     BatchFeature,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -51,6 +46,8 @@ from transformers import (
 )
 
 from medr2 import qwen_processor  # registers the no-video Qwen processors with AutoProcessor
+from medr2.model_io import ModelLoadError, check_multimodal_processor, load_model  # noqa: F401  (public API)
+from medr2.model_io import weights_sha256, weights_sha256_short  # noqa: F401  (public API)
 from medr2.tokenizer import IM_END, IMAGE_TOKEN, PAD_TOKEN, SCHEMA_TAGS, VIDEO_TOKEN, VISION_END, VISION_START
 from medr2.tokenizer import train_tokenizer
 
@@ -234,156 +231,6 @@ def build_tiny_vlm(tokenizer, config: TinyVLMConfig | None = None) -> tuple[PreT
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
     """Number of (trainable) parameters; tied embeddings are counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-# ------------------------------------------------------------------------------------------------ load
-class ModelLoadError(RuntimeError):
-    """A model or processor could not be loaded; the message names the source and the fix."""
-
-
-_HUB_HELP = ("the Hugging Face Hub is unreachable from this machine: download the model where the Hub is "
-             "reachable and pass its local directory (or pre-fill the HF cache); set HF_HUB_OFFLINE=1 to "
-             "fail fast instead of retrying")
-
-
-def _is_local(name_or_path: str) -> bool:
-    """True for things that are (or are meant to be) local paths rather than hub ids like `owner/name`."""
-    if os.path.exists(name_or_path) or name_or_path.startswith(("/", ".", "~")) or "\\" in name_or_path:
-        return True
-    parts = name_or_path.split("/")
-    # "assets/model" is a path when "assets" exists here; a hub id is exactly "owner/name".
-    return len(parts) != 2 or not all(parts) or os.path.isdir(parts[0])
-
-
-def _resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype | str:
-    if dtype is None:  # bf16 halves memory on GPUs; CPUs compute bf16 slowly and less exactly
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if isinstance(dtype, str) and dtype != "auto":
-        aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
-        resolved = getattr(torch, aliases.get(dtype, dtype), None)
-        if not isinstance(resolved, torch.dtype):
-            raise ModelLoadError(f"dtype={dtype!r} is not a torch dtype: use bfloat16, float16, float32 or auto")
-        return resolved
-    return dtype
-
-
-def check_multimodal_processor(processor: Any, source: str) -> ProcessorMixin:
-    """Raise `ModelLoadError` unless `processor` has both an image processor and a tokenizer."""
-    if (isinstance(processor, ProcessorMixin) and getattr(processor, "image_processor", None) is not None
-            and getattr(processor, "tokenizer", None) is not None):
-        return processor
-    raise ModelLoadError(
-        f"{source}: AutoProcessor returned {type(processor).__name__}, not a multimodal processor with an image "
-        "processor and a tokenizer. If processor_config.json names a custom class (e.g. NoVideoQwen2VLProcessor), "
-        "`import medr2.model` first so it is registered; otherwise save the full processor "
-        "(`processor.save_pretrained(dir)`) next to the model."
-    )
-
-
-def _load_processor(source: str) -> ProcessorMixin:
-    try:
-        processor = AutoProcessor.from_pretrained(source)
-    except (OSError, ValueError, AttributeError, ImportError) as exc:
-        # Stock Qwen-VL processors need torchvision for their video half: retry with the no-video class.
-        model_type = _model_type(source)
-        if model_type not in qwen_processor.NO_VIDEO_PROCESSORS:
-            raise
-        log.info("%s: stock %s processor failed (%s); using the no-video processor", source, model_type, exc)
-        processor = qwen_processor.NO_VIDEO_PROCESSORS[model_type].from_pretrained(source)
-    return check_multimodal_processor(processor, source)
-
-
-def _model_type(source: str) -> str | None:
-    try:
-        return AutoConfig.from_pretrained(source).model_type
-    except (OSError, ValueError):
-        return None
-
-
-def _adapter_base(adapter_dir: str) -> str:
-    config = json.loads(Path(adapter_dir, "adapter_config.json").read_text(encoding="utf-8"))
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise ModelLoadError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path: pass the base model")
-    return base
-
-
-def load_model(name_or_path: str, *, device: str | None = None, dtype: torch.dtype | str | None = None,
-               adapter: str | None = None, device_map: str | dict | None = None
-               ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Load an image-text-to-text model and its processor from a local directory or a hub id.
-
-    Args:
-        name_or_path: model directory or hub id. A directory holding only a peft adapter
-            (`adapter_config.json`) loads the base model it names, then the adapter.
-        device: "cpu", "cuda", "cuda:1", …; default CUDA when available. Ignored with `device_map`.
-        dtype: default float32 on CPU, bfloat16 on CUDA; a torch dtype, "bf16"/"fp32"/… or "auto".
-        adapter: a peft LoRA adapter directory to apply on top (processor taken from it when saved there).
-        device_map: e.g. "auto" to spread a large model over the available GPUs (needs accelerate).
-
-    Returns:
-        `(model, processor)`, model in eval mode.
-
-    Raises:
-        ModelLoadError: missing path, unreachable hub, or a processor that is not multimodal.
-    """
-    name_or_path = str(name_or_path)
-    if _is_local(name_or_path):
-        name_or_path = os.path.expanduser(name_or_path)
-        if not os.path.isdir(name_or_path):
-            raise ModelLoadError(f"no model at {name_or_path}: expected a directory saved with save_pretrained "
-                                 "(build one with `medr2 build-tiny --out DIR`)")
-    if adapter is None and os.path.isfile(os.path.join(name_or_path, "adapter_config.json")):
-        adapter, name_or_path = name_or_path, _adapter_base(name_or_path)
-    if adapter is not None and not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
-        raise ModelLoadError(f"no peft adapter at {adapter}: expected adapter_config.json there")
-    device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device={device!r} but this torch build sees no CUDA GPU: use device='cpu'")
-    torch_dtype = _resolve_dtype(dtype, device)
-    has_own_processor = adapter is not None and any(
-        os.path.isfile(os.path.join(adapter, f)) for f in ("processor_config.json", "preprocessor_config.json"))
-    try:
-        processor = _load_processor(adapter if has_own_processor else name_or_path)
-        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=torch_dtype, device_map=device_map)
-    except OSError as exc:
-        if _is_local(name_or_path):
-            raise ModelLoadError(f"{name_or_path} is not a loadable model directory: {exc}") from exc
-        raise ModelLoadError(f"could not load {name_or_path!r} from the hub: {_HUB_HELP} ({exc})") from exc
-    if device_map is None:
-        model.to(device)
-    if adapter is not None:
-        from peft import PeftModel  # optional dependency (medr2[train])
-
-        model = PeftModel.from_pretrained(model, adapter)
-    log.info("loaded %s%s: %s, %s on %s", name_or_path, f" + adapter {adapter}" if adapter else "",
-             type(model).__name__, torch_dtype, device_map or device)
-    return model.eval(), processor
-
-
-def weights_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a model's safetensors weights, for provenance.
-
-    A file, or a directory's `*.safetensors` (adapter included): one file hashes like `sha256sum`; several
-    are hashed in name order as (name, content) pairs so a renamed shard changes the hash.
-    """
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) if path.is_dir() else []
-    if not files:
-        raise ModelLoadError(f"no safetensors weights at {path}: expected a .safetensors file or a model directory")
-    digest = hashlib.sha256()
-    for file in files:
-        if len(files) > 1:
-            digest.update(file.name.encode() + b"\0")
-        with file.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def weights_sha256_short(path: str | os.PathLike, length: int = 12) -> str:
-    """The first `length` hex digits of `weights_sha256(path)` (enough to tell checkpoints apart)."""
-    return weights_sha256(path)[:length]
 
 
 # ---------------------------------------------------------------------------------------------- inputs

@@ -60,6 +60,7 @@ class PerceptionConfig:
     patch_coverage_full: float = field(default=0.05, metadata={"help": "mask coverage of a patch that counts as fully positive (small nodules cover ~5%)"})
     workers: int = field(default=2, metadata={"help": "processes for phantom generation"})
     seed: int = field(default=0, metadata={"help": "torch seed"})
+    init_from: str = field(default="", metadata={"help": "continue from an earlier stage-0 output folder (tower + heads); a fresh LR schedule"})
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -169,6 +170,17 @@ class PerceptionNet(nn.Module):
                 "ctr": self.ctr_head(h.mean(dim=1)).squeeze(-1)}
 
 
+def load_perception(net: PerceptionNet, folder: Path) -> None:
+    """Load a saved stage-0 tower and heads into `net` (strict: every key must match)."""
+    from safetensors.torch import load_file
+
+    net.tower.load_state_dict(load_file(str(folder / "vision_tower.safetensors")))
+    heads = load_file(str(folder / "perception_heads.safetensors"))
+    for name in ("patch_head", "zone_head", "image_head", "ctr_head"):
+        getattr(net, name).load_state_dict({k.split(".", 1)[1]: v for k, v in heads.items() if k.startswith(name + ".")})
+    logger.info("continuing stage 0 from %s", folder)
+
+
 def to_pixels(images_u8: np.ndarray) -> torch.Tensor:
     """uint8 [B, H, W] -> SigLIP-normalised float [B, 3, H, W] (mean = std = 0.5, as the processor does)."""
     x = torch.from_numpy(images_u8).float().div_(127.5).sub_(1.0)
@@ -241,6 +253,8 @@ def train(config: PerceptionConfig) -> dict:
     train_data = build_examples(config.n_train, config.train_seed, config)
     val_data = build_examples(config.n_val, config.val_seed, config)
     net = PerceptionNet(config)
+    if config.init_from:
+        load_perception(net, Path(config.init_from))
     pw_patch, pw_image = _pos_weight(train_data["patch"]), _pos_weight(train_data["labels"])
     # Focal studies appear `focal_oversample` times per epoch: they carry the small signs the tower must learn.
     index = np.concatenate([np.arange(config.n_train)] + [np.flatnonzero(train_data["focal"])] * (config.focal_oversample - 1))
