@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the embedded demo model (assets/model) and the ablation tables on CPU, from scratch.
 # Every stage is a `medr2` command with a committed recipe; logs and checkpoints go to runs/.
-# Wall-clock on the 2-core CPU machine this project is built on: ~2 h (stage 0 26 min, each SFT 40 min,
-# run two at a time; GRPO 20 min). With a GPU, the same commands run faster (bf16 is chosen automatically).
+# Wall-clock on the 2-core CPU machine this project is built on: ~2 h (stage 0 26 min, each SFT 32 min,
+# run two at a time; GRPO 18 min). With a GPU, the same commands run faster (bf16 is chosen automatically).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
