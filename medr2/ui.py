@@ -22,8 +22,9 @@ from medr2.schema import PerceptionItem, ReasoningStep, ReflectionItem
 
 NOTICE = "Research demo — not for clinical use; upload de-identified images only."
 DEMO_NOTICE = "The demo model was trained on synthetic phantoms only: its reports on real radiographs are not meaningful."
-OUT_OF_DISTRIBUTION = ("not a synthetic phantom, so outside the demo model's training distribution: "
-                       "read its report as a demonstration only.")
+# The app cannot tell a real film from a phantom that is not one of the bundled examples: say what it knows.
+OUT_OF_DISTRIBUTION = ("not one of the bundled synthetic phantoms: a real radiograph is outside the demo model's "
+                       "training distribution, so read its report as a demonstration only.")
 NO_REPORT = ("The model produced no report (generation ended before a closed <report> section). "
              "Write the correct report here if you want to teach the model.")
 REPORT_PLACEHOLDER = "The final report appears here; edit it to correct the model."

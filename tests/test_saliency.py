@@ -109,7 +109,7 @@ def test_maps_shapes_normalised_deterministic(tokenizer, film, arch):
     assert grid[0] != grid[1] or arch == "llava"
     for a, b in zip(first.maps, second.maps):
         assert a.heatmap.shape == film.shape and a.heatmap.dtype == np.float32
-        assert a.grid.shape == grid and a.method == "gradcam"
+        assert a.grid.shape == grid and a.method == S.DEFAULT_METHOD
         assert 0.0 <= a.heatmap.min() and a.heatmap.max() == pytest.approx(1.0)
         assert a.grid.max() == pytest.approx(1.0) and a.grid.min() >= 0.0
         np.testing.assert_array_equal(a.heatmap, b.heatmap)
