@@ -129,6 +129,20 @@ def _as_loaded(image):
     return imaging.load_image(image)
 
 
+def _model_label(model: str) -> str:
+    """What provenance shows: a hub id as given, a folder inside this repo relative to it, else the folder name.
+
+    Never an absolute path: it may name a user's home folder.
+    """
+    path = Path(model)
+    if not path.exists():
+        return model
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return path.resolve().name
+
+
 def _clean(text: str, special: list[str]) -> str:
     for token in special:
         text = text.replace(token, "")
@@ -155,7 +169,7 @@ class Pipeline:
         self.load_seconds = time.perf_counter() - t0
         self.card = self._read_card(self.config.model)
         self.provenance = Provenance(
-            model=self.config.model if not Path(self.config.model).exists() else Path(self.config.model).name,
+            model=_model_label(self.config.model),
             weights_sha256=weights_sha256(self.config.model) if Path(self.config.model).exists() else "hub",
             demo=bool(self.card.get("demo", False)),
             training_data=self.card.get("training_data", "unknown"),
