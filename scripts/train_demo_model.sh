@@ -27,9 +27,12 @@ OMP_NUM_THREADS=1 medr2 train-grpo --recipe recipes/grpo_tiny.yaml > runs/grpo_m
 OMP_NUM_THREADS=1 medr2 train-grpo --recipe recipes/grpo_tiny.yaml --rewards ce_f1,format \
   --output_dir runs/grpo_cef1 > runs/grpo_cef1.log 2>&1 &
 wait
+# The corrected GRPO run (Med-R2 format reward, lower lr, larger beta), alone on 2 threads.
+medr2 train-grpo --recipe recipes/grpo_tiny.yaml --rewards mccs,medr2_format --output_dir runs/grpo_mccs_medr2fmt \
+  --learning_rate 1e-5 --beta 0.04 --time_budget_minutes 15 > runs/grpo_mccs_medr2fmt.log 2>&1
 
 # Held-out evaluation (phantom seed 3, never used in training) of every variant.
-for v in sft_direct sft_medr2 grpo_mccs grpo_cef1; do
+for v in sft_direct sft_medr2 grpo_mccs grpo_cef1 grpo_mccs_medr2fmt; do
   medr2 evaluate --model runs/$v --n 500 --out runs/eval/$v > runs/eval_$v.log 2>&1
 done
 python benchmarks/ablation_table.py runs/eval  # prints the README table, writes benchmarks/results/ablation.json
