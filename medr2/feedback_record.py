@@ -109,10 +109,14 @@ def sanitize_metadata(metadata: dict | None) -> dict:
     return kept
 
 
-def _verdict(item: dict) -> dict:
-    extra = set(item) - {"sentence", "verdict", "edited_text"}
+def _check_keys(item: dict, allowed: tuple[str, ...], what: str) -> None:
+    extra = set(item) - set(allowed)
     if extra:
-        raise FeedbackError(f"sentence verdict has unknown keys {sorted(extra)}; allowed: sentence, verdict, edited_text")
+        raise FeedbackError(f"{what} has unknown keys {sorted(extra)}; allowed: {', '.join(allowed)}")
+
+
+def _verdict(item: dict) -> dict:
+    _check_keys(item, ("sentence", "verdict", "edited_text"), "sentence verdict")
     if item.get("verdict") not in VERDICTS:
         raise FeedbackError(f"unknown verdict {item.get('verdict')!r}; use one of {', '.join(VERDICTS)}")
     sentence = _text("sentence", item.get("sentence"))
@@ -130,9 +134,7 @@ def _verdict(item: dict) -> dict:
 
 
 def _error_tag(item: dict) -> dict:
-    extra = set(item) - {"tag", "clinically_significant", "note"}
-    if extra:
-        raise FeedbackError(f"error tag has unknown keys {sorted(extra)}; allowed: tag, clinically_significant, note")
+    _check_keys(item, ("tag", "clinically_significant", "note"), "error tag")
     if item.get("tag") not in ERROR_TAGS:
         raise FeedbackError(f"unknown error tag {item.get('tag')!r}; use one of {', '.join(ERROR_TAGS)}")
     if not isinstance(item.get("clinically_significant"), bool):

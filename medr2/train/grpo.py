@@ -45,11 +45,9 @@ class MedR2GRPOConfig(GRPOConfig):
     time_budget_minutes: float = field(default=0.0, metadata={"help": "stop after this many minutes (0 = no limit)"})
 
     def __post_init__(self) -> None:
-        import torch
+        from medr2.train import apply_device_defaults
 
-        if not torch.cuda.is_available():
-            self.use_cpu, self.bf16 = True, False
-        self.report_to = "none" if self.report_to in (None, "all") else self.report_to
+        apply_device_defaults(self)
         names, weights = self.reward_names, [float(w) for w in self.reward_weights_csv.split(",") if w.strip()]
         if len(names) != len(weights):
             raise ValueError(f"{len(names)} rewards ({names}) but {len(weights)} weights ({weights})")

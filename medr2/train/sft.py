@@ -49,16 +49,14 @@ class MedR2SFTConfig(SFTConfig):
     time_budget_minutes: float = field(default=0.0, metadata={"help": "stop training after this many minutes (0 = no limit)"})
 
     def __post_init__(self) -> None:
-        import torch
+        from medr2.train import apply_device_defaults
 
         if self.target not in ("medr2", "direct"):
             raise ValueError(f"target must be 'medr2' or 'direct', got {self.target!r}")
         if self.dataset_dir and self.target == "medr2":
             raise ValueError("Med-R2 traces are built from phantom ground truth; on a real dataset use target=direct "
                              "(or first write traces with a teacher LVLM in prompted mode)")
-        if not torch.cuda.is_available():
-            self.use_cpu, self.bf16 = True, False
-        self.report_to = "none" if self.report_to in (None, "all") else self.report_to
+        apply_device_defaults(self)
         super().__post_init__()
 
 
