@@ -25,7 +25,7 @@ class RibBreak:
     index: int
     s: float
     step: float
-    gap: float = 0.012
+    gap: float = 0.024  # lucent cortical break, ~5 px at the 224 px model input
 
 
 def rib_geometry(p: AnatomyParams) -> tuple[float, float]:
@@ -71,7 +71,7 @@ def bones(p: AnatomyParams, u: np.ndarray, v: np.ndarray, breaks: list[RibBreak]
     for br in breaks:  # cortical break: a lucent gap across the rib
         on_side = (su < 0) if br.side == "right" else (su >= 0)
         gap = on_side & (np.abs(s - br.s) < br.gap / p.thorax_hw) & (idx == br.index)
-        ribs = np.where(gap, ribs * 0.15, ribs)
+        ribs = np.where(gap, ribs * 0.05, ribs)
     # Anterior ribs: faint, running down and medially from the lateral wall (cartilage medially is invisible).
     aphase = (v - first - 0.06 - 0.15 * (1 - s)) / (spacing * 1.25)
     afrac = aphase - np.floor(aphase)

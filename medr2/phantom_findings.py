@@ -156,9 +156,19 @@ def draw_airspace(c: Canvas, side: str, zone: str, kind: str) -> np.ndarray:
     lung = c.anatomy.lung(side)
     dense = kind in ("consolidation", "pneumonia")
     radius = c.rng.uniform(0.045, 0.075) if dense else c.rng.uniform(0.04, 0.07)
-    field = _blob(c, center, radius, lobes=5)
+    if kind == "pneumonia":
+        # Bronchopneumonia pattern: patchy consolidation in two or three foci of the same lung, so the phantom's
+        # pneumonia is visibly different from a single lobar/segmental consolidation (otherwise the label could
+        # not be read from the film at all). The first focus sits in the reported zone.
+        radius = c.rng.uniform(0.04, 0.055)  # ill-defined patches, larger than a nodule
+        field = _blob(c, center, radius, lobes=3)
+        others = [z for z in ("upper", "mid", "lower") if z != zone]
+        for z in c.rng.permutation(others)[: int(c.rng.integers(1, 3))]:
+            field = np.maximum(field, _blob(c, _pick_point(c, side, str(z)), radius * c.rng.uniform(0.7, 0.9), lobes=3))
+    else:
+        field = _blob(c, center, radius, lobes=5)
     region = np.clip((field - 0.5) / 0.5, 0, 1) * lung
-    if dense and zone == "upper" and side == "right" and c.rng.random() < 0.5:
+    if kind == "consolidation" and zone == "upper" and side == "right" and c.rng.random() < 0.5:
         region = region * (c.v < center[1] + radius * 0.6)  # sharp lower border at the horizontal fissure
     if dense:
         _fill(c, _soft(region, 1.8 * c.scale), 0.92)
@@ -184,8 +194,9 @@ def draw_atelectasis(c: Canvas, side: str, zone: str) -> np.ndarray:
     mask = np.zeros_like(c.u, dtype=bool)
     for s in (("right", "left") if side == "bilateral" else (side,)):
         cu, cv = _pick_point(c, s, zone, margin=0.03)
-        length = c.rng.uniform(0.06, 0.11)
-        half_t = c.rng.uniform(0.005, 0.008)
+        length = c.rng.uniform(0.07, 0.12)
+        # >= 4 px thick at the 224 px model input: thinner bands were indistinguishable from rib cortex lines
+        half_t = c.rng.uniform(0.009, 0.013)
         ang = c.rng.uniform(-0.25, 0.25)
         du, dv = c.u - cu, c.v - cv
         along = du * math.cos(ang) + dv * math.sin(ang)

@@ -33,7 +33,7 @@ SIGNS: dict[str, tuple[str, str, str, str]] = {
     "effusion": ("blunted costophrenic angle with a meniscus", "blunted angle with meniscus", "pleural effusion", "effusion_meniscus"),
     "pneumothorax": ("visceral pleural line with no markings beyond it", "pleural line without peripheral markings", "pneumothorax", "ptx_pleural_line"),
     "consolidation": ("homogeneous airspace opacity with air bronchograms", "airspace opacity with air bronchograms", "consolidation", "consolidation_airspace"),
-    "pneumonia": ("airspace opacity with air bronchograms", "focal airspace opacity", "pneumonia", "pneumonia_consolidation"),
+    "pneumonia": ("multifocal patchy airspace opacities", "multifocal patchy consolidation", "pneumonia", "pneumonia_consolidation"),
     "atelectasis": ("linear plate-like opacity with volume loss", "plate-like opacity", "atelectasis", "atelectasis_linear"),
     "opacity": ("patchy hazy opacity", "patchy opacity without air bronchograms", "lung opacity", "opacity_patchy"),
     "edema": ("bilateral perihilar haze with septal lines", "perihilar haze and septal lines", "pulmonary edema", "edema_perihilar"),

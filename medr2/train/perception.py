@@ -120,11 +120,14 @@ def _make(args) -> dict[str, np.ndarray]:
 def build_examples(n: int, seed: int, config: PerceptionConfig) -> dict[str, np.ndarray]:
     """Generate `n` phantom studies (same seeds as `medr2 phantom --seed`) and stack their examples.
 
-    Cached as `<out>/examples_<seed>_<n>_<image_size>.npz`: generation costs minutes, a retrain should not repeat it.
+    Cached as `<out>/examples_v<generator version>_<seed>_<n>_<image_size>.npz`: generation costs minutes, a
+    retrain should not repeat it, and a changed generator must not silently reuse old images.
     """
     from tqdm import tqdm
 
-    cache = Path(config.out) / f"examples_{seed}_{n}_{config.image_size}.npz"
+    from medr2.phantom import GENERATOR_VERSION
+
+    cache = Path(config.out) / f"examples_v{GENERATOR_VERSION}_{seed}_{n}_{config.image_size}.npz"
     if cache.is_file():
         with np.load(cache) as data:
             return {k: data[k] for k in data.files}
