@@ -225,8 +225,19 @@ def training_rows(records: Iterator[tuple[int, FeedbackRecord]], as_: str = "sft
         yield {**row, "completion": target} if as_ == "sft" else {**row, "chosen": target, "rejected": rec.final_report}
 
 
-def _cell(value: Any) -> Any:
-    return value if isinstance(value, str) else "" if value is None else json.dumps(value, ensure_ascii=False)
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): a reviewer comment
+# "=HYPERLINK(...)" must stay text. Such cells get a leading apostrophe (OWASP's advice); a cell that already
+# starts with one gets another, so `read_export` strips exactly one and round-trips every value.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else "" if value is None else json.dumps(value, ensure_ascii=False)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _uncell(text: str) -> str:
+    return text[1:] if text.startswith("'") else text
 
 
 def _write_rows(path: Path, rows: Iterator[dict], format: str, columns: list[str]) -> int:  # noqa: A002
@@ -259,6 +270,7 @@ def read_export(path: str | os.PathLike) -> list[tuple[int, FeedbackRecord]]:
         if path.suffix == ".csv":
             rows = []
             for raw in csv.DictReader(fh):
+                raw = {k: _uncell(v) for k, v in raw.items()}
                 row = {k: (json.loads(v) if v else None) if k in (*_NESTED, *_INT_FIELDS, "id", "demo")
                        else (v or None) if k in _OPTIONAL_STR else v for k, v in raw.items()}
                 rows.append(row)

@@ -231,6 +231,19 @@ def test_export_round_trips_jsonl_and_csv(store, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_csv_export_neutralises_spreadsheet_formulas(store, tmp_path):
+    import csv
+
+    hostile = ['=HYPERLINK("http://x.example","click")', "+1+1", "-2", "@SUM(A1)", "'quoted", "plain"]
+    ids = [store.submit(make(comment=c, reviewer=c if c != "-2" else "r")) for c in hostile]
+    out = tmp_path / "all.csv"
+    store.export(out, format="csv")
+    with open(out, encoding="utf-8", newline="") as fh:
+        cells = [cell for row in csv.DictReader(fh) for cell in row.values()]
+    assert cells and not any(c.startswith(("=", "+", "-", "@")) for c in cells)
+    assert [rec.comment for _, rec in read_export(out)] == hostile and [i for i, _ in read_export(out)] == ids
+
+
 def test_export_training_only_reviewer_corrections(store, tmp_path):
     accepted = store.submit(make(corrected_report=FINAL, rating=5))
     store.submit(make(corrected_report="  " + FINAL.replace(" ", "  ") + "\n"))  # whitespace only
