@@ -14,9 +14,8 @@ from pathlib import Path
 VARIANTS = {
     "sft_direct": "direct SFT",
     "sft_medr2": "Med-R2 SFT",
-    "grpo_mccs": "Med-R2 SFT + GRPO (MCCS + format)",
-    "grpo_cef1": "Med-R2 SFT + GRPO (CE-F1 + format)",
-    "grpo_mccs_medr2fmt": "Med-R2 SFT + GRPO (MCCS + Med-R2 format, lr 1e-5, beta 0.04)",
+    "grpo_mccs": "Med-R2 SFT + GRPO (MCCS + Med-R2 format)",
+    "grpo_cef1": "Med-R2 SFT + GRPO (CE-F1 + Med-R2 format)",
 }
 
 

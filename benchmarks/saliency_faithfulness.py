@@ -285,7 +285,7 @@ def figure(pipe, shown: list[dict], path: Path, rg1: Path) -> None:
     ax.set_title(f"real CXR (RG1): {shown_map.target if shown_map else 'no report'}", fontsize=7)
     for a in axes:
         a.axis("off")
-    fig.suptitle(f"Grad-CAM of finding sentences; cyan = ground-truth mask ({pipe.provenance.model})", fontsize=8)
+    fig.suptitle(f"{S.DEFAULT_METHOD} saliency of finding sentences; cyan = ground-truth mask ({pipe.provenance.model})", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

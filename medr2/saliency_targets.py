@@ -30,9 +30,11 @@ _LUNGS = (0.06, 0.94, 0.08, 0.94)  # x0, x1, y0, y1
 _ZONES = {"upper": (0.06, 0.45), "mid": (0.28, 0.68), "lower": (0.45, 0.94)}
 _HEART = (0.22, 0.88, 0.28, 0.9)
 _MEDIASTINUM = (0.25, 0.8, 0.04, 0.9)
+# Pneumonia is checked by side only: it is often multifocal (bronchopneumonia; phantom v2 draws 2-3 foci) while
+# its sentence names the zone of one focus.
 _PLAUSIBLE = {"Pleural Effusion": "base", "Pneumothorax": "lung", "Edema": "lung", "Pleural Other": "lung",
               "Cardiomegaly": "heart", "Enlarged Cardiomediastinum": "mediastinum", "Consolidation": "zone",
-              "Pneumonia": "zone", "Lung Opacity": "zone", "Lung Lesion": "zone", "Atelectasis": "zone"}
+              "Pneumonia": "lung", "Lung Opacity": "zone", "Lung Lesion": "zone", "Atelectasis": "zone"}
 
 
 @dataclass
