@@ -200,7 +200,7 @@ def make_spec(kind: str, rng: np.random.Generator, config: PhantomConfig) -> Spe
         s.side = _choice(rng, lr)
         s.extra = {"index": int(rng.integers(3, 9)), "s": float(rng.uniform(0.62, 0.9)),
                    "step": float(rng.uniform(0.012, 0.016) if subtle else rng.uniform(0.02, 0.03))}
-        # step-offs of 1-2 px at the 224 px model input were invisible (stage-0 AUC 0.54): >= 2 px subtle, 3-5 px overt
+        # v1 step-offs of 1-2 px at the 224 px model input were invisible (stage-0 AUC 0.54): now ~3 px subtle, 4.5-7 px overt
     elif kind == "pleural_thickening":
         s.side, s.zone = _choice(rng, lr), _choice(rng, {"upper": 0.5, "mid": 0.3, "lower": 0.2})
     elif kind == "cardiomegaly":
@@ -296,7 +296,7 @@ def generate_study(seed: int, config: PhantomConfig | None = None) -> Study:
         mask, details = _draw(s, c)
         if s.kind == "fracture":
             s.zone = anatomy.zone_of(s.side, float(np.nonzero(mask)[0].mean()) if mask.any() else anatomy.zone_bounds[s.side][1])
-        if s.kind == "pneumonia":  # the opacity of a pneumonia is reported as consolidation or opacity
+        if s.kind == "pneumonia":  # a pneumonia's airspace opacity is also reported as consolidation
             paired = "consolidation"  # one reading of the same drawing; a random choice was label noise
             if not any(r.kind == paired for r in records) and not any(x.kind == paired for x in specs):
                 records.append(_record(s, mask, {}, config.size, kind=paired, code=1))
