@@ -3,7 +3,7 @@
 Reads `<eval_root>/<variant>/eval.json` written by `medr2 evaluate`, prints a Markdown table and writes
 `benchmarks/results/ablation.json`. Variants missing from disk are listed as such, never invented.
 
-Run: `python benchmarks/ablation_table.py runs/eval`
+Run: `python benchmarks/ablation_table.py runs/eval [OUT.json]`
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ VARIANTS = {
 
 
 def row(summary: dict) -> dict:
-    final, fmt = summary["final"], summary["format"]
+    final, fmt, detect = summary["final"], summary["format"], summary.get("final_uncertain_as_positive")
     per_obs = {r["observation"]: r["f1"] for r in final["per_observation"] if r["support"]}
     out = {
         "ce_f1_example": final["example-14"]["f1"],
@@ -30,6 +30,8 @@ def row(summary: dict) -> dict:
         "missing_report_rate": fmt["missing_report_rate"],
         "mean_tokens": fmt["mean_tokens"],
         "per_observation_f1": per_obs,
+        "ce_macro_f1_14_uncertain_as_positive": detect["r2gen-14"]["macro"]["f1"] if detect else None,
+        "per_observation_f1_uncertain_as_positive": {r["observation"]: r["f1"] for r in detect["per_observation"] if r["support"]} if detect else None,
         "draft_ce_f1_example": summary["draft"]["example-14"]["f1"] if "draft" in summary else None,
     }
     if "location" in summary:
@@ -40,23 +42,45 @@ def row(summary: dict) -> dict:
     return out
 
 
+def print_per_finding(rows: dict) -> None:
+    """Per-finding F1 of every variant: positive-only, then with hedged mentions counted as found."""
+    done = [r for r in rows.values() if "missing" not in r]
+    if not done:
+        return
+    observations = list(done[0]["per_observation_f1"])
+    print("| finding | " + " | ".join(r["name"] for r in done) + " |")
+    print("|---|" + "---|" * len(done))
+    for obs in observations:
+        cells = []
+        for r in done:
+            pos = r["per_observation_f1"].get(obs)
+            hedged = (r.get("per_observation_f1_uncertain_as_positive") or {}).get(obs)
+            cells.append("—" if pos is None else f"{pos:.2f}" + (f" ({hedged:.2f})" if hedged is not None else ""))
+        print(f"| {obs} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str]) -> int:
     root = Path(argv[0] if argv else "runs/eval")
     rows = {}
     for key, name in VARIANTS.items():
         path = root / key / "eval.json"
         rows[key] = {"name": name, **row(json.loads(path.read_text()))} if path.is_file() else {"name": name, "missing": str(path)}
-    header = "| variant | CE-F1 example-based | CE micro-F1 (14) | CE macro-F1 (14) | draft CE-F1 | format failure | mean tokens |"
+    header = ("| variant | CE-F1 example-based | CE micro-F1 (14) | CE macro-F1 (14) | macro-F1, hedged = found | draft CE-F1 | "
+              "format failure | mean tokens | side / zone |")
     print(header)
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows.values():
         if "missing" in r:
-            print(f"| {r['name']} | not run ({r['missing']}) | | | | | |")
+            print(f"| {r['name']} | not run ({r['missing']}) | | | | | | | |")
             continue
         draft = f"{r['draft_ce_f1_example']:.3f}" if r["draft_ce_f1_example"] is not None else "—"
-        print(f"| {r['name']} | {r['ce_f1_example']:.3f} | {r['ce_micro_f1_14']:.3f} | {r['ce_macro_f1_14']:.3f} | {draft} | "
-              f"{r['format_failure_rate']:.1%} | {r['mean_tokens']:.0f} |")
-    out = Path(__file__).parent / "results" / "ablation.json"
+        detect = f"{r['ce_macro_f1_14_uncertain_as_positive']:.3f}" if r.get("ce_macro_f1_14_uncertain_as_positive") is not None else "—"
+        where = f"{r['side_accuracy']:.2f} / {r['zone_accuracy']:.2f}" if r.get("side_accuracy") is not None else "—"
+        print(f"| {r['name']} | {r['ce_f1_example']:.3f} | {r['ce_micro_f1_14']:.3f} | {r['ce_macro_f1_14']:.3f} | {detect} | {draft} | "
+              f"{r['format_failure_rate']:.1%} | {r['mean_tokens']:.0f} | {where} |")
+    print()
+    print_per_finding(rows)
+    out = Path(argv[1]) if len(argv) > 1 else Path(__file__).parent / "results" / "ablation.json"
     out.write_text(json.dumps(rows, indent=2))
     return 0
 

@@ -10,8 +10,9 @@ targets, and scored per finding type:
 - deletion: occluding the 10 % most salient patches (set to the normalisation mean) must lower the
   finding's log-probability more than occluding 10 % random patches.
 Baselines in the same run: `random` (a seeded random map) and `center` (a centred Gaussian prior).
-Extra variants (gradcam only) compare the explained layer (vision block vs projector) and the target
-sentences (report only vs draft + report).
+Extra variants (default method only) compare the explained layer (vision block vs projector) and the
+target: a finding's report sentences + the perception line where its sign was read (the default), the
+report sentences alone (`report-only`), the perception line alone (`perception`), draft + report.
 
 Run (the embedded model; ~25 min on one thread for n=300):
   python benchmarks/saliency_faithfulness.py --model assets/model --n 300
@@ -94,10 +95,12 @@ def targets_with_truth(text: str, result, study, sections: tuple[str, ...]) -> l
     if sections == ("perception",):
         gt = ground_truth(study, key=region_of)
         found = [t for t in S.locate_targets(text, result.final_labels) if t.kind == "perception"]
-    else:
+    else:  # ("report-only",): the report sentences without the perception line where the sign was read
         gt = ground_truth(study)
-        found = [t for t in S.locate_targets(text, result.final_labels, include_perception=False, sections=sections)
-                 if t.kind == "finding"]
+        evidence = sections != ("report-only",)
+        sections = ("report",) if not evidence else sections
+        found = [t for t in S.locate_targets(text, result.final_labels, include_perception=False, sections=sections,
+                                             with_perception_evidence=evidence) if t.kind == "finding"]
     return [(t, *gt[t.name]) for t in found if t.name in gt]
 
 
@@ -220,11 +223,12 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def short(method: str) -> str:
-    """'gradcam[projector|report]' -> 'gc:proj', for table columns."""
+    """'gradxact[projector|report]' -> 'gx:proj', for table columns."""
     if "[" not in method:
         return method
     layer, sections = method[method.index("[") + 1:-1].split("|")
-    return f"gc:{layer[:4]}" if sections == "report" else f"gc:{sections.replace('report', 'rep')}"
+    prefix = "".join(w[0] for w in method[:method.index("[")].replace("grad", "g_").split("_") if w)[:2]
+    return f"{prefix}:{layer[:4]}" if sections == "report" else f"{prefix}:{sections.replace('report', 'rep')}"
 
 
 def print_table(summary: dict, cover: dict) -> None:
@@ -298,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=300, help="held-out phantom studies")
     parser.add_argument("--seed", type=int, default=3, help="phantom seed (3 = the held-out test split)")
     parser.add_argument("--methods", default="gradcam,gradxact,ig,random,center")
-    parser.add_argument("--variants", default="projector:report,block:draft+report,block:perception",
+    parser.add_argument("--variants", default="block:report-only,projector:report,block:perception",
                         help="extra gradcam variants layer:sections (comma-separated; '' for none)")
     parser.add_argument("--ig-steps", type=int, default=S.IG_STEPS)
     parser.add_argument("--batch", type=int, default=25, help="generation batch size")

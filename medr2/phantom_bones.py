@@ -25,7 +25,7 @@ class RibBreak:
     index: int
     s: float
     step: float
-    gap: float = 0.024  # lucent cortical break, ~5 px at the 224 px model input
+    gap: float = 0.036  # lucent cortical break, ~8 px at the 224 px model input (v2's ~5 px was not learned)
 
 
 def rib_geometry(p: AnatomyParams) -> tuple[float, float]:

@@ -32,6 +32,9 @@ _HEART = (0.22, 0.88, 0.28, 0.9)
 _MEDIASTINUM = (0.25, 0.8, 0.04, 0.9)
 # Pneumonia is checked by side only: it is often multifocal (bronchopneumonia; phantom v2 draws 2-3 foci) while
 # its sentence names the zone of one focus.
+# Perception regions that hold a single finding type, so a line there is that finding's evidence.
+_SINGLE_FINDING_REGION = {"Cardiomegaly": "heart", "Enlarged Cardiomediastinum": "mediastinum", "Edema": "hila",
+                          "Fracture": "bones", "Support Devices": "devices"}
 _PLAUSIBLE = {"Pleural Effusion": "base", "Pneumothorax": "lung", "Edema": "lung", "Pleural Other": "lung",
               "Cardiomegaly": "heart", "Enlarged Cardiomediastinum": "mediastinum", "Consolidation": "zone",
               "Pneumonia": "lung", "Lung Opacity": "zone", "Lung Lesion": "zone", "Atelectasis": "zone"}
@@ -74,9 +77,60 @@ def _strip_header(text: str, span: tuple[int, int]) -> tuple[int, int]:
     return (span[0] + m.end(), span[1]) if m else span
 
 
+def _abnormal_perception_lines(text: str, where: dict[str, tuple[int, int]]) -> list[tuple[str, str, tuple[int, int]]]:
+    """(region, body, char span) of each perception line that describes something abnormal."""
+    if "perception" not in where:
+        return []
+    a, b = where["perception"]
+    out, pos = [], a
+    for line in text[a:b].split("\n"):
+        region, sep, body = line.partition(":")
+        span = (pos, pos + len(line.rstrip()))
+        pos += len(line) + 1
+        if not sep or not body.strip():
+            continue
+        # a sign of the perception tree is abnormal even when worded with "no" ("pleural line with no markings")
+        abnormal = any(sign in body.lower() for sign in _signs_of(None)) or any(
+            m.value in (1, -1) for m in find_mentions(body, include_other=True))
+        if abnormal or not _NORMAL_CUE.search(body):
+            out.append((region.strip(), body, span))
+    return out
+
+
+def _signs_of(observation: str | None) -> tuple[str, ...]:
+    """The perception-tree signs (medr2.traces.SIGNS) that indicate `observation` (None: all), lower case."""
+    from medr2.phantom import OBSERVATION_OF
+    from medr2.traces import SIGNS
+
+    return tuple(sign[0].lower() for kind, sign in SIGNS.items() if observation in (None, OBSERVATION_OF[kind]))
+
+
+def _perceives(region: str, body: str, observation: str, sentence: str) -> bool:
+    """Whether an abnormal perception line is where `observation` (reported in `sentence`) was read.
+
+    Regions that hold one finding (heart, mediastinum, hila, bones, devices) match by name; lung and pleura
+    lines must name one of the observation's signs; a line of one side only matches a sentence naming that side."""
+    region, body = region.lower(), body.lower()
+    root = _SINGLE_FINDING_REGION.get(observation)
+    if root is not None:
+        return region.startswith(root)
+    if not any(sign in body for sign in _signs_of(observation)):
+        return False
+    low = sentence.lower()
+    named = {side for side in ("right", "left") if side in low} if "bilateral" not in low else set()
+    line_side = next((side for side in ("right", "left") if region.startswith(side)), None)
+    return not named or line_side is None or line_side in named
+
+
 def locate_targets(text: str, labels: dict | None = None, *, include_perception: bool = True,
-                   sections: Sequence[str] = ("report",)) -> list[Target]:
+                   sections: Sequence[str] = ("report",), with_perception_evidence: bool = True) -> list[Target]:
     """Targets in a decoded generation: findings (positive/uncertain), abnormal perception lines, the report.
+
+    A finding's target is its report sentences plus, in a Med-R2 trace, the perception line(s) where its
+    sign was read: the report restates the reasoning (its tokens depend on the text before them more than on
+    the film), while the perception line is where the model looked. Measured on 60 held-out phantoms with
+    the session-2 model, pointing game 0.33 -> 0.73 for effusion, 0.46 -> 0.92 for cardiomegaly
+    (benchmarks/saliency_faithfulness.py has the full comparison).
 
     Args:
         text: the generated text, schema tags included.
@@ -84,6 +138,7 @@ def locate_targets(text: str, labels: dict | None = None, *, include_perception:
             that value (a labelled finding whose sentence is not found gets none).
         sections: where finding sentences are looked for; ("report",) by default, ("draft", "report") adds
             the draft's sentences.
+        with_perception_evidence: add each finding's perception line(s) to its target (see above).
     """
     where = _sections(text)
     findings: dict[str, Target] = {}
@@ -99,18 +154,12 @@ def locate_targets(text: str, labels: dict | None = None, *, include_perception:
                     t.spans.append(unit)
                     t.text = f"{t.text} {text[unit[0]:unit[1]]}".strip()
     targets = list(findings.values())
-    if include_perception and "perception" in where:
-        a, b = where["perception"]
-        pos = a
-        for line in text[a:b].split("\n"):
-            region, sep, body = line.partition(":")
-            span = (pos, pos + len(line.rstrip()))
-            pos += len(line) + 1
-            if not sep or not body.strip():
-                continue
-            abnormal = any(m.value in (1, -1) for m in find_mentions(body, include_other=True))
-            if abnormal or not _NORMAL_CUE.search(body):
-                targets.append(Target(region.strip(), "perception", line.strip(), None, [span]))
+    lines = _abnormal_perception_lines(text, where)
+    if with_perception_evidence:
+        for t in targets:
+            t.spans += [span for region, body, span in lines if _perceives(region, body, t.name, t.text)]
+    if include_perception:
+        targets += [Target(region, "perception", text[a:b].strip(), None, [(a, b)]) for region, _, (a, b) in lines]
     if "report" in where:
         units = [_strip_header(text, u) for u in _units(text, where["report"])]
         units = [u for u in units if u[1] > u[0]]

@@ -111,20 +111,62 @@ def test_summarize_scores_final_and_draft_against_references():
     refs = [s.report for s in studies]
     perfect = [_fake_result(f"<think><perception>heart: x</perception><reasoning>a -> b</reasoning><draft>No pneumothorax.</draft>"
                             f"<reflection>kept: x - y</reflection></think><report>{r}</report>") for r in refs]
-    summary = summarize(perfect, refs, studies, nlg=False)
+    summary = summarize(perfect, refs, nlg=False)
     assert summary["final"]["example-14"]["f1"] == pytest.approx(1.0)
     assert summary["format"]["medr2_format_failure_rate"] == 0.0
     assert summary["final"]["r2gen-14"]["micro"]["f1"] >= summary["draft"]["r2gen-14"]["micro"]["f1"]
     broken = [_fake_result("Findings: nothing") for _ in refs]
-    bad = summarize(broken, refs, studies, nlg=False)
+    bad = summarize(broken, refs, nlg=False)
     assert bad["format"]["missing_report_rate"] == 1.0 and bad["format"]["mrg_r1_format_failure_rate"] == 1.0
 
 
+def test_summarize_counts_hedged_mentions_as_found_only_in_the_detection_view():
+    refs = ["Findings: Consolidation in the left lower zone. Impression: Findings concerning for pneumonia."] * 2
+    hedged = [_fake_result(f"<report>{r}</report>") for r in refs]
+    summary = summarize(hedged, ["Findings: Consolidation in the left lower zone. Impression: Pneumonia."] * 2, nlg=False)
+    f1 = {r["observation"]: r["f1"] for r in summary["final"]["per_observation"]}
+    detected = {r["observation"]: r["f1"] for r in summary["final_uncertain_as_positive"]["per_observation"]}
+    assert f1["Pneumonia"] == 0.0 and detected["Pneumonia"] == 1.0
+    assert f1["Consolidation"] == detected["Consolidation"] == 1.0
+
+
 def test_location_scores_check_side_and_zone():
-    study = next(s for s in generate_studies(400, seed=8) if any(f.kind == "nodule" and f.side in ("right", "left") for f in s.findings))
-    nodule = next(f for f in study.findings if f.kind == "nodule")
-    other = "left" if nodule.side == "right" else "right"
-    right = location_scores([study], [f"A 12 mm nodule in the {nodule.side} {nodule.zone} zone."])
-    wrong = location_scores([study], [f"A 12 mm nodule in the {other} {nodule.zone} zone."])
-    assert right["side_correct"] >= 1 and right["zone_correct"] >= 1
-    assert wrong["side_correct"] < right["side_correct"]
+    ref = "Findings: A 12 mm nodule in the right upper zone. Impression: Right upper zone nodule."
+    right = location_scores([ref], ["Findings: There is a 14 mm nodule in the right upper zone."])
+    wrong_side = location_scores([ref], ["Findings: There is a 14 mm nodule in the left upper zone."])
+    wrong_zone = location_scores([ref], ["Findings: There is a 14 mm nodule in the right lower zone."])
+    both_sides = location_scores([ref], ["Findings: Nodules in the right and left upper zones."])
+    assert (right["side_accuracy"], right["zone_accuracy"]) == (1.0, 1.0)
+    assert (wrong_side["side_accuracy"], wrong_side["zone_accuracy"]) == (0.0, 1.0)
+    assert (wrong_zone["side_accuracy"], wrong_zone["zone_accuracy"]) == (1.0, 0.0)
+    assert both_sides["side_accuracy"] == 0.0  # naming the wrong side as well is not "correct"
+    missed = location_scores([ref], ["Findings: The lungs are clear."])
+    assert missed["side_total"] == 0  # a missed finding is a CE error, not a location error
+
+
+def test_location_scores_read_devices_bibasilar_and_unlocated_statements_as_radiologists_write_them():
+    pacemaker = "Findings: Left chest wall pacemaker with leads in the right atrium and right ventricle."
+    assert location_scores([pacemaker], [pacemaker])["side_accuracy"] == 1.0
+    assert location_scores([pacemaker], ["Findings: Right chest wall pacemaker with leads in the right ventricle."])["side_accuracy"] == 0.0
+    bibasilar = "Findings: There is bibasilar atelectasis."
+    spelled_out = "Findings: Atelectasis in the right lower zone and the left lower zone."
+    scores = location_scores([bibasilar], [spelled_out])
+    assert (scores["side_accuracy"], scores["zone_accuracy"]) == (1.0, 1.0)
+    # the reference names no place for the pneumonia itself: nothing to score, rather than a miss
+    unlocated = location_scores(["Impression: Findings concerning for pneumonia."], ["Impression: Possible pneumonia."])
+    assert unlocated["side_total"] == unlocated["zone_total"] == 0
+
+
+def test_phantom_reference_reports_agree_with_their_own_ground_truth_locations():
+    """The text-based check must recover the generator's side for every lateralised lung/pleural finding."""
+    from medr2.evaluate import stated_location
+
+    checked = 0
+    for study in generate_studies(80, seed=8):
+        for f in study.findings:
+            if f.side in ("right", "left") and f.kind in ("nodule", "mass", "effusion", "pneumothorax") \
+                    and sum(g.observation == f.observation for g in study.findings) == 1:
+                sides, _ = stated_location(study.report, f.observation)
+                assert sides == {f.side}, (study.report, f)
+                checked += 1
+    assert checked >= 20

@@ -67,8 +67,15 @@ def test_targets_of_a_hand_made_generation():
     targets = {t.name: t for t in S.locate_targets(GENERATED)}
     effusion = targets["Pleural Effusion"]
     assert (effusion.kind, effusion.value) == ("finding", 1)
-    # both report sentences, headers stripped; the draft is not searched by default
-    assert [GENERATED[a:b] for a, b in effusion.spans] == ["Small right pleural effusion."] * 2
+    # both report sentences, headers stripped, and the perception line where the sign was read; the draft
+    # is not searched by default
+    assert [GENERATED[a:b] for a, b in effusion.spans] == ["Small right pleural effusion."] * 2 + [
+        "right lung, lower zone: blunted costophrenic angle with a meniscus."]
+    assert effusion.text == "Small right pleural effusion. Small right pleural effusion."
+    report_only = {t.name: t for t in S.locate_targets(GENERATED, with_perception_evidence=False)}
+    assert [GENERATED[a:b] for a, b in report_only["Pleural Effusion"].spans] == ["Small right pleural effusion."] * 2
+    # the pneumothorax was never perceived: its target stays its report sentence
+    assert [GENERATED[a:b] for a, b in targets["Pneumothorax"].spans] == ["Possible left apical pneumothorax."]
     assert effusion.spans[0][0] > GENERATED.index("<report>")
     assert targets["Pneumothorax"].value == -1
     assert "Consolidation" not in targets and "Cardiomegaly" not in targets  # negated / normal
@@ -76,7 +83,25 @@ def test_targets_of_a_hand_made_generation():
     assert perception == ["right lung, lower zone"]  # normal lines and "devices: none" are not explained
     assert targets["report"].text.startswith("Findings: Normal heart size.")
     with_draft = {t.name: t for t in S.locate_targets(GENERATED, sections=("draft", "report"))}
-    assert len(with_draft["Pleural Effusion"].spans) == 4
+    assert len(with_draft["Pleural Effusion"].spans) == 5
+
+
+def test_perception_evidence_respects_side_and_single_finding_regions():
+    trace = ("<perception>\nheart: cardiothoracic ratio about 0.61, enlarged.\n"
+             "right pleura: blunted costophrenic angle with a meniscus, small.\n"
+             "left pleura: visceral pleural line with no markings beyond it.\n</perception>\n"
+             "<report>\nFindings: Cardiomegaly. Small left pleural effusion. Left pneumothorax.\n</report>")
+    targets = {t.name: t for t in S.locate_targets(trace, include_perception=False)}
+    report_starts = trace.index("<report>")
+
+    def lines(name: str) -> list[str]:  # the perception lines added to a finding's report sentences
+        return [trace[a:b] for a, b in targets[name].spans if a < report_starts]
+
+    assert lines("Cardiomegaly") == ["heart: cardiothoracic ratio about 0.61, enlarged."]
+    assert lines("Pleural Effusion") == []  # the meniscus was seen on the right: not evidence for a LEFT effusion
+    assert lines("Pneumothorax") == ["left pleura: visceral pleural line with no markings beyond it."]
+    # a sign worded with "no" is still an abnormal perception line with its own map
+    assert [t.name for t in S.locate_targets(trace) if t.kind == "perception"] == ["heart", "right pleura", "left pleura"]
 
 
 def test_labels_restrict_targets_and_a_missing_sentence_gives_none():

@@ -97,4 +97,21 @@ def test_sft_and_evaluate_on_an_r2gen_dataset(sft_checkpoint, tmp_path):
                 "--max_new_tokens", "8", "--no-nlg", "--out", str(tmp_path / "eval"), cwd=Path.cwd())
     assert ev.returncode == 0, ev.stderr[-3000:]
     summary = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert summary["n"] == 2 and "example-14" in summary["final"] and "location" not in summary
+    assert summary["n"] == 2 and "example-14" in summary["final"] and "side_accuracy" in summary["location"]
+
+
+def test_sft_continues_our_own_checkpoint_with_the_tower_frozen(sft_checkpoint, tmp_path):
+    """Continuing a checkpoint (e.g. after a new stage-0 tower) trains projector + language model only."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "continued"
+    proc = _medr2("train-sft", "--model_name_or_path", str(sft_checkpoint), "--output_dir", str(out),
+                  *SFT_ARGS, cwd=Path.cwd())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = load_file(str(sft_checkpoint / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys()
+    tower = [k for k in before if "vision_tower" in k]
+    language = [k for k in before if "language_model" in k]
+    assert tower and language
+    assert all((before[k] == after[k]).all() for k in tower)
+    assert any((before[k] != after[k]).any() for k in language)

@@ -283,8 +283,8 @@ def train(config: PerceptionConfig) -> dict:
             sched.step()
             step += 1
             elapsed = time.time() - start
-            if step == 20:
-                est_steps = min(total, int(20 * config.minutes * 60 / elapsed))
+            if step % 20 == 0:  # re-estimated as it runs: a slow start (a busy machine) must not shorten the run
+                est_steps = min(total, max(step + 1, int(step * config.minutes * 60 / elapsed)))
             history.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.3f}", epoch=epoch)

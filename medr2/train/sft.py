@@ -30,7 +30,7 @@ class MedR2SFTConfig(SFTConfig):
     """SFT entry point: TRL's SFTConfig plus what medr2 needs to build data and model."""
 
     target: str = field(default="medr2", metadata={"help": "training target: 'medr2' (structured trace) or 'direct' (report only)"})
-    model_name_or_path: str | None = field(default=None, metadata={"help": "fine-tune this VLM (path or hub id); empty = build the tiny embedded LLaVA"})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "fine-tune this VLM (path or hub id) or continue one of our checkpoints; empty = build the tiny embedded LLaVA"})
     perception_dir: str | None = field(default=None, metadata={"help": "stage-0 output folder whose vision_tower.safetensors initialises the tiny model's tower"})
     freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen (train projector + language model)"})
     dataset_dir: str | None = field(default=None, metadata={"help": "R2Gen-layout dataset (IU X-Ray / MIMIC-CXR) to train on instead of phantoms; real data has no ground-truth masks, so only target=direct is supported there"})
@@ -115,16 +115,18 @@ def build_model(config: MedR2SFTConfig, rows: list[dict]):
     from medr2.model import TinyVLMConfig, build_tiny_vlm, load_model, train_tokenizer
 
     if config.model_name_or_path:
+        # a hub LVLM, or one of our own checkpoints to continue training (then `perception_dir` may swap in a
+        # newer stage-0 tower: the projector and language model re-adapt to it)
         model, processor = load_model(config.model_name_or_path)
         if config.use_lora:
             from peft import LoraConfig, get_peft_model
 
             lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
-            model = get_peft_model(model, lora)
-        return model, processor
-    tokenizer = train_tokenizer(_corpus(rows), vocab_size=config.vocab_size)
-    tiny = TinyVLMConfig.micro(config.arch) if config.micro else TinyVLMConfig(arch=config.arch, text_hidden=config.text_hidden, text_layers=config.text_layers)
-    model, processor = build_tiny_vlm(tokenizer, tiny)
+            return get_peft_model(model, lora), processor
+    else:
+        tokenizer = train_tokenizer(_corpus(rows), vocab_size=config.vocab_size)
+        tiny = TinyVLMConfig.micro(config.arch) if config.micro else TinyVLMConfig(arch=config.arch, text_hidden=config.text_hidden, text_layers=config.text_layers)
+        model, processor = build_tiny_vlm(tokenizer, tiny)
     if config.perception_dir:
         load_pretrained_tower(model, Path(config.perception_dir) / "vision_tower.safetensors")
     if config.freeze_vision:
