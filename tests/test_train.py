@@ -115,3 +115,18 @@ def test_sft_continues_our_own_checkpoint_with_the_tower_frozen(sft_checkpoint, 
     assert tower and language
     assert all((before[k] == after[k]).all() for k in tower)
     assert any((before[k] != after[k]).any() for k in language)
+
+
+def test_model_card_states_demo_status_and_both_ce_conventions():
+    from medr2.train.export import model_card
+
+    row = {"observation": "Pneumonia", "precision": 0.5, "recall": 0.25, "f1": 1 / 3, "support": 4}
+    metrics = {"n": 10, "config": {"seed": 3},
+               "final": {"example-14": {"f1": 0.8}, "per_observation": [row, {**row, "observation": "Fracture", "support": 0}]},
+               "final_uncertain_as_positive": {"per_observation": [{**row, "f1": 0.75}]},
+               "location": {"side_accuracy": 0.9, "zone_accuracy": 0.5}}
+    card = model_card({"target": "medr2", "training_data": "phantoms", "recipe": ["r.yaml"], "commit": "abc"}, metrics, "")
+    assert "Not for clinical use" in card
+    assert "| Pneumonia | 0.50 | 0.25 | 0.33 | 4 | 0.75 |" in card
+    assert "Fracture" not in card  # no support in the test set: no row
+    assert "Side correct on 90.0%" in card

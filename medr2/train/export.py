@@ -62,8 +62,11 @@ def model_card(card: dict, metrics: dict | None, notes: str) -> str:
                   f"- CE example-based F1 (14 obs, positive-only): {f['example-14']['f1']:.3f}",
                   f"- CE micro F1 (R2Gen, 14): {f['r2gen-14']['micro']['f1']:.3f}" if 'r2gen-14' in f else "",
                   ""]
-        lines += ["| observation | P | R | F1 | support |", "|---|---|---|---|---|"]
-        lines += [f"| {r['observation']} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | {r['support']} |"
+        detect = {r["observation"]: r for r in metrics.get("final_uncertain_as_positive", {}).get("per_observation", [])}
+        lines += ["F1 (hedged = found): a hedged mention (\"concerning for pneumonia\") counts as a finding on both sides.", "",
+                  "| observation | P | R | F1 | support | F1 (hedged = found) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['observation']} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | {r['support']} | "
+                  + (f"{detect[r['observation']]['f1']:.2f} |" if r["observation"] in detect else "— |")
                   for r in f["per_observation"] if r["support"]]
         if "location" in metrics:
             loc = metrics["location"]
