@@ -51,12 +51,16 @@ ZONED_OBSERVATIONS = ("Consolidation", "Pneumonia", "Atelectasis", "Lung Opacity
 FIRST_SIDE_ONLY = ("Support Devices",)
 
 
-def _sentences_mentioning(report: str, observation: str) -> list[str]:
+def _sentences_by_observation(report: str) -> dict[str, list[str]]:
+    """observation -> the lower-cased sentences that mention it positively or hedged (one labeler pass)."""
     from medr2.findings import split_sentences
 
     spans = split_sentences(report)
-    idx = {m.sentence_index for m in find_mentions(report) if m.observation == observation and m.value in (1, -1)}
-    return [report[spans[i][0]:spans[i][1]].lower() for i in sorted(idx) if i < len(spans)]
+    idx: dict[str, set[int]] = {}
+    for m in find_mentions(report):
+        if m.value in (1, -1) and m.sentence_index < len(spans):
+            idx.setdefault(m.observation, set()).add(m.sentence_index)
+    return {obs: [report[spans[i][0]:spans[i][1]].lower() for i in sorted(ids)] for obs, ids in idx.items()}
 
 
 def _words_found(text: str, vocabulary: dict[str, tuple[str, ...]]) -> list[tuple[int, str]]:
@@ -64,13 +68,10 @@ def _words_found(text: str, vocabulary: dict[str, tuple[str, ...]]) -> list[tupl
     return sorted((m.start(), key) for key, words in vocabulary.items() for w in words for m in re.finditer(rf"\b{w}\b", text))
 
 
-def stated_location(report: str, observation: str) -> tuple[frozenset[str], frozenset[str]]:
-    """(sides, zones) a report states for one observation, read from the sentences that mention it.
-
-    Right + left together is bilateral, so "bilateral" and "right and left" compare equal."""
+def _location_of(sentences: list[str], observation: str) -> tuple[frozenset[str], frozenset[str]]:
     sides: set[str] = set()
     zones: set[str] = set()
-    for sentence in _sentences_mentioning(report or "", observation):
+    for sentence in sentences:
         found = [w for _, w in _words_found(sentence, SIDE_WORDS)]
         sides.update(found[:1] if observation in FIRST_SIDE_ONLY else found)
         if observation in ZONED_OBSERVATIONS:
@@ -80,21 +81,25 @@ def stated_location(report: str, observation: str) -> tuple[frozenset[str], froz
     return frozenset(sides), frozenset(zones)
 
 
+def stated_location(report: str, observation: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(sides, zones) a report states for one observation, read from the sentences that mention it.
+
+    Right + left together is bilateral, so "bilateral" and "right and left" compare equal."""
+    return _location_of(_sentences_by_observation(report or "").get(observation, []), observation)
+
+
 def location_scores(references: list[str], reports: list[str]) -> dict:
     """Side and zone agreement over true positives: observations both reports mention (positive or hedged)
     where the reference states a side / a lung zone. Correct = the generated report states the same set.
 
     Read from text on both sides, so the reference scores 1.0 against itself by construction and the same
     check runs on real datasets (the phantom ground truth is what its reference report says)."""
-    from medr2.findings import OBSERVATIONS
-
     counts = {"side_total": 0, "side_correct": 0, "zone_total": 0, "zone_correct": 0}
     for reference, report in zip(references, reports):
-        for observation in OBSERVATIONS:
-            if not _sentences_mentioning(report or "", observation) or not _sentences_mentioning(reference, observation):
-                continue  # not a true positive: CE metrics count it
-            ref_sides, ref_zones = stated_location(reference, observation)
-            gen_sides, gen_zones = stated_location(report, observation)
+        ref_sentences, gen_sentences = _sentences_by_observation(reference or ""), _sentences_by_observation(report or "")
+        for observation in ref_sentences.keys() & gen_sentences.keys():  # true positives; CE metrics count the rest
+            ref_sides, ref_zones = _location_of(ref_sentences[observation], observation)
+            gen_sides, gen_zones = _location_of(gen_sentences[observation], observation)
             if ref_sides:
                 counts["side_total"] += 1
                 counts["side_correct"] += int(gen_sides == ref_sides)

@@ -12,6 +12,7 @@ which re-exports every public name here.
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ def _abnormal_perception_lines(text: str, where: dict[str, tuple[int, int]]) -> 
     return out
 
 
+@functools.lru_cache(maxsize=None)  # called per perception line and target: the sign table never changes
 def _signs_of(observation: str | None) -> tuple[str, ...]:
     """The perception-tree signs (medr2.traces.SIGNS) that indicate `observation` (None: all), lower case."""
     from medr2.phantom import OBSERVATION_OF
