@@ -10,8 +10,11 @@ targets, and scored per finding type:
 - deletion: occluding the 10 % most salient patches (set to the normalisation mean) must lower the
   finding's log-probability more than occluding 10 % random patches.
 Baselines in the same run: `random` (a seeded random map) and `center` (a centred Gaussian prior).
-Extra variants (default method only) compare the explained layer (vision block vs projector) and the
-target: a finding's report sentences + the perception line where its sign was read (the default), the
+Model or attribution? Each true positive is also split by whether the model's report states the finding's
+side and zone correctly (`evaluate.stated_location` against the reference): a faithful map of a finding the
+model misplaced points where the model looked, not at the mask.
+Extra variants (default method only) compare the explained layer (all vision blocks fused, the default;
+the last block alone; the projector) and the target: a finding's report sentences + the perception line where its sign was read (the default), the
 report sentences alone (`report-only`), the perception line alone (`perception`), draft + report.
 
 Run (the embedded model; ~25 min on one thread for n=300):
@@ -36,6 +39,7 @@ import torch
 from scipy import ndimage
 
 from medr2 import saliency as S
+from medr2.evaluate import stated_location
 from medr2.model import prepare_inputs
 from medr2.phantom import DEVICE_KINDS, generate_studies
 from medr2.traces import region_of
@@ -154,6 +158,16 @@ def deletion(pipe, inputs, new_ids, weights, grids: dict[str, np.ndarray], k: in
     return {m: scores[0] - s for m, s in zip(variants, scores[1:])}
 
 
+def located(study, result, observation: str) -> bool | None:
+    """Does the model's report state the side and zone the reference states? None: the reference states none."""
+    ref_sides, ref_zones = stated_location(study.report, observation)
+    if not ref_sides and not ref_zones:
+        return None
+    report = result.output.report.text if result.output.report else ""
+    sides, zones = stated_location(report, observation)
+    return (not ref_sides or sides == ref_sides) and (not ref_zones or zones == ref_zones)
+
+
 def evaluate(pipe, studies, results, methods, variants, seed: int) -> tuple[list[dict], list[dict]]:
     rng = np.random.default_rng(seed)
     rows, shown = [], []
@@ -177,6 +191,7 @@ def evaluate(pipe, studies, results, methods, variants, seed: int) -> tuple[list
                 for m in run:
                     name = m if vi == 0 else f"{m}[{layer}|{'+'.join(sections)}]"
                     rows.append({"study": study.study_id, "type": kind, "target": t.name, "method": name,
+                                 "located": located(study, res, t.name) if t.kind == "finding" else None,
                                  **score_map(grids[m][k], mask, patch_px), "weak": weak_evidence(t, grids[m][k], mask),
                                  "drop": drops.get(m) if m != "random" else None, "drop_random": drops.get("random")})
                 if vi == 0 and len(shown) < 40:
@@ -207,9 +222,14 @@ def summarise(rows: list[dict]) -> dict:
         out[method] = {}
         for group, rs in groups.items():
             drops = [r for r in rs if r["drop"] is not None]
+            placed = [r for r in rs if r["located"]]
             out[method][group] = {
                 "n": len(rs), "pointing_tol1": float(np.mean([r["point1"] for r in rs])),
                 "pointing_tol0": float(np.mean([r["point0"] for r in rs])),
+                # restricted to findings the report places right (side + zone) or that have no location
+                "n_located": len(placed) + sum(r["located"] is None for r in rs),
+                "pointing_tol1_located": float(np.mean([r["point1"] for r in rs if r["located"] is not False]))
+                if any(r["located"] is not False for r in rs) else None,
                 "energy_in_mask": float(np.mean([r["energy"] for r in rs])),
                 "mask_area": float(np.mean([r["area"] for r in rs])),
                 "energy_in_cells": float(np.mean([r["energy_cells"] for r in rs])),
@@ -234,7 +254,9 @@ def short(method: str) -> str:
 def print_table(summary: dict, cover: dict) -> None:
     groups = sorted({g for m in summary.values() for g in m}, key=lambda g: (g in ("ALL", "FOCAL"), g))
     methods = list(summary)
-    for key, title in (("pointing_tol1", "pointing game, tolerance 1 patch"), ("pointing_tol0", "pointing game, strict"),
+    for key, title in (("pointing_tol1", "pointing game, tolerance 1 patch"),
+                       ("pointing_tol1_located", "pointing game (1 patch), findings the report places right"),
+                       ("pointing_tol0", "pointing game, strict"),
                        ("energy_in_mask", "energy in mask (uniform map = area)"),
                        ("energy_in_cells", "energy in the patches the mask touches (uniform map = area)")):
         print(f"\n{title}")
@@ -243,7 +265,7 @@ def print_table(summary: dict, cover: dict) -> None:
         for g in groups:
             gt, tp = cover.get(g, ["", ""])
             cells = [summary[m].get(g) for m in methods]
-            line = "".join(f"{c[key]:>14.2f}" if c else f"{'-':>14}" for c in cells)
+            line = "".join(f"{c[key]:>14.2f}" if c and c[key] is not None else f"{'-':>14}" for c in cells)
             area_key = "mask_area" if key == "energy_in_mask" else "cells_fraction"
             area = f"{cells[0][area_key]:>6.3f}" if extra and cells[0] else ""
             print(f"{g:<15}{gt!s:>4}{tp!s:>4}{line}{area}")
@@ -302,14 +324,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=300, help="held-out phantom studies")
     parser.add_argument("--seed", type=int, default=3, help="phantom seed (3 = the held-out test split)")
     parser.add_argument("--methods", default="gradcam,gradxact,ig,random,center")
-    parser.add_argument("--variants", default="block:report-only,projector:report,block:perception",
-                        help="extra gradcam variants layer:sections (comma-separated; '' for none)")
+    parser.add_argument("--variants", default="block:report,block:report-only,projector:report",
+                        help="extra variants of the default method, layer:sections (comma-separated; '' for none)")
+    parser.add_argument("--layer", default=S.DEFAULT_LAYER, choices=S.LAYERS,
+                        help="layer of the main run's gradcam/gradxact (variants name their own)")
     parser.add_argument("--ig-steps", type=int, default=S.IG_STEPS)
     parser.add_argument("--batch", type=int, default=25, help="generation batch size")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--source", default="generated", choices=("generated", "reference"))
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--figure", type=Path, default=FIGURE)
+    parser.add_argument("--figure", type=lambda v: Path(v) if v else None, default=FIGURE, help="overlay figure ('' for none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     methods = [m for m in args.methods.split(",") if m]
@@ -318,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"saliency_faithfulness: bad --methods {bad} (must include {S.DEFAULT_METHOD}) or no model at {args.model}",
               file=sys.stderr)
         return 2
-    variants = [("block", ("report",))] + [(v.split(":")[0], tuple(v.split(":")[1].split("+")))
+    variants = [(args.layer, ("report",))] + [(v.split(":")[0], tuple(v.split(":")[1].split("+")))
                                            for v in args.variants.split(",") if v]
     S.IG_STEPS = args.ig_steps
     torch.set_num_threads(args.threads)
@@ -335,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "model": str(args.model), "n_studies": args.n, "seed": args.seed, "source": args.source,
-        "methods": methods, "variants": [f"{l}|{'+'.join(s)}" for l, s in variants], "ig_steps": args.ig_steps,
+        "methods": methods, "layer": args.layer, "variants": [f"{l}|{'+'.join(s)}" for l, s in variants], "ig_steps": args.ig_steps,
         "delete_fraction": DELETE_FRACTION, "focal_types": FOCAL, "coverage_gt_tp": cover, "summary": summary,
         "seconds": {"generate": t_gen, "total": time.perf_counter() - t0},
     }, indent=2) + "\n")

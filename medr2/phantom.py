@@ -42,7 +42,11 @@ OBSERVATION_OF: dict[str, str] = {
 # Bump when a change alters what a seed draws: caches of generated examples (stage 0) are keyed on it.
 # v2: visible rib breaks and plate atelectasis at 224 px, multifocal pneumonia paired with consolidation.
 # v3: rib breaks wider and more displaced (the v2 stage-0 tower still could not learn them, AUC 0.55).
-GENERATOR_VERSION = 3
+# v4: overt rib fractures are healing ones with callus (v3's bare step-off was not learned either, AUC 0.53);
+#     only fracture films differ from v3 (the callus draws no random numbers). Reports and traces of a
+#     multifocal pneumonia (and its paired consolidation) name every zone with a focus, not only the first.
+GENERATOR_VERSION = 4
+FRACTURE_CALLUS = 0.11  # peak callus density of an overt (healing) fracture; ribs are 0.045-0.105
 DEVICE_KINDS = ("ett", "central_line", "ng_tube", "pacemaker", "sternotomy")
 # Probability of each kind in an ABNORMAL study (before co-occurrence rules); tuned so that effusion,
 # cardiomegaly, opacity and atelectasis are the most common, as in chest radiograph reports.
@@ -200,9 +204,10 @@ def make_spec(kind: str, rng: np.random.Generator, config: PhantomConfig) -> Spe
     elif kind == "fracture":
         s.side = _choice(rng, lr)
         s.extra = {"index": int(rng.integers(3, 9)), "s": float(rng.uniform(0.62, 0.9)),
-                   "step": float(rng.uniform(0.02, 0.026) if subtle else rng.uniform(0.032, 0.048))}
+                   "step": float(rng.uniform(0.02, 0.026) if subtle else rng.uniform(0.032, 0.048)),
+                   "callus": 0.0 if subtle else FRACTURE_CALLUS}
         # step-offs at the 224 px model input: v1 1-2 px and v2 4.5-7 px were not learned by stage 0 (AUC 0.54 / 0.55)
-        # on noisy films; v3 draws ~4.5-6 px subtle, ~7-11 px overt
+        # on noisy films; v3 draws ~4.5-6 px subtle, ~7-11 px overt; v4 adds callus to the overt ones
     elif kind == "pleural_thickening":
         s.side, s.zone = _choice(rng, lr), _choice(rng, {"upper": 0.5, "mid": 0.3, "lower": 0.2})
     elif kind == "cardiomegaly":
@@ -241,7 +246,8 @@ def _draw(spec: Spec, c: draw.Canvas) -> tuple[np.ndarray, dict]:
     if k == "pneumothorax":
         return draw.draw_pneumothorax(c, spec.side, spec.severity), {}
     if k in ("consolidation", "pneumonia", "opacity"):
-        return draw.draw_airspace(c, spec.side, spec.zone, k), {}
+        mask, zones = draw.draw_airspace(c, spec.side, spec.zone, k)
+        return mask, ({"zones": zones} if len(zones) > 1 else {})  # v4: a report names every focus's zone
     if k == "atelectasis":
         return draw.draw_atelectasis(c, spec.side, spec.zone), {}
     if k == "edema":
@@ -249,8 +255,10 @@ def _draw(spec: Spec, c: draw.Canvas) -> tuple[np.ndarray, dict]:
     if k in ("nodule", "mass"):
         return draw.draw_lesion(c, spec.side, spec.zone, spec.size_px / 256.0, k), {}
     if k == "fracture":
-        mask, _ = draw.fracture_mask(c, spec.side, spec.extra["index"], spec.extra["s"])
-        return mask, {"rib": spec.extra["index"] + 1}
+        healing = spec.extra.get("callus", 0.0) > 0
+        mask, _ = draw.fracture_mask(c, spec.side, spec.extra["index"], spec.extra["s"],
+                                     callus_step=spec.extra["step"] if healing else None)
+        return mask, {"rib": spec.extra["index"] + 1, **({"healing": True} if healing else {})}
     if k == "pleural_thickening":
         return draw.draw_pleural_thickening(c, spec.side, spec.zone), {}
     if k == "cardiomegaly":
@@ -282,7 +290,7 @@ def generate_study(seed: int, config: PhantomConfig | None = None) -> Study:
         elif s.kind == "widened_mediastinum":
             p.mediastinum_ratio = s.extra["ratio"]
         elif s.kind == "fracture":
-            breaks.append(RibBreak(s.side, s.extra["index"], s.extra["s"], s.extra["step"]))
+            breaks.append(RibBreak(s.side, s.extra["index"], s.extra["s"], s.extra["step"], callus=s.extra["callus"]))
         elif s.kind == "edema":
             upper_gain = {"mild": 1.5, "moderate": 1.8, "severe": 2.0}[s.severity]
         elif s.kind == "atelectasis" and s.side != "bilateral" and not s.subtle and rng.random() < 0.5:
@@ -301,8 +309,8 @@ def generate_study(seed: int, config: PhantomConfig | None = None) -> Study:
         if s.kind == "pneumonia":  # a pneumonia's airspace opacity is also reported as consolidation
             paired = "consolidation"  # one reading of the same drawing; a random choice was label noise
             if not any(r.kind == paired for r in records) and not any(x.kind == paired for x in specs):
-                records.append(_record(s, mask, {}, config.size, kind=paired, code=1))
-                details = {"paired": paired}
+                records.append(_record(s, mask, dict(details), config.size, kind=paired, code=1))
+                details = {**details, "paired": paired}
         records.append(_record(s, mask, details, config.size))
     image = expose(layers.density(), sample_acquisition(rng, config.acquisition_variation), rng)
     text = write_report(records, random.Random(seed))

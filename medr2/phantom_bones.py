@@ -3,7 +3,8 @@
 Same conventions as `medr2.phantom_anatomy` (normalised, tilted grid; patient RIGHT = image LEFT). Ribs are
 one phase field over the chest (ribs are the bands where the fractional phase is small), so the whole rib
 cage costs a handful of array operations; a `RibBreak` shifts one rib's lateral fragment (step-off) and
-cuts a lucent gap across its cortex. Hands on a bone density map [H, W] to `render_anatomy`.
+cuts a lucent gap across its cortex; a healing break also carries callus (a fusiform density around the
+break, wider than the rib). Hands on a bone density map [H, W] to `render_anatomy`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ class RibBreak:
     s: float
     step: float
     gap: float = 0.036  # lucent cortical break, ~8 px at the 224 px model input (v2's ~5 px was not learned)
+    callus: float = 0.0  # peak density of healing callus around the break (0 = an acute break, no callus)
+
+
+CALLUS_HALF_LENGTH = 0.045  # normalised: ~20 px long at the 224 px model input
+CALLUS_HALF_HEIGHT = 0.028  # ~1.7 x the rib's height, so the callus bulges past both cortices
 
 
 def rib_geometry(p: AnatomyParams) -> tuple[float, float]:
@@ -72,6 +78,11 @@ def bones(p: AnatomyParams, u: np.ndarray, v: np.ndarray, breaks: list[RibBreak]
         on_side = (su < 0) if br.side == "right" else (su >= 0)
         gap = on_side & (np.abs(s - br.s) < br.gap / p.thorax_hw) & (idx == br.index)
         ribs = np.where(gap, ribs * 0.05, ribs)
+    for br in breaks:  # healing callus: a fusiform density centred on the break, across both fragments
+        if br.callus > 0:
+            cu = p.cx + (-1 if br.side == "right" else 1) * br.s * p.thorax_hw
+            cv = rib_center_v(p, br.index, br.s) + br.step / 2
+            ribs = ribs + br.callus * _bump(np.hypot((u - cu) / CALLUS_HALF_LENGTH, (v - cv) / CALLUS_HALF_HEIGHT))
     # Anterior ribs: faint, running down and medially from the lateral wall (cartilage medially is invisible).
     aphase = (v - first - 0.06 - 0.15 * (1 - s)) / (spacing * 1.25)
     afrac = aphase - np.floor(aphase)

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from medr2.phantom_anatomy import Anatomy, AnatomyParams, Layers, blur, heart_field, hilum_point, lung_mask, mediastinum_field, rib_center_v
+from medr2.phantom_bones import CALLUS_HALF_HEIGHT, CALLUS_HALF_LENGTH
 
 
 @dataclass
@@ -150,8 +151,9 @@ def _spline(points: list[tuple[float, float]], n: int = 12) -> list[tuple[float,
     return [tuple(x) for x in pts]
 
 
-def draw_airspace(c: Canvas, side: str, zone: str, kind: str) -> np.ndarray:
-    """Consolidation (dense, air bronchograms) or patchy/ground-glass opacity (faint, markings kept)."""
+def draw_airspace(c: Canvas, side: str, zone: str, kind: str) -> tuple[np.ndarray, list[str]]:
+    """Consolidation (dense, air bronchograms) or patchy/ground-glass opacity (faint, markings kept).
+    Returns the mask and the lung zones drawn in (upper -> lower; several for a multifocal pneumonia)."""
     center = _pick_point(c, side, zone)
     lung = c.anatomy.lung(side)
     dense = kind in ("consolidation", "pneumonia")
@@ -163,8 +165,10 @@ def draw_airspace(c: Canvas, side: str, zone: str, kind: str) -> np.ndarray:
         radius = c.rng.uniform(0.04, 0.055)  # ill-defined patches, larger than a nodule
         field = _blob(c, center, radius, lobes=3)
         others = [z for z in ("upper", "mid", "lower") if z != zone]
+        drawn = [zone]
         for z in c.rng.permutation(others)[: int(c.rng.integers(1, 3))]:
             field = np.maximum(field, _blob(c, _pick_point(c, side, str(z)), radius * c.rng.uniform(0.7, 0.9), lobes=3))
+            drawn.append(str(z))
     else:
         field = _blob(c, center, radius, lobes=5)
     region = np.clip((field - 0.5) / 0.5, 0, 1) * lung
@@ -186,7 +190,8 @@ def draw_airspace(c: Canvas, side: str, zone: str, kind: str) -> np.ndarray:
         tex = blur(c.rng.random(c.u.shape).astype(np.float32), 2.0 * c.scale)
         tex = np.clip((tex - tex.mean()) / (tex.std() + 1e-6) * 0.15 + 0.85, 0.55, 1)
         _fill(c, _soft(region, 3.0 * c.scale) * tex, 0.6, keep_markings=True)
-    return region > 0.3
+    zones = [z for z in ("upper", "mid", "lower") if z in (drawn if kind == "pneumonia" else [zone])]
+    return region > 0.3, zones
 
 
 def draw_atelectasis(c: Canvas, side: str, zone: str) -> np.ndarray:
@@ -247,11 +252,15 @@ def draw_lesion(c: Canvas, side: str, zone: str, diameter: float, kind: str) -> 
     return disk > 0.5
 
 
-def fracture_mask(c: Canvas, side: str, index: int, s: float) -> tuple[np.ndarray, tuple[float, float]]:
-    """Mask around a rib break (the break itself is drawn by the rib cage renderer via `RibBreak`)."""
+def fracture_mask(c: Canvas, side: str, index: int, s: float, callus_step: float | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+    """Mask around a rib break (the break itself is drawn by the rib cage renderer via `RibBreak`); a healing
+    break's mask (`callus_step` = the break's step-off) covers its callus, centred between the fragments."""
     p = c.p
     cu = p.cx + c.side_sign(side) * s * p.thorax_hw
     cv = rib_center_v(p, index, s)
+    if callus_step is not None:
+        cv += callus_step / 2
+        return np.hypot((c.u - cu) / CALLUS_HALF_LENGTH, (c.v - cv) / CALLUS_HALF_HEIGHT) < 1.0, (cu, cv)
     return ((c.u - cu) ** 2 + (c.v - cv) ** 2) < 0.022**2, (cu, cv)
 
 

@@ -36,7 +36,11 @@ class ReportText(NamedTuple):
 
 
 def _zone_words(f) -> str:
-    return f"{f.side} {f.zone} zone"
+    """'right lower zone'; 'right mid and lower zones' for a finding drawn in several zones."""
+    zones = (getattr(f, "details", None) or {}).get("zones") or [f.zone]
+    if len(zones) == 1:
+        return f"{f.side} {zones[0]} zone"
+    return f"{f.side} {', '.join(zones[:-1])} and {zones[-1]} zones"
 
 
 def _ordinal(n: int) -> str:
@@ -52,7 +56,8 @@ def noun_phrase(f, rng: random.Random) -> str:
     if k == "pneumothorax":
         return f"small {side} apical pneumothorax" if f.zone == "upper" else f"{sev} {side} pneumothorax"
     if k == "consolidation":
-        return rng.choice([f"consolidation in the {_zone_words(f)}", f"focal consolidation in the {_zone_words(f)}"])
+        phrase = rng.choice([f"consolidation in the {_zone_words(f)}", f"focal consolidation in the {_zone_words(f)}"])
+        return phrase.replace("focal ", "multifocal ") if len(f.details.get("zones") or []) > 1 else phrase
     if k == "pneumonia":
         return f"pneumonia in the {_zone_words(f)}"
     if k == "opacity":
@@ -129,7 +134,12 @@ def finding_sentence(f, rng: random.Random) -> str:
     elif k in ("nodule", "mass"):
         choices.append(f"{_cap(np_.replace(' in the ', ' projecting over the '))}.")
     elif k == "fracture":
-        choices = [f"Acute {np_}.", f"Displaced {np_}.", f"Cortical step-off of the {f.side} {_ordinal(f.details.get('rib', 6))} posterior rib, projecting over the {f.zone} zone, consistent with a fracture."]
+        rib = f"{f.side} {_ordinal(f.details.get('rib', 6))} posterior rib, projecting over the {f.zone} zone"
+        if f.details.get("healing"):  # callus around the break (generator v4's overt fractures)
+            choices = [f"Healing {np_}, with callus.", f"Displaced healing {np_}.",
+                       f"Callus around a cortical step-off of the {rib}, consistent with a healing fracture."]
+        else:
+            choices = [f"Acute {np_}.", f"Displaced {np_}.", f"Cortical step-off of the {rib}, consistent with a fracture."]
     elif k == "pleural_thickening":
         choices.append(f"Smooth {np_}.")
     return rng.choice(choices)

@@ -4,14 +4,17 @@ For one `StudyResult` (prompt + generated ids kept by the pipeline) this module:
 1. locates the targets in the generated text: each positive/uncertain finding of the final report (its
    sentences, found with the same labeler as the findings table), each abnormal perception line, and the
    whole report — char spans mapped to generated-token spans (`medr2.saliency_targets`);
-2. re-runs the model teacher-forced on prompt + generated ids once, with a probe on the vision layer
-   (`layer_for`), and takes one backward pass per target: target = summed log-probability of its tokens;
-3. turns activations x gradients into a patch-grid map (Grad-CAM: ReLU(sum_c mean_hw(dS/dA_c) A_c)),
+2. re-runs the model teacher-forced on prompt + generated ids once, with probes on the explained vision
+   layers (`layers_for`: by default every vision block the language model reads), and takes one backward
+   pass per target: target = summed log-probability of its tokens;
+3. turns activations x gradients into a patch-grid map per layer (gradient x activation by default;
+   Grad-CAM: ReLU(sum_c mean_hw(dS/dA_c) A_c)); with several layers, each layer's map is rectified and
+   scaled to a maximum of 1 and the maps are summed (LayerCAM-style fusion across depth); the result is
    normalised to [0, 1] and upsampled to the original image size.
 
 Hands on a `SaliencyResult` (arrays only) that the app overlays with `overlay` + `legend_image`.
-`gradcam` / `gradxact` compute exactly captum's `LayerGradCam` / `LayerGradientXActivation` (a test holds
-them equal) but share one forward across targets; `ig` is captum's `IntegratedGradients` on the pixels;
+`gradcam` / `gradxact` compute exactly captum's `LayerGradCam` / `LayerGradientXActivation` per layer (a
+test holds them equal) but share one forward across targets and layers; `ig` is captum's `IntegratedGradients` on the pixels;
 `random` / `center` are the baselines of `benchmarks/saliency_faithfulness.py`.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,10 +36,13 @@ from medr2.saliency_targets import (  # re-exported: callers import these from m
 
 log = logging.getLogger(__name__)
 
-# Chosen by benchmarks/saliency_faithfulness.py on 300 held-out phantoms with the embedded model:
-# gradient x activation beat Grad-CAM and Integrated Gradients on pointing game (0.61 vs 0.35 / 0.44) and
-# energy in mask (0.11 vs 0.06 / 0.07). See benchmarks/results/saliency_faithfulness.json.
+# Chosen by benchmarks/saliency_faithfulness.py with the embedded model: gradient x activation beat Grad-CAM
+# and Integrated Gradients on pointing game and energy in mask (300 held-out phantoms), and fusing all vision
+# blocks beat the last block alone on validation phantoms (seed 2) before it was measured on the test seed.
+# See docs/saliency.md and benchmarks/results/saliency_faithfulness.json.
 DEFAULT_METHOD = "gradxact"
+DEFAULT_LAYER = "blocks"
+LAYERS = ("blocks", "block", "projector")
 IG_STEPS = 8  # Integrated Gradients steps: a baseline, so few (each step costs a forward + backward)
 SUPPORTED_ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
 
@@ -84,22 +91,41 @@ def _part(model, name: str):
     return part if part is not None else getattr(base, name)
 
 
+def _vision_blocks(model) -> list[torch.nn.Module]:
+    """The vision transformer blocks whose output reaches the language model, in forward order."""
+    if _arch(model) != "llava":
+        return list(_part(model, "visual").blocks)
+    tower = _part(model, "vision_tower")
+    blocks = list(next(m for n, m in tower.named_modules() if n.endswith("encoder.layers")))
+    feature_layer = _base(model).config.vision_feature_layer
+    # hidden_states[i] for i < 0 is the output of blocks[i]: stop at the block LLaVA actually reads.
+    last = len(blocks) + feature_layer if isinstance(feature_layer, int) and feature_layer < 0 else len(blocks) - 1
+    return blocks[:last + 1]
+
+
+def _check_layer(layer: str) -> None:
+    if layer not in LAYERS:
+        raise ValueError(f"layer={layer!r}: use one of {', '.join(repr(x) for x in LAYERS)}")
+
+
 def layer_for(model, layer: str = "block") -> torch.nn.Module:
-    """The vision module whose output is explained: "block" = the vision tower's (feature) block,
-    "projector" = LLaVA's multi_modal_projector / Qwen's patch merger."""
-    arch = _arch(model)
-    if layer not in ("block", "projector"):
-        raise ValueError(f"layer={layer!r}: use 'block' or 'projector'")
-    if arch == "llava":
-        if layer == "projector":
-            return _part(model, "multi_modal_projector")
-        tower = _part(model, "vision_tower")
-        blocks = next(m for n, m in tower.named_modules() if n.endswith("encoder.layers"))
-        feature_layer = _base(model).config.vision_feature_layer
-        # hidden_states[i] for i < 0 is the output of blocks[i]: explain the block LLaVA actually reads.
-        return blocks[feature_layer if isinstance(feature_layer, int) and feature_layer < 0 else -1]
-    visual = _part(model, "visual")
-    return visual.merger if layer == "projector" else visual.blocks[-1]
+    """One explained vision module: "block" = the vision tower's (feature) block, "projector" = LLaVA's
+    multi_modal_projector / Qwen's patch merger."""
+    _arch(model)
+    _check_layer(layer)
+    if layer == "blocks":
+        raise ValueError("layer='blocks' is several modules: use layers_for")
+    if layer == "projector":
+        return _part(model, "multi_modal_projector") if _arch(model) == "llava" else _part(model, "visual").merger
+    return _vision_blocks(model)[-1]
+
+
+def layers_for(model, layer: str = DEFAULT_LAYER) -> list[torch.nn.Module]:
+    """The explained vision modules in forward order: "blocks" = every vision block the language model
+    reads (their maps are fused), "block" / "projector" = the one module of `layer_for`."""
+    _arch(model)
+    _check_layer(layer)
+    return _vision_blocks(model) if layer == "blocks" else [layer_for(model, layer)]
 
 
 @dataclass
@@ -120,6 +146,8 @@ def _qwen_patch_order(h: int, w: int) -> torch.Tensor:
 
 
 def _layout(model, inputs, layer: str) -> _Layout:
+    _check_layer(layer)
+    layer = "block" if layer == "blocks" else layer  # every block has the same token layout
     arch, cfg = _arch(model), _base(model).config
     if arch == "llava":
         side = cfg.vision_config.image_size // cfg.vision_config.patch_size
@@ -144,10 +172,13 @@ def _layout(model, inputs, layer: str) -> _Layout:
 
 
 class _Probe:
-    """Routes the layer's output through a grid-shaped leaf tensor [B, D, gh, gw] and keeps it for gradients."""
+    """Routes the layer's output through a grid-shaped tensor [B, D, gh, gw] and keeps it for gradients.
 
-    def __init__(self, module: torch.nn.Module, layout: _Layout):
-        self.module, self.layout, self.acts = module, layout, None
+    A leaf by default, so backward stops here; `chain=True` (a later layer of a multi-layer probe) keeps it
+    in the graph instead, so gradients still flow on to the earlier probed layers."""
+
+    def __init__(self, module: torch.nn.Module, layout: _Layout, chain: bool = False):
+        self.module, self.layout, self.acts, self.chain = module, layout, None, chain
         self.identity = torch.nn.Identity()  # what captum hooks in the equality test
 
     def _hook(self, module, args, output):
@@ -155,7 +186,9 @@ class _Probe:
         lay = self.layout
         rows = x[:, lay.skip:] if lay.batched else x.reshape(-1, len(lay.order), x.shape[-1])  # [B, N, D]
         grid = rows[:, lay.order].transpose(1, 2).reshape(rows.shape[0], -1, lay.gh, lay.gw)
-        grid = self.identity(grid.detach().requires_grad_(True))  # a leaf: backward stops here
+        if not (self.chain and grid.requires_grad):
+            grid = grid.detach().requires_grad_(True)  # a leaf: backward stops here
+        grid = self.identity(grid)
         self.acts = grid
         back = torch.empty_like(rows)
         back[:, lay.order] = grid.flatten(2).transpose(1, 2)
@@ -207,30 +240,44 @@ class _Context:
     new_ids: torch.Tensor
     weights: torch.Tensor  # [K, T]
     layout: _Layout
-    layer: torch.nn.Module
+    layers: list[torch.nn.Module]
     names: list[str]
     cache: dict = field(default_factory=dict)
 
     def layer_grads(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One forward, one backward per target: activations [D, gh, gw], gradients [K, D, gh, gw], scores [K]."""
+        """One forward, one backward per target: activations [L, D, gh, gw], gradients [K, L, D, gh, gw],
+        scores [K] (L = explained layers)."""
         if "grads" not in self.cache:
-            with _Probe(self.layer, self.layout) as probe, torch.enable_grad():
+            probes = [_Probe(m, self.layout, chain=i > 0) for i, m in enumerate(self.layers)]
+            with ExitStack() as stack, torch.enable_grad():
+                for probe in probes:
+                    stack.enter_context(probe)
                 lp = token_logprobs(self.model, self.inputs, self.new_ids)[0]  # [T]
                 scores = self.weights.to(lp.device) @ lp  # [K]
-                k = len(scores)
-                grads = [torch.autograd.grad(scores[i], probe.acts, retain_graph=i < k - 1)[0][0] for i in range(k)]
-            self.cache["grads"] = (probe.acts[0].detach(), torch.stack(grads).detach(), scores.detach())
+                k, acts = len(scores), [p.acts for p in probes]
+                grads = [torch.stack([g[0] for g in torch.autograd.grad(scores[i], acts, retain_graph=i < k - 1)])
+                         for i in range(k)]
+            self.cache["grads"] = (torch.stack([a[0] for a in acts]).detach(), torch.stack(grads).detach(), scores.detach())
         return self.cache["grads"]
+
+
+def _fuse(per_layer: torch.Tensor) -> torch.Tensor:
+    """[K, L, gh, gw] -> [K, gh, gw]. One layer: its raw map (what captum returns). Several: each layer's
+    map rectified and scaled to a maximum of 1, then summed, so no layer dominates by its activation scale."""
+    if per_layer.shape[1] == 1:
+        return per_layer[:, 0]
+    pos = per_layer.clamp_min(0)
+    return (pos / pos.amax((2, 3), keepdim=True).clamp_min(torch.finfo(pos.dtype).tiny)).sum(1)
 
 
 def _gradcam(ctx: _Context) -> torch.Tensor:
     acts, grads, _ = ctx.layer_grads()
-    return (grads.mean((2, 3), keepdim=True) * acts).sum(1)  # captum LayerGradCam, channels summed
+    return _fuse((grads.mean((3, 4), keepdim=True) * acts).sum(2))  # captum LayerGradCam per layer, channels summed
 
 
 def _gradxact(ctx: _Context) -> torch.Tensor:
     acts, grads, _ = ctx.layer_grads()
-    return (grads * acts).sum(1)  # captum LayerGradientXActivation, channels summed
+    return _fuse((grads * acts).sum(2))  # captum LayerGradientXActivation per layer, channels summed
 
 
 def _ig(ctx: _Context) -> torch.Tensor:
@@ -271,7 +318,7 @@ METHODS: dict[str, Callable[[_Context], torch.Tensor]] = {
 }
 
 
-def occlude(model, inputs, cells: np.ndarray, layer: str = "block") -> torch.Tensor:
+def occlude(model, inputs, cells: np.ndarray, layer: str = DEFAULT_LAYER) -> torch.Tensor:
     """pixel_values with the image under the True cells of a [gh, gw] map set to 0 (the normalisation
     mean: mid-gray), for deletion checks."""
     lay, pv = _layout(model, inputs, layer), inputs["pixel_values"].clone()
@@ -303,13 +350,13 @@ def upsample(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def attribute(model, inputs, new_ids: torch.Tensor, targets: Sequence[Target], offsets: np.ndarray, *,
-              methods: Sequence[str] = (DEFAULT_METHOD,), layer: str = "block") -> tuple[dict[str, np.ndarray], np.ndarray]:
+              methods: Sequence[str] = (DEFAULT_METHOD,), layer: str = DEFAULT_LAYER) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Raw patch-grid maps {method: [K, gh, gw]} and the targets' log-probs [K]; methods share one pass."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown saliency method(s) {unknown}: use one of {', '.join(METHODS)}")
     ctx = _Context(model, inputs, new_ids, token_weights(targets, offsets), _layout(model, inputs, layer),
-                   layer_for(model, layer), [t.name for t in targets])
+                   layers_for(model, layer), [t.name for t in targets])
     was_training = model.training
     model.eval()  # no dropout: the same result gives the same maps
     try:
@@ -321,7 +368,7 @@ def attribute(model, inputs, new_ids: torch.Tensor, targets: Sequence[Target], o
 
 
 def explain(model, processor, result, *, method: str = DEFAULT_METHOD, targets: Sequence[str] | None = None,
-            include_perception: bool = True, layer: str = "block") -> SaliencyResult:
+            include_perception: bool = True, layer: str = DEFAULT_LAYER) -> SaliencyResult:
     """Saliency maps for a `StudyResult` from `Pipeline.run/stream`: one per positive/uncertain finding of
     the final report, per abnormal perception line (`include_perception`) and for the whole report.
 

@@ -31,8 +31,8 @@ _LUNGS = (0.06, 0.94, 0.08, 0.94)  # x0, x1, y0, y1
 _ZONES = {"upper": (0.06, 0.45), "mid": (0.28, 0.68), "lower": (0.45, 0.94)}
 _HEART = (0.22, 0.88, 0.28, 0.9)
 _MEDIASTINUM = (0.25, 0.8, 0.04, 0.9)
-# Pneumonia is checked by side only: it is often multifocal (bronchopneumonia; phantom v2 draws 2-3 foci) while
-# its sentence names the zone of one focus.
+# Pneumonia is checked by side only: it is often multifocal (bronchopneumonia; the phantoms draw 2-3 foci) and
+# real reports often name one focus, or none.
 # Perception regions that hold a single finding type, so a line there is that finding's evidence.
 _SINGLE_FINDING_REGION = {"Cardiomegaly": "heart", "Enlarged Cardiomediastinum": "mediastinum", "Edema": "hila",
                           "Fracture": "bones", "Support Devices": "devices"}

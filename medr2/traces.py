@@ -67,6 +67,13 @@ class TraceConfig:
             raise ValueError(f"error_rate must be in [0, 1], got {self.error_rate}")
 
 
+def _sign(f, which: int = 0) -> str:
+    """The sign phrase of finding `f` (0 = as perceived, 1 = short, for reasoning); a healing fracture's
+    callus is part of its sign."""
+    sign = SIGNS[f.kind][which]
+    return f"{sign} with callus" if f.kind == "fracture" and (getattr(f, "details", None) or {}).get("healing") else sign
+
+
 def region_of(f) -> str:
     """The perception-tree region (and zone) where finding `f`'s sign is looked for."""
     if f.kind == "cardiomegaly":
@@ -82,11 +89,17 @@ def region_of(f) -> str:
     if f.kind in PLEURAL_KINDS:
         return f"{f.side} pleura" if f.side in ("right", "left") else "pleura"
     lung = f"{f.side} lung" if f.side in ("right", "left") else "both lungs"
-    return f"{lung}, {f.zone} zone" if f.zone else lung
+    return f"{lung}, {_zones(f)}" if f.zone else lung
+
+
+def _zones(f) -> str:
+    """'lower zone', or 'mid and lower zones' for a finding drawn in several zones (multifocal pneumonia)."""
+    zones = (getattr(f, "details", None) or {}).get("zones") or [f.zone]
+    return f"{zones[0]} zone" if len(zones) == 1 else f"{', '.join(zones[:-1])} and {zones[-1]} zones"
 
 
 def _where(f) -> str:
-    parts = [p for p in (f.side, f"{f.zone} zone" if f.zone and f.kind not in PLEURAL_KINDS | DEVICE_KINDS else None) if p]
+    parts = [p for p in (f.side, _zones(f) if f.zone and f.kind not in PLEURAL_KINDS | DEVICE_KINDS else None) if p]
     return " ".join(parts)
 
 
@@ -103,7 +116,7 @@ def finding_phrase(f) -> str:
 
 
 def _perception_line(f) -> PerceptionItem:
-    sign = SIGNS[f.kind][0]
+    sign = _sign(f)
     if f.kind in ("nodule", "mass") and f.size_mm:
         sign += f" about {round(f.size_mm)} mm"
     if f.kind == "effusion" and f.severity:
@@ -145,7 +158,7 @@ def build_reasoning(findings: Sequence) -> list[ReasoningStep]:
         return [ReasoningStep("no abnormal sign in any region", "no acute cardiopulmonary abnormality", "normal_study")]
     steps = []
     for f in findings:
-        _, short_sign, _, rule_id = SIGNS[f.kind]
+        short_sign, rule_id = _sign(f, 1), SIGNS[f.kind][3]
         conclusion = finding_phrase(f)
         if f.code == -1 or f.subtle:
             conclusion = f"possible {conclusion}"
@@ -156,7 +169,7 @@ def build_reasoning(findings: Sequence) -> list[ReasoningStep]:
 def _confirmations(findings: Sequence) -> list[ReflectionItem]:
     if not findings:
         return [ReflectionItem("kept", "normal study", "re-checked heart, lungs, pleura and bones; no abnormal sign.")]
-    return [ReflectionItem("kept", SIGNS[f.kind][2], f"re-checked the {region_of(f)}, {SIGNS[f.kind][0]} confirmed.") for f in findings]
+    return [ReflectionItem("kept", SIGNS[f.kind][2], f"re-checked the {region_of(f)}, {_sign(f)} confirmed.") for f in findings]
 
 
 def make_hallucination(rng: random.Random):
@@ -195,11 +208,11 @@ def inject_error(findings: list, rng: random.Random):
         pool = [f for f in findings if f.subtle] or list(findings)
         f = rng.choice(pool)
         draft.remove(f)
-        item = ReflectionItem("added", SIGNS[f.kind][2], f"re-inspected the {region_of(f)}: {SIGNS[f.kind][0]}, missed in the draft.")
+        item = ReflectionItem("added", SIGNS[f.kind][2], f"re-inspected the {region_of(f)}: {_sign(f)}, missed in the draft.")
     elif kind == "hallucinated":
         f = make_hallucination(rng)
         draft.append(f)
-        item = ReflectionItem("removed", SIGNS[f.kind][2], f"re-inspected the {region_of(f)}: no {SIGNS[f.kind][0]}, overlapping normal structures.")
+        item = ReflectionItem("removed", SIGNS[f.kind][2], f"re-inspected the {region_of(f)}: no {_sign(f)}, overlapping normal structures.")
     elif kind == "wrong_side":
         f = rng.choice([f for f in findings if f.side in ("right", "left")])
         wrong = "left" if f.side == "right" else "right"

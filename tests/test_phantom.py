@@ -111,9 +111,57 @@ def test_side_and_zone_are_named_in_the_finding_sentence(studies):
             hits = [s for s in sentences if KIND_WORD[f.kind] in s.lower()]
             assert hits, (st.study_id, f.kind, st.findings_text)
             located = [parse_location(s) for s in hits]
-            assert any(side == f.side and (f.zone is None or zone == f.zone) for side, zone in located), (f, hits)
+            zones = f.details.get("zones") or [f.zone]  # a multifocal pneumonia's consolidation names every zone
+            assert any(side == f.side and (f.zone is None or zone in zones) for side, zone in located), (f, hits)
+            if len(zones) > 1:
+                assert any(all(z in h for z in zones) for h in hits), (f, hits)
             checked += 1
     assert checked > 150
+
+
+def test_multifocal_pneumonia_names_every_zone_with_a_focus():
+    """v4: the report and trace of a multifocal pneumonia name each zone drawn, so its location is readable."""
+    from medr2.evaluate import stated_location
+    from medr2.traces import medr2_target
+
+    checked = 0
+    for st in generate_studies(300, seed=5):
+        for f in st.findings:
+            zones = f.details.get("zones")
+            if f.kind != "pneumonia" or not zones:
+                continue
+            assert len(zones) > 1 and f.zone in zones and zones == sorted(zones, key=["upper", "mid", "lower"].index)
+            rows = np.nonzero(f.mask)[0]
+            drawn = {st.anatomy.zone_of(f.side, float(y)) for y in rows}
+            assert len(drawn) > 1, (st.study_id, zones, drawn)  # the mask really spans several zones
+            # a paired consolidation sentence carries the location; else the pneumonia sentence, when it names one
+            sides, named = stated_location(st.report, "Consolidation" if f.details.get("paired") else "Pneumonia")
+            assert (sides == {f.side} and named == set(zones)) or not (f.details.get("paired") or sides), st.report
+            assert f"{f.side} lung, {', '.join(zones[:-1])} and {zones[-1]} zones:" in medr2_target(st)
+            checked += 1
+    assert checked >= 5
+
+
+def test_overt_fracture_heals_with_callus_inside_its_mask(monkeypatch):
+    """v4: an overt rib fracture carries callus (a density inside its mask), reported as healing; a subtle
+    one is a bare step-off. The callus draws no random numbers, so removing it changes nothing else."""
+    import medr2.phantom as P
+
+    seeds = [s.seed for s in generate_studies(400, seed=9)
+             if any(f.kind == "fracture" and not f.subtle for f in s.findings)][:3]
+    assert seeds
+    for seed in seeds:
+        healed = generate_study(seed)
+        with monkeypatch.context() as m:
+            m.setattr(P, "FRACTURE_CALLUS", 0.0)
+            bare = generate_study(seed)
+        fx = next(f for f in healed.findings if f.kind == "fracture")
+        assert fx.details.get("healing") and re.search(r"healing|callus", healed.report, re.I)
+        assert not next(f for f in bare.findings if f.kind == "fracture").details.get("healing")
+        brighter = healed.image.astype(float) - bare.image.astype(float)
+        assert brighter[fx.mask].mean() > 4 and brighter.max() >= 10  # visibly denser where the callus is
+        assert (np.abs(brighter) > 1)[~fx.mask].mean() < 0.002  # ... and nowhere else
+        assert [f.kind for f in healed.findings] == [f.kind for f in bare.findings]
 
 
 def test_uncertain_findings_are_hedged_and_pertinent_negatives_stated(studies):

@@ -160,12 +160,25 @@ def test_gradcam_equals_captum(tokenizer, film, arch):
     def forward(pixels):
         return (S.token_logprobs(model, inputs, new_ids, pixels) * weights).sum(-1)
 
-    with S._Probe(S.layer_for(model), S._layout(model, inputs, "block")) as probe:
-        cam = LayerGradCam(forward, probe.identity).attribute(inputs["pixel_values"])[0, 0]
-        gxa = LayerGradientXActivation(forward, probe.identity).attribute(inputs["pixel_values"])[0].sum(0)
+    def captum_maps(block):
+        with S._Probe(block, S._layout(model, inputs, "block")) as probe:
+            cam = LayerGradCam(forward, probe.identity).attribute(inputs["pixel_values"])[0, 0]
+            gxa = LayerGradientXActivation(forward, probe.identity).attribute(inputs["pixel_values"])[0].sum(0)
+        return cam, gxa
+
+    cam, gxa = captum_maps(S.layer_for(model))
     assert cam.abs().max() > 0
-    torch.testing.assert_close(torch.from_numpy(ours["gradcam"][0]), cam, rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(torch.from_numpy(ours["gradxact"][0]), gxa, rtol=1e-4, atol=1e-7)
+    single, _ = S.attribute(model, inputs, new_ids, target, offsets, methods=("gradcam", "gradxact"), layer="block")
+    torch.testing.assert_close(torch.from_numpy(single["gradcam"][0]), cam, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(torch.from_numpy(single["gradxact"][0]), gxa, rtol=1e-4, atol=1e-7)
+    # the default fuses every vision block: captum per block, each rectified and scaled to max 1, summed
+    blocks = S.layers_for(model)
+    assert len(blocks) == 2 and blocks[-1] is S.layer_for(model)
+    per_block = [captum_maps(b) for b in blocks]
+    for i, name in enumerate(("gradcam", "gradxact")):
+        expected = sum(torch.from_numpy(S.normalise(maps[i].detach())) for maps in per_block)
+        torch.testing.assert_close(torch.from_numpy(ours[name][0]), expected, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(ours["gradxact"][0], S.normalise(gxa.detach()))  # the earlier block changes the map
 
 
 def test_registry_resolves_every_arch(tokenizer):
@@ -178,8 +191,12 @@ def test_registry_resolves_every_arch(tokenizer):
             assert names[id(block)].endswith("encoder.layers.1") and names[id(projector)].endswith("multi_modal_projector")
         else:
             assert names[id(block)].endswith("visual.blocks.1") and names[id(projector)].endswith("visual.merger")
+        assert S.layers_for(model, "projector") == [projector]
+        assert [names[id(m)] for m in S.layers_for(model)] == [names[id(block)].replace(".1", ".0"), names[id(block)]]
     with pytest.raises(ValueError, match="layer='neck'"):
         S.layer_for(model, "neck")
+    with pytest.raises(ValueError, match="layers_for"):
+        S.layer_for(model, "blocks")
     model.config.model_type = "idefics3"
     with pytest.raises(ValueError, match="idefics3"):
         S.layer_for(model)
