@@ -30,6 +30,14 @@ OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_medr2_tiny_continue.yaml 
 OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_direct_tiny_continue.yaml > runs/sft_direct_continued.log 2>&1 &
 wait
 
+# Stage 0 and SFT continued once more on phantom generator v4 (healing rib fractures with callus; multifocal
+# pneumonia reported in every zone): 25 min of stage 0 on both cores, then both SFTs side by side, 32 min each.
+medr2 train-perception --out runs/perception_v4 --init_from runs/perception_v3 --n_train 24000 --n_val 400 \
+  --train_seed 1 --val_seed 2 --minutes 25 --batch_size 32 --lr 5e-4 --focal_oversample 3 > runs/perception_v4.log 2>&1
+OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_medr2_tiny_v4.yaml > runs/sft_medr2_v4.log 2>&1 &
+OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_direct_tiny_v4.yaml > runs/sft_direct_v4.log 2>&1 &
+wait
+
 # GRPO from the Med-R2 SFT checkpoint: MCCS + Med-R2 format (the default) and the CE-F1-reward ablation.
 OMP_NUM_THREADS=1 medr2 train-grpo --recipe recipes/grpo_tiny.yaml > runs/grpo_mccs.log 2>&1 &
 OMP_NUM_THREADS=1 medr2 train-grpo --recipe recipes/grpo_tiny.yaml --rewards ce_f1,medr2_format \
