@@ -14,6 +14,8 @@ from pathlib import Path
 VARIANTS = {
     "sft_direct": "direct SFT",
     "sft_medr2": "Med-R2 SFT",
+    "sft_direct_v4": "direct SFT + v4 phase",
+    "sft_medr2_v4": "Med-R2 SFT + v4 phase",
     "grpo_mccs": "Med-R2 SFT + GRPO (MCCS + Med-R2 format)",
     "grpo_cef1": "Med-R2 SFT + GRPO (CE-F1 + Med-R2 format)",
 }

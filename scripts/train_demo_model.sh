@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the embedded demo model (assets/model) and the ablation tables on CPU, from scratch.
 # Every stage is a `medr2` command with a committed recipe; logs and checkpoints go to runs/.
-# Wall-clock on the 2-core CPU machine this project is built on: ~3.3 h (stage 0 42 + 33 min incl. phantom
-# generation, both SFTs 50 + 39 min side by side, both GRPOs 15 min side by side, evaluation ~20 min).
+# Wall-clock on the 2-core CPU machine this project is built on: ~4.5 h (stage 0 42 + 33 + 34 min incl. phantom
+# generation, both SFTs 50 + 39 + 37 min side by side, both GRPOs 15 min side by side, evaluation ~30 min).
 # With a GPU, the same commands run faster (bf16 is chosen automatically).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,13 +45,19 @@ OMP_NUM_THREADS=1 medr2 train-grpo --recipe recipes/grpo_tiny.yaml --rewards ce_
 wait
 
 # Held-out evaluation: test = phantom seed 3 (never used in training or selection); validation = seed 2
-# (used to choose which variant ships).
+# (used to choose which variant ships). Every variant on the same current-generator films.
 for v in sft_direct sft_medr2; do
-  medr2 evaluate --model runs/${v}_continued --n 500 --out runs/eval/$v > runs/eval_$v.log 2>&1
-  medr2 evaluate --model runs/${v}_continued --n 300 --seed 2 --no-nlg --out runs/val/$v > runs/val_$v.log 2>&1
+  for phase in continued v4; do
+    name=$v; [ $phase = v4 ] && name=${v}_v4
+    medr2 evaluate --model runs/${v}_$phase --n 500 --out runs/eval_v4/$name > runs/eval4_$name.log 2>&1
+    medr2 evaluate --model runs/${v}_$phase --n 300 --seed 2 --no-nlg --out runs/val_v4/$name > runs/val4_$name.log 2>&1
+  done
 done
 for v in grpo_mccs grpo_cef1; do
-  medr2 evaluate --model runs/$v --n 500 --out runs/eval/$v > runs/eval_$v.log 2>&1
-  medr2 evaluate --model runs/$v --n 300 --seed 2 --no-nlg --out runs/val/$v > runs/val_$v.log 2>&1
+  medr2 evaluate --model runs/$v --n 500 --out runs/eval_v4/$v > runs/eval4_$v.log 2>&1
+  medr2 evaluate --model runs/$v --n 300 --seed 2 --no-nlg --out runs/val_v4/$v > runs/val4_$v.log 2>&1
 done
-python benchmarks/ablation_table.py runs/eval  # prints the README table, writes benchmarks/results/ablation.json
+python benchmarks/ablation_table.py runs/eval_v4  # prints the README table, writes benchmarks/results/ablation.json
+# The shipped model: the validation winner among the Med-R2 variants (here runs/sft_medr2_v4).
+python -m medr2.train.export runs/sft_medr2_v4 assets/model --target medr2 --recipe recipes/sft_medr2_tiny.yaml \
+  --recipe recipes/sft_medr2_tiny_continue.yaml --recipe recipes/sft_medr2_tiny_v4.yaml --eval runs/eval_v4/sft_medr2_v4/eval.json
