@@ -14,8 +14,9 @@ For one `StudyResult` (prompt + generated ids kept by the pipeline) this module:
 
 Hands on a `SaliencyResult` (arrays only) that the app overlays with `overlay` + `legend_image`.
 `gradcam` / `gradxact` compute exactly captum's `LayerGradCam` / `LayerGradientXActivation` per layer (a
-test holds them equal) but share one forward across targets and layers; `ig` is captum's `IntegratedGradients` on the pixels;
-`random` / `center` are the baselines of `benchmarks/saliency_faithfulness.py`.
+test holds them equal) but share one forward across targets and layers; `ig` is captum's
+`IntegratedGradients` on the pixels; `random` / `center` are the baselines of
+`benchmarks/saliency_faithfulness.py`.
 """
 from __future__ import annotations
 
