@@ -188,10 +188,11 @@ def evaluate(pipe, studies, results, methods, variants, seed: int) -> tuple[list
             patch_px = study.image.shape[1] / next(iter(grids.values())).shape[2]
             for k, (t, kind, mask) in enumerate(found):
                 drops = deletion(pipe, inputs, new_ids, weights, grids, k, rng, layer) if vi == 0 else {}
+                placed = located(study, res, t.name) if t.kind == "finding" else None
                 for m in run:
                     name = m if vi == 0 else f"{m}[{layer}|{'+'.join(sections)}]"
                     rows.append({"study": study.study_id, "type": kind, "target": t.name, "method": name,
-                                 "located": located(study, res, t.name) if t.kind == "finding" else None,
+                                 "located": placed,
                                  **score_map(grids[m][k], mask, patch_px), "weak": weak_evidence(t, grids[m][k], mask),
                                  "drop": drops.get(m) if m != "random" else None, "drop_random": drops.get("random")})
                 if vi == 0 and len(shown) < 40:
