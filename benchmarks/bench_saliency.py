@@ -65,13 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     pipe = Pipeline(PipelineConfig(model=args.model, threads=args.threads))
     studies = [s for s in generate_studies(args.studies * 3, HELD_OUT_SEED) if s.findings][:args.studies]
     results = [study_result(pipe, s, args.source) for s in studies]
-    saliency.explain(pipe.model, pipe.processor, results[0], method=args.method)  # warm-up
+    pipe.saliency(results[0], method=args.method)  # warm-up
     rows = {}
     for label, perception in (("all maps", True), ("findings + report", False)):
         per_map, per_study, counts = [], [], []
         for res in results:
             t0 = time.perf_counter()
-            out = saliency.explain(pipe.model, pipe.processor, res, method=args.method, include_perception=perception)
+            out = pipe.saliency(res, method=args.method, include_perception=perception)
             dt = time.perf_counter() - t0
             if out.maps:
                 per_map.append(dt / len(out.maps))

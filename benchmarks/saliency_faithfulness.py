@@ -13,7 +13,8 @@ Baselines in the same run: `random` (a seeded random map) and `center` (a centre
 Model or attribution? Each true positive is also split by whether the model's report states the finding's
 side and zone correctly (`evaluate.stated_location` against the reference): a faithful map of a finding the
 model misplaced points where the model looked, not at the mask.
-Extra variants (default method only) compare the explained layer (all vision blocks fused, the default;
+Extra variants (default method only) compare the explained layer (all vision blocks fused with the model's
+per-finding block weights from its `saliency.json`, the default; `uniform`: all blocks with equal weight;
 the last block alone; the projector) and the target: a finding's report sentences + the perception line where its sign was read (the default), the
 report sentences alone (`report-only`), the perception line alone (`perception`), draft + report.
 
@@ -168,6 +169,14 @@ def located(study, result, observation: str) -> bool | None:
     return (not ref_sides or sides == ref_sides) and (not ref_zones or zones == ref_zones)
 
 
+def resolve_layer(pipe, layer: str) -> tuple[str, dict | None]:
+    """A variant's layer -> (medr2.saliency layer, depth weights): "blocks" uses the model's per-finding
+    weights (what `Pipeline.saliency` shows users), "uniform" fuses every block with weight 1."""
+    if layer == "uniform":
+        return "blocks", None
+    return layer, (pipe.saliency_config.get("depth_weights") if layer == "blocks" else None)
+
+
 def evaluate(pipe, studies, results, methods, variants, seed: int) -> tuple[list[dict], list[dict]]:
     rng = np.random.default_rng(seed)
     rows, shown = [], []
@@ -183,11 +192,12 @@ def evaluate(pipe, studies, results, methods, variants, seed: int) -> tuple[list
             if not found:
                 continue
             run = methods if vi == 0 else [S.DEFAULT_METHOD]
+            explained, depth = resolve_layer(pipe, layer)
             grids, _ = S.attribute(pipe.model, inputs, new_ids, [t for t, _, _ in found], offsets, methods=run,
-                                   layer=layer)
+                                   layer=explained, depth_weights=depth)
             patch_px = study.image.shape[1] / next(iter(grids.values())).shape[2]
             for k, (t, kind, mask) in enumerate(found):
-                drops = deletion(pipe, inputs, new_ids, weights, grids, k, rng, layer) if vi == 0 else {}
+                drops = deletion(pipe, inputs, new_ids, weights, grids, k, rng, explained) if vi == 0 else {}
                 placed = located(study, res, t.name) if t.kind == "finding" else None
                 for m in run:
                     name = m if vi == 0 else f"{m}[{layer}|{'+'.join(sections)}]"
@@ -306,7 +316,7 @@ def figure(pipe, shown: list[dict], path: Path, rg1: Path) -> None:
         ax.set_title(f"{kind}\n{s['target'].text[:38]}", fontsize=7)
     ax = axes[-1]
     result = pipe.run(str(rg1))
-    sal = S.explain(pipe.model, pipe.processor, result, include_perception=False)
+    sal = pipe.saliency(result, include_perception=False)
     shown_map = next((m for m in sal.maps if m.kind == "finding"), sal.for_target("report"))
     ax.imshow(S.overlay(result.image.pixels, shown_map.heatmap) if shown_map else result.image.pixels, cmap="gray")
     ax.set_title(f"real CXR (RG1): {shown_map.target if shown_map else 'no report'}", fontsize=7)
@@ -325,9 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=300, help="held-out phantom studies")
     parser.add_argument("--seed", type=int, default=3, help="phantom seed (3 = the held-out test split)")
     parser.add_argument("--methods", default="gradcam,gradxact,ig,random,center")
-    parser.add_argument("--variants", default="block:report,block:report-only,projector:report",
-                        help="extra variants of the default method, layer:sections (comma-separated; '' for none)")
-    parser.add_argument("--layer", default=S.DEFAULT_LAYER, choices=S.LAYERS,
+    parser.add_argument("--variants", default="uniform:report,block:report,block:report-only",
+                        help="extra variants of the default method, layer:sections (comma-separated; '' for none; "
+                             "layer 'uniform' = all blocks, equal weights)")
+    parser.add_argument("--layer", default=S.DEFAULT_LAYER, choices=S.LAYERS + ("uniform",),
                         help="layer of the main run's gradcam/gradxact (variants name their own)")
     parser.add_argument("--ig-steps", type=int, default=S.IG_STEPS)
     parser.add_argument("--batch", type=int, default=25, help="generation batch size")
@@ -360,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "model": str(args.model), "n_studies": args.n, "seed": args.seed, "source": args.source,
-        "methods": methods, "layer": args.layer, "variants": [f"{l}|{'+'.join(s)}" for l, s in variants], "ig_steps": args.ig_steps,
+        "methods": methods, "layer": args.layer, "depth_weights": pipe.saliency_config.get("depth_weights"), "variants": [f"{l}|{'+'.join(s)}" for l, s in variants], "ig_steps": args.ig_steps,
         "delete_fraction": DELETE_FRACTION, "focal_types": FOCAL, "coverage_gt_tp": cover, "summary": summary,
         "seconds": {"generate": t_gen, "total": time.perf_counter() - t0},
     }, indent=2) + "\n")

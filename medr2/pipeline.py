@@ -157,6 +157,7 @@ class Pipeline:
         from transformers.utils import logging as hf_logging
 
         from medr2.model import load_model, weights_sha256
+        from medr2.saliency import DEPTH_FILE
 
         hf_logging.disable_progress_bar()  # a "Loading weights" bar per start-up is noise in CLI output and app logs
 
@@ -168,6 +169,7 @@ class Pipeline:
         self.model.eval()
         self.load_seconds = time.perf_counter() - t0
         self.card = self._read_card(self.config.model)
+        self.saliency_config = self._read_card(self.config.model, DEPTH_FILE)
         self.provenance = Provenance(
             model=_model_label(self.config.model),
             weights_sha256=weights_sha256(self.config.model) if Path(self.config.model).exists() else "hub",
@@ -180,8 +182,8 @@ class Pipeline:
         self._strip = [t for t in {tok.eos_token, tok.pad_token, getattr(tok, "bos_token", None), "<|im_end|>", "<|im_start|>", "<|endoftext|>"} if t]
 
     @staticmethod
-    def _read_card(model: str) -> dict:
-        path = Path(model) / MODEL_CARD_FILE
+    def _read_card(model: str, name: str = MODEL_CARD_FILE) -> dict:
+        path = Path(model) / name
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def messages(self) -> list[dict]:
@@ -289,11 +291,13 @@ class Pipeline:
         return results
 
     def saliency(self, result: StudyResult, **kwargs):
-        """Per-finding saliency maps for a streamed/run result (computed on request; see medr2.saliency)."""
+        """Per-finding saliency maps for a streamed/run result (computed on request; see medr2.saliency), with
+        the model folder's per-finding block weights (`saliency.json`) unless `depth_weights` is given."""
         from medr2 import saliency
 
         if result._saliency_inputs is None:
             raise ValueError("saliency needs a result from Pipeline.run/stream (batched results keep no inputs)")
+        kwargs.setdefault("depth_weights", self.saliency_config.get("depth_weights"))
         return saliency.explain(self.model, self.processor, result, **kwargs)
 
 

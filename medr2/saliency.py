@@ -9,8 +9,9 @@ For one `StudyResult` (prompt + generated ids kept by the pipeline) this module:
    pass per target: target = summed log-probability of its tokens;
 3. turns activations x gradients into a patch-grid map per layer (gradient x activation by default;
    Grad-CAM: ReLU(sum_c mean_hw(dS/dA_c) A_c)); with several layers, each layer's map is rectified and
-   scaled to a maximum of 1 and the maps are summed (LayerCAM-style fusion across depth); the result is
-   normalised to [0, 1] and upsampled to the original image size.
+   scaled to a maximum of 1 and the maps are summed (LayerCAM-style fusion across depth), optionally with
+   per-finding block weights (`depth_weights`: a model's `saliency.json`, chosen on validation phantoms by
+   `benchmarks/saliency_depth.py`); the result is normalised to [0, 1] and upsampled to the original image size.
 
 Hands on a `SaliencyResult` (arrays only) that the app overlays with `overlay` + `legend_image`.
 `gradcam` / `gradxact` compute exactly captum's `LayerGradCam` / `LayerGradientXActivation` per layer (a
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 # blocks beat the last block alone on validation phantoms (seed 2) before it was measured on the test seed.
 # See docs/saliency.md and benchmarks/results/saliency_faithfulness.json.
 DEFAULT_METHOD = "gradxact"
+DEPTH_FILE = "saliency.json"  # in a model folder: which vision blocks each finding's map fuses (see depth_rows)
 IG_STEPS = 8  # Integrated Gradients steps: a baseline, so few (each step costs a forward + backward)
 
 
@@ -108,6 +110,7 @@ class _Context:
     layout: _Layout
     layers: list[torch.nn.Module]
     names: list[str]
+    depth: torch.Tensor | None = None  # [K, L] block weights of each target's fused map; None = all 1
     cache: dict = field(default_factory=dict)
 
     def layer_grads(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -127,23 +130,33 @@ class _Context:
         return self.cache["grads"]
 
 
-def _fuse(per_layer: torch.Tensor) -> torch.Tensor:
+def _fuse(per_layer: torch.Tensor, depth: torch.Tensor | None = None) -> torch.Tensor:
     """[K, L, gh, gw] -> [K, gh, gw]. One layer: its raw map (what captum returns). Several: each layer's
-    map rectified and scaled to a maximum of 1, then summed, so no layer dominates by its activation scale."""
+    map rectified and scaled to a maximum of 1, then summed with the targets' block weights `depth` [K, L]
+    (default all 1), so no layer dominates by its activation scale."""
     if per_layer.shape[1] == 1:
         return per_layer[:, 0]
     pos = per_layer.clamp_min(0)
-    return (pos / pos.amax((2, 3), keepdim=True).clamp_min(torch.finfo(pos.dtype).tiny)).sum(1)
+    scaled = pos / pos.amax((2, 3), keepdim=True).clamp_min(torch.finfo(pos.dtype).tiny)
+    return scaled.sum(1) if depth is None else (scaled * depth.to(scaled)[..., None, None]).sum(1)
+
+
+def _gradcam_layers(ctx: _Context) -> torch.Tensor:
+    acts, grads, _ = ctx.layer_grads()
+    return (grads.mean((3, 4), keepdim=True) * acts).sum(2)  # captum LayerGradCam per layer, channels summed
+
+
+def _gradxact_layers(ctx: _Context) -> torch.Tensor:
+    acts, grads, _ = ctx.layer_grads()
+    return (grads * acts).sum(2)  # captum LayerGradientXActivation per layer, channels summed
 
 
 def _gradcam(ctx: _Context) -> torch.Tensor:
-    acts, grads, _ = ctx.layer_grads()
-    return _fuse((grads.mean((3, 4), keepdim=True) * acts).sum(2))  # captum LayerGradCam per layer, channels summed
+    return _fuse(_gradcam_layers(ctx), ctx.depth)
 
 
 def _gradxact(ctx: _Context) -> torch.Tensor:
-    acts, grads, _ = ctx.layer_grads()
-    return _fuse((grads * acts).sum(2))  # captum LayerGradientXActivation per layer, channels summed
+    return _fuse(_gradxact_layers(ctx), ctx.depth)
 
 
 def _ig(ctx: _Context) -> torch.Tensor:
@@ -182,6 +195,23 @@ def _center(ctx: _Context) -> torch.Tensor:
 METHODS: dict[str, Callable[[_Context], torch.Tensor]] = {
     "gradcam": _gradcam, "gradxact": _gradxact, "ig": _ig, "random": _random, "center": _center,
 }
+PER_LAYER: dict[str, Callable[[_Context], torch.Tensor]] = {"gradcam": _gradcam_layers, "gradxact": _gradxact_layers}
+
+
+def depth_rows(names: Sequence[str], depth_weights: Mapping[str, Sequence[float]] | None, n_layers: int) -> torch.Tensor | None:
+    """[K, L] block weights for targets `names` from a {target name: [w_1 .. w_L]} map ("*" = any other
+    target; a target in neither is fused over all blocks with weight 1). None when there are no weights."""
+    if not depth_weights:
+        return None
+    rows = []
+    for name in names:
+        w = depth_weights.get(name, depth_weights.get("*"))
+        w = [1.0] * n_layers if w is None else [float(x) for x in w]
+        if len(w) != n_layers or min(w) < 0 or max(w) <= 0:
+            raise ValueError(f"depth weights for {name!r} must be {n_layers} non-negative numbers, not all 0 "
+                             f"(one per vision block); got {w}")
+        rows.append(w)
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 def occlude(model, inputs, cells: np.ndarray, layer: str = DEFAULT_LAYER) -> torch.Tensor:
@@ -216,13 +246,17 @@ def upsample(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def attribute(model, inputs, new_ids: torch.Tensor, targets: Sequence[Target], offsets: np.ndarray, *,
-              methods: Sequence[str] = (DEFAULT_METHOD,), layer: str = DEFAULT_LAYER) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Raw patch-grid maps {method: [K, gh, gw]} and the targets' log-probs [K]; methods share one pass."""
+              methods: Sequence[str] = (DEFAULT_METHOD,), layer: str = DEFAULT_LAYER,
+              depth_weights: Mapping[str, Sequence[float]] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Raw patch-grid maps {method: [K, gh, gw]} and the targets' log-probs [K]; methods share one pass.
+    `depth_weights` (layer "blocks" only): per-target block weights of the fused map, see `depth_rows`."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown saliency method(s) {unknown}: use one of {', '.join(METHODS)}")
+    layers, names = layers_for(model, layer), [t.name for t in targets]
+    depth = depth_rows(names, depth_weights, len(layers)) if layer == "blocks" else None
     ctx = _Context(model, inputs, new_ids, token_weights(targets, offsets), _layout(model, inputs, layer),
-                   layers_for(model, layer), [t.name for t in targets])
+                   layers, names, depth)
     was_training = model.training
     model.eval()  # no dropout: the same result gives the same maps
     try:
@@ -233,10 +267,27 @@ def attribute(model, inputs, new_ids: torch.Tensor, targets: Sequence[Target], o
     return grids, scores
 
 
+def layer_maps(model, inputs, new_ids: torch.Tensor, targets: Sequence[Target], offsets: np.ndarray, *,
+               method: str = DEFAULT_METHOD, layer: str = DEFAULT_LAYER) -> np.ndarray:
+    """Raw per-layer maps [K, L, gh, gw] before fusion (gradcam / gradxact), for choosing depth weights."""
+    if method not in PER_LAYER:
+        raise ValueError(f"per-layer maps exist for {', '.join(PER_LAYER)}, not {method!r}")
+    ctx = _Context(model, inputs, new_ids, token_weights(targets, offsets), _layout(model, inputs, layer),
+                   layers_for(model, layer), [t.name for t in targets])
+    was_training = model.training
+    model.eval()
+    try:
+        return PER_LAYER[method](ctx).float().cpu().numpy()
+    finally:
+        model.train(was_training)
+
+
 def explain(model, processor, result, *, method: str = DEFAULT_METHOD, targets: Sequence[str] | None = None,
-            include_perception: bool = True, layer: str = DEFAULT_LAYER) -> SaliencyResult:
+            include_perception: bool = True, layer: str = DEFAULT_LAYER,
+            depth_weights: Mapping[str, Sequence[float]] | None = None) -> SaliencyResult:
     """Saliency maps for a `StudyResult` from `Pipeline.run/stream`: one per positive/uncertain finding of
     the final report, per abnormal perception line (`include_perception`) and for the whole report.
+    `depth_weights`: per-finding block weights of the fused map (`Pipeline.saliency` passes the model's own).
 
     `targets` keeps only those names (e.g. ["Pleural Effusion", "report"]); a finding whose sentence is
     not in the generated text gets no map. Arrays only; nothing is written.
@@ -258,7 +309,8 @@ def explain(model, processor, result, *, method: str = DEFAULT_METHOD, targets: 
     found = [t for t in found if token_weights([t], offsets).sum() > 0]
     if not found:
         return SaliencyResult([], method, time.perf_counter() - t0)
-    grids, scores = attribute(model, saved["inputs"], new_ids, found, offsets, methods=(method,), layer=layer)
+    grids, scores = attribute(model, saved["inputs"], new_ids, found, offsets, methods=(method,), layer=layer,
+                              depth_weights=depth_weights)
     maps = []
     for t, raw, score in zip(found, grids[method], scores):
         grid = normalise(raw)

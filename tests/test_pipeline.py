@@ -94,6 +94,35 @@ def test_cli_generate_json_and_bad_file(micro_model, phantom_png, tmp_path):
     assert "Traceback" not in fail.stderr and len(fail.stderr.strip().splitlines()) == 1
 
 
+
+def test_saliency_uses_the_model_folders_depth_weights(micro_model, tmp_path):
+    import shutil
+
+    import torch
+
+    from medr2 import saliency as S
+    from medr2.pipeline import _as_loaded
+
+    folder = tmp_path / "model"
+    shutil.copytree(micro_model, folder)
+    (folder / S.DEPTH_FILE).write_text(json.dumps({"depth_weights": {"Pleural Effusion": [0, 1]}}))
+    weighted, plain = Pipeline(PipelineConfig(model=str(folder))), Pipeline(PipelineConfig(model=str(micro_model)))
+    assert weighted.saliency_config["depth_weights"] == {"Pleural Effusion": [0, 1]} and plain.saliency_config == {}
+    text = "<report>\nFindings: Small right pleural effusion. Impression: Small right pleural effusion.\n</report>"
+    loaded = _as_loaded(next(generate_studies(1, seed=7)).image)
+    results = []
+    for p in (weighted, plain):  # the pipeline's own finish step, with a hand-written generation
+        ids = torch.tensor([p.processor.tokenizer.encode(text, add_special_tokens=False)])
+        results.append(p._finish(text, loaded, ids.shape[1], {}, p._inputs([loaded.to_pil()]), ids))
+    assert results[0].final_labels["Pleural Effusion"] == 1
+    shown = weighted.saliency(results[0], include_perception=False).for_target("Pleural Effusion").grid
+    last = plain.saliency(results[1], include_perception=False, layer="block").for_target("Pleural Effusion").grid
+    fused = plain.saliency(results[1], include_perception=False).for_target("Pleural Effusion").grid
+    np.testing.assert_allclose(shown, last, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(shown, fused)
+    override = weighted.saliency(results[0], include_perception=False, depth_weights=None)
+    np.testing.assert_allclose(override.for_target("Pleural Effusion").grid, fused, rtol=1e-5, atol=1e-6)
+
 def _fake_result(text: str) -> StudyResult:
     from medr2.findings import label_report
     from medr2.pipeline import Provenance

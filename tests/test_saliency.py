@@ -181,6 +181,38 @@ def test_gradcam_equals_captum(tokenizer, film, arch):
     assert not np.allclose(ours["gradxact"][0], S.normalise(gxa.detach()))  # the earlier block changes the map
 
 
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_depth_weights_choose_the_fused_blocks_per_finding(tokenizer, film, arch):
+    model, processor = _micro(tokenizer, arch)
+    result = _result(tokenizer, processor, film)
+    inputs, new_ids = result._saliency_inputs["inputs"], result._saliency_inputs["new_ids"]
+    text, offsets = S.token_char_spans(tokenizer, new_ids[0].tolist())
+    targets = [t for t in S.locate_targets(text, include_perception=False) if t.kind == "finding"]
+    assert [t.name for t in targets] == ["Pleural Effusion", "Pneumothorax"]
+    per_layer = S.layer_maps(model, inputs, new_ids, targets, offsets)
+    assert per_layer.shape[:2] == (2, 2)
+    last, _ = S.attribute(model, inputs, new_ids, targets, offsets, layer="block")
+    uniform, _ = S.attribute(model, inputs, new_ids, targets, offsets)
+    np.testing.assert_allclose(last["gradxact"], per_layer[:, -1], rtol=1e-5, atol=1e-8)
+    # effusion: last block only; pneumothorax (not named, no "*"): every block with weight 1, as without weights
+    mixed, _ = S.attribute(model, inputs, new_ids, targets, offsets, depth_weights={"Pleural Effusion": [0, 1]})
+    np.testing.assert_allclose(S.normalise(mixed["gradxact"][0]), S.normalise(last["gradxact"][0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mixed["gradxact"][1], uniform["gradxact"][1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(S.normalise(uniform["gradxact"][0]), S.normalise(last["gradxact"][0]))
+    starred, _ = S.attribute(model, inputs, new_ids, targets, offsets, depth_weights={"*": [0, 1]})
+    np.testing.assert_allclose(S.normalise(starred["gradxact"][1]), S.normalise(last["gradxact"][1]), rtol=1e-5, atol=1e-6)
+    # explain passes them through; other layers ignore them
+    maps = S.explain(model, processor, result, include_perception=False, depth_weights={"Pleural Effusion": [0, 1]})
+    np.testing.assert_allclose(maps.for_target("Pleural Effusion").grid, S.normalise(last["gradxact"][0]), rtol=1e-5, atol=1e-6)
+    single, _ = S.attribute(model, inputs, new_ids, targets, offsets, layer="block", depth_weights={"*": [0, 1]})
+    np.testing.assert_array_equal(single["gradxact"], last["gradxact"])
+    for bad in ([1.0], [0, 0], [-1, 1]):
+        with pytest.raises(ValueError, match="one per vision block"):
+            S.attribute(model, inputs, new_ids, targets, offsets, depth_weights={"Pneumothorax": bad})
+    with pytest.raises(ValueError, match="per-layer maps"):
+        S.layer_maps(model, inputs, new_ids, targets, offsets, method="ig")
+
 def test_registry_resolves_every_arch(tokenizer):
     for arch in ARCHS:
         model, _ = _micro(tokenizer, arch)
@@ -307,3 +339,19 @@ def test_evidence_flags_a_map_away_from_the_region():
     assert S.plausible_region("Support Devices", "Central line.", shape) is None
     lesion = S.plausible_region("Lung Lesion", "Nodule in the left upper zone.", shape)
     assert lesion[20, 80] and not lesion[80, 80] and not lesion[20, 20]
+
+
+def test_depth_choice_needs_enough_true_positives_and_a_real_gain():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from saliency_depth import choose_cutoffs, cutoff_weights
+
+    hits = {"gain": [[0, 1, 1, 1]] * 25,  # the last three blocks point right, all four do not
+            "tie": [[1, 1, 1, 1]] * 25,  # no gain over fusing every block: keep the default
+            "few": [[0, 0, 0, 1]] * 5,  # too few true positives to choose on
+            "worse": [[1, 0, 0, 0]] * 15 + [[0, 1, 0, 0]] * 10}
+    assert choose_cutoffs(hits, min_n=20) == {"gain": 1}
+    assert choose_cutoffs(hits, min_n=5) == {"gain": 1, "few": 3}
+    assert cutoff_weights(0, 4) == [1.0] * 4 and cutoff_weights(3, 4) == [0.0, 0.0, 0.0, 1.0]
