@@ -35,12 +35,16 @@ class ReportText(NamedTuple):
         return f"Findings: {self.findings} Impression: {self.impression}"
 
 
+def zones_phrase(f) -> str:
+    """'lower zone'; 'mid and lower zones' for a finding drawn in several zones (a multifocal pneumonia).
+    Reports and training traces (`medr2.traces`) both word zones with it, so they always agree."""
+    zones = (getattr(f, "details", None) or {}).get("zones") or [f.zone]
+    return f"{zones[0]} zone" if len(zones) == 1 else f"{', '.join(zones[:-1])} and {zones[-1]} zones"
+
+
 def _zone_words(f) -> str:
     """'right lower zone'; 'right mid and lower zones' for a finding drawn in several zones."""
-    zones = (getattr(f, "details", None) or {}).get("zones") or [f.zone]
-    if len(zones) == 1:
-        return f"{f.side} {zones[0]} zone"
-    return f"{f.side} {', '.join(zones[:-1])} and {zones[-1]} zones"
+    return f"{f.side} {zones_phrase(f)}"
 
 
 def _ordinal(n: int) -> str:

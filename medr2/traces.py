@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from medr2.phantom_reports import zones_phrase
 from medr2.schema import MedR2Output, PerceptionItem, ReasoningStep, ReflectionItem, Report, render, render_direct
 
 MEDR2_PROMPT = "Read this chest radiograph: perceive each region, reason with radiology knowledge, draft, reflect, then report."
@@ -89,17 +90,11 @@ def region_of(f) -> str:
     if f.kind in PLEURAL_KINDS:
         return f"{f.side} pleura" if f.side in ("right", "left") else "pleura"
     lung = f"{f.side} lung" if f.side in ("right", "left") else "both lungs"
-    return f"{lung}, {_zones(f)}" if f.zone else lung
-
-
-def _zones(f) -> str:
-    """'lower zone', or 'mid and lower zones' for a finding drawn in several zones (multifocal pneumonia)."""
-    zones = (getattr(f, "details", None) or {}).get("zones") or [f.zone]
-    return f"{zones[0]} zone" if len(zones) == 1 else f"{', '.join(zones[:-1])} and {zones[-1]} zones"
+    return f"{lung}, {zones_phrase(f)}" if f.zone else lung
 
 
 def _where(f) -> str:
-    parts = [p for p in (f.side, _zones(f) if f.zone and f.kind not in PLEURAL_KINDS | DEVICE_KINDS else None) if p]
+    parts = [p for p in (f.side, zones_phrase(f) if f.zone and f.kind not in PLEURAL_KINDS | DEVICE_KINDS else None) if p]
     return " ".join(parts)
 
 

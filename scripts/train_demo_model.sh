@@ -38,6 +38,14 @@ OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_medr2_tiny_v4.yaml > runs
 OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_direct_tiny_v4.yaml > runs/sft_direct_v4.log 2>&1 &
 wait
 
+# Phase 4 (session 5; phantom generator v5: callus 0.25): stage 0 continued on 24,000 fresh films (seed 5),
+# then both SFTs continued on 12,000 fresh studies (seed 5), 32 min each side by side.
+medr2 train-perception --out runs/perception_v5 --init_from runs/perception_v4 --n_train 24000 --n_val 400 \
+  --train_seed 5 --val_seed 2 --minutes 25 --batch_size 32 --lr 5e-4 --focal_oversample 3 > runs/perception_v5.log 2>&1
+OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_medr2_tiny_v5.yaml > runs/sft_medr2_v5.log 2>&1 &
+OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_direct_tiny_v5.yaml > runs/sft_direct_v5.log 2>&1 &
+wait
+
 # GRPO from the Med-R2 SFT checkpoint: MCCS + Med-R2 format (the default) and the CE-F1-reward ablation.
 OMP_NUM_THREADS=1 medr2 train-grpo --recipe recipes/grpo_tiny.yaml > runs/grpo_mccs.log 2>&1 &
 OMP_NUM_THREADS=1 medr2 train-grpo --recipe recipes/grpo_tiny.yaml --rewards ce_f1,medr2_format \

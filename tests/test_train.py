@@ -130,3 +130,22 @@ def test_model_card_states_demo_status_and_both_ce_conventions():
     assert "| Pneumonia | 0.50 | 0.25 | 0.33 | 4 | 0.75 |" in card
     assert "Fracture" not in card  # no support in the test set: no row
     assert "Side correct on 90.0%" in card
+
+
+def test_grpo_prompts_can_be_enriched_with_focal_studies():
+    from medr2.phantom import generate_studies
+    from medr2.train.grpo import MedR2GRPOConfig, prompt_studies
+    from medr2.train.perception import FOCAL_KINDS
+
+    def focal(studies):
+        return sum(any(f.kind in FOCAL_KINDS for f in s.findings) for s in studies)
+
+    plain = prompt_studies(40, seed=6)
+    assert [s.study_id for s in plain] == [s.study_id for s in generate_studies(40, 6)]  # 0 = the generator's mix
+    enriched = prompt_studies(40, seed=6, focal_fraction=0.8)
+    assert len(enriched) == 40 and focal(enriched) >= 32 > focal(plain)
+    ids = [s.study_id for s in enriched]
+    assert len(set(ids)) == 40 and ids == sorted(ids)  # study ids of one set rise with the study index
+    assert focal(prompt_studies(10, seed=6, focal_fraction=1.0)) == 10
+    with pytest.raises(ValueError, match="focal_only_fraction"):
+        MedR2GRPOConfig(output_dir="/tmp/x", focal_only_fraction=1.5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,8 +39,9 @@ class MedR2GRPOConfig(GRPOConfig):
     reward_weights_csv: str = field(default="0.75,0.25", metadata={"help": "weights, same order as rewards (MRG-R1 summaries: 0.75 MCCS + 0.25 format)"})
     mccs_margin: float = field(default=0.5, metadata={"help": "MCCS margin m (unpublished in MRG-R1; see rewards.DEFAULT_MARGIN)"})
     n_prompts: int = field(default=2000, metadata={"help": "phantom studies used as GRPO prompts"})
-    prompt_seed: int = field(default=5, metadata={"help": "phantom seed of the GRPO prompts (unseen by SFT, not the test seed)"})
-    focal_only_fraction: float = field(default=0.0, metadata={"help": "reserved: fraction of prompts drawn from studies with focal findings"})
+    prompt_seed: int = field(default=6, metadata={"help": "phantom seed of the GRPO prompts (unseen by SFT, not the test seed)"})
+    focal_only_fraction: float = field(default=0.0, metadata={"help": "at least this fraction of prompts are studies with a focal finding "
+                                                                    "(the hard cases; 0 = the generator's own mix)"})
     use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (peft) on a real LVLM"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     time_budget_minutes: float = field(default=0.0, metadata={"help": "stop after this many minutes (0 = no limit)"})
@@ -52,6 +54,8 @@ class MedR2GRPOConfig(GRPOConfig):
         if len(names) != len(weights):
             raise ValueError(f"{len(names)} rewards ({names}) but {len(weights)} weights ({weights})")
         self.reward_weights = weights
+        if not 0.0 <= self.focal_only_fraction <= 1.0:
+            raise ValueError(f"focal_only_fraction must be in [0, 1], got {self.focal_only_fraction}")
         super().__post_init__()
 
     @property
@@ -59,12 +63,30 @@ class MedR2GRPOConfig(GRPOConfig):
         return [n.strip() for n in self.rewards.split(",") if n.strip()]
 
 
+def prompt_studies(n: int, seed: int, focal_fraction: float = 0.0) -> list:
+    """`n` phantom studies of set `seed`, in seed order. With `focal_fraction` > 0, non-focal studies are
+    skipped while they would leave fewer than that fraction focal: MRG-R1's reward can only separate
+    completions that differ clinically, and the generator's mix is mostly normal or easy films."""
+    from medr2.phantom import generate_studies
+    from medr2.train.perception import FOCAL_KINDS
+
+    need = math.ceil(focal_fraction * n)
+    picked, focal = [], 0
+    for study in generate_studies(50 * n + 100, seed):
+        is_focal = any(f.kind in FOCAL_KINDS for f in study.findings)
+        if is_focal or n - len(picked) > need - focal:  # room left for the focal studies still needed
+            picked.append(study)
+            focal += is_focal
+        if len(picked) == n:
+            return picked
+    raise RuntimeError(f"phantom set {seed} ran out of studies before {need} focal ones")
+
+
 def build_prompts(config: MedR2GRPOConfig, prompt_text: str):
     """GRPO dataset: `prompt` (chat with image placeholder), `image` (PIL), `report` (reference)."""
     from medr2.data import to_grpo_dataset
-    from medr2.phantom import generate_studies
 
-    return to_grpo_dataset(generate_studies(config.n_prompts, config.prompt_seed), prompt_text)
+    return to_grpo_dataset(prompt_studies(config.n_prompts, config.prompt_seed, config.focal_only_fraction), prompt_text)
 
 
 def plot_curves(log_history: list[dict], path: Path, reward_names: list[str]) -> None:
