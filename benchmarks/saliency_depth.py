@@ -5,8 +5,10 @@ smears, and hurts parenchymal ones, whose maps the early blocks pull towards rib
 (docs/saliency.md). This script measures, on held-out **validation** phantoms (seed 2, never the test seed),
 the pointing game (1-patch tolerance, as in `saliency_faithfulness.py`) of every depth cut-off "blocks k..L"
 for each reported true-positive finding, and picks per finding (CheXpert observation) the cut-off with the
-best pointing; ties and findings with fewer than `--min-n` true positives keep all blocks (the prior
-default). Only L candidates per finding, so the choice has little room to overfit the validation set.
+best pointing, but only where it beats all blocks (the prior default) by more than chance: a paired sign
+test on the findings where the two disagree (net wins > z * sqrt(discordant), z = 1.96). Findings with
+fewer than `--min-n` true positives keep all blocks. Only L candidates per finding, so the choice has little
+room to overfit the validation set.
 
   python benchmarks/saliency_depth.py --model assets/model --n 600 --seed 2 --write assets/model/saliency.json
 -> table on stdout, JSON in benchmarks/results/saliency_depth.json; `--write` stores the weights where
@@ -43,17 +45,21 @@ def cutoff_weights(cutoff: int, n_layers: int) -> list[float]:
     return [0.0] * cutoff + [1.0] * (n_layers - cutoff)
 
 
-def choose_cutoffs(hits: dict[str, list[list[float]]], min_n: int) -> dict[str, int]:
-    """target -> chosen cut-off, from per-target lists of per-cut-off pointing hits [n][L]. A target with
-    fewer than `min_n` true positives, or whose best cut-off only ties the full fusion, keeps cut-off 0."""
+def choose_cutoffs(hits: dict[str, list[list[float]]], min_n: int, z: float = 1.96) -> dict[str, int]:
+    """target -> chosen cut-off, from per-target lists of per-cut-off pointing hits [n][L]. A cut-off
+    replaces the full fusion (cut-off 0) only when it wins more of the true positives where the two disagree
+    than chance allows (net wins > z * sqrt(discordant pairs), a sign test); among those, the largest net
+    gain wins, ties going to the shallower cut-off. Targets with fewer than `min_n` true positives keep 0."""
     chosen = {}
     for target, rows in hits.items():
         if len(rows) < min_n:
             continue
-        means = np.asarray(rows, dtype=float).mean(0)
-        best = int(np.argmax(means))  # argmax takes the first maximum: ties go to the shallower cut-off
-        if means[best] > means[0]:
-            chosen[target] = best
+        h = np.asarray(rows, dtype=float)
+        wins, losses = ((h > h[:, :1]).sum(0), (h < h[:, :1]).sum(0))
+        net = (wins - losses).astype(float)
+        net[(net <= z * np.sqrt(wins + losses)) | (np.arange(h.shape[1]) == 0)] = -np.inf
+        if np.isfinite(net.max()):
+            chosen[target] = int(np.argmax(net))  # argmax takes the first maximum: the shallower cut-off
     return chosen
 
 
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=600, help="validation phantom studies")
     parser.add_argument("--seed", type=int, default=2, help="phantom seed (2 = validation; never choose on 3, the test seed)")
     parser.add_argument("--min-n", type=int, default=20, help="true positives a finding needs for its own choice")
+    parser.add_argument("--z", type=float, default=1.96, help="sign-test threshold for leaving the full fusion")
     parser.add_argument("--batch", type=int, default=25, help="generation batch size")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", type=Path, default=None, help="write the chosen weights here (the model's saliency.json)")
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     by_target = defaultdict(list)
     for r in rows:
         by_target[r["target"]].append(r["hits"])
-    chosen = choose_cutoffs(by_target, args.min_n)
+    chosen = choose_cutoffs(by_target, args.min_n, args.z)
     table = {t: {"n": len(h), "pointing_by_cutoff": np.asarray(h).mean(0).round(4).tolist(), "cutoff": chosen.get(t, 0)}
              for t, h in sorted(by_target.items())}
     uniform = float(np.mean([r["hits"][0] for r in rows]))
@@ -123,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
           "(in-sample: measure on the test seed with saliency_faithfulness.py)")
     config = {"method": S.DEFAULT_METHOD, "layer": "blocks",
               "depth_weights": {t: cutoff_weights(c, n_layers) for t, c in sorted(chosen.items())},
-              "chosen_on": {"seed": args.seed, "n_studies": args.n, "true_positives": len(rows), "min_n": args.min_n,
+              "chosen_on": {"seed": args.seed, "n_studies": args.n, "true_positives": len(rows), "min_n": args.min_n, "z": args.z,
                             "command": "python benchmarks/saliency_depth.py " + " ".join(argv if argv is not None else sys.argv[1:])}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": str(args.model), "n_layers": n_layers, "per_finding": table,
                                     "pointing_all_blocks": uniform, "pointing_per_finding_in_sample": per_finding,
-                                    "config": config, "seconds": time.perf_counter() - t0}, indent=2) + "\n")
+                                    "config": config, "rows": rows, "seconds": time.perf_counter() - t0}) + "\n")
     if args.write:
         args.write.write_text(json.dumps(config, indent=2) + "\n")
         print(f"wrote {args.write}")

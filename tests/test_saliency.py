@@ -351,7 +351,10 @@ def test_depth_choice_needs_enough_true_positives_and_a_real_gain():
     hits = {"gain": [[0, 1, 1, 1]] * 25,  # the last three blocks point right, all four do not
             "tie": [[1, 1, 1, 1]] * 25,  # no gain over fusing every block: keep the default
             "few": [[0, 0, 0, 1]] * 5,  # too few true positives to choose on
-            "worse": [[1, 0, 0, 0]] * 15 + [[0, 1, 0, 0]] * 10}
-    assert choose_cutoffs(hits, min_n=20) == {"gain": 1}
-    assert choose_cutoffs(hits, min_n=5) == {"gain": 1, "few": 3}
+            "worse": [[1, 0, 0, 0]] * 15 + [[0, 1, 0, 0]] * 10,
+            "chance": [[0, 0, 0, 1]] * 3 + [[1, 1, 1, 1]] * 30,  # 3 net wins of 3 discordant: within chance
+            "last": [[0, 0, 0, 1]] * 8 + [[0, 0, 1, 1]] * 2 + [[1, 1, 1, 1]] * 20}  # 10 vs 2 net: the last block
+    assert choose_cutoffs(hits, min_n=20) == {"gain": 1, "last": 3}
+    assert choose_cutoffs(hits, min_n=5) == {"gain": 1, "few": 3, "last": 3}
+    assert choose_cutoffs(hits, min_n=5, z=0.0) == {"gain": 1, "few": 3, "chance": 3, "last": 3}
     assert cutoff_weights(0, 4) == [1.0] * 4 and cutoff_weights(3, 4) == [0.0, 0.0, 0.0, 1.0]

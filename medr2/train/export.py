@@ -32,6 +32,8 @@ def export(run_dir: str | Path, dest: str | Path, *, target: str, recipe: list[s
     for name in KEEP:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, dest / name)
+        elif (dest / name).is_file():  # left by an earlier export (e.g. an SFT loss curve beside GRPO weights)
+            (dest / name).unlink()
     metrics = json.loads(Path(eval_json).read_text()) if eval_json else None
     card = {
         "target": target,
