@@ -20,7 +20,8 @@ VARIANTS = {
     "grpo_cef1": "Med-R2 SFT + GRPO (CE-F1 + Med-R2 format)",
     "sft_direct_v5": "direct SFT + v4 + v5 phases",
     "sft_medr2_v5": "Med-R2 SFT + v4 + v5 phases",
-    "grpo_mccs_v5": "Med-R2 SFT (v5) + GRPO (MCCS + Med-R2 format, focal-enriched prompts)",
+    "grpo_mccs_v5": "Med-R2 SFT (v5) + GRPO (MCCS + Med-R2 format)",
+    "grpo_cef1_v5": "Med-R2 SFT (v5) + GRPO (CE-F1 + Med-R2 format)",
 }
 
 

@@ -54,7 +54,10 @@ OMP_NUM_THREADS=1 medr2 train-grpo --recipe recipes/grpo_tiny.yaml --rewards ce_
 wait
 
 # GRPO from the phase-4 Med-R2 SFT, at least half the prompts studies with a focal finding (session 5).
-OMP_NUM_THREADS=1 medr2 train-grpo --recipe recipes/grpo_tiny_v5.yaml > runs/grpo_mccs_v5.log 2>&1
+OMP_NUM_THREADS=1 medr2 train-grpo --recipe recipes/grpo_tiny_v5.yaml > runs/grpo_mccs_v5.log 2>&1 &
+OMP_NUM_THREADS=1 medr2 train-grpo --recipe recipes/grpo_tiny_v5.yaml --rewards ce_f1,medr2_format \
+  --output_dir runs/grpo_cef1_v5 > runs/grpo_cef1_v5.log 2>&1 &
+wait
 
 # Held-out evaluation: test = phantom seed 3 (never used in training or selection); validation = seed 2
 # (used to choose which variant ships). Every variant on the same current-generator (v5) films.
@@ -65,7 +68,7 @@ for v in sft_direct sft_medr2; do
     medr2 evaluate --model runs/${v}_$phase --n 300 --seed 2 --no-nlg --out runs/val_v5/$name > runs/val5_$name.log 2>&1
   done
 done
-for v in grpo_mccs grpo_cef1 grpo_mccs_v5; do
+for v in grpo_mccs grpo_cef1 grpo_mccs_v5 grpo_cef1_v5; do
   medr2 evaluate --model runs/$v --n 500 --out runs/eval_v5/$v > runs/eval5_$v.log 2>&1
   medr2 evaluate --model runs/$v --n 300 --seed 2 --no-nlg --out runs/val_v5/$v > runs/val5_$v.log 2>&1
 done
