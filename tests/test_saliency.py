@@ -53,6 +53,15 @@ def _micro(tokenizer, arch: str):
     return build_tiny_vlm(tokenizer, TinyVLMConfig.micro(arch))
 
 
+def _explained(tokenizer, film, arch: str):
+    """A micro model, a hand-made result on `film`, its saved inputs and the generated text's token spans."""
+    model, processor = _micro(tokenizer, arch)
+    result = _result(tokenizer, processor, film)
+    inputs, new_ids = result._saliency_inputs["inputs"], result._saliency_inputs["new_ids"]
+    text, offsets = S.token_char_spans(tokenizer, new_ids[0].tolist())
+    return model, processor, result, inputs, new_ids, text, offsets
+
+
 def _result(tokenizer, processor, film, text: str = GENERATED, labels: dict | None = None) -> StudyResult:
     """What Pipeline.run hands on, with a hand-made generation instead of the untrained model's."""
     inputs = prepare_inputs(processor, film, build_chat("Read this chest radiograph."))
@@ -149,10 +158,7 @@ def test_maps_shapes_normalised_deterministic(tokenizer, film, arch):
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2_5_vl"])
 def test_gradcam_equals_captum(tokenizer, film, arch):
-    model, processor = _micro(tokenizer, arch)
-    result = _result(tokenizer, processor, film)
-    inputs, new_ids = result._saliency_inputs["inputs"], result._saliency_inputs["new_ids"]
-    text, offsets = S.token_char_spans(tokenizer, new_ids[0].tolist())
+    model, processor, result, inputs, new_ids, text, offsets = _explained(tokenizer, film, arch)
     target = [t for t in S.locate_targets(text) if t.name == "Pleural Effusion"]
     ours, _ = S.attribute(model, inputs, new_ids, target, offsets, methods=("gradcam", "gradxact"))
     weights = S.token_weights(target, offsets)[0]
@@ -184,10 +190,7 @@ def test_gradcam_equals_captum(tokenizer, film, arch):
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
 def test_depth_weights_choose_the_fused_blocks_per_finding(tokenizer, film, arch):
-    model, processor = _micro(tokenizer, arch)
-    result = _result(tokenizer, processor, film)
-    inputs, new_ids = result._saliency_inputs["inputs"], result._saliency_inputs["new_ids"]
-    text, offsets = S.token_char_spans(tokenizer, new_ids[0].tolist())
+    model, processor, result, inputs, new_ids, text, offsets = _explained(tokenizer, film, arch)
     targets = [t for t in S.locate_targets(text, include_perception=False) if t.kind == "finding"]
     assert [t.name for t in targets] == ["Pleural Effusion", "Pneumothorax"]
     per_layer = S.layer_maps(model, inputs, new_ids, targets, offsets)
@@ -259,10 +262,7 @@ def test_qwen_grid_order_follows_the_image(tokenizer):
 
 
 def test_baselines_and_ig(tokenizer, film):
-    model, processor = _micro(tokenizer, "llava")
-    result = _result(tokenizer, processor, film)
-    inputs, new_ids = result._saliency_inputs["inputs"], result._saliency_inputs["new_ids"]
-    text, offsets = S.token_char_spans(tokenizer, new_ids[0].tolist())
+    model, processor, result, inputs, new_ids, text, offsets = _explained(tokenizer, film, "llava")
     targets = S.locate_targets(text, include_perception=False)
     grids, _ = S.attribute(model, inputs, new_ids, targets, offsets, methods=("random", "center", "ig"))
     assert all(g.shape == (len(targets), 8, 8) for g in grids.values())
