@@ -22,6 +22,9 @@ VARIANTS = {
     "sft_medr2_v5": "Med-R2 SFT + v4 + v5 phases",
     "grpo_mccs_v5": "Med-R2 SFT (v5) + GRPO (MCCS + Med-R2 format)",
     "grpo_cef1_v5": "Med-R2 SFT (v5) + GRPO (CE-F1 + Med-R2 format)",
+    "sft_direct_v6": "direct SFT + v4 + v5 + fresh-seed phases",
+    "sft_medr2_v6": "Med-R2 SFT + v4 + v5 + fresh-seed phases",
+    "grpo_mccs_v6": "Med-R2 SFT (v6) + GRPO (MCCS + Med-R2 format)",
 }
 
 

@@ -1,0 +1,52 @@
+"""The paired bootstrap that says whether one model's CE-F1 is really above another's (benchmarks/compare_models.py)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from compare_models import example_f1, macro_f1, paired_bootstrap  # noqa: E402
+
+from medr2 import metrics  # noqa: E402
+from medr2.findings import OBSERVATIONS  # noqa: E402
+
+
+def _labels(rows: np.ndarray) -> list[dict]:
+    return [{obs: (1 if v else None) for obs, v in zip(OBSERVATIONS, row)} for row in rows]
+
+
+@pytest.fixture()
+def sets():
+    rng = np.random.default_rng(0)
+    ref = rng.random((400, len(OBSERVATIONS))) < 0.15
+    good = ref ^ (rng.random(ref.shape) < 0.03)  # few label errors
+    poor = ref ^ (rng.random(ref.shape) < 0.12)  # many
+    return ref, good, poor
+
+
+def test_scores_match_the_evaluation_metrics(sets):
+    ref, good, _ = sets
+    preds, refs = _labels(good), _labels(ref)
+    assert example_f1(good, ref).mean() == pytest.approx(metrics.ce_example_based(preds, refs)["f1"])
+    assert macro_f1(good, ref) == pytest.approx(metrics.ce_five_label(preds, refs)["f1_macro_14"])
+
+
+def test_a_clearly_better_model_wins_and_its_interval_excludes_zero(sets):
+    ref, good, poor = sets
+    result = paired_bootstrap(poor, good, ref, n_boot=300)
+    for name in ("example_f1", "macro_f1"):
+        r = result[name]
+        assert r["difference"] > 0 and r["ci95_low"] > 0 and r["p_b_better"] > 0.99
+        assert r["ci95_low"] <= r["difference"] <= r["ci95_high"]
+    reverse = paired_bootstrap(good, poor, ref, n_boot=300)
+    assert reverse["macro_f1"]["difference"] == pytest.approx(-result["macro_f1"]["difference"])
+    assert reverse["macro_f1"]["p_b_better"] < 0.01
+
+
+def test_identical_models_differ_by_nothing(sets):
+    ref, good, _ = sets
+    r = paired_bootstrap(good, good.copy(), ref, n_boot=100)["macro_f1"]
+    assert r["difference"] == 0 and r["ci95_low"] == 0 and r["ci95_high"] == 0 and r["p_b_better"] == 0
