@@ -10,7 +10,7 @@ test on the findings where the two disagree (net wins > z * sqrt(discordant), z 
 fewer than `--min-n` true positives keep all blocks. Only L candidates per finding, so the choice has little
 room to overfit the validation set.
 
-  python benchmarks/saliency_depth.py --model assets/model --n 600 --seed 2 --write assets/model/saliency.json
+  python benchmarks/saliency_depth.py --model assets/model --n 1800 --seed 2 --write assets/model/saliency.json
 -> table on stdout, JSON in benchmarks/results/saliency_depth.json; `--write` stores the weights where
 `Pipeline.saliency` reads them (the model folder's `saliency.json`). Measure the result on the test seed
 with `saliency_faithfulness.py` (which uses the model's weights and reports uniform fusion beside them).
@@ -89,7 +89,7 @@ def collect(pipe: Pipeline, studies, results) -> tuple[list[dict], int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model directory (the trained embedded model)")
-    parser.add_argument("--n", type=int, default=600, help="validation phantom studies")
+    parser.add_argument("--n", type=int, default=1800, help="validation phantom studies (600 left consolidation and fracture undecided)")
     parser.add_argument("--seed", type=int, default=2, help="phantom seed (2 = validation; never choose on 3, the test seed)")
     parser.add_argument("--min-n", type=int, default=20, help="true positives a finding needs for its own choice")
     parser.add_argument("--z", type=float, default=1.96, help="sign-test threshold for leaving the full fusion")
