@@ -53,25 +53,12 @@ def label_arrays(reports: list[str]) -> np.ndarray:
     return metrics.label_matrix(label_reports(reports), uncertain_as_positive=True)
 
 
-def example_f1(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Per-study example-based F1 (hedged = found; 0 when neither report has a label, as PromptMRG)."""
-    tp, fp, fn = ((pred & ref).sum(1), (pred & ~ref).sum(1), (~pred & ref).sum(1))
-    den = tp + 0.5 * (fp + fn)
-    return np.divide(tp, den, out=np.zeros(len(tp)), where=den > 0)
-
-
-def macro_f1(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Mean over the 14 observations of per-observation F1 (0 where an observation has no label either side)."""
-    tp, fp, fn = ((pred & ref).sum(0), (pred & ~ref).sum(0), (~pred & ref).sum(0))
-    den = tp + 0.5 * (fp + fn)
-    return float(np.divide(tp, den, out=np.zeros(len(tp)), where=den > 0).mean())
-
-
 def paired_bootstrap(pred_a: np.ndarray, pred_b: np.ndarray, ref: np.ndarray, n_boot: int = 2000,
                      seed: int = 0) -> dict[str, dict[str, float]]:
     """Difference B - A of example-based and macro F1: point estimate, 95 % percentile interval, P(B > A)."""
     rng = np.random.default_rng(seed)
     n = len(ref)
+    example_f1, macro_f1 = metrics.example_f1_matrix, metrics.macro_f1_matrix
     ex_a, ex_b = example_f1(pred_a, ref), example_f1(pred_b, ref)
     diffs = {"example_f1": [], "macro_f1": []}
     for _ in range(n_boot):

@@ -119,6 +119,17 @@ def _micro_macro(pred: np.ndarray, ref: np.ndarray) -> dict[str, dict[str, float
     }
 
 
+def example_f1_matrix(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """[N] example-based F1 of [N, K] bool label matrices (0 where neither row has a label, as `example_prf`)."""
+    tp, fp, fn = (x.sum(axis=1) for x in _counts(pred, ref))
+    return _ratio(tp, tp + 0.5 * (fp + fn))
+
+
+def macro_f1_matrix(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Macro F1 over the K columns of [N, K] bool label matrices (vectorised, for resampling)."""
+    return _micro_macro(pred, ref)["macro"]["f1"]
+
+
 def ce_micro_macro(preds: Sequence[Labels], refs: Sequence[Labels], uncertain_as_positive: bool = False) -> dict:
     """R2Gen-style micro and macro P/R/F1 over the [N, 14] label matrix."""
     _check(preds, refs)

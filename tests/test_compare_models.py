@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from compare_models import example_f1, macro_f1, paired_bootstrap  # noqa: E402
+from compare_models import paired_bootstrap  # noqa: E402
 
 from medr2 import metrics  # noqa: E402
 from medr2.findings import OBSERVATIONS  # noqa: E402
@@ -30,8 +30,8 @@ def sets():
 def test_scores_match_the_evaluation_metrics(sets):
     ref, good, _ = sets
     preds, refs = _labels(good), _labels(ref)
-    assert example_f1(good, ref).mean() == pytest.approx(metrics.ce_example_based(preds, refs)["f1"])
-    assert macro_f1(good, ref) == pytest.approx(metrics.ce_five_label(preds, refs)["f1_macro_14"])
+    assert metrics.example_f1_matrix(good, ref).mean() == pytest.approx(metrics.ce_example_based(preds, refs)["f1"])
+    assert metrics.macro_f1_matrix(good, ref) == pytest.approx(metrics.ce_five_label(preds, refs)["f1_macro_14"])
 
 
 def test_a_clearly_better_model_wins_and_its_interval_excludes_zero(sets):
