@@ -61,12 +61,15 @@ class PerceptionConfig:
     workers: int = field(default=2, metadata={"help": "processes for phantom generation"})
     seed: int = field(default=0, metadata={"help": "torch seed"})
     init_from: str = field(default="", metadata={"help": "continue from an earlier stage-0 output folder (tower + heads); a fresh LR schedule"})
+    photometric_augment: float = field(default=0.0, metadata={"help": "strength of label-preserving exposure jitter (gamma, contrast, noise) on training films; 0 = off"})
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         if self.n_train < 1 or self.n_val < 1:
             raise ValueError("n_train and n_val must be positive")
+        if not 0.0 <= self.photometric_augment <= 1.0:
+            raise ValueError(f"photometric_augment must be in [0, 1], got {self.photometric_augment}")
 
     @property
     def grid(self) -> int:
@@ -190,6 +193,24 @@ def to_pixels(images_u8: np.ndarray) -> torch.Tensor:
     return x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
 
 
+def augment_photometric(images_u8: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Exposure jitter that keeps every label true: per film a gamma, a contrast change about mid-grey and
+    sensor noise. Geometry is untouched because the patch and zone targets are tied to pixel positions.
+
+    Why: a second pass over the same cached films lets the tower memorise their exact pixels (measured for
+    the 24,000-film tower); jitter makes each pass show a slightly different film.
+    """
+    if strength <= 0:
+        return images_u8
+    n = len(images_u8)
+    x = images_u8.astype(np.float32) / 255.0
+    gamma = np.exp(rng.uniform(-strength, strength, n)).astype(np.float32)[:, None, None]
+    contrast = (1.0 + rng.uniform(-strength / 2, strength / 2, n)).astype(np.float32)[:, None, None]
+    x = (x ** gamma - 0.5) * contrast + 0.5
+    x += rng.normal(0.0, 0.03 * strength, x.shape).astype(np.float32)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
 def losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], pos_weight_patch, pos_weight_image) -> dict[str, torch.Tensor]:
     return {
         "patch": F.binary_cross_entropy_with_logits(out["patch"], batch["patch"], pos_weight=pos_weight_patch),
@@ -274,7 +295,8 @@ def train(config: PerceptionConfig) -> dict:
         for b in range(steps_per_epoch):
             ids = np.sort(order[b * config.batch_size:(b + 1) * config.batch_size])
             batch = {k: torch.from_numpy(train_data[k][ids]) for k in ("patch", "zone", "labels", "ctr")}
-            parts = losses(net(to_pixels(train_data["image"][ids])), batch, pw_patch, pw_image)
+            films = augment_photometric(train_data["image"][ids], config.photometric_augment, rng)
+            parts = losses(net(to_pixels(films)), batch, pw_patch, pw_image)
             loss = sum(parts.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -287,7 +309,7 @@ def train(config: PerceptionConfig) -> dict:
                 est_steps = min(total, max(step + 1, int(step * config.minutes * 60 / elapsed)))
             history.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}", epoch=epoch)
+            bar.set_postfix(loss=f"{float(loss):.3f}", epoch=epoch, refresh=False)  # the bar redraws every mininterval, not every step
             if elapsed > config.minutes * 60 or step >= est_steps:
                 break
         else:
