@@ -25,6 +25,8 @@ VARIANTS = {
     "sft_direct_v6": "direct SFT + v4 + v5 + fresh-seed phases",
     "sft_medr2_v6": "Med-R2 SFT + v4 + v5 + fresh-seed phases",
     "grpo_mccs_v6": "Med-R2 SFT (v6) + GRPO (MCCS + Med-R2 format)",
+    "sft_direct_v7": "direct SFT + v4 + v5 + fresh-seed + new-tower phases",
+    "sft_medr2_v7": "Med-R2 SFT + v4 + v5 + fresh-seed + new-tower phases",
 }
 
 

@@ -13,7 +13,7 @@ import sys
 
 # name -> ("module", "function", one-line help). Keep in sync with README's CLI table.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "label": ("medr2.findings", "cli_label", "CheXpert-style labels for reports (drop-in for chexpert-labeler CSV)"),
+    "label": ("medr2.labeler_cli", "cli_label", "CheXpert-style labels for reports (drop-in for chexpert-labeler CSV)"),
     "score": ("medr2.metrics", "cli_score", "clinical-efficacy and NLG metrics of predictions vs references"),
     "inspect": ("medr2.imaging", "cli_inspect", "load a DICOM/PNG/JPEG, print safe metadata + warnings, optionally write PNG"),
     "phantom": ("medr2.phantom", "cli_phantom", "generate synthetic chest radiographs with ground truth (R2Gen layout)"),

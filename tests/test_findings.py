@@ -14,7 +14,8 @@ import pytest
 
 from medr2 import findings
 from medr2.findings import (NEGATIVE, OBSERVATIONS, OTHER_ABNORMALITY, POSITIVE, UNCERTAIN, Mention, aggregate,
-                            cli_label, find_mentions, label_report, label_reports, split_sentences)
+                            find_mentions, label_report, label_reports, split_sentences)
+from medr2.labeler_cli import cli_label
 
 CASES_PATH = Path(__file__).parent / "data" / "labeler_cases.jsonl"
 CASES = [json.loads(line) for line in CASES_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
