@@ -4,7 +4,8 @@ Loads `medr2/data/knowledge.yaml` once and hands on typed views of it:
 - `perception_tree()`: regions in reading order, the features to check there and the findings they can
   indicate (limits and orders where the model looks, as in Med-R2);
 - `rules()` / `rule(rule_id)`: short textbook statements a reasoning step cites as `[rule: <id>]`;
-- `prompt_knowledge_text()`: the same knowledge rendered for the system prompt of a general LVLM.
+- `prompt_knowledge_text()`: the same knowledge rendered for the system prompt of a general LVLM;
+- `prompted_system_prompt()`: that whole system prompt (the "prompted mode" for off-the-shelf instruct LVLMs).
 The trace builder, the prompted mode and the UI all read this one file, so they cannot drift apart.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from importlib import resources
 import yaml
 
 from medr2.findings import OBSERVATIONS
+from medr2.schema import SCHEMA_TAGS
 
 
 @dataclass(frozen=True)
@@ -79,3 +81,40 @@ def prompt_knowledge_text() -> str:
     lines.append("Interpret what you see with these rules (cite the id as [rule: id]):")
     lines += [f"- {r.rule_id}: {r.statement}" for r in rules().values()]
     return "\n".join(lines)
+
+
+def prompted_system_prompt() -> str:
+    """System prompt that makes an instruct LVLM answer in the Med-R2 schema, with radiology knowledge.
+
+    The line formats are the ones `medr2.schema.parse` reads into structured items (free text still parses).
+    """
+    tags = " ".join(SCHEMA_TAGS)
+    return f"""You are an expert radiologist reading one chest radiograph. Perceive, reason, draft, reflect, report.
+Answer with exactly this structure and these tags ({tags}), nothing before or after it:
+<think>
+<perception>
+one line per region, "region: what you see", pertinent normal findings included, e.g.
+heart: cardiothoracic ratio about 0.46, normal heart size.
+</perception>
+<reasoning>
+one line per sign, "sign -> finding [rule: id]", hedged when the sign is subtle, e.g.
+blunted right costophrenic angle with meniscus -> small right pleural effusion [rule: effusion_meniscus]
+</reasoning>
+<draft>
+Findings: ... Impression: ...
+</draft>
+<reflection>
+re-inspect the region behind every finding and every subtle sign, one line each, "action: finding - why",
+action one of kept, revised, removed, added, e.g.
+kept: pleural effusion - re-checked the right base, meniscus confirmed.
+</reflection>
+</think>
+<report>
+Findings: ... Impression: ...
+</report>
+
+Radiology knowledge to use:
+{prompt_knowledge_text()}
+
+Name the side (right / left) and zone (upper / mid / lower) of every lung finding. If the film is normal,
+say so plainly. Do not invent clinical history."""

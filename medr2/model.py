@@ -11,7 +11,7 @@ training, saliency and evaluation never care which architecture they hold:
 Hands on: `prepare_inputs` turns (image, chat messages) into model-ready tensors for all three architectures
 (Qwen-VL additionally needs `mm_token_type_ids` and `image_grid_thw`; the processor returns them);
 `build_chat`, `generation_kwargs` and `generate_text` drive `model.generate`.
-`prompted_system_prompt()` is the "prompted mode" for off-the-shelf instruct LVLMs.
+The "prompted mode" for off-the-shelf instruct LVLMs is `medr2.knowledge.prompted_system_prompt()`.
 CLI: `medr2 build-tiny --arch llava --out DIR [--corpus FILE.txt]`.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ from transformers import (
 from medr2 import qwen_processor  # registers the no-video Qwen processors with AutoProcessor
 from medr2.model_io import ModelLoadError, check_multimodal_processor, load_model  # noqa: F401  (public API)
 from medr2.model_io import weights_sha256, weights_sha256_short  # noqa: F401  (public API)
-from medr2.tokenizer import IM_END, IMAGE_TOKEN, PAD_TOKEN, SCHEMA_TAGS, VIDEO_TOKEN, VISION_END, VISION_START
+from medr2.tokenizer import IM_END, IMAGE_TOKEN, PAD_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START
 from medr2.tokenizer import train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -312,63 +312,6 @@ def generate_text(model: PreTrainedModel, processor: ProcessorMixin, image: Imag
     output = model.generate(**inputs, **(gen or generation_kwargs()))
     new_tokens = output[0, inputs["input_ids"].shape[1]:]
     return processor.decode(new_tokens, skip_special_tokens=True)
-
-
-# -------------------------------------------------------------------------------------- prompted mode
-_FALLBACK_KNOWLEDGE = """Read the film in this order and describe each region, including normal findings:
-heart (size, cardiothoracic ratio > 0.5 on a PA film suggests cardiomegaly); mediastinum and trachea
-(widening, deviation); lungs, right and left, upper / mid / lower zones (opacity, consolidation with air
-bronchograms, nodules or masses, interstitial or alveolar oedema, atelectasis with volume loss);
-hila; pleura and costophrenic angles (blunted angle with a meniscus suggests effusion; a visible pleural
-line with absent lung markings beyond it suggests pneumothorax); diaphragm; bones (fractures); devices
-(tubes, lines, pacemakers)."""
-
-
-def _knowledge_text() -> str:
-    # TODO(lead): medr2.knowledge.prompt_knowledge_text() is the source of truth; fallback until it exists.
-    try:
-        from medr2.knowledge import prompt_knowledge_text
-    except ImportError:
-        log.debug("medr2.knowledge not available: using the built-in knowledge summary")
-        return _FALLBACK_KNOWLEDGE
-    return prompt_knowledge_text()
-
-
-def prompted_system_prompt() -> str:
-    """System prompt that makes an instruct LVLM answer in the Med-R2 schema, with radiology knowledge.
-
-    The line formats are the ones `medr2.schema.parse` reads into structured items (free text still parses).
-    """
-    tags = " ".join(SCHEMA_TAGS)
-    return f"""You are an expert radiologist reading one chest radiograph. Perceive, reason, draft, reflect, report.
-Answer with exactly this structure and these tags ({tags}), nothing before or after it:
-<think>
-<perception>
-one line per region, "region: what you see", pertinent normal findings included, e.g.
-heart: cardiothoracic ratio about 0.46, normal heart size.
-</perception>
-<reasoning>
-one line per sign, "sign -> finding [rule: id]", hedged when the sign is subtle, e.g.
-blunted right costophrenic angle with meniscus -> small right pleural effusion [rule: effusion_meniscus]
-</reasoning>
-<draft>
-Findings: ... Impression: ...
-</draft>
-<reflection>
-re-inspect the region behind every finding and every subtle sign, one line each, "action: finding - why",
-action one of kept, revised, removed, added, e.g.
-kept: pleural effusion - re-checked the right base, meniscus confirmed.
-</reflection>
-</think>
-<report>
-Findings: ... Impression: ...
-</report>
-
-Radiology knowledge to use:
-{_knowledge_text()}
-
-Name the side (right / left) and zone (upper / mid / lower) of every lung finding. If the film is normal,
-say so plainly. Do not invent clinical history."""
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -188,7 +188,8 @@ class Pipeline:
 
     def messages(self) -> list[dict]:
         """The chat for this model: our trained prompt, or the prompted-mode system prompt for general LVLMs."""
-        from medr2.model import build_chat, prompted_system_prompt
+        from medr2.knowledge import prompted_system_prompt
+        from medr2.model import build_chat
         from medr2.traces import DIRECT_PROMPT, MEDR2_PROMPT
 
         if self.card.get("target") == "direct":

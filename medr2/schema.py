@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 
 THINK_SECTIONS: tuple[str, ...] = ("perception", "reasoning", "draft", "reflection")
 SECTIONS: tuple[str, ...] = ("think", *THINK_SECTIONS, "report")
+# Opening and closing tags of every section: the tokenizer makes each one token, the prompted mode lists them.
+SCHEMA_TAGS: tuple[str, ...] = tuple(tag for name in SECTIONS for tag in (f"<{name}>", f"</{name}>"))
 REFLECTION_ACTIONS: tuple[str, ...] = ("kept", "revised", "removed", "added")
 
 # Case-insensitive and tolerant of inner spaces ("< /report >") when *parsing*; `render` and the strict

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from medr2.schema import SECTIONS
+from medr2.schema import SCHEMA_TAGS  # the Med-R2 tags, one token each
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,6 @@ IMAGE_TOKEN = "<image>"
 VISION_START, VISION_END, VIDEO_TOKEN = "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, IM_START, IM_END, IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END)
 
-# The Med-R2 output schema's opening and closing tags, from the one definition in medr2.schema.
-SCHEMA_TAGS: tuple[str, ...] = tuple(tag for name in SECTIONS for tag in (f"<{name}>", f"</{name}>"))
 
 # ChatML, as Qwen uses it. Content may be a string or a list of parts ({"type": "image"} / {"type": "text"}),
 # the form TRL and `processor.apply_chat_template` pass. The image becomes <|vision_start|><image><|vision_end|>;

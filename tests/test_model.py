@@ -22,10 +22,10 @@ from medr2.model import (
     generation_kwargs,
     load_model,
     prepare_inputs,
-    prompted_system_prompt,
     weights_sha256,
     weights_sha256_short,
 )
+from medr2.knowledge import prompted_system_prompt
 from medr2.qwen_processor import NoVideoQwen2_5_VLProcessor
 from medr2.tokenizer import IMAGE_TOKEN, IM_END, SCHEMA_TAGS, train_tokenizer
 
@@ -248,14 +248,6 @@ def test_prompted_system_prompt_asks_for_every_tag_and_injects_knowledge():
     for tag in SCHEMA_TAGS:
         assert tag in prompt, tag
     assert "costophrenic" in prompt.lower() and "pneumothorax" in prompt.lower()
-
-
-def test_prompted_system_prompt_falls_back_without_the_knowledge_module(monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "medr2.knowledge", None)  # import now raises ImportError
-    prompt = prompted_system_prompt()
-    assert "<reflection>" in prompt and "costophrenic angle" in prompt
 
 
 # ------------------------------------------------------------------------------------------------- CLI
