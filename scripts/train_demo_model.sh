@@ -66,6 +66,20 @@ OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_direct_tiny_v6.yaml > run
 wait
 OMP_NUM_THREADS=1 medr2 train-grpo --recipe recipes/grpo_tiny_v6.yaml > runs/grpo_mccs_v6.log 2>&1
 
+# Stage 0 on 100,000 fresh films (seed 8; the film cache, 5.4 GB, takes ~57 min with one worker before
+# training starts): one pass (session 6), then a second pass with exposure jitter (session 7). The session-6
+# tower had memorised its 24,000 films (benchmarks/perception_generalisation.py).
+medr2 train-perception --out runs/perception_v6 --init_from runs/perception_v5 --n_train 100000 --n_val 400 \
+  --train_seed 8 --val_seed 2 --minutes 25 --batch_size 32 --lr 5e-4 --focal_oversample 3 > runs/perception_v6.log 2>&1
+mkdir -p runs/perception_v7 && ln -f runs/perception_v6/examples_*.npz runs/perception_v7/  # reuse the film cache
+medr2 train-perception --out runs/perception_v7 --init_from runs/perception_v6 --n_train 100000 --n_val 400 \
+  --train_seed 8 --val_seed 2 --minutes 35 --batch_size 32 --lr 3e-4 --focal_oversample 3 --photometric_augment 0.3 \
+  > runs/perception_v7.log 2>&1
+# Phase 6 (session 7): both SFTs continued on the v7 tower with 12,000 studies of a fresh seed (9).
+OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_medr2_tiny_v7.yaml > runs/sft_medr2_v7.log 2>&1 &
+OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_direct_tiny_v7.yaml > runs/sft_direct_v7.log 2>&1 &
+wait
+
 # Held-out evaluation: test = phantom seed 3 (never used in training or selection); validation = seed 2
 # (used to choose which variant ships). Every variant on the same current-generator (v5) films.
 for v in sft_direct sft_medr2; do
@@ -78,6 +92,12 @@ done
 for v in sft_direct_v6 sft_medr2_v6 grpo_mccs_v6; do
   medr2 evaluate --model runs/$v --n 500 --out runs/eval_v5/$v > runs/eval5_$v.log 2>&1
   medr2 evaluate --model runs/$v --n 300 --seed 2 --no-nlg --out runs/val_v6/$v > runs/val6_$v.log 2>&1
+done
+for v in sft_medr2_v6 sft_direct_v6 sft_medr2_v7 sft_direct_v7; do  # selection set since session 7: n = 1,000
+  medr2 evaluate --model runs/$v --n 1000 --seed 2 --no-nlg --out runs/val1000/$v > runs/val1000_$v.log 2>&1
+done
+for v in sft_medr2_v7 sft_direct_v7; do
+  medr2 evaluate --model runs/$v --n 500 --out runs/eval_v5/$v > runs/eval5_$v.log 2>&1
 done
 for v in grpo_mccs grpo_cef1 grpo_mccs_v5 grpo_cef1_v5; do
   medr2 evaluate --model runs/$v --n 500 --out runs/eval_v5/$v > runs/eval5_$v.log 2>&1
