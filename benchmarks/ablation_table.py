@@ -87,8 +87,10 @@ def main(argv: list[str]) -> int:
         draft = f"{r['draft_ce_f1_example']:.3f}" if r["draft_ce_f1_example"] is not None else "—"
         detect = f"{r['ce_macro_f1_14_uncertain_as_positive']:.3f}" if r.get("ce_macro_f1_14_uncertain_as_positive") is not None else "—"
         where = f"{r['side_accuracy']:.2f} / {r['zone_accuracy']:.2f}" if r.get("side_accuracy") is not None else "—"
+        # A direct-target model writes only <report>: the thinking -> report format check does not apply to it.
+        fmt = f"{r['format_failure_rate']:.1%}" if r["draft_ce_f1_example"] is not None else "n/a"
         print(f"| {r['name']} | {r['ce_f1_example']:.3f} | {r['ce_micro_f1_14']:.3f} | {r['ce_macro_f1_14']:.3f} | {detect} | {draft} | "
-              f"{r['format_failure_rate']:.1%} | {r['mean_tokens']:.0f} | {where} |")
+              f"{fmt} | {r['mean_tokens']:.0f} | {where} |")
     print()
     print_per_finding(rows)
     out = Path(argv[1]) if len(argv) > 1 else Path(__file__).parent / "results" / "ablation.json"
