@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from medr2.phantom import generate_study, study_seeds
-from medr2.train.perception import FINDING_OBS, PerceptionConfig, PerceptionNet, build_examples, load_perception, to_pixels
+from medr2.train.perception import FINDING_OBS, build_examples, load_trained, to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "perception_confusion.json"
@@ -30,12 +29,7 @@ LESION, CONSOLIDATION = FINDING_OBS.index("Lung Lesion"), FINDING_OBS.index("Con
 
 def image_probabilities(tower: Path, n: int, seed: int, batch_size: int = 64) -> np.ndarray:
     """Image-head probabilities [n, 13] of the stage-0 tower in `tower` on `n` phantoms of `seed`."""
-    saved = json.loads((tower / "perception_config.json").read_text())
-    names = {f.name for f in fields(PerceptionConfig)}
-    config = PerceptionConfig(**{k: v for k, v in saved.items() if k in names})
-    net = PerceptionNet(config)
-    load_perception(net, tower)
-    net.eval()
+    net, config = load_trained(tower)
     images = build_examples(n, seed, config)["image"]  # the tower folder's film cache when it has this set
     with torch.no_grad():
         return np.concatenate([torch.sigmoid(net(to_pixels(images[i:i + batch_size]))["image"]).numpy()

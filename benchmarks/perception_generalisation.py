@@ -14,25 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from medr2.train.perception import PerceptionConfig, PerceptionNet, build_examples, evaluate, load_perception
+from medr2.train.perception import build_examples, evaluate, load_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "perception_generalisation.json"
-
-
-def load_tower(folder: Path) -> tuple[PerceptionNet, PerceptionConfig]:
-    """The saved stage-0 network (tower + heads) with the config it was trained with."""
-    saved = json.loads((folder / "perception_config.json").read_text())
-    names = {f.name for f in fields(PerceptionConfig)}
-    config = PerceptionConfig(**{k: v for k, v in saved.items() if k in names})
-    net = PerceptionNet(config)
-    load_perception(net, folder)
-    return net.eval(), config
 
 
 def gap_table(train: dict, val: dict) -> list[tuple[str, float, float, float, float]]:
@@ -56,7 +45,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    net, config = load_tower(args.tower)
+    net, config = load_trained(args.tower)
     # Cached examples live in the tower's folder (stage 0 wrote them there); new ones are generated.
     config.out = str(args.tower)
     results = {name: evaluate(net, build_examples(args.n, seed, config))

@@ -189,3 +189,7 @@ def test_train_perception_writes_tower_heads_and_per_class_metrics(tmp_path):
     for name in ("vision_tower.safetensors", "perception_heads.safetensors", "perception_loss.png", "history.jsonl"):
         assert (out / name).stat().st_size > 0
     assert json.loads((out / "perception_config.json").read_text())["photometric_augment"] == 0.3
+    from medr2.train.perception import load_trained
+
+    net, config = load_trained(out)  # what the benchmarks load: the saved run, with its own config
+    assert config.vision_hidden == 32 and config.n_train == 8 and not net.training

@@ -187,6 +187,16 @@ def load_perception(net: PerceptionNet, folder: Path) -> None:
     logger.info("continuing stage 0 from %s", folder)
 
 
+def load_trained(folder: Path) -> tuple[PerceptionNet, PerceptionConfig]:
+    """A saved stage-0 output folder -> the network (tower + heads, eval mode) and the config it was trained with."""
+    saved = json.loads((Path(folder) / "perception_config.json").read_text())
+    names = {f.name for f in fields(PerceptionConfig)}
+    config = PerceptionConfig(**{k: v for k, v in saved.items() if k in names})  # older runs lack newer fields
+    net = PerceptionNet(config)
+    load_perception(net, Path(folder))
+    return net.eval(), config
+
+
 def to_pixels(images_u8: np.ndarray) -> torch.Tensor:
     """uint8 [B, H, W] -> SigLIP-normalised float [B, 3, H, W] (mean = std = 0.5, as the processor does)."""
     x = torch.from_numpy(images_u8).float().div_(127.5).sub_(1.0)
