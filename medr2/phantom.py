@@ -47,7 +47,11 @@ OBSERVATION_OF: dict[str, str] = {
 #     multifocal pneumonia (and its paired consolidation) name every zone with a focus, not only the first.
 # v5: denser callus (0.11 -> 0.25): benchmarks/fracture_probe.py showed 0.11 too faint to learn (AUC 0.63 after
 #     a fracture-enriched run) and 0.25 learnable (0.78). Only overt-fracture films differ from v4.
-GENERATOR_VERSION = 5
+# v6: consolidation drawn as segmental airspace disease (elongated, pleura-based, ragged ill-defined margin, 4-6
+#     air bronchograms) instead of a round blob of a mass's size, which the stage-0 tower confused with a mass
+#     (benchmarks/perception_confusion.py). Only consolidation films differ from v5; pneumonia and opacity
+#     draw exactly as before.
+GENERATOR_VERSION = 6
 FRACTURE_CALLUS = 0.25  # peak callus density of an overt (healing) fracture; ribs are 0.045-0.105
 DEVICE_KINDS = ("ett", "central_line", "ng_tube", "pacemaker", "sternotomy")
 # Probability of each kind in an ABNORMAL study (before co-occurrence rules); tuned so that effusion,

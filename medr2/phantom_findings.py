@@ -152,46 +152,81 @@ def _spline(points: list[tuple[float, float]], n: int = 12) -> list[tuple[float,
 
 
 def draw_airspace(c: Canvas, side: str, zone: str, kind: str) -> tuple[np.ndarray, list[str]]:
-    """Consolidation (dense, air bronchograms) or patchy/ground-glass opacity (faint, markings kept).
-    Returns the mask and the lung zones drawn in (upper -> lower; several for a multifocal pneumonia)."""
+    """Consolidation (segmental, pleura-based, ill-defined, air bronchograms), multifocal pneumonia, or
+    patchy/ground-glass opacity (faint, markings kept). Returns the mask and the lung zones drawn in
+    (upper -> lower; several for a multifocal pneumonia)."""
+    if kind == "consolidation":
+        return draw_consolidation(c, side, zone), [zone]
     center = _pick_point(c, side, zone)
     lung = c.anatomy.lung(side)
-    dense = kind in ("consolidation", "pneumonia")
-    radius = c.rng.uniform(0.045, 0.075) if dense else c.rng.uniform(0.04, 0.07)
-    if kind == "pneumonia":
+    dense = kind == "pneumonia"
+    radius = c.rng.uniform(0.04, 0.07)
+    drawn = [zone]
+    if dense:
         # Bronchopneumonia pattern: patchy consolidation in two or three foci of the same lung, so the phantom's
-        # pneumonia is visibly different from a single lobar/segmental consolidation (otherwise the label could
+        # pneumonia is visibly different from a single segmental consolidation (otherwise the label could
         # not be read from the film at all). The first focus sits in the reported zone.
         radius = c.rng.uniform(0.04, 0.055)  # ill-defined patches, larger than a nodule
         field = _blob(c, center, radius, lobes=3)
         others = [z for z in ("upper", "mid", "lower") if z != zone]
-        drawn = [zone]
         for z in c.rng.permutation(others)[: int(c.rng.integers(1, 3))]:
             field = np.maximum(field, _blob(c, _pick_point(c, side, str(z)), radius * c.rng.uniform(0.7, 0.9), lobes=3))
             drawn.append(str(z))
     else:
         field = _blob(c, center, radius, lobes=5)
     region = np.clip((field - 0.5) / 0.5, 0, 1) * lung
-    if kind == "consolidation" and zone == "upper" and side == "right" and c.rng.random() < 0.5:
-        region = region * (c.v < center[1] + radius * 0.6)  # sharp lower border at the horizontal fissure
     if dense:
         _fill(c, _soft(region, 1.8 * c.scale), 0.92)
-        hu, hv = hilum_point(c.p, side)
-        lines = []
-        for _ in range(3):  # air bronchograms: branching lucencies running away from the hilum
-            a = math.atan2(center[1] - hv, center[0] - hu) + c.rng.uniform(-0.4, 0.4)
-            start = (center[0] - math.cos(a) * radius * 0.8, center[1] - math.sin(a) * radius * 0.8)
-            end = (center[0] + math.cos(a) * radius * 0.6, center[1] + math.sin(a) * radius * 0.6)
-            lines.append(_polyline([start, end]))
-        us, vs = np.concatenate([l[0] for l in lines]), np.concatenate([l[1] for l in lines])
-        eroded = ndimage.binary_erosion(region > 0.6, iterations=max(1, int(2 * c.scale)))
-        c.layers.air += _points_to_image(c, us, vs, 0.6) * eroded * 0.14 * c.strength
+        _air_bronchograms(c, side, center, radius, region, count=3, width=0.6, lucency=0.14)
     else:
         tex = blur(c.rng.random(c.u.shape).astype(np.float32), 2.0 * c.scale)
         tex = np.clip((tex - tex.mean()) / (tex.std() + 1e-6) * 0.15 + 0.85, 0.55, 1)
         _fill(c, _soft(region, 3.0 * c.scale) * tex, 0.6, keep_markings=True)
-    zones = [z for z in ("upper", "mid", "lower") if z in (drawn if kind == "pneumonia" else [zone])]
+    zones = [z for z in ("upper", "mid", "lower") if z in drawn]
     return region > 0.3, zones
+
+
+def draw_consolidation(c: Canvas, side: str, zone: str) -> np.ndarray:
+    """Segmental airspace consolidation: a horizontally elongated opacity that reaches the lateral pleura
+    (the lung edge clips it flat), with a ragged, ill-defined margin and several branching air bronchograms.
+
+    v6 of the generator: v5 drew a round blob of a mass's size, and the stage-0 tower confused the two (a
+    consolidation fired on 9 of 13 masses). These are the signs a reader separates them by: a mass is round
+    and sharply marginated with no air bronchograms; consolidation follows lung anatomy, fades into the
+    surrounding lung and shows the air-filled bronchi inside it.
+    """
+    lung = c.anatomy.lung(side)
+    sign = c.side_sign(side)
+    cu, cv = _pick_point(c, side, zone, margin=0.02)
+    half_u, half_v = c.rng.uniform(0.11, 0.15), c.rng.uniform(0.05, 0.07)
+    # Shift the centre laterally so the opacity is pleura-based; the lung mask then cuts it along the wall.
+    cu = cu + sign * half_u * c.rng.uniform(0.2, 0.5)
+    ellipse = np.exp(-(((c.u - cu) / half_u) ** 2 + ((c.v - cv) / half_v) ** 2))
+    ragged = blur(c.rng.random(c.u.shape).astype(np.float32), 3.0 * c.scale)
+    ragged = (ragged - ragged.mean()) / (ragged.std() + 1e-6)
+    field = ellipse * (1 + 0.35 * ragged)  # low-frequency noise, only near the opacity: a ragged, fluffy margin
+    region = np.clip((field - 0.25) / 0.3, 0, 1) * lung
+    if zone == "upper" and side == "right" and c.rng.random() < 0.5:
+        region = region * (c.v < cv + half_v * 0.6)  # the one sharp border: the horizontal fissure
+    _fill(c, _soft(region, 3.5 * c.scale), 0.9)  # wide blur: no sharp margin except at fissure and pleura
+    _air_bronchograms(c, side, (cu - sign * half_u * 0.3, cv), half_u, region, count=int(c.rng.integers(4, 7)),
+                      width=0.8, lucency=0.25)
+    return region > 0.3
+
+
+def _air_bronchograms(c: Canvas, side: str, center: tuple[float, float], radius: float, region: np.ndarray,
+                      count: int, width: float, lucency: float) -> None:
+    """Branching lucencies running away from the hilum, kept inside the dense part of `region`."""
+    hu, hv = hilum_point(c.p, side)
+    lines = []
+    for _ in range(count):
+        a = math.atan2(center[1] - hv, center[0] - hu) + c.rng.uniform(-0.4, 0.4)
+        start = (center[0] - math.cos(a) * radius * 0.8, center[1] - math.sin(a) * radius * 0.8)
+        end = (center[0] + math.cos(a) * radius * 0.6, center[1] + math.sin(a) * radius * 0.6)
+        lines.append(_polyline([start, end]))
+    us, vs = np.concatenate([l[0] for l in lines]), np.concatenate([l[1] for l in lines])
+    eroded = ndimage.binary_erosion(region > 0.6, iterations=max(1, int(2 * c.scale)))
+    c.layers.air += _points_to_image(c, us, vs, width) * eroded * lucency * c.strength
 
 
 def draw_atelectasis(c: Canvas, side: str, zone: str) -> np.ndarray:

@@ -240,6 +240,35 @@ def test_bundled_examples_are_reproducible():
         gt = json.loads(path.read_text())
         st = generate_study(gt["seed"])
         assert gt["labels"] == st.labels and gt["report"] == st.report, f"{path.name} is stale: run python -m medr2.phantom_sheet"
-        assert (path.with_suffix(".png")).is_file()
+        from PIL import Image
+
+        film = np.asarray(Image.open(path.with_suffix(".png")))
+        assert np.array_equal(film, st.image), f"{path.name}: the film is stale: run python -m medr2.phantom_sheet"
         kinds |= {f["kind"] for f in gt["findings"]} or {"normal"}
     assert len(kinds) >= 4
+
+
+def _margin_and_shape(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per study of `kind`: mean image gradient on the lesion's margin, and its width / height."""
+    from scipy import ndimage
+
+    config = PhantomConfig(normal_fraction=0.0, prevalence={kind: 1.0}, subtle_fraction=0.0, max_findings=1,
+                           distractors=False)
+    gradients, aspects = [], []
+    for st in generate_studies(12, 8, config):
+        f = next(f for f in st.findings if f.kind == kind)
+        grad = np.hypot(*np.gradient(ndimage.gaussian_filter(st.image.astype(float), 0.7)))
+        margin = ndimage.binary_dilation(f.mask) & ~ndimage.binary_erosion(f.mask) & st.anatomy.lung(f.side)
+        ys, xs = np.nonzero(f.mask)
+        gradients.append(grad[margin].mean())
+        aspects.append((np.ptp(xs) + 1) / (np.ptp(ys) + 1))
+    return np.array(gradients), np.array(aspects)
+
+
+def test_consolidation_and_mass_differ_by_the_signs_a_reader_uses():
+    """Generator v6: consolidation is segmental (wider than tall) with an ill-defined margin; a mass is round and
+    sharply marginated. v5 drew both as round blobs and the stage-0 tower confused them."""
+    cons_margin, cons_aspect = _margin_and_shape("consolidation")
+    mass_margin, mass_aspect = _margin_and_shape("mass")
+    assert np.median(cons_margin) < 0.5 * np.median(mass_margin), (cons_margin, mass_margin)
+    assert np.median(cons_aspect) > 1.25 and 0.8 < np.median(mass_aspect) < 1.2, (cons_aspect, mass_aspect)
