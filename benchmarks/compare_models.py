@@ -75,6 +75,14 @@ def paired_bootstrap(pred_a: np.ndarray, pred_b: np.ndarray, ref: np.ndarray, n_
     return out
 
 
+def same_evaluation_set(config_a: dict, config_b: dict) -> bool:
+    """Were two `medr2 evaluate` runs (their eval.json "config") made on the same studies? A phantom seed draws
+    different films under another generator version; runs from before session 8 do not record the version (they
+    are all v5 films), so a missing version matches only a missing one."""
+    keys = ("data", "split", "n", "seed", "phantom_generator_version")
+    return all(config_a.get(k) == config_b.get(k) for k in keys)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_a", type=Path, help="evaluation folder of model A (the reference)")
@@ -83,8 +91,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     configs = [json.loads((run / "eval.json").read_text())["config"] for run in (args.run_a, args.run_b)]
-    if any(configs[0].get(k) != configs[1].get(k) for k in ("data", "split", "n", "seed")):
-        raise SystemExit("the two runs were evaluated on different sets: compare runs of the same --data/--seed/--n")
+    if not same_evaluation_set(*configs):
+        raise SystemExit("the two runs were evaluated on different sets: compare runs of the same --data/--seed/--n "
+                         "and phantom generator version")
     (ids_a, reports_a), (ids_b, reports_b) = final_reports(args.run_a), final_reports(args.run_b)
     ref_ids, refs = reference_reports(configs[0])
     if not (ids_a == ids_b == ref_ids[:len(ids_a)]) or len(ids_a) != len(ref_ids):

@@ -213,6 +213,10 @@ def run(config: EvalConfig) -> dict:
         results += pipe.run_batch(images[i:i + config.batch_size], batch_size=config.batch_size)
     summary = summarize(results, references, nlg=config.nlg)
     summary["config"] = asdict(config)
+    if not config.data:  # the same phantom seed draws different films across generator versions
+        from medr2.phantom import GENERATOR_VERSION
+
+        summary["config"]["phantom_generator_version"] = GENERATOR_VERSION
     summary["provenance"] = asdict(pipe.provenance)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

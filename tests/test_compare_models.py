@@ -50,3 +50,14 @@ def test_identical_models_differ_by_nothing(sets):
     ref, good, _ = sets
     r = paired_bootstrap(good, good.copy(), ref, n_boot=100)["macro_f1"]
     assert r["difference"] == 0 and r["ci95_low"] == 0 and r["ci95_high"] == 0 and r["p_b_better"] == 0
+
+
+def test_runs_on_different_films_are_not_compared():
+    from compare_models import same_evaluation_set
+
+    v6 = {"data": None, "split": "test", "n": 500, "seed": 3, "phantom_generator_version": 6}
+    assert same_evaluation_set(v6, dict(v6))
+    assert not same_evaluation_set(v6, {**v6, "phantom_generator_version": 7})
+    legacy = {k: v for k, v in v6.items() if k != "phantom_generator_version"}  # before the version was recorded
+    assert same_evaluation_set(legacy, dict(legacy)) and not same_evaluation_set(legacy, v6)
+    assert not same_evaluation_set(v6, {**v6, "seed": 2})

@@ -98,6 +98,14 @@ def test_sft_and_evaluate_on_an_r2gen_dataset(sft_checkpoint, tmp_path):
     assert ev.returncode == 0, ev.stderr[-3000:]
     summary = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert summary["n"] == 2 and "example-14" in summary["final"] and "side_accuracy" in summary["location"]
+    assert "phantom_generator_version" not in summary["config"]  # a dataset on disk: the films are what they are
+    ev = _medr2("evaluate", "--model", str(sft_checkpoint), "--n", "2", "--seed", "31", "--max_new_tokens", "8",
+                "--no-nlg", "--out", str(tmp_path / "eval_phantoms"), cwd=Path.cwd())
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    from medr2.phantom import GENERATOR_VERSION
+
+    summary = json.loads((tmp_path / "eval_phantoms" / "eval.json").read_text())
+    assert summary["config"]["phantom_generator_version"] == GENERATOR_VERSION  # a seed's films change with it
 
 
 def test_sft_continues_our_own_checkpoint_with_the_tower_frozen(sft_checkpoint, tmp_path):
