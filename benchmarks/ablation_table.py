@@ -3,7 +3,8 @@
 Reads `<eval_root>/<variant>/eval.json` written by `medr2 evaluate`, prints a Markdown table and writes
 `benchmarks/results/ablation.json`. Variants missing from disk are listed as such, never invented.
 
-Run: `python benchmarks/ablation_table.py runs/eval [OUT.json]`
+Run: `python benchmarks/ablation_table.py runs/eval [OUT.json] [--present-only]`
+(`--present-only`: leave out variants not evaluated under that root, e.g. a set of films only some were run on)
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ VARIANTS = {
     "grpo_mccs_v6": "Med-R2 SFT (v6) + GRPO (MCCS + Med-R2 format)",
     "sft_direct_v7": "direct SFT + v4 + v5 + fresh-seed + new-tower phases",
     "sft_medr2_v7": "Med-R2 SFT + v4 + v5 + fresh-seed + new-tower phases",
+    "sft_direct_v8": "direct SFT, 6 phases + generator-v6 phase",
+    "sft_medr2_v8": "Med-R2 SFT, 6 phases + generator-v6 phase",
 }
 
 
@@ -71,11 +74,16 @@ def print_per_finding(rows: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
+    present_only = "--present-only" in argv
+    argv = [a for a in argv if a != "--present-only"]
     root = Path(argv[0] if argv else "runs/eval")
     rows = {}
     for key, name in VARIANTS.items():
         path = root / key / "eval.json"
-        rows[key] = {"name": name, **row(json.loads(path.read_text()))} if path.is_file() else {"name": name, "missing": str(path)}
+        if path.is_file():
+            rows[key] = {"name": name, **row(json.loads(path.read_text()))}
+        elif not present_only:
+            rows[key] = {"name": name, "missing": str(path)}
     header = ("| variant | CE-F1 example-based | CE micro-F1 (14) | CE macro-F1 (14) | macro-F1, hedged = found | draft CE-F1 | "
               "format failure | mean tokens | side / zone |")
     print(header)

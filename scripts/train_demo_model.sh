@@ -80,6 +80,20 @@ OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_medr2_tiny_v7.yaml > runs
 OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_direct_tiny_v7.yaml > runs/sft_direct_v7.log 2>&1 &
 wait
 
+# Stage 0 on 100,000 more fresh films (seed 10, session 7; one pass, 25 min): little change, and the mass /
+# consolidation confusion stayed. Then generator v6 (session 8: consolidation drawn as segmental airspace
+# disease, docs/phantom.md) and stage 0 on 100,000 fresh v6 films (seed 14, 30 min), then phase 7 of both SFTs
+# on 12,000 v6 studies of a fresh seed (13), 40 min side by side.
+medr2 train-perception --out runs/perception_v8 --init_from runs/perception_v7 --n_train 100000 --n_val 400 \
+  --train_seed 10 --val_seed 2 --minutes 25 --batch_size 32 --lr 3e-4 --focal_oversample 3 --photometric_augment 0.3 \
+  > runs/perception_v8.log 2>&1
+medr2 train-perception --out runs/perception_v9 --init_from runs/perception_v8 --n_train 100000 --n_val 400 \
+  --train_seed 14 --val_seed 2 --minutes 30 --batch_size 32 --lr 3e-4 --focal_oversample 3 --photometric_augment 0.3 \
+  > runs/perception_v9.log 2>&1
+OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_medr2_tiny_v8.yaml > runs/sft_medr2_v8.log 2>&1 &
+OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_direct_tiny_v8.yaml > runs/sft_direct_v8.log 2>&1 &
+wait
+
 # Held-out evaluation: test = phantom seed 3 (never used in training or selection); validation = seed 2
 # (used to choose which variant ships). Every variant on the same current-generator (v5) films.
 for v in sft_direct sft_medr2; do

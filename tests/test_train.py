@@ -138,6 +138,10 @@ def test_model_card_states_demo_status_and_both_ce_conventions():
     assert "| Pneumonia | 0.50 | 0.25 | 0.33 | 4 | 0.75 |" in card
     assert "Fracture" not in card  # no support in the test set: no row
     assert "Side correct on 90.0%" in card
+    assert "(phantom seed 3, never seen" in card  # an evaluation from before the generator version was recorded
+    metrics["config"]["phantom_generator_version"] = 6
+    card = model_card({"target": "medr2", "training_data": "phantoms", "recipe": ["r.yaml"], "commit": "abc"}, metrics, "")
+    assert "(phantom seed 3, generator v6, never seen" in card
 
 
 def test_grpo_prompts_can_be_enriched_with_focal_studies():

@@ -59,8 +59,11 @@ def model_card(card: dict, metrics: dict | None, notes: str) -> str:
              f"- Commit: `{card['commit']}`", ""]
     if metrics:
         f = metrics["final"]
+        eval_config = metrics.get("config", {})
+        generator = eval_config.get("phantom_generator_version")
         lines += ["## Held-out phantom test set", "",
-                  f"- n = {metrics['n']} (phantom seed {metrics.get('config', {}).get('seed')}, never seen in training)",
+                  f"- n = {metrics['n']} (phantom seed {eval_config.get('seed')}"
+                  + (f", generator v{generator}" if generator is not None else "") + ", never seen in training)",
                   f"- CE example-based F1 (14 obs, positive-only): {f['example-14']['f1']:.3f}",
                   f"- CE micro F1 (R2Gen, 14): {f['r2gen-14']['micro']['f1']:.3f}" if 'r2gen-14' in f else "",
                   ""]
