@@ -51,7 +51,11 @@ OBSERVATION_OF: dict[str, str] = {
 #     air bronchograms) instead of a round blob of a mass's size, which the stage-0 tower confused with a mass
 #     (benchmarks/perception_confusion.py). Only consolidation films differ from v5; pneumonia and opacity
 #     draw exactly as before.
-GENERATOR_VERSION = 6
+# v7: a pneumonia's certainty follows the film: stated when its foci involve all three zones of the lung, hedged
+#     ("concerning for pneumonia") when two. v6 and earlier hedged 70 % at random, which no reader could see on
+#     the film (positive-only pneumonia F1 was capped near 0 for every model). Films are identical to v6; only
+#     pneumonia reports and labels differ.
+GENERATOR_VERSION = 7
 FRACTURE_CALLUS = 0.25  # peak callus density of an overt (healing) fracture; ribs are 0.045-0.105
 DEVICE_KINDS = ("ett", "central_line", "ng_tube", "pacemaker", "sternotomy")
 # Probability of each kind in an ABNORMAL study (before co-occurrence rules); tuned so that effusion,
@@ -119,7 +123,6 @@ class PhantomConfig:
     subtle_fraction: float = 0.18  # findings drawn at the edge of visibility (small, faint)
     hedge_fraction: float = 0.05  # non-subtle findings reported with hedged language (code -1)
     subtle_hedge_fraction: float = 0.35  # subtle findings reported hedged
-    pneumonia_uncertain: float = 0.7  # pneumonia reported as "concerning for" rather than stated
     max_findings: int = 4  # cap on sampled kinds per study (co-occurrence included)
     distractors: bool = True  # breast and nipple shadows
     anatomy_variation: float = 1.0  # 0 = the average patient every time
@@ -131,7 +134,7 @@ class PhantomConfig:
         unknown = set(self.prevalence) - set(OBSERVATION_OF)
         if unknown:
             raise ValueError(f"unknown finding kinds in prevalence: {sorted(unknown)}; valid: {sorted(OBSERVATION_OF)}")
-        for name in ("normal_fraction", "subtle_fraction", "hedge_fraction", "subtle_hedge_fraction", "pneumonia_uncertain"):
+        for name in ("normal_fraction", "subtle_fraction", "hedge_fraction", "subtle_hedge_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -227,7 +230,8 @@ def make_spec(kind: str, rng: np.random.Generator, config: PhantomConfig) -> Spe
     elif kind == "pacemaker":
         s.side = _choice(rng, {"left": 0.85, "right": 0.15})
     if kind == "pneumonia":
-        s.code = -1 if rng.random() < config.pneumonia_uncertain else 1
+        rng.random()  # v6 drew the pneumonia's certainty here; the draw stays so a seed's films do not change
+        s.code = -1  # until drawn: certainty follows the extent of the foci (`pneumonia_code`)
     elif kind not in DEVICE_KINDS and rng.random() < (config.subtle_hedge_fraction if subtle else config.hedge_fraction):
         s.code = -1
     return s
@@ -274,6 +278,15 @@ def _draw(spec: Spec, c: draw.Canvas) -> tuple[np.ndarray, dict]:
     return draw.draw_device(c, k, spec.side)
 
 
+def pneumonia_code(zones: list[str]) -> int:
+    """1 (stated) when the bronchopneumonia involves all three zones of the lung, -1 (hedged) when fewer.
+
+    Why: a report's certainty must be readable from the film, or no model can learn it. Extensive multizonal
+    airspace disease is the typical picture a reader states as pneumonia; a more limited one is "concerning for".
+    """
+    return 1 if len(set(zones)) == 3 else -1
+
+
 def _record(spec: Spec, mask: np.ndarray, details: dict, size: int, kind: str | None = None, code: int | None = None) -> FindingRecord:
     kind = kind or spec.kind
     size_mm = round(spec.size_px * FIELD_MM / 256.0, 1) if spec.size_px else None
@@ -310,6 +323,8 @@ def generate_study(seed: int, config: PhantomConfig | None = None) -> Study:
     for s in specs:
         c = draw.Canvas(p, u, v, layers, anatomy, rng, config.size, strength=0.6 if s.subtle else 1.0)
         mask, details = _draw(s, c)
+        if s.kind == "pneumonia":
+            s.code = pneumonia_code(details.get("zones", [s.zone]))
         if s.kind == "fracture":
             s.zone = anatomy.zone_of(s.side, float(np.nonzero(mask)[0].mean()) if mask.any() else anatomy.zone_bounds[s.side][1])
         if s.kind == "pneumonia":  # a pneumonia's airspace opacity is also reported as consolidation

@@ -81,18 +81,21 @@ OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_direct_tiny_v7.yaml > run
 wait
 
 # Stage 0 on 100,000 more fresh films (seed 10, session 7; one pass, 25 min): little change, and the mass /
-# consolidation confusion stayed. Then generator v6 (session 8: consolidation drawn as segmental airspace
-# disease, docs/phantom.md) and stage 0 on 100,000 fresh v6 films (seed 14, 30 min), then phase 7 of both SFTs
-# on 12,000 v6 studies of a fresh seed (13), 40 min side by side.
+# consolidation confusion stayed (not used by any SFT).
 medr2 train-perception --out runs/perception_v8 --init_from runs/perception_v7 --n_train 100000 --n_val 400 \
   --train_seed 10 --val_seed 2 --minutes 25 --batch_size 32 --lr 3e-4 --focal_oversample 3 --photometric_augment 0.3 \
   > runs/perception_v8.log 2>&1
-medr2 train-perception --out runs/perception_v9 --init_from runs/perception_v8 --n_train 100000 --n_val 400 \
-  --train_seed 14 --val_seed 2 --minutes 30 --batch_size 32 --lr 3e-4 --focal_oversample 3 --photometric_augment 0.3 \
-  > runs/perception_v9.log 2>&1
-OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_medr2_tiny_v8.yaml > runs/sft_medr2_v8.log 2>&1 &
-OMP_NUM_THREADS=1 medr2 train-sft --recipe recipes/sft_direct_tiny_v8.yaml > runs/sft_direct_v8.log 2>&1 &
-wait
+# (Session 8 ran the next two steps from assets/model, the export of runs/sft_medr2_v7: the same weights.)
+# Generator v6/v7 (session 8: consolidation drawn as segmental airspace disease; pneumonia certainty follows the
+# extent of its foci; docs/phantom.md). Stage 0 continued from the shipped phase-6 model's tower (its v7 stage-0
+# tower, frozen through SFT; `--init_from` takes a VLM folder, heads re-fitted for 300 steps with the tower
+# frozen) on 50,000 fresh films (seed 14, 25 min), then phase 7 of the Med-R2 SFT on 16,000 studies of seed 13.
+medr2 train-perception --out runs/perception_v9 --init_from runs/sft_medr2_v7 --head_warmup_steps 300 \
+  --n_train 50000 --n_val 400 --train_seed 14 --val_seed 2 --minutes 25 --batch_size 32 --lr 3e-4 \
+  --focal_oversample 3 --photometric_augment 0.3 > runs/perception_v9.log 2>&1
+sed 's|^model_name_or_path: assets/model|model_name_or_path: runs/sft_medr2_v7|' recipes/sft_medr2_tiny_v8.yaml > runs/sft_medr2_v8.yaml
+medr2 train-sft --recipe runs/sft_medr2_v8.yaml > runs/sft_medr2_v8.log 2>&1
+# The direct twin (recipes/sft_direct_tiny_v8.yaml) was not run in session 8 (no runs/sft_direct_v7 there).
 
 # Held-out evaluation: test = phantom seed 3 (never used in training or selection); validation = seed 2
 # (used to choose which variant ships). Every variant on the same current-generator (v5) films.

@@ -272,3 +272,23 @@ def test_consolidation_and_mass_differ_by_the_signs_a_reader_uses():
     mass_margin, mass_aspect = _margin_and_shape("mass")
     assert np.median(cons_margin) < 0.5 * np.median(mass_margin), (cons_margin, mass_margin)
     assert np.median(cons_aspect) > 1.25 and 0.8 < np.median(mass_aspect) < 1.2, (cons_aspect, mass_aspect)
+
+
+def test_pneumonia_certainty_is_readable_from_the_extent_of_its_foci():
+    """v7: a pneumonia is stated when its patches involve all three zones of the lung and hedged when two, so
+    its label can be read from the film (v6 hedged 70 % at random); the report's label follows the rule."""
+    from medr2.phantom import pneumonia_code
+
+    assert pneumonia_code(["upper", "mid", "lower"]) == 1 and pneumonia_code(["mid", "lower"]) == -1
+    seen = {1: 0, -1: 0}
+    for st in generate_studies(400, seed=5):
+        for f in st.findings:
+            if f.kind != "pneumonia":
+                continue
+            foci = f.details["zones"]  # the zones its patches were placed in, which the report names
+            expected = 1 if len(foci) == 3 else -1
+            assert f.code == expected and st.labels["Pneumonia"] == expected, (st.study_id, foci, st.report)
+            said = [st.report[a:b].lower() for a, b in split_sentences(st.report) if "pneumonia" in st.report[a:b].lower()]
+            assert said and all(any(w in x for w in ("possible", "concerning", "suspected", "questionable")) == (expected == -1) for x in said), said
+            seen[f.code] += 1
+    assert min(seen.values()) >= 3, seen  # both wordings occur

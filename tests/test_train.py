@@ -205,3 +205,39 @@ def test_train_perception_writes_tower_heads_and_per_class_metrics(tmp_path):
 
     net, config = load_trained(out)  # what the benchmarks load: the saved run, with its own config
     assert config.vision_hidden == 32 and config.n_train == 8 and not net.training
+
+
+def test_stage0_continues_from_a_vlm_tower_and_warms_up_the_heads_first(tmp_path):
+    """`--init_from` a saved VLM folder takes its vision tower (heads start fresh); with `head_warmup_steps` past
+    the run's end the tower stays exactly as loaded while the heads learn."""
+    import torch
+
+    from medr2.model import TinyVLMConfig, build_tiny_vlm, train_tokenizer
+    from medr2.train.perception import PerceptionConfig, PerceptionNet, load_perception, load_trained, train
+    from medr2.train.sft import vision_tower_path
+
+    tiny = TinyVLMConfig.micro("llava")
+    vlm, processor = build_tiny_vlm(train_tokenizer(["Findings: normal heart size. Impression: normal."], vocab_size=300), tiny)
+    with torch.no_grad():
+        for p in vlm.get_submodule(vision_tower_path(vlm)).parameters():
+            p.normal_(0.0, 0.05)  # distinct from any fresh initialisation
+    vlm.save_pretrained(tmp_path / "vlm")
+    processor.save_pretrained(tmp_path / "vlm")
+    expected = {k: v.clone() for k, v in vlm.get_submodule(vision_tower_path(vlm)).state_dict().items()}
+
+    dims = dict(vision_hidden=tiny.vision_hidden, vision_layers=tiny.vision_layers, vision_heads=tiny.vision_heads,
+                vision_intermediate=tiny.vision_intermediate)
+    net = PerceptionNet(PerceptionConfig(**dims))
+    fresh_head = net.patch_head.weight.detach().clone()
+    load_perception(net, tmp_path / "vlm")
+    assert all(torch.equal(net.tower.state_dict()[k], v) for k, v in expected.items())
+    assert torch.equal(net.patch_head.weight, fresh_head)
+
+    config = PerceptionConfig(out=str(tmp_path / "stage0"), n_train=8, n_val=6, train_seed=11, val_seed=12, epochs=1,
+                              batch_size=4, workers=1, init_from=str(tmp_path / "vlm"), head_warmup_steps=100, **dims)
+    train(config)
+    trained, _ = load_trained(tmp_path / "stage0")
+    assert all(torch.equal(trained.tower.state_dict()[k], v) for k, v in expected.items())  # frozen throughout
+    torch.manual_seed(config.seed)
+    untrained = PerceptionNet(PerceptionConfig(**dims))  # the heads `train` started from (same seed, same order)
+    assert not torch.equal(trained.patch_head.weight, untrained.patch_head.weight)  # ... and moved

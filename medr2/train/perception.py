@@ -60,7 +60,8 @@ class PerceptionConfig:
     patch_coverage_full: float = field(default=0.05, metadata={"help": "mask coverage of a patch that counts as fully positive (small nodules cover ~5%)"})
     workers: int = field(default=2, metadata={"help": "processes for phantom generation"})
     seed: int = field(default=0, metadata={"help": "torch seed"})
-    init_from: str = field(default="", metadata={"help": "continue from an earlier stage-0 output folder (tower + heads); a fresh LR schedule"})
+    init_from: str = field(default="", metadata={"help": "continue from an earlier stage-0 output folder (tower + heads), or take the tower of a trained VLM folder (e.g. assets/model; heads start fresh); a fresh LR schedule"})
+    head_warmup_steps: int = field(default=0, metadata={"help": "train only the heads (tower frozen) for this many first steps: fresh heads must not push random gradients into a trained tower"})
     photometric_augment: float = field(default=0.0, metadata={"help": "strength of label-preserving exposure jitter (gamma, contrast, noise) on training films; 0 = off"})
 
     def __post_init__(self) -> None:
@@ -177,14 +178,33 @@ class PerceptionNet(nn.Module):
 
 
 def load_perception(net: PerceptionNet, folder: Path) -> None:
-    """Load a saved stage-0 tower and heads into `net` (strict: every key must match)."""
+    """Load a saved stage-0 tower and heads into `net` (strict: every key must match).
+
+    A folder holding a trained VLM instead (config.json + weights, as `assets/model`) gives only its vision
+    tower; the heads keep their fresh initialisation. Why: the shipped model carries the newest tower even
+    where the stage-0 run that made it is gone (runs/ is not committed).
+    """
     from safetensors.torch import load_file
 
+    if not (folder / "vision_tower.safetensors").is_file() and (folder / "config.json").is_file():
+        net.tower.load_state_dict(vlm_tower_state(folder))
+        logger.info("continuing stage 0 from the vision tower of the VLM in %s (heads start fresh)", folder)
+        return
     net.tower.load_state_dict(load_file(str(folder / "vision_tower.safetensors")))
     heads = load_file(str(folder / "perception_heads.safetensors"))
     for name in ("patch_head", "zone_head", "image_head", "ctr_head"):
         getattr(net, name).load_state_dict({k.split(".", 1)[1]: v for k, v in heads.items() if k.startswith(name + ".")})
     logger.info("continuing stage 0 from %s", folder)
+
+
+def vlm_tower_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The SiglipVisionModel state dict of the vision tower inside a saved VLM folder (strict key match later)."""
+    from medr2.model_io import load_model
+    from medr2.train.sft import vision_tower_path
+
+    model, _ = load_model(str(folder))
+    tower = model.get_submodule(vision_tower_path(model))
+    return {k: v.detach().clone() for k, v in tower.state_dict().items()}
 
 
 def load_trained(folder: Path) -> tuple[PerceptionNet, PerceptionConfig]:
@@ -300,6 +320,7 @@ def train(config: PerceptionConfig) -> dict:
     rng = np.random.default_rng(config.seed)
     history, start, step = [], time.time(), 0
     bar = tqdm(total=total, desc="stage 0 perception", mininterval=10)
+    net.tower.requires_grad_(config.head_warmup_steps == 0)
     for epoch in range(config.epochs):
         order = rng.permutation(index)
         for b in range(steps_per_epoch):
@@ -314,6 +335,8 @@ def train(config: PerceptionConfig) -> dict:
             opt.step()
             sched.step()
             step += 1
+            if step == config.head_warmup_steps:
+                net.tower.requires_grad_(True)
             elapsed = time.time() - start
             if step % 20 == 0:  # re-estimated as it runs: a slow start (a busy machine) must not shorten the run
                 est_steps = min(total, max(step + 1, int(step * config.minutes * 60 / elapsed)))
