@@ -28,8 +28,9 @@ VARIANTS = {
     "grpo_mccs_v6": "Med-R2 SFT (v6) + GRPO (MCCS + Med-R2 format)",
     "sft_direct_v7": "direct SFT + v4 + v5 + fresh-seed + new-tower phases",
     "sft_medr2_v7": "Med-R2 SFT + v4 + v5 + fresh-seed + new-tower phases",
-    "sft_direct_v8": "direct SFT, 6 phases + generator-v6 phase",
-    "sft_medr2_v8": "Med-R2 SFT, 6 phases + generator-v6 phase",
+    "sft_direct_v8": "direct SFT, 6 phases + generator-v7 phase (tower v9)",
+    "sft_medr2_v8": "Med-R2 SFT, 6 phases + generator-v7 phase (tower v9)",
+    "sft_medr2_v9": "Med-R2 SFT, 7 phases + tower-v10 phase",
 }
 
 
@@ -74,9 +75,15 @@ def print_per_finding(rows: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return 0
     present_only = "--present-only" in argv
     argv = [a for a in argv if a != "--present-only"]
     root = Path(argv[0] if argv else "runs/eval")
+    if not root.is_dir():  # never overwrite the committed results with a table of "not run"
+        print(f"ablation_table: no evaluations under {root}", file=sys.stderr)
+        return 2
     rows = {}
     for key, name in VARIANTS.items():
         path = root / key / "eval.json"

@@ -50,6 +50,10 @@ def confusion(probs: np.ndarray, studies: list, threshold: float = 0.5) -> dict:
                  and not any(f.observation == "Lung Lesion" for f in s.findings)]
     out["consolidation_without_lesion"] = {"n": len(cons_only),
                                            "lesion_fires": int(sum(probs[i, LESION] > threshold for i in cons_only))}
+    # Split by how the airspace disease is drawn: a pneumonia's round multifocal patches vs segmental consolidation.
+    for name, is_pneumonia in (("pneumonia", True), ("segmental", False)):
+        films = [i for i in cons_only if any(f.kind == "pneumonia" for f in studies[i].findings) == is_pneumonia]
+        out["consolidation_without_lesion"][name] = {"n": len(films), "lesion_fires": int(sum(probs[i, LESION] > threshold for i in films))}
     return out
 
 
@@ -100,7 +104,9 @@ def main() -> None:
         print(f"{kind:7s} n {r['n']:3d}  lesion head fires {r['lesion_fires']:3d}  consolidation head fires "
               f"{r['consolidation_fires_without_true_consolidation']:3d} / {r['n_without_true_consolidation']} without a true consolidation")
     c = result["consolidation_without_lesion"]
-    print(f"consolidation without lesion: n {c['n']}, lesion head fires {c['lesion_fires']}")
+    print(f"consolidation without lesion: n {c['n']}, lesion head fires {c['lesion_fires']} "
+          f"(pneumonia patches {c['pneumonia']['lesion_fires']}/{c['pneumonia']['n']}, "
+          f"segmental {c['segmental']['lesion_fires']}/{c['segmental']['n']})")
     if args.eval:
         result["reports"] = report_confusion(args.eval)
         result["command"] += f" --eval {args.eval}"

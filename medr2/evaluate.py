@@ -234,9 +234,9 @@ def cli_evaluate(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="medr2 evaluate", description="CE + NLG evaluation of a model on a dataset split.")
     for f in fields(EvalConfig):
         if f.type in ("bool", bool):
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"].replace("%", "%%"))
         else:
-            parser.add_argument(f"--{f.name}", type=int if isinstance(f.default, int) else str, default=f.default, help=f.metadata["help"])
+            parser.add_argument(f"--{f.name}", type=int if isinstance(f.default, int) else str, default=f.default, help=f.metadata["help"].replace("%", "%%"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:

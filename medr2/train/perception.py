@@ -386,7 +386,7 @@ def _plot(history: list[dict], path: Path) -> None:
 def cli_train_perception(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="medr2 train-perception", description=__doc__.split("\n")[0])
     for f in fields(PerceptionConfig):
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f.metadata.get("help"))
+        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f.metadata.get("help", "").replace("%", "%%"))  # argparse %-formats help
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
