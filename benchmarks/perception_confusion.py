@@ -8,6 +8,8 @@ consolidation but no lesion, how often does "Lung Lesion" fire?
 
   python benchmarks/perception_confusion.py --tower runs/perception_v7 [--n 400 --seed 2]
       [--eval runs/eval_v5/sft_medr2_v7]   # also: the same question asked of a model's test-set reports
+With `--eval` on the tower's own validation seed (e.g. runs/val1000_v7/sft_medr2_v8, seed 2), it also splits each
+focal finding the reports miss into "the tower fired, the language model dropped it" and "the tower missed it".
 -> table on stdout, JSON in benchmarks/results/perception_confusion.json
 """
 from __future__ import annotations
@@ -85,6 +87,44 @@ def report_confusion(eval_dir: Path) -> dict:
     return {"eval": str(eval_dir), **{k: dict(zip(("n", "missed", "missed_called_consolidation"), v)) for k, v in counts.items()}}
 
 
+FOCAL = ("Lung Lesion", "Lung Opacity", "Consolidation", "Pneumonia", "Atelectasis", "Fracture")
+
+
+def miss_attribution(probs: np.ndarray, studies: list, eval_dir: Path, threshold: float = 0.5) -> dict:
+    """Where is a focal finding lost: in the tower or in the language model?
+
+    For the films both runs share (the evaluation must be on the tower's phantom seed), per observation present
+    in the reference report: how many the model's report finds, and of the misses, how many the tower's image head
+    had fired on (the language model dropped what the tower saw) or not (the tower missed it).
+    """
+    from medr2.findings import label_report
+    from medr2.schema import parse
+
+    texts = {}
+    for line in (eval_dir / "predictions.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        texts[row["id"]] = row["text"]
+    out = {obs: {"n": 0, "found": 0, "missed_tower_fired": 0, "missed_tower_silent": 0} for obs in FOCAL}
+    for i, study in enumerate(studies):
+        if study.study_id not in texts:
+            continue
+        truth = label_report(study.report)
+        report = parse(texts[study.study_id]).output.report
+        said = label_report(report.text if report else "")
+        for obs in FOCAL:
+            if truth[obs] not in (1, -1):
+                continue
+            row = out[obs]
+            row["n"] += 1
+            if said[obs] in (1, -1):
+                row["found"] += 1
+            elif probs[i, FINDING_OBS.index(obs)] > threshold:
+                row["missed_tower_fired"] += 1
+            else:
+                row["missed_tower_silent"] += 1
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tower", type=Path, required=True, help="stage-0 output folder")
@@ -113,6 +153,12 @@ def main() -> None:
         for key in ("overt_mass", "other_lesion"):
             r = result["reports"][key]
             print(f"reports, {key}: n {r['n']}, missed {r['missed']}, of them called consolidation {r['missed_called_consolidation']}")
+        eval_config = json.loads((args.eval / "eval.json").read_text())["config"]
+        if eval_config["seed"] == args.seed:  # the same films: ask where each miss was made
+            result["miss_attribution"] = miss_attribution(probs, studies, args.eval)
+            for obs, r in result["miss_attribution"].items():
+                print(f"{obs:14s} n {r['n']:3d}  report finds {r['found']:3d}  missed with tower firing "
+                      f"{r['missed_tower_fired']:3d}  missed, tower silent {r['missed_tower_silent']:3d}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -96,6 +96,12 @@ medr2 train-perception --out runs/perception_v9 --init_from runs/sft_medr2_v7 --
 sed 's|^model_name_or_path: assets/model|model_name_or_path: runs/sft_medr2_v7|' recipes/sft_medr2_tiny_v8.yaml > runs/sft_medr2_v8.yaml
 medr2 train-sft --recipe runs/sft_medr2_v8.yaml > runs/sft_medr2_v8.log 2>&1
 # The direct twin (recipes/sft_direct_tiny_v8.yaml) was not run in session 8 (no runs/sft_direct_v7 there).
+# Session 9: stage 0 once more on 50,000 fresh generator-v7 films (seed 15, 25 min, lower rate), then phase 8 of
+# the Med-R2 SFT on its tower (16,000 studies of seed 16).
+medr2 train-perception --out runs/perception_v10 --init_from runs/perception_v9 \
+  --n_train 50000 --n_val 400 --train_seed 15 --val_seed 2 --minutes 25 --batch_size 32 --lr 2e-4 \
+  --focal_oversample 3 --photometric_augment 0.3 > runs/perception_v10.log 2>&1
+medr2 train-sft --recipe recipes/sft_medr2_tiny_v9.yaml > runs/sft_medr2_v9.log 2>&1
 
 # Held-out evaluation: test = phantom seed 3 (never used in training or selection); validation = seed 2
 # (used to choose which variant ships). Every variant on the same current-generator (v5) films.
