@@ -59,23 +59,33 @@ def confusion(probs: np.ndarray, studies: list, threshold: float = 0.5) -> dict:
     return out
 
 
-def report_confusion(eval_dir: Path) -> dict:
-    """From a `medr2 evaluate` folder: overt (>= 35 mm, not subtle) masses and the other lesions of its phantom
-    set, how many the final reports miss (no positive/hedged "Lung Lesion") and how many misses call consolidation."""
+def final_report_labels(eval_dir: Path) -> dict[str, dict]:
+    """Study id -> CheXpert labels of the model's final report, from a `medr2 evaluate` folder's predictions."""
     from medr2.findings import label_report
     from medr2.schema import parse
 
-    summary = json.loads((eval_dir / "eval.json").read_text())
-    config = summary.get("summary", summary)["config"]
-    texts = {}
+    labels = {}
     for line in (eval_dir / "predictions.jsonl").read_text().splitlines():
         row = json.loads(line)
-        texts[row["id"]] = row["text"]
+        report = parse(row["text"]).output.report
+        labels[row["id"]] = label_report(report.text if report else "")
+    return labels
+
+
+def eval_config(eval_dir: Path) -> dict:
+    summary = json.loads((eval_dir / "eval.json").read_text())
+    return summary.get("summary", summary)["config"]
+
+
+def report_confusion(eval_dir: Path, said: dict[str, dict]) -> dict:
+    """From a `medr2 evaluate` folder: overt (>= 35 mm, not subtle) masses and the other lesions of its phantom
+    set, how many the final reports (`said`, from `final_report_labels`) miss (no positive/hedged "Lung Lesion")
+    and how many misses call consolidation."""
+    config = eval_config(eval_dir)
     counts = {"overt_mass": [0, 0, 0], "other_lesion": [0, 0, 0]}  # [n, missed, missed and called consolidation]
     for seed in study_seeds(config["n"], config["seed"]):
         study = generate_study(seed)
-        report = parse(texts[study.study_id]).output.report
-        labels = label_report(report.text if report else "")
+        labels = said[study.study_id]
         found = labels["Lung Lesion"] in (1, -1)
         for f in study.findings:
             if f.kind not in ("mass", "nodule"):
@@ -90,33 +100,27 @@ def report_confusion(eval_dir: Path) -> dict:
 FOCAL = ("Lung Lesion", "Lung Opacity", "Consolidation", "Pneumonia", "Atelectasis", "Fracture")
 
 
-def miss_attribution(probs: np.ndarray, studies: list, eval_dir: Path, threshold: float = 0.5) -> dict:
+def miss_attribution(probs: np.ndarray, studies: list, said: dict[str, dict], threshold: float = 0.5) -> dict:
     """Where is a focal finding lost: in the tower or in the language model?
 
     For the films both runs share (the evaluation must be on the tower's phantom seed), per observation present
     in the reference report: how many the model's report finds, and of the misses, how many the tower's image head
     had fired on (the language model dropped what the tower saw) or not (the tower missed it).
+    `said`: the model's final-report labels per study id (`final_report_labels`).
     """
     from medr2.findings import label_report
-    from medr2.schema import parse
 
-    texts = {}
-    for line in (eval_dir / "predictions.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        texts[row["id"]] = row["text"]
     out = {obs: {"n": 0, "found": 0, "missed_tower_fired": 0, "missed_tower_silent": 0} for obs in FOCAL}
     for i, study in enumerate(studies):
-        if study.study_id not in texts:
+        if study.study_id not in said:
             continue
-        truth = label_report(study.report)
-        report = parse(texts[study.study_id]).output.report
-        said = label_report(report.text if report else "")
+        truth, reported = label_report(study.report), said[study.study_id]
         for obs in FOCAL:
             if truth[obs] not in (1, -1):
                 continue
             row = out[obs]
             row["n"] += 1
-            if said[obs] in (1, -1):
+            if reported[obs] in (1, -1):
                 row["found"] += 1
             elif probs[i, FINDING_OBS.index(obs)] > threshold:
                 row["missed_tower_fired"] += 1
@@ -148,14 +152,14 @@ def main() -> None:
           f"(pneumonia patches {c['pneumonia']['lesion_fires']}/{c['pneumonia']['n']}, "
           f"segmental {c['segmental']['lesion_fires']}/{c['segmental']['n']})")
     if args.eval:
-        result["reports"] = report_confusion(args.eval)
+        said = final_report_labels(args.eval)
+        result["reports"] = report_confusion(args.eval, said)
         result["command"] += f" --eval {args.eval}"
         for key in ("overt_mass", "other_lesion"):
             r = result["reports"][key]
             print(f"reports, {key}: n {r['n']}, missed {r['missed']}, of them called consolidation {r['missed_called_consolidation']}")
-        eval_config = json.loads((args.eval / "eval.json").read_text())["config"]
-        if eval_config["seed"] == args.seed:  # the same films: ask where each miss was made
-            result["miss_attribution"] = miss_attribution(probs, studies, args.eval)
+        if eval_config(args.eval)["seed"] == args.seed:  # the same films: ask where each miss was made
+            result["miss_attribution"] = miss_attribution(probs, studies, said)
             for obs, r in result["miss_attribution"].items():
                 print(f"{obs:14s} n {r['n']:3d}  report finds {r['found']:3d}  missed with tower firing "
                       f"{r['missed_tower_fired']:3d}  missed, tower silent {r['missed_tower_silent']:3d}")
