@@ -292,3 +292,26 @@ def test_pneumonia_certainty_is_readable_from_the_extent_of_its_foci():
             assert said and all(any(w in x for w in ("possible", "concerning", "suspected", "questionable")) == (expected == -1) for x in said), said
             seen[f.code] += 1
     assert min(seen.values()) >= 3, seen  # both wordings occur
+
+
+def test_certainty_follows_visibility_and_films_match_random_hedging(studies):
+    """v8: a subtle finding is reported hedged and an overt one stated (v7 hedged at random, which no reader could
+    see); `hedging="random"` keeps v7's labels, and both policies draw the same film for a seed."""
+    def graded(st):  # a pneumonia's certainty follows its extent (v7), and its paired consolidation is stated
+        paired = any(f.details.get("paired") == "consolidation" for f in st.findings)
+        return [f for f in st.findings if f.kind not in DEVICE_KINDS + ("pneumonia",) and not (paired and f.kind == "consolidation")]
+
+    findings = [f for st in studies for f in graded(st)]
+    assert sum(f.subtle for f in findings) >= 20 and sum(not f.subtle for f in findings) >= 100
+    for f in findings:
+        assert f.code == (-1 if f.subtle else 1), (f.kind, f.subtle, f.code)
+    random_policy = PhantomConfig(hedging="random")
+    overt_hedged = 0
+    for st in studies[:120]:
+        old = generate_study(st.seed, random_policy)
+        assert np.array_equal(old.image, st.image)
+        assert [f.kind for f in old.findings] == [f.kind for f in st.findings]
+        overt_hedged += sum(f.code == -1 and not f.subtle and f.kind != "pneumonia" for f in old.findings)
+    assert overt_hedged >= 1  # v7's random hedging of overt findings is still what "random" draws
+    with pytest.raises(ValueError, match="hedging"):
+        PhantomConfig(hedging="sometimes")

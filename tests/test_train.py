@@ -125,6 +125,25 @@ def test_sft_continues_our_own_checkpoint_with_the_tower_frozen(sft_checkpoint, 
     assert any((before[k] != after[k]).any() for k in language)
 
 
+def test_sft_unfreezes_the_tower_at_its_own_low_learning_rate(sft_checkpoint, tmp_path):
+    """`--freeze_vision false --vision_learning_rate` trains the tower too, at its own rate: Adam moves each weight
+    by about its group's rate per step, so the tower moves ~100x less than the language model here."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "unfrozen"
+    proc = _medr2("train-sft", "--model_name_or_path", str(sft_checkpoint), "--output_dir", str(out), *SFT_ARGS,
+                  "--freeze_vision", "false", "--vision_learning_rate", "1e-5", "--lr_scheduler_type", "constant",
+                  cwd=Path.cwd())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = load_file(str(sft_checkpoint / "model.safetensors")), load_file(str(out / "model.safetensors"))
+
+    def largest_change(part: str) -> float:
+        return max(float((before[k] - after[k]).abs().max()) for k in before if part in k)
+
+    tower, language = largest_change("vision_tower"), largest_change("language_model")
+    assert 0 < tower < 1e-4 and language > 5e-4, (tower, language)
+
+
 def test_model_card_states_demo_status_and_both_ce_conventions():
     from medr2.train.export import model_card
 

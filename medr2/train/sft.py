@@ -33,6 +33,7 @@ class MedR2SFTConfig(SFTConfig):
     model_name_or_path: str | None = field(default=None, metadata={"help": "fine-tune this VLM (path or hub id) or continue one of our checkpoints; empty = build the tiny embedded LLaVA"})
     perception_dir: str | None = field(default=None, metadata={"help": "stage-0 output folder whose vision_tower.safetensors initialises the tiny model's tower"})
     freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen (train projector + language model)"})
+    vision_learning_rate: float = field(default=0.0, metadata={"help": "with freeze_vision false: the tower's own (lower) learning rate, so the stage-0 features adapt to the language model without being overwritten; 0 = learning_rate"})
     dataset_dir: str | None = field(default=None, metadata={"help": "R2Gen-layout dataset (IU X-Ray / MIMIC-CXR) to train on instead of phantoms; real data has no ground-truth masks, so only target=direct is supported there"})
     n_train: int = field(default=6000, metadata={"help": "phantom training studies"})
     train_seed: int = field(default=1, metadata={"help": "phantom seed (same as stage 0 so the tower saw these images)"})
@@ -157,6 +158,27 @@ def load_pretrained_tower(model, path: Path) -> None:
     logger.info("loaded stage-0 vision tower from %s", path)
 
 
+def tower_optimizer(trainer, config: MedR2SFTConfig):
+    """The Trainer's own optimizer (class, kwargs, weight-decay split) with the vision tower in groups of its own
+    at `vision_learning_rate`. Why: unfreezing a stage-0 tower at the language model's rate would overwrite what the
+    dense mask supervision taught it; a low rate lets it adapt to what the language model needs to read."""
+    from transformers import Trainer
+
+    model = trainer.model
+    tower = {id(p) for p in model.get_submodule(vision_tower_path(model)).parameters()}
+    decay = set(trainer.get_decay_parameter_names(model))
+    groups = []
+    for in_tower, lr in ((False, config.learning_rate), (True, config.vision_learning_rate)):
+        for with_decay in (True, False):
+            params = [p for n, p in model.named_parameters()
+                      if p.requires_grad and (id(p) in tower) == in_tower and (n in decay) == with_decay]
+            if params:
+                groups.append({"params": params, "lr": lr, "weight_decay": config.weight_decay if with_decay else 0.0})
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(config, model)
+    optimizer_kwargs.pop("lr", None)
+    return optimizer_cls(groups, lr=config.learning_rate, **optimizer_kwargs)
+
+
 class _TimeBudget:
     """TrainerCallback that ends training when the wall-clock budget is spent (CPU runs are time-boxed)."""
 
@@ -206,6 +228,8 @@ def train(config: MedR2SFTConfig) -> Path:
     logger.info("SFT %s: %d rows, %.2fM trainable parameters", config.target, len(rows), n_trainable / 1e6)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor,
                          callbacks=[_TimeBudget(config.time_budget_minutes)])
+    if not config.freeze_vision and config.vision_learning_rate > 0:
+        trainer.optimizer = tower_optimizer(trainer, config)  # the Trainer then builds its scheduler on it
     start = time.time()
     trainer.train()
     out = Path(config.output_dir)
