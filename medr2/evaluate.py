@@ -38,6 +38,7 @@ class EvalConfig:
     batch_size: int = field(default=16, metadata={"help": "generation batch size"})
     max_new_tokens: int = field(default=640, metadata={"help": "generation limit"})
     nlg: bool = field(default=True, metadata={"help": "compute BLEU/METEOR/ROUGE-L/CIDEr"})
+    hedging: str = field(default="visibility", metadata={"help": "phantom report certainty: 'visibility' (generator v8) or 'random' (v7 labels on the same films)"})
     out: str = field(default="runs/eval", metadata={"help": "output folder"})
 
 
@@ -123,9 +124,9 @@ def load_eval_set(config: EvalConfig):
             raise ValueError(f"no {config.split!r} studies in {config.data}")
         images = [Image.open(image_file(config.data, r)).convert("L") for r in records]
         return [r["id"] for r in records], images, [r["report"] for r in records]
-    from medr2.phantom import generate_studies
+    from medr2.phantom import PhantomConfig, generate_studies
 
-    studies = list(generate_studies(config.n, config.seed))
+    studies = list(generate_studies(config.n, config.seed, PhantomConfig(hedging=config.hedging)))
     return [s.study_id for s in studies], [Image.fromarray(s.image) for s in studies], [s.report for s in studies]
 
 
@@ -204,8 +205,8 @@ def format_summary(summary: dict) -> str:
 def run(config: EvalConfig) -> dict:
     from medr2.pipeline import Pipeline, PipelineConfig, default_model
 
+    ids, images, references = load_eval_set(config)  # first: a bad data option fails before a model loads
     pipe = Pipeline(PipelineConfig(model=config.model or default_model(), max_new_tokens=config.max_new_tokens))
-    ids, images, references = load_eval_set(config)
     from tqdm import tqdm
 
     results = []

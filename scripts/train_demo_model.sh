@@ -102,6 +102,10 @@ medr2 train-perception --out runs/perception_v10 --init_from runs/perception_v9 
   --n_train 50000 --n_val 400 --train_seed 15 --val_seed 2 --minutes 25 --batch_size 32 --lr 2e-4 \
   --focal_oversample 3 --photometric_augment 0.3 > runs/perception_v10.log 2>&1
 medr2 train-sft --recipe recipes/sft_medr2_tiny_v9.yaml > runs/sft_medr2_v9.log 2>&1
+# Session 10: generator v8 (certainty follows visibility; films identical to v7), then phase 9 of the Med-R2 SFT
+# from phase 8 with the tower unfrozen at 3e-5 (16,000 studies of seed 17, 1,900 steps in 24 min).
+sed 's|^model_name_or_path: assets/model|model_name_or_path: runs/sft_medr2_v9|' recipes/sft_medr2_tiny_v10.yaml > runs/sft_medr2_v10.yaml
+medr2 train-sft --recipe runs/sft_medr2_v10.yaml > runs/sft_medr2_v10.log 2>&1
 
 # Held-out evaluation: test = phantom seed 3 (never used in training or selection); validation = seed 2
 # (used to choose which variant ships). Every variant on the same current-generator (v5) films.
@@ -127,12 +131,19 @@ for v in grpo_mccs grpo_cef1 grpo_mccs_v5 grpo_cef1_v5; do
   medr2 evaluate --model runs/$v --n 300 --seed 2 --no-nlg --out runs/val_v5/$v > runs/val5_$v.log 2>&1
 done
 python benchmarks/ablation_table.py runs/eval_v5  # prints the README table, writes benchmarks/results/ablation.json
-# Generator-v7 films (sessions 8-9): the phase-6, 7 and 8 Med-R2 models on the same validation and test studies.
+# Generator-v7 films (sessions 8-9): the phase-6, 7 and 8 Med-R2 models on the same validation and test studies
+# (`--hedging random`: v7's labels; v8 draws the same films).
 for v in sft_medr2_v7 sft_medr2_v8 sft_medr2_v9; do
-  medr2 evaluate --model runs/$v --n 1000 --seed 2 --no-nlg --out runs/val1000_v7/$v > runs/val1000_v7_$v.log 2>&1
-  medr2 evaluate --model runs/$v --n 500 --seed 3 --out runs/eval_v7/$v > runs/eval7_$v.log 2>&1
+  medr2 evaluate --model runs/$v --n 1000 --seed 2 --no-nlg --hedging random --out runs/val1000_v7/$v > runs/val1000_v7_$v.log 2>&1
+  medr2 evaluate --model runs/$v --n 500 --seed 3 --hedging random --out runs/eval_v7/$v > runs/eval7_$v.log 2>&1
 done
 python benchmarks/ablation_table.py runs/eval_v7 benchmarks/results/ablation_v7.json --present-only
+# Generator-v8 labels (session 10): phase 8 and phase 9 on the same validation and test studies.
+for v in sft_medr2_v9 sft_medr2_v10; do
+  medr2 evaluate --model runs/$v --n 1000 --seed 2 --no-nlg --out runs/val1000_v8/$v > runs/val8_$v.log 2>&1
+  medr2 evaluate --model runs/$v --n 500 --seed 3 --out runs/eval_v8/$v > runs/eval8_$v.log 2>&1
+done
+python benchmarks/ablation_table.py runs/eval_v8 benchmarks/results/ablation_v8.json --present-only
 # The shipped model: the validation winner by the rule fixed in recipes/sft_medr2_tiny_v9.yaml before the
 # phase-8 results (macro-F1 over 14 observations, hedged = found; seed 2, n = 1,000, v7 films): runs/sft_medr2_v9,
 # 0.911, against 0.899 for phase 7 (runs/sft_medr2_v8, itself 0.899 against 0.887 for phase 6).

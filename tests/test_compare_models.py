@@ -61,3 +61,15 @@ def test_runs_on_different_films_are_not_compared():
     legacy = {k: v for k, v in v6.items() if k != "phantom_generator_version"}  # before the version was recorded
     assert same_evaluation_set(legacy, dict(legacy)) and not same_evaluation_set(legacy, v6)
     assert not same_evaluation_set(v6, {**v6, "seed": 2})
+
+
+def test_references_of_an_evaluation_from_before_v8_carry_v7_labels():
+    """An eval.json without `hedging` was scored on v7's randomly hedged labels; its references must be those."""
+    from compare_models import reference_reports
+
+    from medr2.evaluate import EvalConfig, load_eval_set
+
+    old = {"data": None, "split": "test", "n": 60, "seed": 3, "phantom_generator_version": 7}
+    _, refs = reference_reports(old)
+    assert refs == load_eval_set(EvalConfig(n=60, seed=3, hedging="random"))[2]
+    assert refs != reference_reports({**old, "hedging": "visibility"})[1]

@@ -199,3 +199,15 @@ def test_phantom_reference_reports_agree_with_their_own_ground_truth_locations()
                 assert sides == {f.side}, (study.report, f)
                 checked += 1
     assert checked >= 20
+
+
+def test_phantom_eval_set_can_carry_v7_labels_on_the_same_films():
+    """`medr2 evaluate --hedging random` scores v7's labels on the films v8 draws, so older tables reproduce."""
+    from medr2.evaluate import EvalConfig, load_eval_set
+
+    ids, images, refs = load_eval_set(EvalConfig(n=60, seed=3))
+    ids7, images7, refs7 = load_eval_set(EvalConfig(n=60, seed=3, hedging="random"))
+    assert ids == ids7 and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, images7))
+    assert refs != refs7 and sum(a == b for a, b in zip(refs, refs7)) > 30  # only hedged wording differs
+    with pytest.raises(ValueError, match="hedging"):
+        load_eval_set(EvalConfig(n=2, hedging="never"))
