@@ -260,3 +260,24 @@ def test_stage0_continues_from_a_vlm_tower_and_warms_up_the_heads_first(tmp_path
     torch.manual_seed(config.seed)
     untrained = PerceptionNet(PerceptionConfig(**dims))  # the heads `train` started from (same seed, same order)
     assert not torch.equal(trained.patch_head.weight, untrained.patch_head.weight)  # ... and moved
+
+
+def test_kind_oversample_repeats_the_named_kinds_and_rejects_bad_specs():
+    from types import SimpleNamespace
+
+    from medr2.train.sft import parse_kind_oversample, study_repeats
+
+    kinds = parse_kind_oversample("opacity:3, pneumonia:4")
+    assert kinds == {"opacity": 3, "pneumonia": 4}
+
+    def study(*names):
+        return SimpleNamespace(findings=[SimpleNamespace(kind=k) for k in names])
+
+    assert study_repeats(study("opacity", "effusion"), 2, kinds) == 3
+    assert study_repeats(study("opacity", "pneumonia"), 2, kinds) == 4
+    assert study_repeats(study("nodule"), 2, kinds) == 2  # focal, not named
+    assert study_repeats(study("effusion"), 2, kinds) == 1
+    assert study_repeats(study(), 2, {}) == 1
+    for bad in ("opacity", "opacity:0", "ghost:2", "opacity:x"):
+        with pytest.raises(ValueError, match="kind_oversample"):
+            parse_kind_oversample(bad)

@@ -38,6 +38,7 @@ class MedR2SFTConfig(SFTConfig):
     n_train: int = field(default=6000, metadata={"help": "phantom training studies"})
     train_seed: int = field(default=1, metadata={"help": "phantom seed (same as stage 0 so the tower saw these images)"})
     focal_oversample: int = field(default=2, metadata={"help": "studies with focal findings appear this many times"})
+    kind_oversample: str = field(default="", metadata={"help": "per-kind repeats that override focal_oversample, e.g. 'opacity:3,pneumonia:3' (the findings still below the bar)"})
     error_rate: float = field(default=0.2, metadata={"help": "fraction of Med-R2 traces whose draft carries an error that reflection fixes"})
     vocab_size: int = field(default=2000, metadata={"help": "tokenizer vocabulary of the tiny model"})
     arch: str = field(default="llava", metadata={"help": "tiny architecture: llava | qwen2_vl | qwen2_5_vl"})
@@ -57,6 +58,7 @@ class MedR2SFTConfig(SFTConfig):
         if self.dataset_dir and self.target == "medr2":
             raise ValueError("Med-R2 traces are built from phantom ground truth; on a real dataset use target=direct "
                              "(or first write traces with a teacher LVLM in prompted mode)")
+        parse_kind_oversample(self.kind_oversample)  # fail on a bad spec before any data is built
         apply_device_defaults(self)
         super().__post_init__()
 
@@ -68,9 +70,9 @@ def _phantom_rows(config: MedR2SFTConfig) -> list[dict]:
 
     from medr2 import phantom
     from medr2.traces import DIRECT_PROMPT, MEDR2_PROMPT, TraceConfig, direct_target, medr2_target
-    from medr2.train.perception import FOCAL_KINDS
 
     trace_config = TraceConfig(error_rate=config.error_rate, seed=config.seed)
+    kind_repeats = parse_kind_oversample(config.kind_oversample)
     prompt = MEDR2_PROMPT if config.target == "medr2" else DIRECT_PROMPT
     rows = []
     for study in tqdm(phantom.generate_studies(config.n_train, config.train_seed), total=config.n_train, desc="phantom traces"):
@@ -83,10 +85,35 @@ def _phantom_rows(config: MedR2SFTConfig) -> list[dict]:
             "completion": [{"role": "assistant", "content": [{"type": "text", "text": text}]}],
             "images": [Image.fromarray(study.image)],
         }
-        repeats = config.focal_oversample if any(f.kind in FOCAL_KINDS for f in study.findings) else 1
+        repeats = study_repeats(study, config.focal_oversample, kind_repeats)
         rows += [row] * repeats
     random.Random(config.seed).shuffle(rows)
     return rows
+
+
+def parse_kind_oversample(spec: str) -> dict[str, int]:
+    """'opacity:3,pneumonia:3' -> {'opacity': 3, 'pneumonia': 3}; unknown kinds and bad counts are errors."""
+    from medr2.phantom import OBSERVATION_OF
+
+    out = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        kind, _, count = item.partition(":")
+        if kind not in OBSERVATION_OF or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"kind_oversample: expected 'kind:count' with a phantom kind and a count >= 1, got {item!r}")
+        out[kind] = int(count)
+    return out
+
+
+def study_repeats(study, focal_oversample: int, kind_repeats: dict[str, int]) -> int:
+    """How many times a study appears: the largest of its kinds' own repeats, else `focal_oversample` when it has
+    a focal finding, else once."""
+    from medr2.train.perception import FOCAL_KINDS
+
+    kinds = {f.kind for f in study.findings}
+    own = [kind_repeats[k] for k in kinds if k in kind_repeats]
+    if own:
+        return max(own)
+    return focal_oversample if kinds & FOCAL_KINDS else 1
 
 
 def _dataset_rows(config: MedR2SFTConfig) -> list[dict]:
