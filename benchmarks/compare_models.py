@@ -46,6 +46,8 @@ def reference_reports(config: dict) -> tuple[list[str], list[str]]:
     known = set(EvalConfig.__dataclass_fields__)
     if not config.get("data") and "hedging" not in config:
         config = {**config, "hedging": "random"}  # evaluations before generator v8 scored v7's randomly hedged labels
+    if not config.get("data") and "opacity_placement" not in config:
+        config = {**config, "opacity_placement": "free"}  # evaluations before generator v9 ran on v8's films
     ids, _, refs = load_eval_set(EvalConfig(**{k: v for k, v in config.items() if k in known}))
     return ids, refs
 
@@ -80,8 +82,8 @@ def paired_bootstrap(pred_a: np.ndarray, pred_b: np.ndarray, ref: np.ndarray, n_
 def same_evaluation_set(config_a: dict, config_b: dict) -> bool:
     """Were two `medr2 evaluate` runs (their eval.json "config") made on the same studies? A phantom seed draws
     different films under another generator version; runs from before session 8 do not record the version (they
-    are all v5 films), so a missing version matches only a missing one."""
-    keys = ("data", "split", "n", "seed", "phantom_generator_version")
+    are all v5 films), so a missing version matches only a missing one; from v9 `opacity_placement` picks the films."""
+    keys = ("data", "split", "n", "seed", "phantom_generator_version", "opacity_placement")
     return all(config_a.get(k) == config_b.get(k) for k in keys)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medr2.phantom import generate_study, study_seeds
+from medr2.phantom import PhantomConfig, generate_study, study_seeds
 from medr2.train.perception import FINDING_OBS, build_examples, load_trained, to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,14 +77,20 @@ def eval_config(eval_dir: Path) -> dict:
     return summary.get("summary", summary)["config"]
 
 
+def eval_films(config: dict) -> PhantomConfig:
+    """The generator settings an evaluation's films were drawn with (runs before v9 placed opacities freely)."""
+    return PhantomConfig(opacity_placement=config.get("opacity_placement", "free"))
+
+
 def report_confusion(eval_dir: Path, said: dict[str, dict]) -> dict:
     """From a `medr2 evaluate` folder: overt (>= 35 mm, not subtle) masses and the other lesions of its phantom
     set, how many the final reports (`said`, from `final_report_labels`) miss (no positive/hedged "Lung Lesion")
     and how many misses call consolidation."""
     config = eval_config(eval_dir)
+    films = eval_films(config)
     counts = {"overt_mass": [0, 0, 0], "other_lesion": [0, 0, 0]}  # [n, missed, missed and called consolidation]
     for seed in study_seeds(config["n"], config["seed"]):
-        study = generate_study(seed)
+        study = generate_study(seed, films)
         labels = said[study.study_id]
         found = labels["Lung Lesion"] in (1, -1)
         for f in study.findings:

@@ -39,6 +39,7 @@ class EvalConfig:
     max_new_tokens: int = field(default=640, metadata={"help": "generation limit"})
     nlg: bool = field(default=True, metadata={"help": "compute BLEU/METEOR/ROUGE-L/CIDEr"})
     hedging: str = field(default="visibility", metadata={"help": "phantom report certainty: 'visibility' (generator v8) or 'random' (v7 labels on the same films)"})
+    opacity_placement: str = field(default="clear", metadata={"help": "phantom films: 'clear' (generator v9: an opacity never shares a zone with another lung finding) or 'free' (v8's films)"})
     out: str = field(default="runs/eval", metadata={"help": "output folder"})
 
 
@@ -126,7 +127,7 @@ def load_eval_set(config: EvalConfig):
         return [r["id"] for r in records], images, [r["report"] for r in records]
     from medr2.phantom import PhantomConfig, generate_studies
 
-    studies = list(generate_studies(config.n, config.seed, PhantomConfig(hedging=config.hedging)))
+    studies = list(generate_studies(config.n, config.seed, PhantomConfig(hedging=config.hedging, opacity_placement=config.opacity_placement)))
     return [s.study_id for s in studies], [Image.fromarray(s.image) for s in studies], [s.report for s in studies]
 
 

@@ -58,6 +58,8 @@ def test_runs_on_different_films_are_not_compared():
     v6 = {"data": None, "split": "test", "n": 500, "seed": 3, "phantom_generator_version": 6}
     assert same_evaluation_set(v6, dict(v6))
     assert not same_evaluation_set(v6, {**v6, "phantom_generator_version": 7})
+    v9 = {**v6, "phantom_generator_version": 9, "opacity_placement": "clear"}
+    assert same_evaluation_set(v9, dict(v9)) and not same_evaluation_set(v9, {**v9, "opacity_placement": "free"})
     legacy = {k: v for k, v in v6.items() if k != "phantom_generator_version"}  # before the version was recorded
     assert same_evaluation_set(legacy, dict(legacy)) and not same_evaluation_set(legacy, v6)
     assert not same_evaluation_set(v6, {**v6, "seed": 2})
@@ -71,5 +73,17 @@ def test_references_of_an_evaluation_from_before_v8_carry_v7_labels():
 
     old = {"data": None, "split": "test", "n": 60, "seed": 3, "phantom_generator_version": 7}
     _, refs = reference_reports(old)
-    assert refs == load_eval_set(EvalConfig(n=60, seed=3, hedging="random"))[2]
+    assert refs == load_eval_set(EvalConfig(n=60, seed=3, hedging="random", opacity_placement="free"))[2]
     assert refs != reference_reports({**old, "hedging": "visibility"})[1]
+
+
+def test_references_of_an_evaluation_from_before_v9_are_on_v8_films():
+    """An eval.json without `opacity_placement` ran on v8's films (opacity placed anywhere); its references too."""
+    from compare_models import reference_reports
+
+    from medr2.evaluate import EvalConfig, load_eval_set
+
+    v8 = {"data": None, "split": "test", "n": 150, "seed": 2, "phantom_generator_version": 8, "hedging": "visibility"}
+    _, refs = reference_reports(v8)
+    assert refs == load_eval_set(EvalConfig(n=150, seed=2, opacity_placement="free"))[2]
+    assert refs != reference_reports({**v8, "opacity_placement": "clear"})[1]

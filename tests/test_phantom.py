@@ -315,3 +315,40 @@ def test_certainty_follows_visibility_and_films_match_random_hedging(studies):
     assert overt_hedged >= 1  # v7's random hedging of overt findings is still what "random" draws
     with pytest.raises(ValueError, match="hedging"):
         PhantomConfig(hedging="sometimes")
+
+
+def _opacity_clash(study) -> bool:
+    """Does the study's opacity share a lung with a pneumonia, or a zone of its lung with another lung finding?"""
+    from medr2.phantom import OPACITY_MERGES_INTO
+
+    for op in (f for f in study.findings if f.kind == "opacity"):
+        for f in study.findings:
+            if f is op or f.kind not in OPACITY_MERGES_INTO:
+                continue
+            if op.side in (("right", "left") if f.side == "bilateral" else (f.side,)):
+                if OPACITY_MERGES_INTO[f.kind] == "lung" or f.zone == op.zone:
+                    return True
+    return False
+
+
+def test_opacity_kept_clear_of_other_lung_findings(studies):
+    """v9: an airspace opacity never falls in a lung a pneumonia involves or in the zone of another lung finding of
+    its lung (a reader would see one abnormality there); `opacity_placement="free"` draws v8's films, which differ
+    only where such a pair was drawn."""
+    assert sum(any(f.kind == "opacity" for f in st.findings) for st in studies) >= 25
+    assert not any(_opacity_clash(st) for st in studies)
+    free = PhantomConfig(opacity_placement="free")
+    clashed = 0
+    for st in studies:
+        old = generate_study(st.seed, free)
+        if _opacity_clash(old):
+            clashed += 1
+            old_op = next(f for f in old.findings if f.kind == "opacity")
+            new_op = next((f for f in st.findings if f.kind == "opacity"), None)
+            assert new_op is None or new_op.side != old_op.side  # moved to the other lung, or left out
+            assert (new_op is None) == (st.labels.get("Lung Opacity") is None)  # the report follows the film
+        else:
+            assert np.array_equal(old.image, st.image) and old.report == st.report
+    assert clashed >= 2, clashed
+    with pytest.raises(ValueError, match="opacity_placement"):
+        PhantomConfig(opacity_placement="anywhere")

@@ -211,3 +211,17 @@ def test_phantom_eval_set_can_carry_v7_labels_on_the_same_films():
     assert refs != refs7 and sum(a == b for a, b in zip(refs, refs7)) > 30  # only hedged wording differs
     with pytest.raises(ValueError, match="hedging"):
         load_eval_set(EvalConfig(n=2, hedging="never"))
+
+
+def test_phantom_eval_set_can_draw_v8_films():
+    """`medr2 evaluate --opacity_placement free` draws generator v8's films: the same set but for the few studies
+    whose opacity v9 moves off another lung finding."""
+    from medr2.evaluate import EvalConfig, load_eval_set
+
+    ids, images, refs = load_eval_set(EvalConfig(n=150, seed=2))
+    ids8, images8, refs8 = load_eval_set(EvalConfig(n=150, seed=2, opacity_placement="free"))
+    same = [np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, images8)]
+    assert ids == ids8 and 140 <= sum(same) < 150
+    assert all(r == r8 for r, r8, s in zip(refs, refs8, same) if s)
+    with pytest.raises(ValueError, match="opacity_placement"):
+        load_eval_set(EvalConfig(n=2, opacity_placement="nowhere"))
