@@ -32,6 +32,7 @@ VARIANTS = {
     "sft_medr2_v8": "Med-R2 SFT, 6 phases + generator-v7 phase (tower v9)",
     "sft_medr2_v9": "Med-R2 SFT, 7 phases + tower-v10 phase",
     "sft_medr2_v10": "Med-R2 SFT, 8 phases + unfrozen-tower generator-v8 phase",
+    "sft_medr2_v12": "Med-R2 SFT, 9 phases + lower-rate generator-v9 phase (experiment)",
 }
 
 

@@ -152,6 +152,15 @@ for v in sft_medr2_v9 sft_medr2_v10; do
   medr2 evaluate --model runs/$v --n 500 --seed 3 --opacity_placement free --out runs/eval_v8/$v > runs/eval8_$v.log 2>&1
 done
 python benchmarks/ablation_table.py runs/eval_v8 benchmarks/results/ablation_v8.json --present-only
+# Generator-v9 films (session 11): the shipped phase-9 model and the phase-11 experiment on the same studies.
+for v in sft_medr2_v10 sft_medr2_v12; do
+  medr2 evaluate --model runs/$v --n 1000 --seed 2 --no-nlg --out runs/val1000_v9/$v > runs/val9_$v.log 2>&1
+  medr2 evaluate --model runs/$v --n 500 --seed 3 --out runs/eval_v9/$v > runs/eval9_$v.log 2>&1
+done
+python benchmarks/ablation_table.py runs/eval_v9 benchmarks/results/ablation_v9.json --present-only
+python benchmarks/compare_models.py runs/val1000_v9/sft_medr2_v10 runs/val1000_v9/sft_medr2_v12
+python benchmarks/compare_models.py runs/eval_v9/sft_medr2_v10 runs/eval_v9/sft_medr2_v12
+python benchmarks/finding_context.py --model runs/sft_medr2_v10 --out benchmarks/results/finding_context_opacity_phase9_gen9.json
 # The shipped model: the validation winner by the rule fixed in recipes/sft_medr2_tiny_v10.yaml before the
 # phase-9 results (macro-F1 over 14 observations, hedged = found; seed 2, n = 1,000, v8 films): runs/sft_medr2_v10,
 # 0.919, against 0.911 for phase 8 (runs/sft_medr2_v9, itself 0.911 against 0.899 for phase 7 on v7 films).
@@ -160,7 +169,9 @@ python -m medr2.train.export runs/sft_medr2_v10 assets/model --target medr2 --re
   --recipe recipes/sft_medr2_tiny_continue.yaml --recipe recipes/sft_medr2_tiny_v4.yaml \
   --recipe recipes/sft_medr2_tiny_v5.yaml --recipe recipes/sft_medr2_tiny_v6.yaml \
   --recipe recipes/sft_medr2_tiny_v7.yaml --recipe recipes/sft_medr2_tiny_v8.yaml \
-  --recipe recipes/sft_medr2_tiny_v9.yaml --recipe recipes/sft_medr2_tiny_v10.yaml --eval runs/eval_v8/sft_medr2_v10/eval.json
+  --recipe recipes/sft_medr2_tiny_v9.yaml --recipe recipes/sft_medr2_tiny_v10.yaml --eval runs/eval_v9/sft_medr2_v10/eval.json
+# (session 10 exported with runs/eval_v8/...; session 11 re-exported the same weights with the v9 test table and the
+# v9 / phase-11 notes now in assets/model/README.md; phase 11 lost the rule in recipes/sft_medr2_tiny_v12.yaml.)
 python benchmarks/finding_context.py --model runs/sft_medr2_v9 --out benchmarks/results/finding_context_opacity_phase8.json
 python benchmarks/finding_context.py --model runs/sft_medr2_v10 --out benchmarks/results/finding_context_opacity_phase9.json
 # Whether a difference is real: paired bootstrap over the same studies (benchmarks/results/compare_models.json).
