@@ -113,6 +113,9 @@ medr2 train-sft --recipe runs/sft_medr2_v11.yaml > runs/sft_medr2_v11.log 2>&1
 # (Phases 9-10 ran on generator v8; rerun here they draw v9's films, which differ in ~1 % of studies.)
 sed 's|^model_name_or_path: assets/model|model_name_or_path: runs/sft_medr2_v10|' recipes/sft_medr2_tiny_v12.yaml > runs/sft_medr2_v12.yaml
 medr2 train-sft --recipe runs/sft_medr2_v12.yaml > runs/sft_medr2_v12.log 2>&1
+# Phase 12 (session 11, an experiment): phase 9's recipe from phase 9 with the tower at 1e-4 instead of 3e-5 (seed 20).
+sed 's|^model_name_or_path: assets/model|model_name_or_path: runs/sft_medr2_v10|' recipes/sft_medr2_tiny_v13.yaml > runs/sft_medr2_v13.yaml
+medr2 train-sft --recipe runs/sft_medr2_v13.yaml > runs/sft_medr2_v13.log 2>&1
 
 # Held-out evaluation: test = phantom seed 3 (never used in training or selection); validation = seed 2
 # (used to choose which variant ships). Every variant on the same current-generator (v5) films.
