@@ -162,6 +162,8 @@ for v in sft_medr2_v10 sft_medr2_v12; do
 done
 python benchmarks/ablation_table.py runs/eval_v9 benchmarks/results/ablation_v9.json --present-only
 python benchmarks/compare_models.py runs/val1000_v9/sft_medr2_v10 runs/val1000_v9/sft_medr2_v12
+medr2 evaluate --model runs/sft_medr2_v13 --n 1000 --seed 2 --no-nlg --out runs/val1000_v9/sft_medr2_v13 > runs/val9_sft_medr2_v13.log 2>&1
+python benchmarks/compare_models.py runs/val1000_v9/sft_medr2_v10 runs/val1000_v9/sft_medr2_v13  # lost: test not read
 python benchmarks/compare_models.py runs/eval_v9/sft_medr2_v10 runs/eval_v9/sft_medr2_v12
 python benchmarks/finding_context.py --model runs/sft_medr2_v10 --out benchmarks/results/finding_context_opacity_phase9_gen9.json
 # The shipped model: the validation winner by the rule fixed in recipes/sft_medr2_tiny_v10.yaml before the
