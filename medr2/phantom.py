@@ -66,7 +66,8 @@ OBSERVATION_OF: dict[str, str] = {
 #     plate atelectasis of the same lung; it moves to the other lung, or is left out when that lung is taken too. A
 #     reader sees one abnormality there, so no report could name both (benchmarks/finding_context.py: the shipped
 #     model found 24 % of opacities overlapping another finding; 12 of the 41 it missed on validation lay where v9
-#     draws none, 7 of them in a lung with a pneumonia). Only films with such a pair differ from v8; `opacity_placement="free"` draws v8's films.
+#     draws none, 7 of them in a lung with a pneumonia). Only films with such a pair differ from v8;
+#     `opacity_placement="free"` draws v8's films.
 GENERATOR_VERSION = 9
 FRACTURE_CALLUS = 0.25  # peak callus density of an overt (healing) fracture; ribs are 0.045-0.105
 DEVICE_KINDS = ("ett", "central_line", "ng_tube", "pacemaker", "sternotomy")
