@@ -145,7 +145,7 @@ def test_multifocal_pneumonia_names_every_zone_with_a_focus():
 def test_overt_fracture_heals_with_callus_inside_its_mask(monkeypatch):
     """v4: an overt rib fracture carries callus (a density inside its mask), reported as healing; a subtle
     one is a bare step-off. The callus draws no random numbers, so removing it changes nothing else."""
-    import medr2.phantom as P
+    import medr2.phantom_specs as P  # make_spec reads the callus density there
 
     seeds = [s.seed for s in generate_studies(400, seed=9)
              if any(f.kind == "fracture" and not f.subtle for f in s.findings)][:3]
@@ -318,17 +318,11 @@ def test_certainty_follows_visibility_and_films_match_random_hedging(studies):
 
 
 def _opacity_clash(study) -> bool:
-    """Does the study's opacity share a lung with a pneumonia, or a zone of its lung with another lung finding?"""
-    from medr2.phantom import OPACITY_MERGES_INTO
+    """Does the study's opacity share a lung with a pneumonia, or a zone of its lung with another lung finding?
+    (The generator's own rule, applied to the findings it recorded after drawing.)"""
+    from medr2.phantom import opacity_merges
 
-    for op in (f for f in study.findings if f.kind == "opacity"):
-        for f in study.findings:
-            if f is op or f.kind not in OPACITY_MERGES_INTO:
-                continue
-            if op.side in (("right", "left") if f.side == "bilateral" else (f.side,)):
-                if OPACITY_MERGES_INTO[f.kind] == "lung" or f.zone == op.zone:
-                    return True
-    return False
+    return any(opacity_merges(op, study.findings, op.side) for op in study.findings if op.kind == "opacity")
 
 
 def test_opacity_kept_clear_of_other_lung_findings(studies):
