@@ -281,3 +281,106 @@ def test_kind_oversample_repeats_the_named_kinds_and_rejects_bad_specs():
     for bad in ("opacity", "opacity:0", "ghost:2", "opacity:x"):
         with pytest.raises(ValueError, match="kind_oversample"):
             parse_kind_oversample(bad)
+
+
+def _micro_perception_dims(layers: int) -> dict:
+    from medr2.model import TinyVLMConfig
+
+    tiny = TinyVLMConfig.micro("llava")
+    return dict(vision_hidden=tiny.vision_hidden, vision_layers=layers, vision_heads=tiny.vision_heads,
+                vision_intermediate=tiny.vision_intermediate)
+
+
+def test_deepening_a_trained_tower_keeps_its_output_then_the_new_blocks_learn(tmp_path):
+    """Stage 0 can deepen a saved tower (`--vision_layers` above the saved depth): the first blocks are the saved
+    ones, the new blocks start as the identity (the same features reach every head), and they train."""
+    import torch
+    from safetensors.torch import save_file
+
+    from medr2.model import grow_siglip_depth, siglip_depth
+    from medr2.train.perception import PerceptionConfig, PerceptionNet, load_perception, to_pixels
+
+    torch.manual_seed(0)
+    shallow = PerceptionNet(PerceptionConfig(**_micro_perception_dims(2)))
+    with torch.no_grad():
+        for p in shallow.parameters():
+            p.normal_(0.0, 0.1)  # a "trained" tower, unlike any fresh initialisation
+    folder = tmp_path / "stage0"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in shallow.tower.state_dict().items()}, folder / "vision_tower.safetensors")
+    heads = {f"{n}.{k}": v for n in ("patch_head", "zone_head", "image_head", "ctr_head") for k, v in getattr(shallow, n).state_dict().items()}
+    save_file(heads, folder / "perception_heads.safetensors")
+
+    deep = PerceptionNet(PerceptionConfig(**_micro_perception_dims(4)))
+    load_perception(deep, folder)
+    assert siglip_depth(deep.tower) == 4 and deep.tower.config.num_hidden_layers == 4
+    films = to_pixels(torch.randint(0, 256, (2, 224, 224), dtype=torch.uint8).numpy())
+    with torch.no_grad():
+        assert torch.equal(shallow(films)["image"], deep(films)["image"])
+    new_block = deep.tower.encoder.layers[3]
+    assert float(new_block.mlp.fc2.weight.detach().abs().sum()) == 0.0
+    opt = torch.optim.SGD(deep.parameters(), lr=0.1)
+    deep(films)["image"].sum().backward()
+    opt.step()
+    assert float(new_block.mlp.fc2.weight.detach().abs().sum()) > 0.0  # the zeroed branch gets a gradient: it can learn
+    with pytest.raises(ValueError, match="cannot shrink"):
+        grow_siglip_depth(deep.tower, 2)
+
+
+def test_sft_deepens_the_vlm_tower_to_a_deeper_stage0_tower_and_saves_the_depth(tmp_path):
+    """A stage-0 run that deepened the tower hands a deeper state to SFT: the VLM's tower is deepened to match,
+    every key loads, and the saved model reloads with the new depth and the same image features."""
+    import torch
+    from safetensors.torch import save_file
+
+    from medr2.model import TinyVLMConfig, build_tiny_vlm, grow_siglip_depth, siglip_depth, train_tokenizer
+    from medr2.train.sft import load_pretrained_tower, vision_tower_path
+
+    tiny = TinyVLMConfig.micro("llava")
+    vlm, processor = build_tiny_vlm(train_tokenizer(["Findings: normal heart size. Impression: normal."], vocab_size=300), tiny)
+    from medr2.train.perception import PerceptionConfig, PerceptionNet
+
+    deeper = PerceptionNet(PerceptionConfig(**_micro_perception_dims(tiny.vision_layers))).tower
+    grow_siglip_depth(deeper, tiny.vision_layers + 1)
+    with torch.no_grad():
+        for p in deeper.parameters():
+            p.normal_(0.0, 0.05)
+    save_file({k: v.contiguous() for k, v in deeper.state_dict().items()}, tmp_path / "vision_tower.safetensors")
+    load_pretrained_tower(vlm, tmp_path / "vision_tower.safetensors")
+    tower = vlm.get_submodule(vision_tower_path(vlm))
+    assert siglip_depth(tower) == tiny.vision_layers + 1
+    pixels = torch.randn(1, 3, tiny.image_size, tiny.image_size)
+    with torch.no_grad():
+        assert torch.allclose(tower(pixel_values=pixels).last_hidden_state, deeper(pixel_values=pixels).last_hidden_state)
+    vlm.save_pretrained(tmp_path / "vlm")
+    processor.save_pretrained(tmp_path / "vlm")
+    reloaded, _ = load_model(str(tmp_path / "vlm"))
+    again = reloaded.get_submodule(vision_tower_path(reloaded))
+    assert reloaded.config.vision_config.num_hidden_layers == tiny.vision_layers + 1
+    with torch.no_grad():
+        assert torch.allclose(again(pixel_values=pixels).last_hidden_state, deeper(pixel_values=pixels).last_hidden_state)
+
+
+def test_export_can_store_weights_in_float16_and_the_model_still_runs_in_float32(sft_checkpoint, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from medr2.train.export import export
+
+    dest = export(sft_checkpoint, tmp_path / "fp16", target="medr2", recipe=["r.yaml"], store_dtype="float16")
+    stored = load_file(str(dest / "model.safetensors"))
+    original = load_file(str(sft_checkpoint / "model.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    assert (dest / "model.safetensors").stat().st_size < 0.6 * (sft_checkpoint / "model.safetensors").stat().st_size
+    model, _ = load_model(str(dest))
+    params = dict(model.named_parameters())
+    assert {p.dtype for p in params.values()} == {torch.float32}
+    key = next(k for k in original if "language_model" in k and k.endswith("q_proj.weight"))
+    name = next(n for n in params if n.endswith(key.split("language_model.", 1)[1]) and "language_model" in n)
+    assert torch.allclose(params[name], original[key], rtol=1e-3, atol=1e-4)
+    assert not torch.equal(params[name], original[key])  # really rounded: float16 was stored, not a copy
+    card = (dest / "README.md").read_text()
+    assert "weights stored in float16, run in float32" in card and "vision tower: 2 blocks" in card
+    assert json.loads((dest / "medr2_model.json").read_text())["weights_stored_as"] == "float16"
+    with pytest.raises(ValueError, match="store dtype"):
+        export(sft_checkpoint, tmp_path / "bad", target="medr2", recipe=[], store_dtype="int8")

@@ -187,14 +187,34 @@ def load_perception(net: PerceptionNet, folder: Path) -> None:
     from safetensors.torch import load_file
 
     if not (folder / "vision_tower.safetensors").is_file() and (folder / "config.json").is_file():
-        net.tower.load_state_dict(vlm_tower_state(folder))
+        load_tower_grown(net.tower, vlm_tower_state(folder))
         logger.info("continuing stage 0 from the vision tower of the VLM in %s (heads start fresh)", folder)
         return
-    net.tower.load_state_dict(load_file(str(folder / "vision_tower.safetensors")))
+    load_tower_grown(net.tower, load_file(str(folder / "vision_tower.safetensors")))
     heads = load_file(str(folder / "perception_heads.safetensors"))
     for name in ("patch_head", "zone_head", "image_head", "ctr_head"):
         getattr(net, name).load_state_dict({k.split(".", 1)[1]: v for k, v in heads.items() if k.startswith(name + ".")})
     logger.info("continuing stage 0 from %s", folder)
+
+
+def state_depth(state: dict[str, torch.Tensor]) -> int:
+    """Encoder blocks in a saved SigLIP tower state dict."""
+    return 1 + max(int(k.split("encoder.layers.")[1].split(".")[0]) for k in state if "encoder.layers." in k)
+
+
+def load_tower_grown(tower: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a saved tower into `tower` (strict); a shallower saved tower is loaded into the first blocks and the
+    rest start as identity blocks (`medr2.model.grow_siglip_depth`), so stage 0 can deepen a trained tower."""
+    from medr2.model import grow_siglip_depth, siglip_depth, siglip_layers
+
+    target, saved = siglip_depth(tower), state_depth(state)
+    if saved < target:
+        del siglip_layers(tower)[saved:]
+        tower.load_state_dict(state)
+        grow_siglip_depth(tower, target)
+        logger.info("deepened the saved %d-block tower to %d blocks (new blocks start as the identity)", saved, target)
+        return
+    tower.load_state_dict(state)
 
 
 def vlm_tower_state(folder: Path) -> dict[str, torch.Tensor]:

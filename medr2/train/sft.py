@@ -178,8 +178,17 @@ def load_pretrained_tower(model, path: Path) -> None:
     """Load stage-0 SiglipVisionModel weights into the VLM's tower; every key must match."""
     from safetensors.torch import load_file
 
+    from medr2.model import grow_siglip_depth, siglip_depth
+    from medr2.train.perception import state_depth
+
     tower = model.get_submodule(vision_tower_path(model))
-    missing, unexpected = tower.load_state_dict(load_file(str(path)), strict=False)
+    state = load_file(str(path))
+    if "encoder.layers.0.mlp.fc2.weight" in state and state_depth(state) > siglip_depth(tower):
+        # a stage-0 run deepened the tower (`medr2 train-perception --vision_layers N`): deepen the VLM's to match;
+        # the config change is saved with the model, so it reloads with the new depth
+        grow_siglip_depth(tower, state_depth(state))
+        model.config.vision_config.num_hidden_layers = state_depth(state)
+    missing, unexpected = tower.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"stage-0 tower at {path} does not fit the model's tower: missing {missing[:3]}, unexpected {unexpected[:3]}")
     logger.info("loaded stage-0 vision tower from %s", path)
