@@ -116,6 +116,17 @@ medr2 train-sft --recipe runs/sft_medr2_v12.yaml > runs/sft_medr2_v12.log 2>&1
 # Phase 12 (session 11, an experiment): phase 9's recipe from phase 9 with the tower at 1e-4 instead of 3e-5 (seed 20).
 sed 's|^model_name_or_path: assets/model|model_name_or_path: runs/sft_medr2_v10|' recipes/sft_medr2_tiny_v13.yaml > runs/sft_medr2_v13.yaml
 medr2 train-sft --recipe runs/sft_medr2_v13.yaml > runs/sft_medr2_v13.log 2>&1
+# Session 12: stage 0 deepens the phase-9 tower from 4 to 6 SigLIP blocks (the new blocks start as the identity,
+# medr2.model.grow_siglip_depth) and trains all six for 40 min on 50,000 fresh generator-v9 films (seed 21), then
+# phase 13 of the Med-R2 SFT from phase 9 on that tower (16,000 studies of seed 22). The export stores float16
+# weights (the 6-block model is 26.8 MB in float32; the asset budget is 25 MB) and runs in float32.
+medr2 train-perception --out runs/perception_v11 --init_from runs/sft_medr2_v10 --vision_layers 6 --head_warmup_steps 300 \
+  --n_train 50000 --n_val 400 --train_seed 21 --val_seed 2 --minutes 40 --batch_size 32 --lr 3e-4 \
+  --focal_oversample 3 --photometric_augment 0.3 > runs/perception_v11.log 2>&1
+sed 's|^model_name_or_path: assets/model|model_name_or_path: runs/sft_medr2_v10|' recipes/sft_medr2_tiny_v14.yaml > runs/sft_medr2_v14.yaml
+medr2 train-sft --recipe runs/sft_medr2_v14.yaml > runs/sft_medr2_v14.log 2>&1
+python -m medr2.train.export runs/sft_medr2_v14 runs/candidate_v14 --target medr2 --store_dtype float16 \
+  --recipe recipes/sft_medr2_tiny_v14.yaml
 
 # Held-out evaluation: test = phantom seed 3 (never used in training or selection); validation = seed 2
 # (used to choose which variant ships). Every variant on the same current-generator (v5) films.
