@@ -127,6 +127,15 @@ sed 's|^model_name_or_path: assets/model|model_name_or_path: runs/sft_medr2_v10|
 medr2 train-sft --recipe runs/sft_medr2_v14.yaml > runs/sft_medr2_v14.log 2>&1
 python -m medr2.train.export runs/sft_medr2_v14 runs/candidate_v14 --target medr2 --store_dtype float16 \
   --recipe recipes/sft_medr2_tiny_v14.yaml
+# Phase 14 (session 12): phase 13 continued on its own 6-block tower (seed 23); kept as checkpoints/sft_medr2_v15_fp16.
+medr2 train-sft --recipe recipes/sft_medr2_tiny_v15.yaml > runs/sft_medr2_v15.log 2>&1
+python -m medr2.train.export runs/sft_medr2_v15 runs/candidate_v15 --target medr2 --store_dtype float16 \
+  --recipe recipes/sft_medr2_tiny_v14.yaml --recipe recipes/sft_medr2_tiny_v15.yaml
+for v in candidate_v14 candidate_v15; do
+  medr2 evaluate --model runs/$v --n 1000 --seed 2 --no-nlg --out runs/val1000_v9/$v > runs/val9_$v.log 2>&1
+  medr2 evaluate --model runs/$v --n 500 --seed 3 --out runs/eval_v9/$v > runs/eval9_$v.log 2>&1
+  python benchmarks/compare_models.py runs/val1000_v9/sft_medr2_v10 runs/val1000_v9/$v
+done
 
 # Held-out evaluation: test = phantom seed 3 (never used in training or selection); validation = seed 2
 # (used to choose which variant ships). Every variant on the same current-generator (v5) films.
