@@ -20,7 +20,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,6 +243,11 @@ def siglip_layers(tower: torch.nn.Module) -> torch.nn.ModuleList:
 def siglip_depth(tower: torch.nn.Module) -> int:
     """Encoder blocks in a SigLIP vision tower."""
     return len(siglip_layers(tower))
+
+
+def state_depth(state: Mapping[str, torch.Tensor]) -> int:
+    """Encoder blocks in a saved SigLIP tower state dict (0 if it holds none)."""
+    return 1 + max((int(k.split("encoder.layers.")[1].split(".")[0]) for k in state if "encoder.layers." in k), default=-1)
 
 
 def grow_siglip_depth(tower: torch.nn.Module, num_layers: int) -> int:

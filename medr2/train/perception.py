@@ -197,15 +197,10 @@ def load_perception(net: PerceptionNet, folder: Path) -> None:
     logger.info("continuing stage 0 from %s", folder)
 
 
-def state_depth(state: dict[str, torch.Tensor]) -> int:
-    """Encoder blocks in a saved SigLIP tower state dict."""
-    return 1 + max(int(k.split("encoder.layers.")[1].split(".")[0]) for k in state if "encoder.layers." in k)
-
-
 def load_tower_grown(tower: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a saved tower into `tower` (strict); a shallower saved tower is loaded into the first blocks and the
     rest start as identity blocks (`medr2.model.grow_siglip_depth`), so stage 0 can deepen a trained tower."""
-    from medr2.model import grow_siglip_depth, siglip_depth, siglip_layers
+    from medr2.model import grow_siglip_depth, siglip_depth, siglip_layers, state_depth
 
     target, saved = siglip_depth(tower), state_depth(state)
     if saved < target:

@@ -178,16 +178,16 @@ def load_pretrained_tower(model, path: Path) -> None:
     """Load stage-0 SiglipVisionModel weights into the VLM's tower; every key must match."""
     from safetensors.torch import load_file
 
-    from medr2.model import grow_siglip_depth, siglip_depth
-    from medr2.train.perception import state_depth
+    from medr2.model import grow_siglip_depth, siglip_depth, state_depth
 
     tower = model.get_submodule(vision_tower_path(model))
     state = load_file(str(path))
-    if "encoder.layers.0.mlp.fc2.weight" in state and state_depth(state) > siglip_depth(tower):
+    saved_depth = state_depth(state)  # 0 for a non-SigLIP (Qwen-VL) tower: nothing to deepen
+    if saved_depth and saved_depth > siglip_depth(tower):
         # a stage-0 run deepened the tower (`medr2 train-perception --vision_layers N`): deepen the VLM's to match;
         # the config change is saved with the model, so it reloads with the new depth
-        grow_siglip_depth(tower, state_depth(state))
-        model.config.vision_config.num_hidden_layers = state_depth(state)
+        grow_siglip_depth(tower, saved_depth)
+        model.config.vision_config.num_hidden_layers = saved_depth
     missing, unexpected = tower.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"stage-0 tower at {path} does not fit the model's tower: missing {missing[:3]}, unexpected {unexpected[:3]}")
