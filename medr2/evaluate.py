@@ -90,6 +90,16 @@ def stated_location(report: str, observation: str) -> tuple[frozenset[str], froz
     return _location_of(_sentences_by_observation(report or "").get(observation, []), observation)
 
 
+SEVERITY_WORDS = {"small": ("small",), "moderate": ("moderate", "moderately"), "large": ("large",),
+                  "mild": ("mild", "mildly"), "severe": ("severe", "severely")}
+
+
+def stated_severity(report: str, observation: str) -> frozenset[str]:
+    """Severity words a report states for one observation ("moderate right pleural effusion" -> {"moderate"})."""
+    sentences = _sentences_by_observation(report or "").get(observation, [])
+    return frozenset(w for sentence in sentences for _, w in _words_found(sentence, SEVERITY_WORDS))
+
+
 def location_scores(references: list[str], reports: list[str]) -> dict:
     """Side and zone agreement over true positives: observations both reports mention (positive or hedged)
     where the reference states a side / a lung zone. Correct = the generated report states the same set.

@@ -313,13 +313,15 @@ def prepare_inputs(
     add_generation_prompt: bool = True,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    assistant_prefixes: Sequence[str] | None = None,
 ) -> BatchFeature:
     """Model-ready tensors for one study or a batch, for any of the supported architectures.
 
     Pass one image + one conversation; a list of images + one conversation (used for every image); or
     equal-length lists of both. Batches are left-padded, as generation needs. Returns `input_ids`,
     `attention_mask`, `pixel_values` and, for Qwen-VL, `image_grid_thw` + `mm_token_type_ids`; floating
-    tensors are cast to `dtype` (pass the model's dtype).
+    tensors are cast to `dtype` (pass the model's dtype). `assistant_prefixes` (one per study) start the
+    assistant's answer, so generation continues from them (e.g. a given draft, to see what the reflection does).
     """
     batched = not isinstance(image, (Image.Image, np.ndarray))
     images = [to_pil_rgb(im) for im in (image if batched else [image])]
@@ -329,6 +331,10 @@ def prepare_inputs(
         raise ValueError(f"{len(images)} images but {len(conversations)} conversations: pass one per study")
     texts = [processor.apply_chat_template(c, add_generation_prompt=add_generation_prompt, tokenize=False)
              for c in conversations]
+    if assistant_prefixes is not None:
+        if len(assistant_prefixes) != len(texts) or not add_generation_prompt:
+            raise ValueError("assistant_prefixes needs one prefix per study and the generation prompt")
+        texts = [text + prefix for text, prefix in zip(texts, assistant_prefixes)]
     inputs = processor(images=images, text=texts, return_tensors="pt", padding=True, padding_side="left")
     # BatchFeature.to(device, dtype=...) moves every tensor and casts only the floating ones (pixel_values).
     moves = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}

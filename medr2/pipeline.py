@@ -198,10 +198,10 @@ class Pipeline:
             return build_chat(MEDR2_PROMPT)
         return build_chat(MEDR2_PROMPT, system=prompted_system_prompt())
 
-    def _inputs(self, pil_images: list[Image.Image]):
+    def _inputs(self, pil_images: list[Image.Image], prefixes: list[str] | None = None):
         from medr2.model import prepare_inputs
 
-        inputs = prepare_inputs(self.processor, pil_images, self.messages())
+        inputs = prepare_inputs(self.processor, pil_images, self.messages(), assistant_prefixes=prefixes)
         return inputs.to(self.model.device)
 
     def _gen_kwargs(self) -> dict:
@@ -270,23 +270,32 @@ class Pipeline:
         *_, result = self.stream(image)
         return result
 
-    def run_batch(self, images: list, batch_size: int = 16) -> list[StudyResult]:
-        """Batched generation for evaluation (left padding); results in input order."""
+    def run_batch(self, images: list, batch_size: int = 16, prefixes: list[str] | None = None) -> list[StudyResult]:
+        """Batched generation for evaluation (left padding); results in input order.
+
+        `prefixes` (one per image) are forced as the start of each answer and generation continues from them;
+        each result's text is prefix + continuation (how `benchmarks/reflection_probe.py` hands the model a
+        draft with a known error and reads what its reflection does)."""
         import torch
 
+        if prefixes is not None and len(prefixes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(prefixes)} prefixes: pass one per image")
         tok = self.processor.tokenizer
         tok.padding_side = "left"  # decoder-only batch generation needs the prompt flush right
         results = []
         for i in range(0, len(images), batch_size):
             chunk = [_as_loaded(im) for im in images[i:i + batch_size]]
+            chunk_prefixes = prefixes[i:i + batch_size] if prefixes is not None else None
             t0 = time.perf_counter()
-            inputs = self._inputs([c.to_pil() for c in chunk])
+            inputs = self._inputs([c.to_pil() for c in chunk], chunk_prefixes)
             with torch.no_grad():
                 ids = self.model.generate(**inputs, **self._gen_kwargs())
             per_study = (time.perf_counter() - t0) / len(chunk)
             new = ids[:, inputs["input_ids"].shape[1]:]
-            for loaded, row in zip(chunk, new):
+            for j, (loaded, row) in enumerate(zip(chunk, new)):
                 text = _clean(tok.decode(row, skip_special_tokens=False), self._strip)
+                if chunk_prefixes is not None:
+                    text = chunk_prefixes[j] + text
                 n = int((row != tok.pad_token_id).sum())
                 results.append(self._finish(text, loaded, n, {"generate_s": per_study}))
         return results

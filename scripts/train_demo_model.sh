@@ -127,7 +127,7 @@ sed 's|^model_name_or_path: assets/model|model_name_or_path: runs/sft_medr2_v10|
 medr2 train-sft --recipe runs/sft_medr2_v14.yaml > runs/sft_medr2_v14.log 2>&1
 python -m medr2.train.export runs/sft_medr2_v14 runs/candidate_v14 --target medr2 --store_dtype float16 \
   --recipe recipes/sft_medr2_tiny_v14.yaml
-# Phase 14 (session 12): phase 13 continued on its own 6-block tower (seed 23); kept as checkpoints/sft_medr2_v15_fp16.
+# Phase 14 (session 12): phase 13 continued on its own 6-block tower (seed 23); shipped in session 13 (below).
 medr2 train-sft --recipe recipes/sft_medr2_tiny_v15.yaml > runs/sft_medr2_v15.log 2>&1
 python -m medr2.train.export runs/sft_medr2_v15 runs/candidate_v15 --target medr2 --store_dtype float16 \
   --recipe recipes/sft_medr2_tiny_v14.yaml --recipe recipes/sft_medr2_tiny_v15.yaml
@@ -136,6 +136,22 @@ for v in candidate_v14 candidate_v15; do
   medr2 evaluate --model runs/$v --n 500 --seed 3 --out runs/eval_v9/$v > runs/eval9_$v.log 2>&1
   python benchmarks/compare_models.py runs/val1000_v9/sft_medr2_v10 runs/val1000_v9/$v
 done
+python benchmarks/saliency_depth.py --model runs/candidate_v15 --n 1800 --seed 2 --threads 2 \
+  --write runs/candidate_v15/saliency.json --out benchmarks/results/saliency_depth_v15_experiment.json
+# The shipped model since session 13: phase 14, the winner by the rule in recipes/sft_medr2_tiny_v15.yaml (validation
+# macro hedged 0.924 vs 0.922; within 0.005, the tie-break, example-based hedged, 0.9515 vs 0.9514). The export keeps
+# the run's saliency.json; the model card's notes are in assets/model/README.md ("Limitations").
+python -m medr2.train.export runs/candidate_v15 assets/model --target medr2 --store_dtype float16 \
+  --recipe recipes/sft_medr2_tiny.yaml --recipe recipes/sft_medr2_tiny_continue.yaml --recipe recipes/sft_medr2_tiny_v4.yaml \
+  --recipe recipes/sft_medr2_tiny_v5.yaml --recipe recipes/sft_medr2_tiny_v6.yaml --recipe recipes/sft_medr2_tiny_v7.yaml \
+  --recipe recipes/sft_medr2_tiny_v8.yaml --recipe recipes/sft_medr2_tiny_v9.yaml --recipe recipes/sft_medr2_tiny_v10.yaml \
+  --recipe recipes/sft_medr2_tiny_v14.yaml --recipe recipes/sft_medr2_tiny_v15.yaml \
+  --eval runs/eval_v9/candidate_v15/eval.json --notes "$(sed -n '/^## Limitations/,$p' assets/model/README.md | tail -n +5)"
+python benchmarks/bench_pipeline.py --model assets/model
+python benchmarks/saliency_faithfulness.py --model assets/model --n 600 --methods gradxact,gradcam,ig,random,center \
+  --variants uniform:report,block:report,block:report-only --threads 2
+# Can the reflection fix a draft? Forced drafts with a taught error vs right drafts vs its own (session 13).
+python benchmarks/reflection_probe.py --model assets/model --n 400 --seed 3
 
 # Held-out evaluation: test = phantom seed 3 (never used in training or selection); validation = seed 2
 # (used to choose which variant ships). Every variant on the same current-generator (v5) films.

@@ -71,6 +71,29 @@ def test_run_batch_keeps_input_order(pipe):
     assert [r.raw_text for r in batch] == single
 
 
+def test_run_batch_continues_from_forced_prefixes_tokenised_as_in_training(pipe):
+    """A forced answer start (e.g. a draft with a known error) is tokenised exactly as the same text inside a
+    training conversation, and generation continues from it; the result's text and parse include it."""
+    from medr2.model import prepare_inputs
+    from medr2.traces import TraceConfig, build_trace
+    from medr2.schema import render
+
+    studies = list(generate_studies(2, seed=5))
+    traces = [render(build_trace(s, TraceConfig(error_rate=1.0))[0]) for s in studies]
+    prefixes = [t[: t.index("</draft>") + len("</draft>\n")] for t in traces]
+    forced = prepare_inputs(pipe.processor, studies[0].image, pipe.messages(), assistant_prefixes=prefixes[:1])
+    conversation = pipe.messages() + [{"role": "assistant", "content": [{"type": "text", "text": traces[0]}]}]
+    full = prepare_inputs(pipe.processor, studies[0].image, conversation, add_generation_prompt=False)
+    n = forced["input_ids"].shape[1]
+    assert forced["input_ids"][0].tolist() == full["input_ids"][0, :n].tolist()
+    results = pipe.run_batch([s.image for s in studies], batch_size=2, prefixes=prefixes)
+    for result, prefix, trace in zip(results, prefixes, traces):
+        assert result.raw_text.startswith(prefix)
+        assert result.parsed.output.draft.text in trace and result.n_tokens == 12
+    with pytest.raises(ValueError, match="prefixes"):
+        pipe.run_batch([studies[0].image], prefixes=prefixes)
+
+
 def test_accepts_arrays_pil_bytes_and_rejects_bad_input(pipe, phantom_png):
     from PIL import Image
 
@@ -199,6 +222,22 @@ def test_phantom_reference_reports_agree_with_their_own_ground_truth_locations()
                 assert sides == {f.side}, (study.report, f)
                 checked += 1
     assert checked >= 20
+
+
+def test_stated_severity_reads_the_severity_of_the_sentences_that_name_the_finding():
+    from medr2.evaluate import stated_severity
+
+    report = "Findings: Moderately enlarged heart. Small right pleural effusion. No pneumothorax."
+    assert stated_severity(report, "Pleural Effusion") == {"small"}
+    assert stated_severity(report, "Cardiomegaly") == {"moderate"}
+    assert stated_severity(report, "Pneumothorax") == frozenset()  # negated: no sentence names it
+    checked = 0
+    for study in generate_studies(80, seed=8):
+        effusions = [f for f in study.findings if f.kind == "effusion"]
+        if len(effusions) == 1 and effusions[0].severity:
+            assert stated_severity(study.report, "Pleural Effusion") == {effusions[0].severity}, study.report
+            checked += 1
+    assert checked >= 5
 
 
 def test_phantom_eval_set_can_carry_v7_labels_on_the_same_films():

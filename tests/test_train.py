@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -384,3 +385,19 @@ def test_export_can_store_weights_in_float16_and_the_model_still_runs_in_float32
     assert json.loads((dest / "medr2_model.json").read_text())["weights_stored_as"] == "float16"
     with pytest.raises(ValueError, match="store dtype"):
         export(sft_checkpoint, tmp_path / "bad", target="medr2", recipe=[], store_dtype="int8")
+
+
+def test_export_carries_the_runs_saliency_depth_choice_and_drops_a_stale_one(sft_checkpoint, tmp_path):
+    from medr2.train.export import export
+
+    run = tmp_path / "run"
+    shutil.copytree(sft_checkpoint, run)
+    dest = tmp_path / "model"
+    dest.mkdir()
+    (dest / "saliency.json").write_text('{"stale": true}')
+    export(run, dest, target="medr2", recipe=[])
+    assert not (dest / "saliency.json").exists()  # chosen for other weights: gone, the pipeline fuses all blocks
+    choice = '{"Fracture": [0, 1]}'
+    (run / "saliency.json").write_text(choice)
+    export(run, dest, target="medr2", recipe=[])
+    assert (dest / "saliency.json").read_text() == choice

@@ -16,7 +16,10 @@ from pathlib import Path
 
 KEEP = ("config.json", "generation_config.json", "model.safetensors", "processor_config.json", "preprocessor_config.json",
         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
-        "training_summary.json", "sft_loss.png", "grpo_curves.png")
+        "training_summary.json", "sft_loss.png", "grpo_curves.png",
+        # The saliency depth choice belongs to the weights it was measured on: carried with them, and an earlier
+        # export's choice is removed (a 4-block choice would not even fit a 6-block tower).
+        "saliency.json")
 
 
 def _commit() -> str:
