@@ -152,6 +152,12 @@ python benchmarks/saliency_faithfulness.py --model assets/model --n 600 --method
   --variants uniform:report,block:report,block:report-only --threads 2
 # Can the reflection fix a draft? Forced drafts with a taught error vs right drafts vs its own (session 13).
 python benchmarks/reflection_probe.py --model assets/model --n 400 --seed 3
+# Phase 15 (session 13, an experiment): phase 14 continued (seed 24); its stricter rule is in its recipe.
+medr2 train-sft --recipe recipes/sft_medr2_tiny_v16.yaml > runs/sft_medr2_v16.log 2>&1
+python -m medr2.train.export runs/sft_medr2_v16 runs/candidate_v16 --target medr2 --store_dtype float16 \
+  --recipe recipes/sft_medr2_tiny_v16.yaml
+medr2 evaluate --model runs/candidate_v16 --n 1000 --seed 2 --no-nlg --out runs/val1000_v9/candidate_v16 > runs/val9_candidate_v16.log 2>&1
+python benchmarks/compare_models.py runs/val1000_v9/candidate_v15 runs/val1000_v9/candidate_v16
 
 # Held-out evaluation: test = phantom seed 3 (never used in training or selection); validation = seed 2
 # (used to choose which variant ships). Every variant on the same current-generator (v5) films.
