@@ -63,7 +63,9 @@ QWEN_MERGE = 2
 @dataclass
 class TinyVLMConfig:
     """The embedded demo architecture. Defaults: a ~6M-parameter LLaVA (vocabulary 2,000; 64 image tokens at
-    224 px; 24 MB of fp32 safetensors). `text_intermediate=512` saves 0.8M if the 25 MB asset budget gets tight."""
+    224 px; 24 MB of fp32 safetensors). `text_intermediate=512` saves 0.8M if the 25 MB asset budget gets tight.
+    The shipped model starts here and its trained tower was later deepened to 6 blocks (`grow_siglip_depth`,
+    6.7M parameters), so `assets/model` stores float16 weights (`medr2.train.export --store_dtype`)."""
 
     arch: str = field(default="llava", metadata={"help": "llava | qwen2_vl | qwen2_5_vl"})
     image_size: int = field(default=IMAGE_SIZE, metadata={"help": "input side in px (images are resized to it)"})
