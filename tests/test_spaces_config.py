@@ -55,3 +55,20 @@ def test_requirements_txt_matches_pyproject():
     reqs = requirements()
     assert "torch==2.13.0" in reqs and any(r.startswith("gradio") for r in reqs)
     assert not any(r.startswith("torchvision") for r in reqs)  # does not import beside torch 2.13
+
+
+def test_space_deploy_stages_exactly_the_tracked_files_and_flags_the_large_ones(tmp_path):
+    """scripts/deploy_space.py uploads HEAD's tracked files (never .venv, runs/, feedback databases) over HTTP,
+    because a plain git push of the 13 MB model to a Space is refused without large-file storage."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from deploy_space import HUB_PLAIN_FILE_LIMIT, large_files, stage
+
+    files = stage(tmp_path)
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "-r", "--name-only", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.split("\n")
+    assert sorted(str(f) for f in files) == sorted(t for t in tracked if t)
+    assert Path("app.py") in files and Path("assets/model/model.safetensors") in files
+    assert not any(f.parts[0] in ("runs", ".venv", "test-artifacts") for f in files)
+    flagged = dict(large_files(tmp_path, files))
+    assert Path("assets/model/model.safetensors") in flagged
+    assert all(size > HUB_PLAIN_FILE_LIMIT for size in flagged.values())
