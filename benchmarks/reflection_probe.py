@@ -34,26 +34,21 @@ STARTS = ("error", "control", "own")
 
 def report_state(report: str) -> dict[tuple[str, str], object]:
     """What a report states per observation: found (positive or hedged), and side / zone / severity if found."""
-    from medr2.evaluate import stated_location, stated_severity
+    from medr2.evaluate import stated_details
     from medr2.findings import label_report
 
+    details = stated_details(report)
     state: dict[tuple[str, str], object] = {}
     for observation, value in label_report(report or "").items():
         found = value in (1, -1)
         state[(observation, "found")] = found
         if found:
-            sides, zones = stated_location(report, observation)
-            state[(observation, "side")], state[(observation, "zone")] = sides, zones
-            state[(observation, "severity")] = stated_severity(report, observation)
+            sides, zones, severity = details.get(observation, (frozenset(), frozenset(), frozenset()))
+            state[(observation, "side")], state[(observation, "zone")], state[(observation, "severity")] = sides, zones, severity
     return state
 
 
-def disagreements(reference: str, report: str) -> set[tuple[str, str]]:
-    """(observation, aspect) pairs where `report` states something other than `reference`.
-
-    Found / not found counts everywhere; side, zone and severity only where both reports name the observation
-    and the reference states one (as `medr2.evaluate.location_scores` scores them)."""
-    ref, gen = report_state(reference), report_state(report)
+def _disagree(ref: dict, gen: dict) -> set[tuple[str, str]]:
     out = set()
     for key, value in ref.items():
         if key[1] == "found":
@@ -64,10 +59,19 @@ def disagreements(reference: str, report: str) -> set[tuple[str, str]]:
     return out
 
 
+def disagreements(reference: str, report: str) -> set[tuple[str, str]]:
+    """(observation, aspect) pairs where `report` states something other than `reference`.
+
+    Found / not found counts everywhere; side, zone and severity only where both reports name the observation
+    and the reference states one (as `medr2.evaluate.location_scores` scores them)."""
+    return _disagree(report_state(reference), report_state(report))
+
+
 def score_study(reference: str, draft: str | None, final: str | None, reflection: list) -> dict:
     """One study's draft and final report against the reference, and whether the reflection acted."""
-    wrong_draft = disagreements(reference, draft or "")
-    wrong_final = disagreements(reference, final or "")
+    ref = report_state(reference)  # read once for both comparisons
+    wrong_draft = _disagree(ref, report_state(draft or ""))
+    wrong_final = _disagree(ref, report_state(final or ""))
     return {"draft_wrong": sorted(map(list, wrong_draft)), "final_wrong": sorted(map(list, wrong_final)),
             "fixed": sorted(map(list, wrong_draft - wrong_final)), "broken": sorted(map(list, wrong_final - wrong_draft)),
             "acted": any(item.action != "kept" for item in reflection), "has_report": final is not None}

@@ -94,10 +94,19 @@ SEVERITY_WORDS = {"small": ("small",), "moderate": ("moderate", "moderately"), "
                   "mild": ("mild", "mildly"), "severe": ("severe", "severely")}
 
 
+def _severity_of(sentences: list[str]) -> frozenset[str]:
+    return frozenset(w for sentence in sentences for _, w in _words_found(sentence, SEVERITY_WORDS))
+
+
 def stated_severity(report: str, observation: str) -> frozenset[str]:
     """Severity words a report states for one observation ("moderate right pleural effusion" -> {"moderate"})."""
-    sentences = _sentences_by_observation(report or "").get(observation, [])
-    return frozenset(w for sentence in sentences for _, w in _words_found(sentence, SEVERITY_WORDS))
+    return _severity_of(_sentences_by_observation(report or "").get(observation, []))
+
+
+def stated_details(report: str) -> dict[str, tuple[frozenset[str], frozenset[str], frozenset[str]]]:
+    """observation -> (sides, zones, severity words) for every observation the report names, one labeler pass."""
+    return {observation: (*_location_of(sentences, observation), _severity_of(sentences))
+            for observation, sentences in _sentences_by_observation(report or "").items()}
 
 
 def location_scores(references: list[str], reports: list[str]) -> dict:
