@@ -4,7 +4,7 @@ check its saliency maps, correct the report and leave structured feedback.
 Run: `bash scripts/app.sh [--model PATH_OR_HUB_ID] [--port 7860]` (or `python app.py ...`); on Hugging Face
 Spaces this file is the `app_file`. The model (`--model`, else $MEDR2_MODEL, else the embedded demo model
 in assets/model) is loaded once at start-up. Reviews go to $MEDR2_DATA_DIR (default ./medr2_data).
-All logic lives in `medr2.ui_events` (event functions) and `medr2.ui` (presentation); this file only wires
+All logic lives in `medr2.app.service` (event functions) and `medr2.app.views` (presentation); this file only wires
 components to them and sets the safety options (bounded queue, file-size cap, no run history, no
 monitoring endpoint, no analytics, curated errors only, periodic cache deletion).
 """
@@ -19,8 +19,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 
-from medr2 import ui  # noqa: E402
-from medr2.ui_events import ANALYZE_OUTPUTS, AppService, find_examples, gpu  # noqa: E402
+from medr2.app import views as ui  # noqa: E402
+from medr2.app.service import ANALYZE_OUTPUTS, AppService, find_examples, gpu  # noqa: E402
 
 MAX_FILE_SIZE = "64mb"  # a 43 x 43 cm CR at 100 um, 16 bit, uncompressed is ~37 MB
 DELETE_CACHE = (600, 1800)  # every 10 min, delete gradio temp files (overlay PNGs) older than 30 min
@@ -32,8 +32,8 @@ LIKERT = [("1 poor", 1), ("2", 2), ("3", 3), ("4", 4), ("5 excellent", 5)]
 def make_service(model: str | None = None, data_dir: str | None = None, max_new_tokens: int = 640,
                  adapter: str | None = None) -> AppService:
     """Load the model once and open the feedback store (raises ModelLoadError / FeedbackError)."""
-    from medr2.feedback import FeedbackStore, default_data_dir, maybe_start_hub_sync
-    from medr2.pipeline import Pipeline, PipelineConfig, default_model
+    from medr2.feedback.store import FeedbackStore, default_data_dir, maybe_start_hub_sync
+    from medr2.inference.pipeline import Pipeline, PipelineConfig, default_model
 
     pipeline = Pipeline(PipelineConfig(model=model or default_model(), adapter=adapter, max_new_tokens=max_new_tokens))
     examples = find_examples()
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue-size", type=int, default=16, help="studies waiting at most; more get a 'busy' message")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from medr2.feedback import FeedbackError
-    from medr2.model import ModelLoadError
+    from medr2.feedback.store import FeedbackError
+    from medr2.modeling.model import ModelLoadError
 
     try:
         service = make_service(args.model, args.data_dir, args.max_new_tokens, args.adapter)

@@ -1,4 +1,4 @@
-"""Trivial baselines on the held-out phantom test set, scored exactly like a model (`medr2.metrics`).
+"""Trivial baselines on the held-out phantom test set, scored exactly like a model (`medr2.evaluation.metrics`).
 
 - majority: every study gets the most frequent reference report's labels (a normal report);
 - prior: each observation is called positive independently with its training-set prevalence (seeded).
@@ -14,10 +14,10 @@ import json
 import random
 from pathlib import Path
 
-from medr2 import metrics
-from medr2.evaluate import PHANTOM_TEST_SEED
-from medr2.findings import OBSERVATIONS
-from medr2.phantom import generate_studies
+from medr2.evaluation import metrics
+from medr2.evaluation.evaluate import PHANTOM_TEST_SEED
+from medr2.labeler.findings import OBSERVATIONS
+from medr2.phantom.generator import generate_studies
 
 
 def main() -> int:

@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 def micro_model(folder: Path) -> Path:
-    from medr2.model import cli_build_tiny
+    from medr2.modeling.model import cli_build_tiny
 
     out = folder / "micro"
     cli_build_tiny(["--micro", "--out", str(out)])

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medr2.feedback import FeedbackRecord, FeedbackStore  # noqa: E402
+from medr2.feedback.store import FeedbackRecord, FeedbackStore  # noqa: E402
 
 REPORT = "Findings: The heart is enlarged. Small left pleural effusion. Impression: Cardiomegaly. " * 4
 
@@ -62,7 +62,7 @@ CHILD = """
 import sys, time
 sys.path.insert(0, sys.argv[3])
 from benchmarks.bench_feedback import record
-from medr2.feedback import FeedbackStore
+from medr2.feedback.store import FeedbackStore
 store = FeedbackStore(sys.argv[1]); n = int(sys.argv[2])
 print("ready", flush=True); sys.stdin.readline()
 for i in range(n):

@@ -1,6 +1,6 @@
 """Decode time of the real chest radiograph RG1 (pydicom-data, 1955×1841, 15-bit CR) in each encoding.
 
-Times `medr2.imaging.load_image` end to end (sniff → parse → checks → decode → LUTs → uint8) from
+Times `medr2.imaging.loader.load_image` end to end (sniff → parse → checks → decode → LUTs → uint8) from
 bytes in memory, median of N runs, next to pydicom's bare `pixel_array` for the same bytes so the
 loader's own overhead is visible. Encodings pydicom-data does not ship (RLE, Deflate, PNG, JPEG) are
 made here, in memory, from RG1_UNCR.
@@ -26,7 +26,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
-from medr2.imaging import load_image
+from medr2.imaging.loader import load_image
 
 logger = logging.getLogger("bench_imaging")
 RESULTS = Path(__file__).resolve().parent / "results" / "imaging.json"

@@ -16,8 +16,8 @@ import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from medr2.findings import label_report  # noqa: E402
-from medr2.phantom import PhantomConfig, generate_studies  # noqa: E402
+from medr2.labeler.findings import label_report  # noqa: E402
+from medr2.phantom.generator import PhantomConfig, generate_studies  # noqa: E402
 
 
 def throughput(n: int, size: int) -> tuple[float, float]:

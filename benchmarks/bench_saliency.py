@@ -1,4 +1,4 @@
-"""Speed of per-finding saliency maps (`medr2.saliency.explain`) on held-out phantom studies.
+"""Speed of per-finding saliency maps (`medr2.saliency.maps.explain`) on held-out phantom studies.
 
 For each study the model generates its trace (or, with `--source reference`, the ground-truth trace is
 teacher-forced, which gives realistic lengths and finding counts with an untrained model), then
@@ -23,9 +23,11 @@ from pathlib import Path
 
 import torch
 
-from medr2 import saliency, traces
-from medr2.phantom import generate_studies
-from medr2.pipeline import Pipeline, PipelineConfig, _as_loaded
+from medr2.saliency import maps as saliency
+
+from medr2.report import traces
+from medr2.phantom.generator import generate_studies
+from medr2.inference.pipeline import Pipeline, PipelineConfig, _as_loaded
 
 logger = logging.getLogger("bench_saliency")
 RESULTS = Path(__file__).resolve().parent / "results" / "saliency.json"

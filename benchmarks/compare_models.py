@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medr2 import metrics
-from medr2.findings import label_reports
-from medr2.schema import parse
+from medr2.evaluation import metrics
+from medr2.labeler.findings import label_reports
+from medr2.report.schema import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "compare_models.json"
@@ -41,7 +41,7 @@ def final_reports(run: Path) -> tuple[list[str], list[str]]:
 
 def reference_reports(config: dict) -> tuple[list[str], list[str]]:
     """(ids, reference reports) of the set an evaluation ran on, from its saved config."""
-    from medr2.evaluate import EvalConfig, load_eval_set
+    from medr2.evaluation.evaluate import EvalConfig, load_eval_set
 
     known = set(EvalConfig.__dataclass_fields__)
     if not config.get("data") and "hedging" not in config:

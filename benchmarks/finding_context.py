@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medr2.findings import label_report
-from medr2.phantom import DEVICE_KINDS, OBSERVATION_OF, generate_study, study_seed
+from medr2.labeler.findings import label_report
+from medr2.phantom.generator import DEVICE_KINDS, OBSERVATION_OF, generate_study, study_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 # Findings that fill lung on their own film; an opacity under one of them is hidden, not missed.
@@ -83,7 +83,7 @@ def main() -> None:
     from PIL import Image
     from tqdm import tqdm
 
-    from medr2.pipeline import Pipeline, PipelineConfig
+    from medr2.inference.pipeline import Pipeline, PipelineConfig
 
     studies = [s for s in (generate_study(study_seed(args.seed, i)) for i in tqdm(range(args.n), desc="phantoms"))
                if any(f.kind == args.kind for f in s.findings)]

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import medr2.phantom as phantom
-from medr2.train.perception import (PerceptionConfig, PerceptionNet, build_examples, evaluate, example_from_study,
+import medr2.phantom.generator as phantom
+from medr2.training.perception import (PerceptionConfig, PerceptionNet, build_examples, evaluate, example_from_study,
                                     load_perception, train)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def enriched_config() -> phantom.PhantomConfig:
 
 
 def write_cache(out: Path, n: int, seed: int, config: PerceptionConfig) -> None:
-    """Examples in the file name `medr2.train.perception.build_examples` looks for, so `train` reuses them."""
+    """Examples in the file name `medr2.training.perception.build_examples` looks for, so `train` reuses them."""
     path = out / f"examples_v{phantom.GENERATOR_VERSION}_{seed}_{n}_{config.image_size}.npz"
     rows = [example_from_study(phantom.generate_study(s, enriched_config()), config)
             for s in tqdm(phantom.study_seeds(n, seed), desc=f"enriched phantoms (seed {seed})", mininterval=10)]

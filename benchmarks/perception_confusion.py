@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medr2.phantom import PhantomConfig, generate_study, study_seeds
-from medr2.train.perception import FINDING_OBS, build_examples, load_trained, to_pixels
+from medr2.phantom.generator import PhantomConfig, generate_study, study_seeds
+from medr2.training.perception import FINDING_OBS, build_examples, load_trained, to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "perception_confusion.json"
@@ -61,8 +61,8 @@ def confusion(probs: np.ndarray, studies: list, threshold: float = 0.5) -> dict:
 
 def final_report_labels(eval_dir: Path) -> dict[str, dict]:
     """Study id -> CheXpert labels of the model's final report, from a `medr2 evaluate` folder's predictions."""
-    from medr2.findings import label_report
-    from medr2.schema import parse
+    from medr2.labeler.findings import label_report
+    from medr2.report.schema import parse
 
     labels = {}
     for line in (eval_dir / "predictions.jsonl").read_text().splitlines():
@@ -114,7 +114,7 @@ def miss_attribution(probs: np.ndarray, studies: list, said: dict[str, dict], th
     had fired on (the language model dropped what the tower saw) or not (the tower missed it).
     `said`: the model's final-report labels per study id (`final_report_labels`).
     """
-    from medr2.findings import label_report
+    from medr2.labeler.findings import label_report
 
     out = {obs: {"n": 0, "found": 0, "missed_tower_fired": 0, "missed_tower_silent": 0} for obs in FOCAL}
     for i, study in enumerate(studies):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from medr2.train.perception import build_examples, evaluate, load_trained
+from medr2.training.perception import build_examples, evaluate, load_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "perception_generalisation.json"

@@ -5,7 +5,7 @@ The embedded model's reflection nearly always keeps its own draft (draft and fin
 an error it can see: its perception wrote the draft, and a reflection that re-reads the film with the same eyes
 finds the same. This probe separates the two on held-out phantoms, with three answer starts per study:
 
-- `error`: the training construction of a wrong draft (`medr2.traces.build_trace` with every draft wrong: a
+- `error`: the training construction of a wrong draft (`medr2.report.traces.build_trace` with every draft wrong: a
   missed, hallucinated, wrong-side or wrong-severity finding; perception and reasoning follow the wrong draft,
   as in training), forced up to `</draft>`; the model writes the reflection and the report.
 - `control`: the same studies' right traces up to `</draft>`: does the reflection leave a right draft alone?
@@ -34,8 +34,8 @@ STARTS = ("error", "control", "own")
 
 def report_state(report: str) -> dict[tuple[str, str], object]:
     """What a report states per observation: found (positive or hedged), and side / zone / severity if found."""
-    from medr2.evaluate import stated_details
-    from medr2.findings import label_report
+    from medr2.evaluation.evaluate import stated_details
+    from medr2.labeler.findings import label_report
 
     details = stated_details(report)
     state: dict[tuple[str, str], object] = {}
@@ -63,7 +63,7 @@ def disagreements(reference: str, report: str) -> set[tuple[str, str]]:
     """(observation, aspect) pairs where `report` states something other than `reference`.
 
     Found / not found counts everywhere; side, zone and severity only where both reports name the observation
-    and the reference states one (as `medr2.evaluate.location_scores` scores them)."""
+    and the reference states one (as `medr2.evaluation.evaluate.location_scores` scores them)."""
     return _disagree(report_state(reference), report_state(report))
 
 
@@ -134,10 +134,10 @@ def main() -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from medr2.phantom import generate_studies
-    from medr2.pipeline import Pipeline, PipelineConfig, default_model
-    from medr2.schema import render
-    from medr2.traces import TraceConfig, build_trace
+    from medr2.phantom.generator import generate_studies
+    from medr2.inference.pipeline import Pipeline, PipelineConfig, default_model
+    from medr2.report.schema import render
+    from medr2.report.traces import TraceConfig, build_trace
 
     t0 = time.perf_counter()
     pipe = Pipeline(PipelineConfig(model=args.model or default_model(), threads=args.threads))

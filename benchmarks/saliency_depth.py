@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medr2 import saliency as S
-from medr2.phantom import generate_studies
-from medr2.pipeline import Pipeline, PipelineConfig
+from medr2.saliency import maps as S
+from medr2.phantom.generator import generate_studies
+from medr2.inference.pipeline import Pipeline, PipelineConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from saliency_faithfulness import generate, score_map, targets_with_truth  # noqa: E402
@@ -78,7 +78,7 @@ def collect(pipe: Pipeline, studies, results) -> tuple[list[dict], int]:
             n_layers = per_layer.shape[1]
             patch_px = study.image.shape[1] / per_layer.shape[-1]
             for k, (t, kind, mask) in enumerate(found):
-                hits = [score_map(S._fuse(per_layer[k:k + 1, c:])[0].numpy(), mask, patch_px)["point1"]
+                hits = [score_map(S.fuse_layers(per_layer[k:k + 1, c:])[0].numpy(), mask, patch_px)["point1"]
                         for c in range(n_layers)]
                 rows.append({"study": study.study_id, "type": kind, "target": t.name, "hits": hits})
         if (i + 1) % 50 == 0:

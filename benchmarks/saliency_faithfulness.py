@@ -39,12 +39,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from medr2 import saliency as S
-from medr2.evaluate import stated_location
-from medr2.model import prepare_inputs
-from medr2.phantom import DEVICE_KINDS, generate_studies
-from medr2.traces import region_of
-from medr2.pipeline import Pipeline, PipelineConfig, _as_loaded
+from medr2.saliency import maps as S
+from medr2.evaluation.evaluate import stated_location
+from medr2.modeling.model import prepare_inputs
+from medr2.phantom.generator import DEVICE_KINDS, generate_studies
+from medr2.report.traces import region_of
+from medr2.inference.pipeline import Pipeline, PipelineConfig, _as_loaded
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_saliency import reference_result  # noqa: E402
@@ -170,7 +170,7 @@ def located(study, result, observation: str) -> bool | None:
 
 
 def resolve_layer(pipe, layer: str) -> tuple[str, dict | None]:
-    """A variant's layer -> (medr2.saliency layer, depth weights): "blocks" uses the model's per-finding
+    """A variant's layer -> (medr2.saliency.maps layer, depth weights): "blocks" uses the model's per-finding
     weights (what `Pipeline.saliency` shows users), "uniform" fuses every block with weight 1."""
     if layer == "uniform":
         return "blocks", None

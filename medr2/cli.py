@@ -13,17 +13,17 @@ import sys
 
 # name -> ("module", "function", one-line help). Keep in sync with README's CLI table.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "label": ("medr2.labeler_cli", "cli_label", "CheXpert-style labels for reports (drop-in for chexpert-labeler CSV)"),
-    "score": ("medr2.metrics", "cli_score", "clinical-efficacy and NLG metrics of predictions vs references"),
-    "inspect": ("medr2.imaging", "cli_inspect", "load a DICOM/PNG/JPEG, print safe metadata + warnings, optionally write PNG"),
-    "phantom": ("medr2.phantom", "cli_phantom", "generate synthetic chest radiographs with ground truth (R2Gen layout)"),
-    "build-tiny": ("medr2.model", "cli_build_tiny", "build an untrained tiny VLM (LLaVA / Qwen2-VL / Qwen2.5-VL) from config"),
-    "train-perception": ("medr2.train.perception", "cli_train_perception", "stage 0: pretrain the vision tower on phantom masks"),
-    "train-sft": ("medr2.train.sft", "cli_train_sft", "supervised fine-tuning on Med-R2 traces or direct reports (TRL SFTTrainer)"),
-    "train-grpo": ("medr2.train.grpo", "cli_train_grpo", "GRPO with MCCS + format rewards (TRL GRPOTrainer)"),
-    "generate": ("medr2.pipeline", "cli_generate", "perceive, reason, reflect and report on one image"),
-    "evaluate": ("medr2.evaluate", "cli_evaluate", "CE + NLG evaluation of a model on a dataset split"),
-    "feedback": ("medr2.feedback", "cli_feedback", "export reviewer feedback (jsonl/csv, or as SFT/DPO data)"),
+    "label": ("medr2.labeler.cli", "cli_label", "CheXpert-style labels for reports (drop-in for chexpert-labeler CSV)"),
+    "score": ("medr2.evaluation.metrics", "cli_score", "clinical-efficacy and NLG metrics of predictions vs references"),
+    "inspect": ("medr2.imaging.loader", "cli_inspect", "load a DICOM/PNG/JPEG, print safe metadata + warnings, optionally write PNG"),
+    "phantom": ("medr2.phantom.generator", "cli_phantom", "generate synthetic chest radiographs with ground truth (R2Gen layout)"),
+    "build-tiny": ("medr2.modeling.model", "cli_build_tiny", "build an untrained tiny VLM (LLaVA / Qwen2-VL / Qwen2.5-VL) from config"),
+    "train-perception": ("medr2.training.perception", "cli_train_perception", "stage 0: pretrain the vision tower on phantom masks"),
+    "train-sft": ("medr2.training.sft", "cli_train_sft", "supervised fine-tuning on Med-R2 traces or direct reports (TRL SFTTrainer)"),
+    "train-grpo": ("medr2.training.grpo", "cli_train_grpo", "GRPO with MCCS + format rewards (TRL GRPOTrainer)"),
+    "generate": ("medr2.inference.pipeline", "cli_generate", "perceive, reason, reflect and report on one image"),
+    "evaluate": ("medr2.evaluation.evaluate", "cli_evaluate", "CE + NLG evaluation of a model on a dataset split"),
+    "feedback": ("medr2.feedback.store", "cli_feedback", "export reviewer feedback (jsonl/csv, or as SFT/DPO data)"),
 }
 
 

@@ -11,7 +11,7 @@ bash scripts/setup_env.sh
 export PATH="$PWD/.venv/bin:$PATH" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 mkdir -p runs
 
-# Stage 0: perception pretraining of the vision tower on phantom masks (medr2/train/perception.py):
+# Stage 0: perception pretraining of the vision tower on phantom masks (medr2/training/perception.py):
 # 24,000 studies (generated once, ~4 min, cached), 38 min on both cores.
 medr2 train-perception --out runs/perception --n_train 24000 --n_val 400 --train_seed 1 --val_seed 2 \
   --minutes 38 --batch_size 32 --lr 1e-3 --focal_oversample 3 > runs/perception.log 2>&1
@@ -117,7 +117,7 @@ medr2 train-sft --recipe runs/sft_medr2_v12.yaml > runs/sft_medr2_v12.log 2>&1
 sed 's|^model_name_or_path: assets/model|model_name_or_path: runs/sft_medr2_v10|' recipes/sft_medr2_tiny_v13.yaml > runs/sft_medr2_v13.yaml
 medr2 train-sft --recipe runs/sft_medr2_v13.yaml > runs/sft_medr2_v13.log 2>&1
 # Session 12: stage 0 deepens the phase-9 tower from 4 to 6 SigLIP blocks (the new blocks start as the identity,
-# medr2.model.grow_siglip_depth) and trains all six for 40 min on 50,000 fresh generator-v9 films (seed 21), then
+# medr2.modeling.model.grow_siglip_depth) and trains all six for 40 min on 50,000 fresh generator-v9 films (seed 21), then
 # phase 13 of the Med-R2 SFT from phase 9 on that tower (16,000 studies of seed 22). The export stores float16
 # weights (the 6-block model is 26.8 MB in float32; the asset budget is 25 MB) and runs in float32.
 medr2 train-perception --out runs/perception_v11 --init_from runs/sft_medr2_v10 --vision_layers 6 --head_warmup_steps 300 \
@@ -125,11 +125,11 @@ medr2 train-perception --out runs/perception_v11 --init_from runs/sft_medr2_v10 
   --focal_oversample 3 --photometric_augment 0.3 > runs/perception_v11.log 2>&1
 sed 's|^model_name_or_path: assets/model|model_name_or_path: runs/sft_medr2_v10|' recipes/sft_medr2_tiny_v14.yaml > runs/sft_medr2_v14.yaml
 medr2 train-sft --recipe runs/sft_medr2_v14.yaml > runs/sft_medr2_v14.log 2>&1
-python -m medr2.train.export runs/sft_medr2_v14 runs/candidate_v14 --target medr2 --store_dtype float16 \
+python -m medr2.training.export runs/sft_medr2_v14 runs/candidate_v14 --target medr2 --store_dtype float16 \
   --recipe recipes/sft_medr2_tiny_v14.yaml
 # Phase 14 (session 12): phase 13 continued on its own 6-block tower (seed 23); shipped in session 13 (below).
 medr2 train-sft --recipe recipes/sft_medr2_tiny_v15.yaml > runs/sft_medr2_v15.log 2>&1
-python -m medr2.train.export runs/sft_medr2_v15 runs/candidate_v15 --target medr2 --store_dtype float16 \
+python -m medr2.training.export runs/sft_medr2_v15 runs/candidate_v15 --target medr2 --store_dtype float16 \
   --recipe recipes/sft_medr2_tiny_v14.yaml --recipe recipes/sft_medr2_tiny_v15.yaml
 for v in candidate_v14 candidate_v15; do
   medr2 evaluate --model runs/$v --n 1000 --seed 2 --no-nlg --out runs/val1000_v9/$v > runs/val9_$v.log 2>&1
@@ -141,7 +141,7 @@ python benchmarks/saliency_depth.py --model runs/candidate_v15 --n 1800 --seed 2
 # The shipped model since session 13: phase 14, the winner by the rule in recipes/sft_medr2_tiny_v15.yaml (validation
 # macro hedged 0.924 vs 0.922; within 0.005, the tie-break, example-based hedged, 0.9515 vs 0.9514). The export keeps
 # the run's saliency.json; the model card's notes are in assets/model/README.md ("Limitations").
-python -m medr2.train.export runs/candidate_v15 assets/model --target medr2 --store_dtype float16 \
+python -m medr2.training.export runs/candidate_v15 assets/model --target medr2 --store_dtype float16 \
   --recipe recipes/sft_medr2_tiny.yaml --recipe recipes/sft_medr2_tiny_continue.yaml --recipe recipes/sft_medr2_tiny_v4.yaml \
   --recipe recipes/sft_medr2_tiny_v5.yaml --recipe recipes/sft_medr2_tiny_v6.yaml --recipe recipes/sft_medr2_tiny_v7.yaml \
   --recipe recipes/sft_medr2_tiny_v8.yaml --recipe recipes/sft_medr2_tiny_v9.yaml --recipe recipes/sft_medr2_tiny_v10.yaml \
@@ -154,7 +154,7 @@ python benchmarks/saliency_faithfulness.py --model assets/model --n 600 --method
 python benchmarks/reflection_probe.py --model assets/model --n 400 --seed 3
 # Phase 15 (session 13, an experiment): phase 14 continued (seed 24); its stricter rule is in its recipe.
 medr2 train-sft --recipe recipes/sft_medr2_tiny_v16.yaml > runs/sft_medr2_v16.log 2>&1
-python -m medr2.train.export runs/sft_medr2_v16 runs/candidate_v16 --target medr2 --store_dtype float16 \
+python -m medr2.training.export runs/sft_medr2_v16 runs/candidate_v16 --target medr2 --store_dtype float16 \
   --recipe recipes/sft_medr2_tiny_v16.yaml
 medr2 evaluate --model runs/candidate_v16 --n 1000 --seed 2 --no-nlg --out runs/val1000_v9/candidate_v16 > runs/val9_candidate_v16.log 2>&1
 python benchmarks/compare_models.py runs/val1000_v9/candidate_v15 runs/val1000_v9/candidate_v16
@@ -212,7 +212,7 @@ python benchmarks/finding_context.py --model runs/sft_medr2_v10 --out benchmarks
 # phase-9 results (macro-F1 over 14 observations, hedged = found; seed 2, n = 1,000, v8 films): runs/sft_medr2_v10,
 # 0.919, against 0.911 for phase 8 (runs/sft_medr2_v9, itself 0.911 against 0.899 for phase 7 on v7 films).
 # The model card's notes (tower history, selection) are in the session-10 commit's assets/model/README.md.
-python -m medr2.train.export runs/sft_medr2_v10 assets/model --target medr2 --recipe recipes/sft_medr2_tiny.yaml \
+python -m medr2.training.export runs/sft_medr2_v10 assets/model --target medr2 --recipe recipes/sft_medr2_tiny.yaml \
   --recipe recipes/sft_medr2_tiny_continue.yaml --recipe recipes/sft_medr2_tiny_v4.yaml \
   --recipe recipes/sft_medr2_tiny_v5.yaml --recipe recipes/sft_medr2_tiny_v6.yaml \
   --recipe recipes/sft_medr2_tiny_v7.yaml --recipe recipes/sft_medr2_tiny_v8.yaml \

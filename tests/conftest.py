@@ -12,8 +12,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def iu_reports():
-    """All IU X-Ray reports (list of medr2.data.IUReport). The test env installs torchxrayvision --no-deps."""
-    from medr2.data import iter_iu_reports_archive, locate_iu_reports_archive
+    """All IU X-Ray reports (list of medr2.data.datasets.IUReport). The test env installs torchxrayvision --no-deps."""
+    from medr2.data.datasets import iter_iu_reports_archive, locate_iu_reports_archive
 
     archive = locate_iu_reports_archive()
     if archive is None:

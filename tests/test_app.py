@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 import torch
 
-from medr2 import ui
-from medr2.feedback import FeedbackStore
-from medr2.schema import PerceptionItem, ReasoningStep, ReflectionItem
+from medr2.app import views as ui
+from medr2.feedback.store import FeedbackStore
+from medr2.report.schema import PerceptionItem, ReasoningStep, ReflectionItem
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # app.py lives at the repository root
@@ -34,7 +34,7 @@ EFFUSION_SEED = 15  # assets/examples/phantom_effusion.json "seed"
 # ---------------------------------------------------------------- fixtures (also used by test_app_browser)
 @pytest.fixture(scope="session")
 def micro_model(tmp_path_factory) -> Path:
-    from medr2.model import cli_build_tiny
+    from medr2.modeling.model import cli_build_tiny
 
     out = tmp_path_factory.mktemp("app_model") / "micro"
     assert cli_build_tiny(["--micro", "--out", str(out)]) == 0
@@ -43,8 +43,8 @@ def micro_model(tmp_path_factory) -> Path:
 
 
 def effusion_trace() -> str:
-    from medr2.phantom import generate_study
-    from medr2.traces import medr2_target
+    from medr2.phantom.generator import generate_study
+    from medr2.report.traces import medr2_target
 
     return medr2_target(generate_study(EFFUSION_SEED))
 
@@ -66,8 +66,8 @@ def script_generation(pipeline, text: str, delay_s: float = 0.0) -> None:
 
 
 def make_service(model_dir: Path, data_dir: Path, upload_root: Path, script: str | None = None, delay_s: float = 0.0):
-    from medr2.pipeline import Pipeline, PipelineConfig
-    from medr2.ui_events import AppService, find_examples
+    from medr2.inference.pipeline import Pipeline, PipelineConfig
+    from medr2.app.service import AppService, find_examples
 
     pipeline = Pipeline(PipelineConfig(model=str(model_dir), max_new_tokens=24))
     if script is not None:
@@ -85,7 +85,7 @@ def upload(src: Path, root: Path, name: str | None = None) -> Path:
 
 
 def as_dict(update: tuple) -> dict:
-    from medr2.ui_events import ANALYZE_OUTPUTS
+    from medr2.app.service import ANALYZE_OUTPUTS
 
     return {k: v for k, v in zip(ANALYZE_OUTPUTS, update) if not (isinstance(v, dict) and v == gr.skip())}
 
@@ -122,7 +122,7 @@ def test_perception_checklist_ticks_described_regions_in_reading_order_and_escap
 
 
 def test_reasoning_shows_the_cited_rule_statement_and_flags_invented_rules():
-    from medr2.knowledge import rule
+    from medr2.report.knowledge import rule
 
     html = ui.reasoning_html([ReasoningStep("blunted angle", "pleural effusion", "effusion_meniscus"),
                               ReasoningStep("odd sign", "x", "made_up_rule"), ReasoningStep("free text")])

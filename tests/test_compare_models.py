@@ -10,8 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from compare_models import paired_bootstrap  # noqa: E402
 
-from medr2 import metrics  # noqa: E402
-from medr2.findings import OBSERVATIONS  # noqa: E402
+from medr2.evaluation import metrics  # noqa: E402
+from medr2.labeler.findings import OBSERVATIONS  # noqa: E402
 
 
 def _labels(rows: np.ndarray) -> list[dict]:
@@ -69,7 +69,7 @@ def test_references_of_an_evaluation_from_before_v8_carry_v7_labels():
     """An eval.json without `hedging` was scored on v7's randomly hedged labels; its references must be those."""
     from compare_models import reference_reports
 
-    from medr2.evaluate import EvalConfig, load_eval_set
+    from medr2.evaluation.evaluate import EvalConfig, load_eval_set
 
     old = {"data": None, "split": "test", "n": 60, "seed": 3, "phantom_generator_version": 7}
     _, refs = reference_reports(old)
@@ -81,7 +81,7 @@ def test_references_of_an_evaluation_from_before_v9_are_on_v8_films():
     """An eval.json without `opacity_placement` ran on v8's films (opacity placed anywhere); its references too."""
     from compare_models import reference_reports
 
-    from medr2.evaluate import EvalConfig, load_eval_set
+    from medr2.evaluation.evaluate import EvalConfig, load_eval_set
 
     v8 = {"data": None, "split": "test", "n": 150, "seed": 2, "phantom_generator_version": 8, "hedging": "visibility"}
     _, refs = reference_reports(v8)

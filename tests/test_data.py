@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medr2.data import (DatasetError, image_file, iter_iu_reports, iu_records, load_masks, locate_iu_reports_archive,
+from medr2.data.datasets import (DatasetError, image_file, iter_iu_reports, iu_records, load_masks, locate_iu_reports_archive,
                         parse_iu_xml, read_ground_truth, read_r2gen, to_grpo_dataset, to_sft_dataset, write_phantom_dataset,
                         write_r2gen)
-from medr2.phantom import PhantomConfig, generate_studies
+from medr2.phantom.generator import PhantomConfig, generate_studies
 
 # Our own XML in the ecgen-radiology schema (no IU text is committed).
 TOY_XML = """<?xml version="1.0"?><eCitation><uId id="CXR9999"/><MedlineCitation><Article><Abstract>

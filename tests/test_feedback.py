@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from medr2 import feedback as fb
-from medr2.feedback import FeedbackError, FeedbackRecord, FeedbackStore, cli_feedback, read_export
+from medr2.feedback import store as fb
+from medr2.feedback.store import FeedbackError, FeedbackRecord, FeedbackStore, cli_feedback, read_export
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = hashlib.sha256(b"phantom").hexdigest()
@@ -117,10 +117,10 @@ def test_identifiers_never_stored(tmp_path):
 
 
 def test_imaging_metadata_passes_unchanged():
-    """The allow-list must accept everything medr2.imaging emits (its keys are snake_case)."""
+    """The allow-list must accept everything medr2.imaging.loader emits (its keys are snake_case)."""
     from pydicom.data import get_testdata_file
 
-    from medr2.imaging import load_image
+    from medr2.imaging.loader import load_image
 
     emitted = {"rows": 2140, "columns": 1760, "bits_stored": 15, "number_of_frames": 1, "transfer_syntax":
                "JPEG 2000 Image Compression", "modality": "CR", "view_position": "PA",
@@ -142,7 +142,7 @@ def test_image_ref_only_for_bundled_examples(tmp_path):
 
 CHILD_LOOP = textwrap.dedent("""
     import sys
-    from medr2.feedback import FeedbackRecord, FeedbackStore
+    from medr2.feedback.store import FeedbackRecord, FeedbackStore
     store = FeedbackStore(sys.argv[1])
     i = int(sys.argv[2])
     while True:
@@ -180,7 +180,7 @@ def test_sigkill_mid_write_loses_nothing_committed(tmp_path):
 
 CHILD_BATCH = textwrap.dedent("""
     import os, sys, time
-    from medr2.feedback import FeedbackRecord, FeedbackStore
+    from medr2.feedback.store import FeedbackRecord, FeedbackStore
     store = FeedbackStore(sys.argv[1])
     print("ready", flush=True)
     while not os.path.exists(sys.argv[2]):

@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from finding_context import context_of, film_context, summarize  # noqa: E402
 
-from medr2.phantom import generate_study, study_seed  # noqa: E402
+from medr2.phantom.generator import generate_study, study_seed  # noqa: E402
 
 
 def _row(others, found, said=None, overlap=0.0, subtle=False, code=1):

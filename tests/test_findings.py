@@ -1,4 +1,4 @@
-"""Tests of the CheXpert-style findings labeler (`medr2.findings`).
+"""Tests of the CheXpert-style findings labeler (`medr2.labeler.findings`).
 
 The hand-labelled cases live in tests/data/labeler_cases.jsonl: one JSON object per line with `text`,
 `labels` (observation -> 1 / 0 / -1; every observation not listed must be blank) and a `note`. All case
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from medr2 import findings
-from medr2.findings import (NEGATIVE, OBSERVATIONS, OTHER_ABNORMALITY, POSITIVE, UNCERTAIN, Mention, aggregate,
+from medr2.labeler import findings
+from medr2.labeler.findings import (NEGATIVE, OBSERVATIONS, OTHER_ABNORMALITY, POSITIVE, UNCERTAIN, Mention, aggregate,
                             find_mentions, label_report, label_reports, split_sentences)
-from medr2.labeler_cli import cli_label
+from medr2.labeler.cli import cli_label
 
 CASES_PATH = Path(__file__).parent / "data" / "labeler_cases.jsonl"
 CASES = [json.loads(line) for line in CASES_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,4 +1,4 @@
-"""medr2.imaging: every real test file either decodes or fails with a specific one-line message.
+"""medr2.imaging.loader: every real test file either decodes or fails with a specific one-line message.
 
 Real data only, read from registry packages at test time: pydicom's own test files and pydicom-data's
 chest radiograph RG1 (MIT). Synthetic DICOMs are built in memory for the cases no real file covers
@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (CTImageStorage, ComputedRadiographyImageStorage, DeflatedExplicitVRLittleEndian,
                          ExplicitVRLittleEndian, JPEG2000Lossless, MPEG4HP41, generate_uid)
 
-from medr2.imaging import MAX_PIXELS, ImageLoadError, LoadedImage, cli_inspect, load_image
+from medr2.imaging.loader import MAX_PIXELS, ImageLoadError, LoadedImage, cli_inspect, load_image
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "examples"
 

@@ -5,12 +5,12 @@ import collections
 
 import pytest
 
-from medr2 import knowledge
-from medr2.findings import OBSERVATIONS, label_report
-from medr2.phantom import OBSERVATION_OF, generate_studies
-from medr2.rewards import format_reward, medr2_format_ok
-from medr2.schema import parse
-from medr2.traces import SIGNS, TraceConfig, build_trace, direct_target, medr2_target, region_of
+from medr2.report import knowledge
+from medr2.labeler.findings import OBSERVATIONS, label_report
+from medr2.phantom.generator import OBSERVATION_OF, generate_studies
+from medr2.evaluation.rewards import format_reward, medr2_format_ok
+from medr2.report.schema import parse
+from medr2.report.traces import SIGNS, TraceConfig, build_trace, direct_target, medr2_target, region_of
 
 
 @pytest.fixture(scope="module")

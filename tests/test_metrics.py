@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from medr2 import findings, metrics
+from medr2.labeler import findings
+
+from medr2.evaluation import metrics
 from medr2.cli import main as medr2_main
 
 C, E, P, N, X = "Cardiomegaly", "Edema", "Pleural Effusion", "No Finding", "Pneumothorax"

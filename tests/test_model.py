@@ -1,4 +1,4 @@
-"""medr2.model / medr2.tokenizer / medr2.qwen_processor on micro models built from config (CPU, nothing downloaded)."""
+"""medr2.modeling.model / medr2.modeling.tokenizer / medr2.modeling.qwen_processor on micro models built from config (CPU, nothing downloaded)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, ProcessorMixin
 
-from medr2.model import (
+from medr2.modeling.model import (
     ModelLoadError,
     TinyVLMConfig,
     build_chat,
@@ -25,9 +25,9 @@ from medr2.model import (
     weights_sha256,
     weights_sha256_short,
 )
-from medr2.knowledge import prompted_system_prompt
-from medr2.qwen_processor import NoVideoQwen2_5_VLProcessor
-from medr2.tokenizer import IMAGE_TOKEN, IM_END, SCHEMA_TAGS, train_tokenizer
+from medr2.report.knowledge import prompted_system_prompt
+from medr2.modeling.qwen_processor import NoVideoQwen2_5_VLProcessor
+from medr2.modeling.tokenizer import IMAGE_TOKEN, IM_END, SCHEMA_TAGS, train_tokenizer
 
 ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
 SENTENCES = [
@@ -182,7 +182,7 @@ def test_hub_id_while_offline_names_the_fix(monkeypatch):
 
 def test_bare_tokenizer_directory_is_rejected_with_class_name(tmp_path):
     train_tokenizer(SENTENCES, vocab_size=300).save_pretrained(tmp_path)  # fresh: names no processor class
-    with pytest.raises(ModelLoadError, match="TokenizersBackend.*import medr2.model"):
+    with pytest.raises(ModelLoadError, match="TokenizersBackend.*import medr2.modeling.model"):
         load_model(str(tmp_path))
     # the silent fallback seen when the custom processor class is not registered
     with pytest.raises(ModelLoadError, match="not a multimodal processor"):

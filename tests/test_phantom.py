@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medr2.findings import OBSERVATIONS, label_report, split_sentences
-from medr2.phantom import (DEVICE_KINDS, OBSERVATION_OF, PhantomConfig, cli_phantom, generate_studies, generate_study,
+from medr2.labeler.findings import OBSERVATIONS, label_report, split_sentences
+from medr2.phantom.generator import (DEVICE_KINDS, OBSERVATION_OF, PhantomConfig, cli_phantom, generate_studies, generate_study,
                            study_seeds)
-from medr2.phantom_reports import parse_location
+from medr2.phantom.reports import parse_location
 
 ROOT = Path(__file__).resolve().parents[1]
 # word that names each kind in its report sentence
@@ -121,8 +121,8 @@ def test_side_and_zone_are_named_in_the_finding_sentence(studies):
 
 def test_multifocal_pneumonia_names_every_zone_with_a_focus():
     """v4: the report and trace of a multifocal pneumonia name each zone drawn, so its location is readable."""
-    from medr2.evaluate import stated_location
-    from medr2.traces import medr2_target
+    from medr2.evaluation.evaluate import stated_location
+    from medr2.report.traces import medr2_target
 
     checked = 0
     for st in generate_studies(300, seed=5):
@@ -145,7 +145,7 @@ def test_multifocal_pneumonia_names_every_zone_with_a_focus():
 def test_overt_fracture_heals_with_callus_inside_its_mask(monkeypatch):
     """v4: an overt rib fracture carries callus (a density inside its mask), reported as healing; a subtle
     one is a bare step-off. The callus draws no random numbers, so removing it changes nothing else."""
-    import medr2.phantom_specs as P  # make_spec reads the callus density there
+    import medr2.phantom.specs as P  # make_spec reads the callus density there
 
     seeds = [s.seed for s in generate_studies(400, seed=9)
              if any(f.kind == "fracture" and not f.subtle for f in s.findings)][:3]
@@ -216,7 +216,7 @@ def test_effusion_whitens_the_base():
 
 
 def test_cli_writes_a_dataset(tmp_path, capsys):
-    from medr2.data import read_ground_truth, read_r2gen
+    from medr2.data.datasets import read_ground_truth, read_r2gen
 
     assert cli_phantom(["--n", "5", "--out", str(tmp_path), "--seed", "1", "--size", "128"]) == 0
     recs = read_r2gen(tmp_path)
@@ -234,16 +234,16 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
 
 def test_bundled_examples_are_reproducible():
     files = sorted((ROOT / "assets" / "examples").glob("phantom_*.json"))
-    assert len(files) >= 4, "run: python -m medr2.phantom_sheet"
+    assert len(files) >= 4, "run: python -m medr2.phantom.sheet"
     kinds = set()
     for path in files:
         gt = json.loads(path.read_text())
         st = generate_study(gt["seed"])
-        assert gt["labels"] == st.labels and gt["report"] == st.report, f"{path.name} is stale: run python -m medr2.phantom_sheet"
+        assert gt["labels"] == st.labels and gt["report"] == st.report, f"{path.name} is stale: run python -m medr2.phantom.sheet"
         from PIL import Image
 
         film = np.asarray(Image.open(path.with_suffix(".png")))
-        assert np.array_equal(film, st.image), f"{path.name}: the film is stale: run python -m medr2.phantom_sheet"
+        assert np.array_equal(film, st.image), f"{path.name}: the film is stale: run python -m medr2.phantom.sheet"
         kinds |= {f["kind"] for f in gt["findings"]} or {"normal"}
     assert len(kinds) >= 4
 
@@ -277,7 +277,7 @@ def test_consolidation_and_mass_differ_by_the_signs_a_reader_uses():
 def test_pneumonia_certainty_is_readable_from_the_extent_of_its_foci():
     """v7: a pneumonia is stated when its patches involve all three zones of the lung and hedged when two, so
     its label can be read from the film (v6 hedged 70 % at random); the report's label follows the rule."""
-    from medr2.phantom import pneumonia_code
+    from medr2.phantom.generator import pneumonia_code
 
     assert pneumonia_code(["upper", "mid", "lower"]) == 1 and pneumonia_code(["mid", "lower"]) == -1
     seen = {1: 0, -1: 0}
@@ -320,7 +320,7 @@ def test_certainty_follows_visibility_and_films_match_random_hedging(studies):
 def _opacity_clash(study) -> bool:
     """Does the study's opacity share a lung with a pneumonia, or a zone of its lung with another lung finding?
     (The generator's own rule, applied to the findings it recorded after drawing.)"""
-    from medr2.phantom import opacity_merges
+    from medr2.phantom.generator import opacity_merges
 
     return any(opacity_merges(op, study.findings, op.side) for op in study.findings if op.kind == "opacity")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medr2.evaluate import location_scores, summarize
-from medr2.phantom import generate_studies
-from medr2.pipeline import Event, Pipeline, PipelineConfig, StudyResult, format_result
+from medr2.evaluation.evaluate import location_scores, summarize
+from medr2.phantom.generator import generate_studies
+from medr2.inference.pipeline import Event, Pipeline, PipelineConfig, StudyResult, format_result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,9 +74,9 @@ def test_run_batch_keeps_input_order(pipe):
 def test_run_batch_continues_from_forced_prefixes_tokenised_as_in_training(pipe):
     """A forced answer start (e.g. a draft with a known error) is tokenised exactly as the same text inside a
     training conversation, and generation continues from it; the result's text and parse include it."""
-    from medr2.model import prepare_inputs
-    from medr2.traces import TraceConfig, build_trace
-    from medr2.schema import render
+    from medr2.modeling.model import prepare_inputs
+    from medr2.report.traces import TraceConfig, build_trace
+    from medr2.report.schema import render
 
     studies = list(generate_studies(2, seed=5))
     traces = [render(build_trace(s, TraceConfig(error_rate=1.0))[0]) for s in studies]
@@ -97,7 +97,7 @@ def test_run_batch_continues_from_forced_prefixes_tokenised_as_in_training(pipe)
 def test_accepts_arrays_pil_bytes_and_rejects_bad_input(pipe, phantom_png):
     from PIL import Image
 
-    from medr2.imaging import ImageLoadError
+    from medr2.imaging.loader import ImageLoadError
 
     assert pipe.run(Image.open(phantom_png)).raw_text == pipe.run(phantom_png.read_bytes()).raw_text
     with pytest.raises(ImageLoadError):
@@ -123,8 +123,8 @@ def test_saliency_uses_the_model_folders_depth_weights(micro_model, tmp_path):
 
     import torch
 
-    from medr2 import saliency as S
-    from medr2.pipeline import _as_loaded
+    from medr2.saliency import maps as S
+    from medr2.inference.pipeline import _as_loaded
 
     folder = tmp_path / "model"
     shutil.copytree(micro_model, folder)
@@ -147,9 +147,9 @@ def test_saliency_uses_the_model_folders_depth_weights(micro_model, tmp_path):
     np.testing.assert_allclose(override.for_target("Pleural Effusion").grid, fused, rtol=1e-5, atol=1e-6)
 
 def _fake_result(text: str) -> StudyResult:
-    from medr2.findings import label_report
-    from medr2.pipeline import Provenance
-    from medr2.schema import parse
+    from medr2.labeler.findings import label_report
+    from medr2.inference.pipeline import Provenance
+    from medr2.report.schema import parse
 
     parsed = parse(text)
     out = parsed.output
@@ -211,7 +211,7 @@ def test_location_scores_read_devices_bibasilar_and_unlocated_statements_as_radi
 
 def test_phantom_reference_reports_agree_with_their_own_ground_truth_locations():
     """The text-based check must recover the generator's side for every lateralised lung/pleural finding."""
-    from medr2.evaluate import stated_location
+    from medr2.evaluation.evaluate import stated_location
 
     checked = 0
     for study in generate_studies(80, seed=8):
@@ -225,7 +225,7 @@ def test_phantom_reference_reports_agree_with_their_own_ground_truth_locations()
 
 
 def test_stated_severity_reads_the_severity_of_the_sentences_that_name_the_finding():
-    from medr2.evaluate import stated_severity
+    from medr2.evaluation.evaluate import stated_severity
 
     report = "Findings: Moderately enlarged heart. Small right pleural effusion. No pneumothorax."
     assert stated_severity(report, "Pleural Effusion") == {"small"}
@@ -242,7 +242,7 @@ def test_stated_severity_reads_the_severity_of_the_sentences_that_name_the_findi
 
 def test_phantom_eval_set_can_carry_v7_labels_on_the_same_films():
     """`medr2 evaluate --hedging random` scores v7's labels on the films v8 draws, so older tables reproduce."""
-    from medr2.evaluate import EvalConfig, load_eval_set
+    from medr2.evaluation.evaluate import EvalConfig, load_eval_set
 
     ids, images, refs = load_eval_set(EvalConfig(n=60, seed=3))
     ids7, images7, refs7 = load_eval_set(EvalConfig(n=60, seed=3, hedging="random"))
@@ -255,7 +255,7 @@ def test_phantom_eval_set_can_carry_v7_labels_on_the_same_films():
 def test_phantom_eval_set_can_draw_v8_films():
     """`medr2 evaluate --opacity_placement free` draws generator v8's films: the same set but for the few studies
     whose opacity v9 moves off another lung finding."""
-    from medr2.evaluate import EvalConfig, load_eval_set
+    from medr2.evaluation.evaluate import EvalConfig, load_eval_set
 
     ids, images, refs = load_eval_set(EvalConfig(n=150, seed=2))
     ids8, images8, refs8 = load_eval_set(EvalConfig(n=150, seed=2, opacity_placement="free"))

@@ -7,9 +7,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from reflection_probe import disagreements, forced_prefix, score_study, seen_vs_unseen, summarize  # noqa: E402
 
-from medr2.phantom import generate_studies  # noqa: E402
-from medr2.schema import ReflectionItem, parse, render  # noqa: E402
-from medr2.traces import TraceConfig, build_trace  # noqa: E402
+from medr2.phantom.generator import generate_studies  # noqa: E402
+from medr2.report.schema import ReflectionItem, parse, render  # noqa: E402
+from medr2.report.traces import TraceConfig, build_trace  # noqa: E402
 
 REFERENCE = "Findings: Normal heart size. Moderate right pleural effusion. Nodule in the left upper zone."
 

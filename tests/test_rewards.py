@@ -6,8 +6,12 @@ import pickle
 
 import pytest
 
-from medr2 import findings, metrics, rewards
-from medr2.rewards import (
+from medr2.labeler import findings
+
+from medr2.evaluation import metrics
+
+from medr2.evaluation import rewards
+from medr2.evaluation.rewards import (
     REWARDS,
     format_reward,
     get_reward_funcs,

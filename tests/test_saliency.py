@@ -1,4 +1,4 @@
-"""medr2.saliency on micro models built from config: targets, layer registry, Grad-CAM vs captum, maps, overlays."""
+"""medr2.saliency.maps on micro models built from config: targets, layer registry, Grad-CAM vs captum, maps, overlays."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,13 +6,13 @@ import pytest
 import torch
 from captum.attr import LayerGradCam, LayerGradientXActivation
 
-from medr2 import saliency as S
-from medr2.findings import label_report
-from medr2.imaging import load_image
-from medr2.model import TinyVLMConfig, build_chat, build_tiny_vlm, prepare_inputs
-from medr2.pipeline import StudyResult, _as_loaded
-from medr2.schema import parse
-from medr2.tokenizer import train_tokenizer
+from medr2.saliency import maps as S
+from medr2.labeler.findings import label_report
+from medr2.imaging.loader import load_image
+from medr2.modeling.model import TinyVLMConfig, build_chat, build_tiny_vlm, prepare_inputs
+from medr2.inference.pipeline import StudyResult, _as_loaded
+from medr2.report.schema import parse
+from medr2.modeling.tokenizer import train_tokenizer
 
 ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
 GENERATED = """<think>
@@ -167,7 +167,7 @@ def test_gradcam_equals_captum(tokenizer, film, arch):
         return (S.token_logprobs(model, inputs, new_ids, pixels) * weights).sum(-1)
 
     def captum_maps(block):
-        with S._Probe(block, S._layout(model, inputs, "block")) as probe:
+        with S.LayerProbe(block, S.patch_layout(model, inputs, "block")) as probe:
             cam = LayerGradCam(forward, probe.identity).attribute(inputs["pixel_values"])[0, 0]
             gxa = LayerGradientXActivation(forward, probe.identity).attribute(inputs["pixel_values"])[0].sum(0)
         return cam, gxa
@@ -243,12 +243,12 @@ def test_qwen_grid_order_follows_the_image(tokenizer):
     for arch in ("qwen2_vl", "qwen2_5_vl"):
         model, processor = _micro(tokenizer, arch)
         inputs = prepare_inputs(processor, (x + 0 * y).astype(np.uint8), build_chat("x"))
-        order = S._qwen_patch_order(16, 16)
+        order = S.qwen_patch_order(16, 16)
         col = inputs["pixel_values"][order].mean(1).reshape(16, 16)  # brightness = image column
         assert (col.diff(dim=1) > 0).all() and (col.diff(dim=0).abs() < 1e-5).all()
-        layout = S._layout(model, inputs, "block")
+        layout = S.patch_layout(model, inputs, "block")
         seen = {}
-        visual = S._part(model, "visual")
+        visual = S.vlm_part(model, "visual")
 
         def keep(module, args, kwargs):
             seen["x"] = args[0] if args else kwargs["hidden_states"]
@@ -310,7 +310,7 @@ def test_real_radiograph_shape(tokenizer):
 
 def test_evidence_region_holds_the_phantom_masks():
     """The plausible regions are loose enough for every ground-truth mask of held-out phantoms."""
-    from medr2.phantom import generate_studies
+    from medr2.phantom.generator import generate_studies
 
     checked = 0
     for study in generate_studies(40, 3):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medr2.schema import (
+from medr2.report.schema import (
     SECTIONS,
     MedR2Output,
     PerceptionItem,

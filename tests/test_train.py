@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from medr2.model import load_model
+from medr2.modeling.model import load_model
 
 SFT_ARGS = ["--micro", "true", "--n_train", "6", "--max_steps", "2", "--per_device_train_batch_size", "2",
             "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--gradient_checkpointing", "false",
@@ -83,8 +83,8 @@ def test_grpo_rejects_mismatched_weights(tmp_path):
 
 
 def test_sft_and_evaluate_on_an_r2gen_dataset(sft_checkpoint, tmp_path):
-    from medr2.data import write_phantom_dataset
-    from medr2.phantom import generate_studies
+    from medr2.data.datasets import write_phantom_dataset
+    from medr2.phantom.generator import generate_studies
 
     root = tmp_path / "r2gen"
     write_phantom_dataset(generate_studies(10, seed=31), root, val_frac=0.2, test_frac=0.2)
@@ -103,7 +103,7 @@ def test_sft_and_evaluate_on_an_r2gen_dataset(sft_checkpoint, tmp_path):
     ev = _medr2("evaluate", "--model", str(sft_checkpoint), "--n", "2", "--seed", "31", "--max_new_tokens", "8",
                 "--no-nlg", "--out", str(tmp_path / "eval_phantoms"), cwd=Path.cwd())
     assert ev.returncode == 0, ev.stderr[-3000:]
-    from medr2.phantom import GENERATOR_VERSION
+    from medr2.phantom.generator import GENERATOR_VERSION
 
     summary = json.loads((tmp_path / "eval_phantoms" / "eval.json").read_text())
     assert summary["config"]["phantom_generator_version"] == GENERATOR_VERSION  # a seed's films change with it
@@ -146,7 +146,7 @@ def test_sft_unfreezes_the_tower_at_its_own_low_learning_rate(sft_checkpoint, tm
 
 
 def test_model_card_states_demo_status_and_both_ce_conventions():
-    from medr2.train.export import model_card
+    from medr2.training.export import model_card
 
     row = {"observation": "Pneumonia", "precision": 0.5, "recall": 0.25, "f1": 1 / 3, "support": 4}
     metrics = {"n": 10, "config": {"seed": 3},
@@ -165,9 +165,9 @@ def test_model_card_states_demo_status_and_both_ce_conventions():
 
 
 def test_grpo_prompts_can_be_enriched_with_focal_studies():
-    from medr2.phantom import generate_studies
-    from medr2.train.grpo import MedR2GRPOConfig, prompt_studies
-    from medr2.train.perception import FOCAL_KINDS
+    from medr2.phantom.generator import generate_studies
+    from medr2.training.grpo import MedR2GRPOConfig, prompt_studies
+    from medr2.phantom.specs import FOCAL_KINDS
 
     def focal(studies):
         return sum(any(f.kind in FOCAL_KINDS for f in s.findings) for s in studies)
@@ -186,7 +186,7 @@ def test_grpo_prompts_can_be_enriched_with_focal_studies():
 def test_photometric_augment_changes_exposure_but_keeps_the_film():
     import numpy as np
 
-    from medr2.train.perception import PerceptionConfig, augment_photometric
+    from medr2.training.perception import PerceptionConfig, augment_photometric
 
     rng = np.random.default_rng(0)
     films = np.tile(np.linspace(0, 255, 64, dtype=np.float32), (3, 64, 1)).astype(np.uint8)  # three grey ramps
@@ -221,7 +221,7 @@ def test_train_perception_writes_tower_heads_and_per_class_metrics(tmp_path):
     for name in ("vision_tower.safetensors", "perception_heads.safetensors", "perception_loss.png", "history.jsonl"):
         assert (out / name).stat().st_size > 0
     assert json.loads((out / "perception_config.json").read_text())["photometric_augment"] == 0.3
-    from medr2.train.perception import load_trained
+    from medr2.training.perception import load_trained
 
     net, config = load_trained(out)  # what the benchmarks load: the saved run, with its own config
     assert config.vision_hidden == 32 and config.n_train == 8 and not net.training
@@ -232,9 +232,9 @@ def test_stage0_continues_from_a_vlm_tower_and_warms_up_the_heads_first(tmp_path
     the run's end the tower stays exactly as loaded while the heads learn."""
     import torch
 
-    from medr2.model import TinyVLMConfig, build_tiny_vlm, train_tokenizer
-    from medr2.train.perception import PerceptionConfig, PerceptionNet, load_perception, load_trained, train
-    from medr2.train.sft import vision_tower_path
+    from medr2.modeling.model import TinyVLMConfig, build_tiny_vlm, train_tokenizer
+    from medr2.training.perception import PerceptionConfig, PerceptionNet, load_perception, load_trained, train
+    from medr2.training.sft import vision_tower_path
 
     tiny = TinyVLMConfig.micro("llava")
     vlm, processor = build_tiny_vlm(train_tokenizer(["Findings: normal heart size. Impression: normal."], vocab_size=300), tiny)
@@ -266,7 +266,7 @@ def test_stage0_continues_from_a_vlm_tower_and_warms_up_the_heads_first(tmp_path
 def test_kind_oversample_repeats_the_named_kinds_and_rejects_bad_specs():
     from types import SimpleNamespace
 
-    from medr2.train.sft import parse_kind_oversample, study_repeats
+    from medr2.training.sft import parse_kind_oversample, study_repeats
 
     kinds = parse_kind_oversample("opacity:3, pneumonia:4")
     assert kinds == {"opacity": 3, "pneumonia": 4}
@@ -285,7 +285,7 @@ def test_kind_oversample_repeats_the_named_kinds_and_rejects_bad_specs():
 
 
 def _micro_perception_dims(layers: int) -> dict:
-    from medr2.model import TinyVLMConfig
+    from medr2.modeling.model import TinyVLMConfig
 
     tiny = TinyVLMConfig.micro("llava")
     return dict(vision_hidden=tiny.vision_hidden, vision_layers=layers, vision_heads=tiny.vision_heads,
@@ -298,8 +298,8 @@ def test_deepening_a_trained_tower_keeps_its_output_then_the_new_blocks_learn(tm
     import torch
     from safetensors.torch import save_file
 
-    from medr2.model import grow_siglip_depth, siglip_depth
-    from medr2.train.perception import PerceptionConfig, PerceptionNet, load_perception, to_pixels
+    from medr2.modeling.model import grow_siglip_depth, siglip_depth
+    from medr2.training.perception import PerceptionConfig, PerceptionNet, load_perception, to_pixels
 
     torch.manual_seed(0)
     shallow = PerceptionNet(PerceptionConfig(**_micro_perception_dims(2)))
@@ -334,12 +334,12 @@ def test_sft_deepens_the_vlm_tower_to_a_deeper_stage0_tower_and_saves_the_depth(
     import torch
     from safetensors.torch import save_file
 
-    from medr2.model import TinyVLMConfig, build_tiny_vlm, grow_siglip_depth, siglip_depth, train_tokenizer
-    from medr2.train.sft import load_pretrained_tower, vision_tower_path
+    from medr2.modeling.model import TinyVLMConfig, build_tiny_vlm, grow_siglip_depth, siglip_depth, train_tokenizer
+    from medr2.training.sft import load_pretrained_tower, vision_tower_path
 
     tiny = TinyVLMConfig.micro("llava")
     vlm, processor = build_tiny_vlm(train_tokenizer(["Findings: normal heart size. Impression: normal."], vocab_size=300), tiny)
-    from medr2.train.perception import PerceptionConfig, PerceptionNet
+    from medr2.training.perception import PerceptionConfig, PerceptionNet
 
     deeper = PerceptionNet(PerceptionConfig(**_micro_perception_dims(tiny.vision_layers))).tower
     grow_siglip_depth(deeper, tiny.vision_layers + 1)
@@ -366,7 +366,7 @@ def test_export_can_store_weights_in_float16_and_the_model_still_runs_in_float32
     import torch
     from safetensors.torch import load_file
 
-    from medr2.train.export import export
+    from medr2.training.export import export
 
     dest = export(sft_checkpoint, tmp_path / "fp16", target="medr2", recipe=["r.yaml"], store_dtype="float16")
     stored = load_file(str(dest / "model.safetensors"))
@@ -388,7 +388,7 @@ def test_export_can_store_weights_in_float16_and_the_model_still_runs_in_float32
 
 
 def test_export_carries_the_runs_saliency_depth_choice_and_drops_a_stale_one(sft_checkpoint, tmp_path):
-    from medr2.train.export import export
+    from medr2.training.export import export
 
     run = tmp_path / "run"
     shutil.copytree(sft_checkpoint, run)

@@ -1,0 +1,362 @@
+"""One call from image to shown work: the pipeline every front end uses (CLI, evaluation, app).
+
+image (path / bytes / PIL / LoadedImage) -> `medr2.imaging.loader` -> processor + prompt -> `generate` (streamed)
+-> `medr2.report.schema.parse` (sections as soon as they close) -> `medr2.labeler.findings` labels of draft and final
+report -> a `StudyResult` with timings and provenance. Saliency is computed lazily on request
+(`Pipeline.saliency`), so text appears before maps.
+
+Hands on: a stream of `Event`s (tokens, then each completed section), then the `StudyResult`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from medr2.labeler.findings import Labels, label_report
+from medr2.report.schema import MedR2Output, ParseResult, parse
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EMBEDDED_MODEL = REPO_ROOT / "assets" / "model"
+MODEL_CARD_FILE = "medr2_model.json"  # written by our training: target, demo flag, data provenance
+
+
+def default_model() -> str:
+    """`MEDR2_MODEL` (local path or hub id) if set, else the embedded demo model shipped in assets/model."""
+    return os.environ.get("MEDR2_MODEL") or str(EMBEDDED_MODEL)
+
+
+def read_model_card(model: str, name: str = MODEL_CARD_FILE) -> dict:
+    """A JSON file our export writes beside the weights (`medr2_model.json`, `saliency.json`); {} for other models."""
+    path = Path(model) / name
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@dataclass
+class PipelineConfig:
+    """Generation settings for one pipeline (one config per entry point)."""
+
+    model: str = field(default_factory=default_model)
+    adapter: str | None = None  # LoRA adapter folder (peft) on top of `model`
+    max_new_tokens: int = 640
+    greedy: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.95
+    device: str | None = None  # None = cuda when available, else cpu
+    threads: int | None = None  # torch CPU threads; None = torch default
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class Provenance:
+    """What produced a report: shown beside every report and stored with feedback."""
+
+    model: str
+    weights_sha256: str
+    demo: bool
+    training_data: str
+    medr2_version: str
+
+    def line(self) -> str:
+        flag = " — DEMO MODEL trained on synthetic phantoms, not for clinical use" if self.demo else ""
+        return f"{self.model} (weights {self.weights_sha256[:12]}){flag}"
+
+
+@dataclass
+class Event:
+    """One streamed step: kind is 'token' (text so far grew), 'section' (a section closed) or 'done'."""
+
+    kind: str
+    text: str
+    section: str | None = None
+    parsed: ParseResult | None = None
+
+
+@dataclass
+class StudyResult:
+    raw_text: str
+    parsed: ParseResult
+    draft_labels: Labels | None
+    final_labels: Labels | None
+    timings: dict[str, float]
+    provenance: Provenance
+    n_tokens: int
+    image: Any = None  # the LoadedImage that was read (pixels + allow-listed metadata), kept for saliency/UI
+    _saliency_inputs: dict | None = field(default=None, repr=False)
+
+    @property
+    def output(self) -> MedR2Output:
+        return self.parsed.output
+
+    def to_json(self) -> dict:
+        out = self.parsed.output
+        return {
+            "report": out.report.text if out.report else None,
+            "draft": out.draft.text if out.draft else None,
+            "perception": [asdict(p) for p in out.perception],
+            "reasoning": [asdict(r) for r in out.reasoning],
+            "reflection": [asdict(r) for r in out.reflection],
+            "missing_sections": list(self.parsed.missing),
+            "problems": list(self.parsed.problems),
+            "draft_labels": self.draft_labels, "final_labels": self.final_labels,
+            "timings": self.timings, "tokens": self.n_tokens, "provenance": asdict(self.provenance),
+            "warnings": list(getattr(self.image, "warnings", []) or []),
+        }
+
+
+def _as_loaded(image):
+    """Accept a path, bytes, PIL image, uint8 array or LoadedImage; return a LoadedImage (imaging errors propagate)."""
+    from medr2.imaging import loader as imaging
+
+    if isinstance(image, imaging.LoadedImage):
+        return image
+    if isinstance(image, (Image.Image, np.ndarray)):
+        import io
+
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+        buf = io.BytesIO()
+        pil.save(buf, format="PNG")
+        return imaging.load_image(buf.getvalue())
+    return imaging.load_image(image)
+
+
+def _model_label(model: str) -> str:
+    """What provenance shows: a hub id as given, a folder inside this repo relative to it, else the folder name.
+
+    Never an absolute path: it may name a user's home folder.
+    """
+    path = Path(model)
+    if not path.exists():
+        return model
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return path.resolve().name
+
+
+def _clean(text: str, special: list[str]) -> str:
+    for token in special:
+        text = text.replace(token, "")
+    return text.strip()
+
+
+class Pipeline:
+    """Loads a model once; `stream(image)` / `run(image)` / `run_batch(images)` produce reports with shown work."""
+
+    def __init__(self, config: PipelineConfig | None = None):
+        import torch
+        from transformers.utils import logging as hf_logging
+
+        from medr2.modeling.model import load_model, weights_sha256
+        from medr2.saliency.maps import DEPTH_FILE
+
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per start-up is noise in CLI output and app logs
+
+        self.config = config or PipelineConfig()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        t0 = time.perf_counter()
+        self.model, self.processor = load_model(self.config.model, device=self.config.device, adapter=self.config.adapter)
+        self.model.eval()
+        self.load_seconds = time.perf_counter() - t0
+        self.card = read_model_card(self.config.model)
+        self.saliency_config = read_model_card(self.config.model, DEPTH_FILE)
+        self.provenance = Provenance(
+            model=_model_label(self.config.model),
+            weights_sha256=weights_sha256(self.config.model) if Path(self.config.model).exists() else "hub",
+            demo=bool(self.card.get("demo", False)),
+            training_data=self.card.get("training_data", "unknown"),
+            medr2_version=__import__("medr2").__version__,
+        )
+        tok = self.processor.tokenizer
+        # Chat/padding markers only: the schema tags may be special tokens too and must stay in the text.
+        self._strip = [t for t in {tok.eos_token, tok.pad_token, getattr(tok, "bos_token", None), "<|im_end|>", "<|im_start|>", "<|endoftext|>"} if t]
+
+    def messages(self) -> list[dict]:
+        """The chat for this model: our trained prompt, or the prompted-mode system prompt for general LVLMs."""
+        from medr2.report.knowledge import prompted_system_prompt
+        from medr2.modeling.model import build_chat
+        from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT
+
+        if self.card.get("target") == "direct":
+            return build_chat(DIRECT_PROMPT)
+        if self.card:
+            return build_chat(MEDR2_PROMPT)
+        return build_chat(MEDR2_PROMPT, system=prompted_system_prompt())
+
+    def _inputs(self, pil_images: list[Image.Image], prefixes: list[str] | None = None):
+        from medr2.modeling.model import prepare_inputs
+
+        inputs = prepare_inputs(self.processor, pil_images, self.messages(), assistant_prefixes=prefixes)
+        return inputs.to(self.model.device)
+
+    def _gen_kwargs(self) -> dict:
+        from medr2.modeling.model import generation_kwargs
+
+        return generation_kwargs(greedy=self.config.greedy, max_new_tokens=self.config.max_new_tokens,
+                                 temperature=self.config.temperature, top_p=self.config.top_p)
+
+    def _finish(self, text: str, loaded, n_tokens: int, timings: dict, inputs=None, new_ids=None) -> StudyResult:
+        t0 = time.perf_counter()
+        parsed = parse(text)
+        out = parsed.output
+        draft_labels = label_report(out.draft.text) if out.draft else None
+        final_labels = label_report(out.report.text) if out.report else None
+        timings["labels_s"] = time.perf_counter() - t0
+        sal = {"inputs": inputs, "new_ids": new_ids} if inputs is not None else None
+        return StudyResult(text, parsed, draft_labels, final_labels, timings, self.provenance, n_tokens, loaded, sal)
+
+    def stream(self, image) -> Iterator[Event | StudyResult]:
+        """Yield token events and section events as generation proceeds, then the StudyResult."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        loaded = _as_loaded(image)
+        inputs = self._inputs([loaded.to_pil()])
+        timings["preprocess_s"] = time.perf_counter() - t0
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=False)
+        result: dict = {}
+
+        def _generate():
+            try:
+                with torch.no_grad():
+                    result["ids"] = self.model.generate(**inputs, **self._gen_kwargs(), streamer=streamer)
+            except BaseException as exc:  # surfaced to the caller below, after the streamer is closed
+                result["error"] = exc
+                streamer.end()
+
+        t1 = time.perf_counter()
+        worker = threading.Thread(target=_generate, daemon=True)
+        worker.start()
+        text, seen_sections, first_token = "", 0, None
+        for piece in streamer:
+            if first_token is None:
+                first_token = time.perf_counter() - t1
+            text += piece
+            clean = _clean(text, self._strip)
+            yield Event("token", clean)
+            parsed = parse(clean)
+            for name in parsed.complete_sections[seen_sections:]:
+                yield Event("section", clean, section=name, parsed=parsed)
+            seen_sections = len(parsed.complete_sections)
+        worker.join()
+        if "error" in result:
+            raise result["error"]
+        timings["first_token_s"] = first_token or 0.0
+        timings["generate_s"] = time.perf_counter() - t1
+        new_ids = result["ids"][:, inputs["input_ids"].shape[1]:]
+        final = self._finish(_clean(text, self._strip), loaded, int(new_ids.shape[1]), timings, inputs, new_ids)
+        yield Event("done", final.raw_text, parsed=final.parsed)
+        yield final
+
+    def run(self, image) -> StudyResult:
+        """Generate for one image without streaming events."""
+        *_, result = self.stream(image)
+        return result
+
+    def run_batch(self, images: list, batch_size: int = 16, prefixes: list[str] | None = None) -> list[StudyResult]:
+        """Batched generation for evaluation (left padding); results in input order.
+
+        `prefixes` (one per image) are forced as the start of each answer and generation continues from them;
+        each result's text is prefix + continuation (how `benchmarks/reflection_probe.py` hands the model a
+        draft with a known error and reads what its reflection does)."""
+        import torch
+
+        if prefixes is not None and len(prefixes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(prefixes)} prefixes: pass one per image")
+        tok = self.processor.tokenizer
+        tok.padding_side = "left"  # decoder-only batch generation needs the prompt flush right
+        results = []
+        for i in range(0, len(images), batch_size):
+            chunk = [_as_loaded(im) for im in images[i:i + batch_size]]
+            chunk_prefixes = prefixes[i:i + batch_size] if prefixes is not None else None
+            t0 = time.perf_counter()
+            inputs = self._inputs([c.to_pil() for c in chunk], chunk_prefixes)
+            with torch.no_grad():
+                ids = self.model.generate(**inputs, **self._gen_kwargs())
+            per_study = (time.perf_counter() - t0) / len(chunk)
+            new = ids[:, inputs["input_ids"].shape[1]:]
+            for j, (loaded, row) in enumerate(zip(chunk, new)):
+                text = _clean(tok.decode(row, skip_special_tokens=False), self._strip)
+                if chunk_prefixes is not None:
+                    text = chunk_prefixes[j] + text
+                n = int((row != tok.pad_token_id).sum())
+                results.append(self._finish(text, loaded, n, {"generate_s": per_study}))
+        return results
+
+    def saliency(self, result: StudyResult, **kwargs):
+        """Per-finding saliency maps for a streamed/run result (computed on request; see medr2.saliency.maps), with
+        the model folder's per-finding block weights (`saliency.json`) unless `depth_weights` is given."""
+        from medr2.saliency import maps as saliency
+
+        if result._saliency_inputs is None:
+            raise ValueError("saliency needs a result from Pipeline.run/stream (batched results keep no inputs)")
+        kwargs.setdefault("depth_weights", self.saliency_config.get("depth_weights"))
+        return saliency.explain(self.model, self.processor, result, **kwargs)
+
+
+def cli_generate(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="medr2 generate", description="Perceive, reason, reflect and report on one chest radiograph.")
+    parser.add_argument("image", help="DICOM (any extension), PNG or JPEG")
+    parser.add_argument("--model", default=default_model(), help="local path or hub id (default: $MEDR2_MODEL or the embedded demo model)")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter folder")
+    parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    parser.add_argument("--max-new-tokens", type=int, default=640)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    args = parser.parse_args(argv)
+    from medr2.imaging.loader import ImageLoadError
+    from medr2.modeling.model import ModelLoadError
+
+    try:
+        pipe = Pipeline(PipelineConfig(model=args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens, greedy=not args.sample))
+        result = pipe.run(args.image)
+    except (ImageLoadError, ModelLoadError, ValueError) as exc:
+        print(f"medr2 generate: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print(format_result(result))
+    return 0
+
+
+def format_result(result: StudyResult) -> str:
+    """Human-readable shown work: perception, reasoning, draft, reflection, report, labels, provenance."""
+    out, lines = result.output, []
+    for w in getattr(result.image, "warnings", []) or []:
+        lines.append(f"WARNING: {w}")
+    lines.append("PERCEPTION")
+    lines += [f"  {p.region}: {p.text}" for p in out.perception]
+    lines.append("REASONING")
+    lines += [f"  {r.sign} -> {r.conclusion}" + (f"  [rule: {r.rule_id}]" if r.rule_id else "") for r in out.reasoning]
+    lines.append("DRAFT")
+    lines.append(f"  {out.draft.text if out.draft else '(none)'}")
+    lines.append("REFLECTION")
+    lines += [f"  {r.action}: {r.target} - {r.text}" for r in out.reflection]
+    lines.append("REPORT")
+    lines.append(f"  {out.report.text if out.report else '(none: the model did not finish a report)'}")
+    if result.final_labels:
+        pos = [k for k, v in result.final_labels.items() if v in (1, -1)]
+        lines.append("FINDINGS: " + (", ".join(f"{k}{'?' if result.final_labels[k] == -1 else ''}" for k in pos) or "none"))
+    if result.parsed.problems:
+        lines.append("PARSE PROBLEMS: " + "; ".join(result.parsed.problems))
+    lines.append(f"MODEL: {result.provenance.line()}")
+    lines.append(f"TIME: {sum(v for k, v in result.timings.items()):.2f} s, {result.n_tokens} tokens")
+    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""Which vision layers a saliency map explains, per architecture, and how their rows map to the image grid.
+
+The layer registry of `medr2.saliency.maps`: `layers_for` / `layer_for` name the explained modules (every vision
+block the language model reads by default, the last block alone, or the projector / patch merger) for
+LLaVA, Qwen2-VL and Qwen2.5-VL; `patch_layout` says how the layer's token rows map to the row-major patch grid
+(Qwen's 2 x 2 merge windows, Qwen2.5-VL's attention windows, LLaVA's optional CLS token); `LayerProbe` routes a
+module's output through a grid-shaped tensor whose gradient the attribution engine reads. Hands those to
+`medr2.saliency.maps`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_LAYER = "blocks"
+LAYERS = ("blocks", "block", "projector")
+SUPPORTED_ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
+
+
+def vlm_base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wrapper
+
+
+def vlm_arch(model) -> str:
+    arch = getattr(vlm_base(model).config, "model_type", None)
+    if arch not in SUPPORTED_ARCHS:
+        raise ValueError(f"saliency supports {', '.join(SUPPORTED_ARCHS)} models, not model_type={arch!r}")
+    return arch
+
+
+def vlm_part(model, name: str):
+    base = vlm_base(model)
+    part = getattr(getattr(base, "model", base), name, None)
+    return part if part is not None else getattr(base, name)
+
+
+def _vision_blocks(model) -> list[torch.nn.Module]:
+    """The vision transformer blocks whose output reaches the language model, in forward order."""
+    if vlm_arch(model) != "llava":
+        return list(vlm_part(model, "visual").blocks)
+    tower = vlm_part(model, "vision_tower")
+    blocks = list(next(m for n, m in tower.named_modules() if n.endswith("encoder.layers")))
+    feature_layer = vlm_base(model).config.vision_feature_layer
+    # hidden_states[i] for i < 0 is the output of blocks[i]: stop at the block LLaVA actually reads.
+    last = len(blocks) + feature_layer if isinstance(feature_layer, int) and feature_layer < 0 else len(blocks) - 1
+    return blocks[:last + 1]
+
+
+def _check_layer(layer: str) -> None:
+    if layer not in LAYERS:
+        raise ValueError(f"layer={layer!r}: use one of {', '.join(repr(x) for x in LAYERS)}")
+
+
+def layer_for(model, layer: str = "block") -> torch.nn.Module:
+    """One explained vision module: "block" = the vision tower's (feature) block, "projector" = LLaVA's
+    multi_modal_projector / Qwen's patch merger."""
+    vlm_arch(model)
+    _check_layer(layer)
+    if layer == "blocks":
+        raise ValueError("layer='blocks' is several modules: use layers_for")
+    if layer == "projector":
+        return vlm_part(model, "multi_modal_projector") if vlm_arch(model) == "llava" else vlm_part(model, "visual").merger
+    return _vision_blocks(model)[-1]
+
+
+def layers_for(model, layer: str = DEFAULT_LAYER) -> list[torch.nn.Module]:
+    """The explained vision modules in forward order: "blocks" = every vision block the language model
+    reads (their maps are fused), "block" / "projector" = the one module of `layer_for`."""
+    vlm_arch(model)
+    _check_layer(layer)
+    return _vision_blocks(model) if layer == "blocks" else [layer_for(model, layer)]
+
+
+@dataclass
+class PatchLayout:
+    """How the explained layer's rows map to the image grid: rows[order] is the grid in row-major order."""
+
+    gh: int
+    gw: int
+    order: torch.Tensor  # [gh * gw] long
+    skip: int = 0  # leading non-patch rows (LLaVA "default" strategy: a CLS token)
+    batched: bool = True  # LLaVA: [B, N, D]; Qwen: [B * N, D]
+
+
+def qwen_patch_order(h: int, w: int) -> torch.Tensor:
+    """Qwen's processor emits patches in 2 x 2 merge windows: row of grid cell (y, x)."""
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return (((y // 2) * (w // 2) + x // 2) * 4 + (y % 2) * 2 + x % 2).reshape(-1)
+
+
+def patch_layout(model, inputs, layer: str) -> PatchLayout:
+    _check_layer(layer)
+    layer = "block" if layer == "blocks" else layer  # every block has the same token layout
+    arch, cfg = vlm_arch(model), vlm_base(model).config
+    if arch == "llava":
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        skip = 1 if cfg.vision_feature_select_strategy == "default" and layer == "block" else 0
+        return PatchLayout(side, side, torch.arange(side * side), skip)
+    t, h, w = (int(v) for v in inputs["image_grid_thw"][0])
+    merge = cfg.vision_config.spatial_merge_size
+    if layer == "block":
+        order = qwen_patch_order(h, w)
+    else:
+        h, w, order = h // merge, w // merge, torch.arange(h * w // merge ** 2)
+    if arch == "qwen2_5_vl":  # blocks and merger run in window order; map merged units through it
+        from transformers.vision_utils import get_vision_window_index
+
+        visual = vlm_part(model, "visual")
+        window, _ = get_vision_window_index(inputs["image_grid_thw"][:1].cpu(), spatial_merge_size=merge,
+                                            window_size=visual.window_size, patch_size=visual.patch_size)
+        pos = torch.argsort(window)  # merged unit m sits at window position pos[m]
+        unit = merge * merge if layer == "block" else 1
+        order = pos[order // unit] * unit + order % unit
+    return PatchLayout(h, w, order.long(), 0, False)
+
+
+class LayerProbe:
+    """Routes the layer's output through a grid-shaped tensor [B, D, gh, gw] and keeps it for gradients.
+
+    A leaf by default, so backward stops here; `chain=True` (a later layer of a multi-layer probe) keeps it
+    in the graph instead, so gradients still flow on to the earlier probed layers."""
+
+    def __init__(self, module: torch.nn.Module, layout: PatchLayout, chain: bool = False):
+        self.module, self.layout, self.acts, self.chain = module, layout, None, chain
+        self.identity = torch.nn.Identity()  # what captum hooks in the equality test
+
+    def _hook(self, module, args, output):
+        x = output[0] if isinstance(output, tuple) else getattr(output, "last_hidden_state", output)
+        lay = self.layout
+        rows = x[:, lay.skip:] if lay.batched else x.reshape(-1, len(lay.order), x.shape[-1])  # [B, N, D]
+        grid = rows[:, lay.order].transpose(1, 2).reshape(rows.shape[0], -1, lay.gh, lay.gw)
+        if not (self.chain and grid.requires_grad):
+            grid = grid.detach().requires_grad_(True)  # a leaf: backward stops here
+        grid = self.identity(grid)
+        self.acts = grid
+        back = torch.empty_like(rows)
+        back[:, lay.order] = grid.flatten(2).transpose(1, 2)
+        new = torch.cat([x[:, :lay.skip], back], 1) if lay.batched else back.reshape(x.shape)
+        if isinstance(output, tuple):
+            return (new,) + output[1:]
+        if hasattr(output, "last_hidden_state"):
+            output.last_hidden_state = new
+            return output
+        return new
+
+    def __enter__(self) -> LayerProbe:
+        # prepend: transformers' output-capturing hooks must record the probed tensor, not the original.
+        self.handle = self.module.register_forward_hook(self._hook, prepend=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()

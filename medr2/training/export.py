@@ -1,0 +1,146 @@
+"""Package a trained run as the embedded demo model: weights + processor + model card + provenance.
+
+Hands on `assets/model/` (or any folder): the `save_pretrained` files, `medr2_model.json` (read by the
+pipeline: target, demo flag, training data — shown in the UI as provenance) and a `README.md` model card
+with the recipe, commit, measured metrics and limitations.
+
+Run: `python -m medr2.training.export runs/sft_medr2 assets/model --eval runs/eval/medr2/eval.json`
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+KEEP = ("config.json", "generation_config.json", "model.safetensors", "processor_config.json", "preprocessor_config.json",
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+        "training_summary.json", "sft_loss.png", "grpo_curves.png",
+        # The saliency depth choice belongs to the weights it was measured on: carried with them, and an earlier
+        # export's choice is removed (a 4-block choice would not even fit a 6-block tower).
+        "saliency.json")
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+STORE_DTYPES = ("float32", "float16")
+
+
+def store_weights_as(path: Path, dtype: str) -> None:
+    """Rewrite a safetensors file with its floating-point tensors in `dtype` (integer tensors untouched).
+
+    Why float16: it halves the embedded model's file (the asset budget is 25 MB) at a relative rounding error of
+    ~5e-4, and `config.json` keeps float32 as the compute dtype, so `from_pretrained` upcasts on load: the model
+    runs in float32 on CPU as before. (bfloat16 would keep 8 fewer mantissa bits.)
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"store dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
+    tensors = load_file(str(path))
+    target = getattr(torch, dtype)
+    save_file({k: v.to(target) if v.is_floating_point() else v for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+
+
+def export(run_dir: str | Path, dest: str | Path, *, target: str, recipe: list[str], eval_json: str | None = None, notes: str = "",
+           store_dtype: str = "float32") -> Path:
+    run_dir, dest = Path(run_dir), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in KEEP:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dest / name)
+        elif (dest / name).is_file():  # left by an earlier export (e.g. an SFT loss curve beside GRPO weights)
+            (dest / name).unlink()
+    if store_dtype != "float32":
+        store_weights_as(dest / "model.safetensors", store_dtype)
+    metrics = json.loads(Path(eval_json).read_text()) if eval_json else None
+    card = {
+        "target": target,
+        "demo": True,
+        "training_data": "synthetic chest-radiograph phantoms (medr2.phantom.generator); no patient data",
+        "intended_use": "research demo of shown-work report generation; NOT for clinical use",
+        "recipe": recipe,
+        "commit": _commit(),
+        "weights_stored_as": store_dtype,
+        "architecture": describe_architecture(dest / "config.json"),
+    }
+    (dest / "medr2_model.json").write_text(json.dumps(card, indent=2))
+    (dest / "README.md").write_text(model_card(card, metrics, notes))
+    return dest
+
+
+def describe_architecture(config_json: Path) -> str:
+    """One line for the model card, read from the saved config (so a deepened tower is described as it is)."""
+    if not config_json.is_file():
+        return "unknown (no config.json)"
+    config = json.loads(config_json.read_text())
+    vision, text = config.get("vision_config", {}), config.get("text_config", {})
+    if config.get("model_type") != "llava":
+        return f"{config.get('model_type', 'unknown')} ({text.get('num_hidden_layers', '?')}-block language model)"
+    patch, size = vision.get("patch_size", 0), vision.get("image_size", 0)
+    tokens = (size // patch) ** 2 if patch else "?"
+    return (f"tiny LLaVA (SigLIP vision tower: {vision.get('num_hidden_layers', '?')} blocks x {vision.get('hidden_size', '?')}, "
+            f"{patch} px patches, {tokens} image tokens; Qwen2 language model: {text.get('num_hidden_layers', '?')} blocks x "
+            f"{text.get('hidden_size', '?')})")
+
+
+def model_card(card: dict, metrics: dict | None, notes: str) -> str:
+    lines = ["# medr2 embedded demo model", "",
+             "**Demo model trained only on synthetic phantoms. Not for clinical use.** It has never seen a real",
+             "radiograph; on real films (e.g. the bundled RG1 DICOM) its output is meaningless.", "",
+             f"- Architecture: {card.get('architecture', 'tiny LLaVA')}, built from config"
+             + (f"; weights stored in {card['weights_stored_as']}, run in float32" if card.get("weights_stored_as", "float32") != "float32" else "") + ".",
+             f"- Target: `{card['target']}` (perceive -> reason -> draft -> reflect -> report)" if card["target"] == "medr2" else f"- Target: `{card['target']}`",
+             f"- Training data: {card['training_data']}",
+             f"- Recipe: {'; '.join(f'`{r}`' for r in card['recipe'])}",
+             f"- Commit: `{card['commit']}`", ""]
+    if metrics:
+        f = metrics["final"]
+        eval_config = metrics.get("config", {})
+        generator = eval_config.get("phantom_generator_version")
+        lines += ["## Held-out phantom test set", "",
+                  f"- n = {metrics['n']} (phantom seed {eval_config.get('seed')}"
+                  + (f", generator v{generator}" if generator is not None else "") + ", never seen in training)",
+                  f"- CE example-based F1 (14 obs, positive-only): {f['example-14']['f1']:.3f}",
+                  f"- CE micro F1 (R2Gen, 14): {f['r2gen-14']['micro']['f1']:.3f}" if 'r2gen-14' in f else "",
+                  ""]
+        detect = {r["observation"]: r for r in metrics.get("final_uncertain_as_positive", {}).get("per_observation", [])}
+        lines += ["F1 (hedged = found): a hedged mention (\"concerning for pneumonia\") counts as a finding on both sides.", "",
+                  "| observation | P | R | F1 | support | F1 (hedged = found) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['observation']} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | {r['support']} | "
+                  + (f"{detect[r['observation']]['f1']:.2f} |" if r["observation"] in detect else "— |")
+                  for r in f["per_observation"] if r["support"]]
+        if "location" in metrics:
+            loc = metrics["location"]
+            lines += ["", f"Side correct on {loc['side_accuracy']:.1%} and zone correct on {loc['zone_accuracy']:.1%} of true positives."]
+    lines += ["", "## Limitations", "",
+              "- Synthetic data only: the phantom generator's vocabulary of findings and phrasings bounds what it can say.",
+              "- No comparison with priors, no lateral views, no clinical context.", notes]
+    return "\n".join(l for l in lines if l is not None) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("dest")
+    parser.add_argument("--target", default="medr2")
+    parser.add_argument("--recipe", action="append", default=[])
+    parser.add_argument("--eval", default=None)
+    parser.add_argument("--notes", default="")
+    parser.add_argument("--store_dtype", default="float32", choices=STORE_DTYPES,
+                        help="dtype of the stored weights (float16 halves the file; the model still runs in float32)")
+    args = parser.parse_args(argv)
+    print(export(args.run_dir, args.dest, target=args.target, recipe=args.recipe, eval_json=args.eval, notes=args.notes,
+                 store_dtype=args.store_dtype))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

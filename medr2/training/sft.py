@@ -1,0 +1,305 @@
+"""Supervised fine-tuning (TRL SFTTrainer) on Med-R2 traces or on direct reports.
+
+Load -> build -> train -> save:
+1. phantom studies (same seeds as stage 0) -> prompt/completion rows with the image
+   (`target=medr2`: perceive -> reason -> draft -> reflect -> report; `target=direct`: report only);
+2. the embedded tiny LLaVA (own tokenizer trained on the targets, stage-0 tower loaded and frozen) or any
+   image-text-to-text model by path/hub id, with LoRA for large ones;
+3. TRL SFTTrainer with completion-only loss; focal studies oversampled;
+4. model + processor saved with `save_pretrained` (loadable by `medr2.modeling.model.load_model`), loss curve PNG.
+
+Run: `medr2 train-sft --recipe recipes/sft_medr2_tiny.yaml` (any SFTConfig field may follow as a flag).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import SFTConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MedR2SFTConfig(SFTConfig):
+    """SFT entry point: TRL's SFTConfig plus what medr2 needs to build data and model."""
+
+    target: str = field(default="medr2", metadata={"help": "training target: 'medr2' (structured trace) or 'direct' (report only)"})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "fine-tune this VLM (path or hub id) or continue one of our checkpoints; empty = build the tiny embedded LLaVA"})
+    perception_dir: str | None = field(default=None, metadata={"help": "stage-0 output folder whose vision_tower.safetensors initialises the tiny model's tower"})
+    freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen (train projector + language model)"})
+    vision_learning_rate: float = field(default=0.0, metadata={"help": "with freeze_vision false: the tower's own (lower) learning rate, so the stage-0 features adapt to the language model without being overwritten; 0 = learning_rate"})
+    dataset_dir: str | None = field(default=None, metadata={"help": "R2Gen-layout dataset (IU X-Ray / MIMIC-CXR) to train on instead of phantoms; real data has no ground-truth masks, so only target=direct is supported there"})
+    n_train: int = field(default=6000, metadata={"help": "phantom training studies"})
+    train_seed: int = field(default=1, metadata={"help": "phantom seed (same as stage 0 so the tower saw these images)"})
+    focal_oversample: int = field(default=2, metadata={"help": "studies with focal findings appear this many times"})
+    kind_oversample: str = field(default="", metadata={"help": "per-kind repeats that override focal_oversample, e.g. 'opacity:3,pneumonia:3' (the findings still below the bar)"})
+    error_rate: float = field(default=0.2, metadata={"help": "fraction of Med-R2 traces whose draft carries an error that reflection fixes"})
+    vocab_size: int = field(default=2000, metadata={"help": "tokenizer vocabulary of the tiny model"})
+    arch: str = field(default="llava", metadata={"help": "tiny architecture: llava | qwen2_vl | qwen2_5_vl"})
+    text_hidden: int = field(default=256, metadata={"help": "tiny model: language model width"})
+    text_layers: int = field(default=4, metadata={"help": "tiny model: language model depth"})
+    micro: bool = field(default=False, metadata={"help": "build a ~0.2M-parameter micro model (tests and smoke runs only)"})
+    use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (peft) instead of full weights: for real LVLMs"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    time_budget_minutes: float = field(default=0.0, metadata={"help": "stop training after this many minutes (0 = no limit)"})
+
+    def __post_init__(self) -> None:
+        from medr2.training import apply_device_defaults
+
+        if self.target not in ("medr2", "direct"):
+            raise ValueError(f"target must be 'medr2' or 'direct', got {self.target!r}")
+        if self.dataset_dir and self.target == "medr2":
+            raise ValueError("Med-R2 traces are built from phantom ground truth; on a real dataset use target=direct "
+                             "(or first write traces with a teacher LVLM in prompted mode)")
+        parse_kind_oversample(self.kind_oversample)  # fail on a bad spec before any data is built
+        apply_device_defaults(self)
+        super().__post_init__()
+
+
+def _phantom_rows(config: MedR2SFTConfig) -> list[dict]:
+    """Prompt/completion rows from phantom studies; focal ones repeated `focal_oversample` times."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from medr2.phantom import generator as phantom
+    from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT, TraceConfig, direct_target, medr2_target
+
+    trace_config = TraceConfig(error_rate=config.error_rate, seed=config.seed)
+    kind_repeats = parse_kind_oversample(config.kind_oversample)
+    prompt = MEDR2_PROMPT if config.target == "medr2" else DIRECT_PROMPT
+    rows = []
+    for study in tqdm(phantom.generate_studies(config.n_train, config.train_seed), total=config.n_train, desc="phantom traces"):
+        if config.target == "medr2":
+            text = medr2_target(study, trace_config)
+        else:
+            text = direct_target(study)
+        row = {
+            "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+            "completion": [{"role": "assistant", "content": [{"type": "text", "text": text}]}],
+            "images": [Image.fromarray(study.image)],
+        }
+        repeats = study_repeats(study, config.focal_oversample, kind_repeats)
+        rows += [row] * repeats
+    random.Random(config.seed).shuffle(rows)
+    return rows
+
+
+def parse_kind_oversample(spec: str) -> dict[str, int]:
+    """'opacity:3,pneumonia:3' -> {'opacity': 3, 'pneumonia': 3}; unknown kinds and bad counts are errors."""
+    from medr2.phantom.generator import OBSERVATION_OF
+
+    out = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        kind, _, count = item.partition(":")
+        if kind not in OBSERVATION_OF or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"kind_oversample: expected 'kind:count' with a phantom kind and a count >= 1, got {item!r}")
+        out[kind] = int(count)
+    return out
+
+
+def study_repeats(study, focal_oversample: int, kind_repeats: dict[str, int]) -> int:
+    """How many times a study appears: the largest of its kinds' own repeats, else `focal_oversample` when it has
+    a focal finding, else once."""
+    from medr2.phantom.specs import FOCAL_KINDS
+
+    kinds = {f.kind for f in study.findings}
+    own = [kind_repeats[k] for k in kinds if k in kind_repeats]
+    if own:
+        return max(own)
+    return focal_oversample if kinds & FOCAL_KINDS else 1
+
+
+def _dataset_rows(config: MedR2SFTConfig) -> list[dict]:
+    """Prompt/completion rows (direct target) from an R2Gen-layout dataset's train split."""
+    from PIL import Image
+
+    from medr2.data.datasets import image_file, read_r2gen
+    from medr2.report.schema import Report, render_direct
+    from medr2.report.traces import DIRECT_PROMPT
+
+    rows = []
+    for record in read_r2gen(config.dataset_dir, splits=("train",)):
+        rows.append({
+            "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DIRECT_PROMPT}]}],
+            "completion": [{"role": "assistant", "content": [{"type": "text", "text": render_direct(Report.parse(record["report"]))}]}],
+            "images": [Image.open(image_file(config.dataset_dir, record)).convert("L")],
+        })
+    return rows
+
+
+def _corpus(rows: list[dict]) -> list[str]:
+    return [m["content"][-1]["text"] for r in rows for m in (r["prompt"][0], r["completion"][0])]
+
+
+def build_model(config: MedR2SFTConfig, rows: list[dict]):
+    """The model and processor to fine-tune."""
+    from medr2.modeling.model import TinyVLMConfig, build_tiny_vlm, load_model, train_tokenizer
+
+    if config.model_name_or_path:
+        # a hub LVLM, or one of our own checkpoints to continue training (then `perception_dir` may swap in a
+        # newer stage-0 tower: the projector and language model re-adapt to it)
+        model, processor = load_model(config.model_name_or_path)
+        if config.use_lora:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+            return get_peft_model(model, lora), processor
+    else:
+        tokenizer = train_tokenizer(_corpus(rows), vocab_size=config.vocab_size)
+        tiny = TinyVLMConfig.micro(config.arch) if config.micro else TinyVLMConfig(arch=config.arch, text_hidden=config.text_hidden, text_layers=config.text_layers)
+        model, processor = build_tiny_vlm(tokenizer, tiny)
+    if config.perception_dir:
+        load_pretrained_tower(model, Path(config.perception_dir) / "vision_tower.safetensors")
+    if config.freeze_vision:
+        for p in model.get_submodule(vision_tower_path(model)).parameters():
+            p.requires_grad_(False)
+    return model, processor
+
+
+def vision_tower_path(model) -> str:
+    """Dotted path of the vision tower inside a transformers 5 LLaVA/Qwen-VL model."""
+    for name in ("model.vision_tower", "vision_tower", "model.visual", "visual"):
+        try:
+            model.get_submodule(name)
+            return name
+        except AttributeError:
+            continue
+    raise ValueError(f"no vision tower found in {type(model).__name__}")
+
+
+def load_pretrained_tower(model, path: Path) -> None:
+    """Load stage-0 SiglipVisionModel weights into the VLM's tower; every key must match."""
+    from safetensors.torch import load_file
+
+    from medr2.modeling.model import grow_siglip_depth, siglip_depth, state_depth
+
+    tower = model.get_submodule(vision_tower_path(model))
+    state = load_file(str(path))
+    saved_depth = state_depth(state)  # 0 for a non-SigLIP (Qwen-VL) tower: nothing to deepen
+    if saved_depth and saved_depth > siglip_depth(tower):
+        # a stage-0 run deepened the tower (`medr2 train-perception --vision_layers N`): deepen the VLM's to match;
+        # the config change is saved with the model, so it reloads with the new depth
+        grow_siglip_depth(tower, saved_depth)
+        model.config.vision_config.num_hidden_layers = saved_depth
+    missing, unexpected = tower.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"stage-0 tower at {path} does not fit the model's tower: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    logger.info("loaded stage-0 vision tower from %s", path)
+
+
+def tower_optimizer(trainer, config: MedR2SFTConfig):
+    """The Trainer's own optimizer (class, kwargs, weight-decay split) with the vision tower in groups of its own
+    at `vision_learning_rate`. Why: unfreezing a stage-0 tower at the language model's rate would overwrite what the
+    dense mask supervision taught it; a low rate lets it adapt to what the language model needs to read."""
+    from transformers import Trainer
+
+    model = trainer.model
+    tower = {id(p) for p in model.get_submodule(vision_tower_path(model)).parameters()}
+    decay = set(trainer.get_decay_parameter_names(model))
+    groups = []
+    for in_tower, lr in ((False, config.learning_rate), (True, config.vision_learning_rate)):
+        for with_decay in (True, False):
+            params = [p for n, p in model.named_parameters()
+                      if p.requires_grad and (id(p) in tower) == in_tower and (n in decay) == with_decay]
+            if params:
+                groups.append({"params": params, "lr": lr, "weight_decay": config.weight_decay if with_decay else 0.0})
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(config, model)
+    optimizer_kwargs.pop("lr", None)
+    return optimizer_cls(groups, lr=config.learning_rate, **optimizer_kwargs)
+
+
+class _TimeBudget:
+    """TrainerCallback that ends training when the wall-clock budget is spent (CPU runs are time-boxed)."""
+
+    def __new__(cls, minutes: float):
+        from transformers import TrainerCallback
+
+        class Budget(TrainerCallback):
+            def __init__(self):
+                self.start = time.time()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if minutes and time.time() - self.start > minutes * 60:
+                    control.should_training_stop = True
+                return control
+
+        return Budget()
+
+
+def plot_history(log_history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    if not points:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*points))
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def train(config: MedR2SFTConfig) -> Path:
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    rows = _dataset_rows(config) if config.dataset_dir else _phantom_rows(config)
+    model, processor = build_model(config, rows)
+    dataset = Dataset.from_list(rows)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("SFT %s: %d rows, %.2fM trainable parameters", config.target, len(rows), n_trainable / 1e6)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor,
+                         callbacks=[_TimeBudget(config.time_budget_minutes)])
+    if not config.freeze_vision and config.vision_learning_rate > 0:
+        trainer.optimizer = tower_optimizer(trainer, config)  # the Trainer then builds its scheduler on it
+    start = time.time()
+    trainer.train()
+    out = Path(config.output_dir)
+    trainer.save_model(str(out))
+    processor.save_pretrained(str(out))
+    (out / "medr2_model.json").write_text(json.dumps({
+        "target": config.target, "demo": not config.model_name_or_path,
+        "training_data": f"synthetic chest-radiograph phantoms (medr2.phantom.generator seed {config.train_seed}, n={config.n_train})",
+    }, indent=2))
+    (out / "training_summary.json").write_text(json.dumps({
+        "target": config.target, "rows": len(rows), "steps": trainer.state.global_step,
+        "minutes": round((time.time() - start) / 60, 2), "trainable_params": n_trainable,
+        "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
+    }, indent=2))
+    plot_history(trainer.state.log_history, out / "sft_loss.png", f"SFT ({config.target})")
+    return out
+
+
+def parse_config(argv: list[str]) -> MedR2SFTConfig:
+    """Fields from a YAML recipe (`--recipe`/`--config`) and/or flags, flags winning."""
+    from trl import TrlParser
+
+    argv = ["--config" if a == "--recipe" else a for a in argv]
+    parser = TrlParser((MedR2SFTConfig,))
+    (config,) = parser.parse_args_and_config(argv)
+    return config
+
+
+def cli_train_sft(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = parse_config(argv)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"medr2 train-sft: {exc}", file=sys.stderr)
+        return 2
+    print(train(config))
+    return 0
