@@ -10,10 +10,10 @@ monitoring endpoint, no analytics, curated errors only, periodic cache deletion)
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
@@ -125,17 +125,28 @@ def launch_settings() -> dict:
                 css=ui.APP_CSS, theme=gr.themes.Soft())
 
 
+@dataclass
+class AppConfig:
+    """`app.py` options (flags or a `--config` YAML file)."""
+
+    model: str | None = field(default=None, metadata={"help": "local path or hub id (default: $MEDR2_MODEL, else assets/model)"})
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder on top of --model"})
+    data_dir: str | None = field(default=None, metadata={"help": "feedback folder (default: $MEDR2_DATA_DIR or ./medr2_data)"})
+    host: str | None = field(default=None, metadata={"help": "bind address (default 127.0.0.1; Spaces sets 0.0.0.0)"})
+    port: int | None = field(default=None, metadata={"help": "port (default 7860 or $GRADIO_SERVER_PORT)"})
+    max_new_tokens: int = field(default=640, metadata={"help": "generation budget per study"})
+    concurrency: int = field(default=1, metadata={"help": "studies generated at once (model calls are serialised)"})
+    queue_size: int = field(default=16, metadata={"help": "studies waiting at most; more get a 'busy' message"})
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="medr2 reviewer app (research demo, not for clinical use)")
-    parser.add_argument("--model", default=None, help="local path or hub id (default: $MEDR2_MODEL, else assets/model)")
-    parser.add_argument("--adapter", default=None, help="LoRA adapter folder on top of --model")
-    parser.add_argument("--data-dir", default=None, help="feedback folder (default: $MEDR2_DATA_DIR or ./medr2_data)")
-    parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1; Spaces sets 0.0.0.0)")
-    parser.add_argument("--port", type=int, default=None, help="port (default 7860 or $GRADIO_SERVER_PORT)")
-    parser.add_argument("--max-new-tokens", type=int, default=640, help="generation budget per study")
-    parser.add_argument("--concurrency", type=int, default=1, help="studies generated at once (model calls are serialised)")
-    parser.add_argument("--queue-size", type=int, default=16, help="studies waiting at most; more get a 'busy' message")
-    args = parser.parse_args(argv)
+    from medr2.cli import UsageError, fail, parse_config
+
+    try:
+        args = parse_config("app.py", AppConfig, sys.argv[1:] if argv is None else argv,
+                            description="medr2 reviewer app (research demo, not for clinical use)")
+    except UsageError as exc:
+        return fail("app.py", exc)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from medr2.feedback.store import FeedbackError
     from medr2.modeling.model import ModelLoadError

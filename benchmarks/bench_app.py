@@ -6,7 +6,7 @@ phantom PNGs and the RG1 DICOM) and reports p50/p95 latency per study, errors (o
 "queue full" busy error is acceptable) and the server's resident memory before and after.
 
 Run: `.venv/bin/python benchmarks/bench_app.py` (micro untrained model built in a temp folder: measures the
-app's own overhead in < 1 min) or `--model assets/model --max-new-tokens 640` for the demo model.
+app's own overhead in < 1 min) or `--model assets/model --max_new_tokens 640` for the demo model.
 Prints a table and writes benchmarks/results/app.json.
 """
 from __future__ import annotations
@@ -50,8 +50,8 @@ def start_server(model: Path | str, port: int, data_dir: Path, args: argparse.Na
     """Launch app.py and return (process, seconds until GET / answers 200)."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, str(ROOT / "app.py"), "--model", str(model), "--port", str(port), "--data-dir", str(data_dir),
-           "--max-new-tokens", str(args.max_new_tokens), "--queue-size", str(args.queue_size),
+    cmd = [sys.executable, str(ROOT / "app.py"), "--model", str(model), "--port", str(port), "--data_dir", str(data_dir),
+           "--max_new_tokens", str(args.max_new_tokens), "--queue_size", str(args.queue_size),
            "--concurrency", str(args.concurrency)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model folder or hub id (default: a micro untrained model)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--studies", type=int, default=5, help="studies per client")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--queue-size", type=int, default=16)
+    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=64)
+    parser.add_argument("--queue_size", "--queue-size", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medr2.labeler import findings  # noqa: E402
 from medr2.data.datasets import iter_iu_reports_archive, locate_iu_reports_archive  # noqa: E402
+from medr2.labeler import findings  # noqa: E402
 
 TARGET = 5000  # reports/s, from issue 2
 

@@ -40,7 +40,7 @@ def throughput(n: int, size: int) -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=200, help="studies per timing at 256 px")
-    ap.add_argument("--consistency-n", type=int, default=500)
+    ap.add_argument("--consistency_n", "--consistency-n", type=int, default=500)
     args = ap.parse_args()
     rows = [(256, throughput(args.n, 256)), (512, throughput(max(10, args.n // 8), 512)), (1024, throughput(max(4, args.n // 40), 1024))]
     studies = list(generate_studies(args.consistency_n, 77))

@@ -23,8 +23,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
-    from medr2.phantom.generator import generate_studies
     from medr2.inference.pipeline import Pipeline, PipelineConfig, default_model
+    from medr2.phantom.generator import generate_studies
 
     t0 = time.perf_counter()
     pipe = Pipeline(PipelineConfig(model=args.model or default_model(), threads=args.threads))

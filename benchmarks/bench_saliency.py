@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
-from medr2.saliency import maps as saliency
-
-from medr2.report import traces
-from medr2.phantom.generator import generate_studies
+from medr2 import saliency
 from medr2.inference.pipeline import Pipeline, PipelineConfig, _as_loaded
+from medr2.phantom.generator import generate_studies
+from medr2.report import traces
 
 logger = logging.getLogger("bench_saliency")
 RESULTS = Path(__file__).resolve().parent / "results" / "saliency.json"

@@ -126,7 +126,7 @@ def main() -> int:
     parser.add_argument("--model", default=None)
     parser.add_argument("--n", type=int, default=400)
     parser.add_argument("--seed", type=int, default=3, help="phantom seed (3 = the held-out test set)")
-    parser.add_argument("--trace-seed", type=int, default=1234, help="seed of the taught errors (training used 0)")
+    parser.add_argument("--trace_seed", "--trace-seed", type=int, default=1234, help="seed of the taught errors (training used 0)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reflection_probe.json"))
     args = parser.parse_args()
@@ -134,8 +134,8 @@ def main() -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from medr2.phantom.generator import generate_studies
     from medr2.inference.pipeline import Pipeline, PipelineConfig, default_model
+    from medr2.phantom.generator import generate_studies
     from medr2.report.schema import render
     from medr2.report.traces import TraceConfig, build_trace
 

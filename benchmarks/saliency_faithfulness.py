@@ -39,12 +39,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from medr2.saliency import maps as S
+from medr2 import saliency as S
 from medr2.evaluation.evaluate import stated_location
+from medr2.inference.pipeline import Pipeline, PipelineConfig, _as_loaded
 from medr2.modeling.model import prepare_inputs
 from medr2.phantom.generator import DEVICE_KINDS, generate_studies
 from medr2.report.traces import region_of
-from medr2.inference.pipeline import Pipeline, PipelineConfig, _as_loaded
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_saliency import reference_result  # noqa: E402
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                              "layer 'uniform' = all blocks, equal weights)")
     parser.add_argument("--layer", default=S.DEFAULT_LAYER, choices=S.LAYERS + ("uniform",),
                         help="layer of the main run's gradcam/gradxact (variants name their own)")
-    parser.add_argument("--ig-steps", type=int, default=S.IG_STEPS)
+    parser.add_argument("--ig_steps", "--ig-steps", type=int, default=S.IG_STEPS)
     parser.add_argument("--batch", type=int, default=25, help="generation batch size")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--source", default="generated", choices=("generated", "reference"))

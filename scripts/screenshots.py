@@ -18,8 +18,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    import app
     from playwright.sync_api import sync_playwright
+
+    import app
 
     data_dir = tempfile.mkdtemp(prefix="medr2-shots-")
     demo = app.build_demo(app.make_service(data_dir=data_dir))

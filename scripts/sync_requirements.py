@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = ("app", "saliency")  # what app.py imports beyond the core dependencies

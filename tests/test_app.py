@@ -31,17 +31,8 @@ EXAMPLES = ROOT / "assets" / "examples"
 EFFUSION_SEED = 15  # assets/examples/phantom_effusion.json "seed"
 
 
-# ---------------------------------------------------------------- fixtures (also used by test_app_browser)
-@pytest.fixture(scope="session")
-def micro_model(tmp_path_factory) -> Path:
-    from medr2.modeling.model import cli_build_tiny
-
-    out = tmp_path_factory.mktemp("app_model") / "micro"
-    assert cli_build_tiny(["--micro", "--out", str(out)]) == 0
-    (out / "medr2_model.json").write_text(json.dumps({"target": "medr2", "demo": True, "training_data": "synthetic phantoms"}))
-    return out
-
-
+# ---------------------------------------------------------------- helpers (also used by test_app_browser)
+# The micro model itself is the `app_model` fixture in conftest.py.
 def effusion_trace() -> str:
     from medr2.phantom.generator import generate_study
     from medr2.report.traces import medr2_target
@@ -66,8 +57,8 @@ def script_generation(pipeline, text: str, delay_s: float = 0.0) -> None:
 
 
 def make_service(model_dir: Path, data_dir: Path, upload_root: Path, script: str | None = None, delay_s: float = 0.0):
-    from medr2.inference.pipeline import Pipeline, PipelineConfig
     from medr2.app.service import AppService, find_examples
+    from medr2.inference.pipeline import Pipeline, PipelineConfig
 
     pipeline = Pipeline(PipelineConfig(model=str(model_dir), max_new_tokens=24))
     if script is not None:
@@ -97,9 +88,9 @@ def frame_rows(value) -> list[list]:
 
 
 @pytest.fixture(scope="module")
-def scripted(micro_model, tmp_path_factory):
+def scripted(app_model, tmp_path_factory):
     base = tmp_path_factory.mktemp("scripted")
-    return make_service(micro_model, base / "data", base / "uploads", script=effusion_trace())
+    return make_service(app_model, base / "data", base / "uploads", script=effusion_trace())
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +166,8 @@ def test_verdict_rows_follow_the_reviewer_edit_and_parse_back():
 
 
 def test_provenance_flags_the_demo_model_and_out_of_distribution_images():
-    prov = {"model": "m", "weights_sha256": "ab" * 32, "demo": True, "training_data": "synthetic phantoms", "medr2_version": "0.1"}
+    prov = {"model": "m", "weights_sha256": "ab" * 32, "demo": True, "training_data": "synthetic phantoms",
+            "medr2_version": "0.1"}
     text = ui.provenance_markdown(prov, {"source_format": "dicom", "modality": "CR", "rows": 10, "columns": 12},
                                   ["blank image"], {"generate_s": 1.0, "labels_s": 0.5}, 40, in_distribution=False)
     assert "abababababab" in text and "Demo model" in text and ui.OUT_OF_DISTRIBUTION in text
@@ -208,14 +200,18 @@ def test_analyze_streams_sections_in_order_then_saliency(analysed):
     streamed = [u["perception"] for u in updates if "perception" in u]
     assert any("not described yet" in p and "✓ heart" in p for p in streamed), "perception did not stream line by line"
     final = updates[-1]
-    assert final["overlay"]["interactive"] is True and len(final["overlay"]["choices"]) > 2
-    assert final["study"].maps and final["view"].shape == (*final["study"].pixels.shape, 3)
+    # one map per finding, abnormal perception line and the whole report; the first finding is shown
+    assert [(m.target, m.kind) for m in final["study"].maps] == [
+        ("Pleural Effusion", "finding"), ("left pleura", "perception"), ("report", "report")]
+    assert [value for _, value in final["overlay"]["choices"]] == [ui.NO_OVERLAY, "0", "1", "2"]
+    assert final["overlay"]["interactive"] is True and final["overlay"]["value"] == "0"
+    assert final["view"].shape == (*final["study"].pixels.shape, 3)
 
 
 def test_analyze_fills_report_findings_truth_and_keeps_shared_example_files(analysed, scripted):
     path, updates = analysed
     # gradio caches files by content hash: a bundled example's cached copy is shared by every session
-    assert path.exists(), "a bundled example's cached file must survive for the next session"
+    assert path.exists(), "a bundled example's cached file must survive for the next visitor"
     *_, again = [as_dict(u) for u in scripted.analyze(str(path))]
     assert again["study"].image_ref == "phantom_effusion.png"
     merged = {}
@@ -244,7 +240,8 @@ def test_view_overlays_the_chosen_map_and_falls_back_to_the_plain_image(scripted
 
 def test_review_labels_the_edited_report_and_submit_stores_it_without_the_image(scripted, analysed):
     study = analysed[1][-1]["study"]
-    edited = study.final.replace("Moderate left pleural effusion. No pneumothorax.", "Small left pleural effusion. Small right pneumothorax.")
+    edited = study.final.replace("Moderate left pleural effusion. No pneumothorax.",
+                                 "Small left pleural effusion. Small right pneumothorax.")
     table, verdicts = scripted.review(study, edited)
     rows = {r[0].rstrip(" ≠"): r[1:] for r in frame_rows(table)}
     assert rows["Pneumothorax"][:3] == ["−", "−", "+"]
@@ -275,8 +272,8 @@ def test_submit_errors_are_curated(scripted, analysed):
         scripted.submit(study, study.final, None, 3, None, None, [], [], "", "x" * 500)
 
 
-def test_untrained_model_on_a_real_dicom_says_no_report_and_out_of_distribution(micro_model, tmp_path):
-    service = make_service(micro_model, tmp_path / "data", tmp_path / "up")
+def test_untrained_model_on_a_real_dicom_says_no_report_and_out_of_distribution(app_model, tmp_path):
+    service = make_service(app_model, tmp_path / "data", tmp_path / "up")
     path = upload(EXAMPLES / "rg1_chest.dcm", service.upload_root, name="IM0001")  # extension-less DICOM
     updates = [as_dict(u) for u in service.analyze(str(path))]
     merged = {}
@@ -329,10 +326,11 @@ def _launch(service, **kw):
     return demo
 
 
+@pytest.mark.slow
 def test_client_streams_stages_in_order_and_gets_curated_errors(scripted, tmp_path):
+    import httpx
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
-    import httpx
 
     demo = _launch(scripted)
     try:
@@ -358,12 +356,13 @@ def test_client_streams_stages_in_order_and_gets_curated_errors(scripted, tmp_pa
         demo.close()
 
 
-def test_queue_overflow_gives_the_busy_error(micro_model, tmp_path):
+@pytest.mark.slow
+def test_queue_overflow_gives_the_busy_error(app_model, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
     from gradio_client.utils import QueueError
 
-    slow = make_service(micro_model, tmp_path / "data", tmp_path / "up", script=effusion_trace()[:400], delay_s=0.01)
+    slow = make_service(app_model, tmp_path / "data", tmp_path / "up", script=effusion_trace()[:400], delay_s=0.01)
     demo = _launch(slow, concurrency=1, queue_size=1)
     try:
         image = handle_file(str(EXAMPLES / "phantom_normal.png"))

@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_app import EXAMPLES, effusion_trace, make_service
 
-from test_app import EXAMPLES, effusion_trace, make_service, micro_model  # noqa: F401 - micro_model is a fixture
-
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # ~20 s: starts Chromium and the app
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -24,13 +23,13 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 
 @pytest.fixture(scope="module")
-def served(micro_model, tmp_path_factory):
+def served(app_model, tmp_path_factory):
     """The app on 127.0.0.1 (random free port) with the scripted micro model; yields (url, service)."""
     sys.path.insert(0, str(ROOT))
     import app
 
     base = tmp_path_factory.mktemp("browser")
-    service = make_service(micro_model, base / "data", base / "uploads", script=effusion_trace(), delay_s=0.005)
+    service = make_service(app_model, base / "data", base / "uploads", script=effusion_trace(), delay_s=0.005)
     service.upload_root = Path(__import__("gradio").utils.get_upload_folder())
     demo = app.build_demo(service)
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **app.launch_settings())
@@ -106,14 +105,15 @@ def test_review_a_dicom_end_to_end_in_the_browser(served, page, tmp_path):
     assert record.corrected_report == edited and record.rating == 2
     assert record.labels["reviewer"]["Pneumothorax"] == 1
     assert record.error_tags == [{"tag": "omission", "clinically_significant": True}]
-    assert {"sentence": "No pneumothorax.", "verdict": "edit", "edited_text": "Small right pneumothorax."} in record.sentence_verdicts
+    edit = {"sentence": "No pneumothorax.", "verdict": "edit", "edited_text": "Small right pneumothorax."}
+    assert edit in record.sentence_verdicts
     assert record.image_ref is None and record.image_metadata.get("modality") == "CR"
     assert not list(Path(service.upload_root).rglob("IM0001")), "the upload was not deleted after decoding"
     assert "outside the demo model's training distribution" in page.inner_text("#provenance")
 
     # A phantom example: its ground truth is shown and becomes a column of the findings table.
     page.get_by_text("Moderate left pleural effusion.", exact=False).first.click()
-    page.wait_for_function("document.querySelector('#truth') && document.querySelector('#truth').innerText.includes('phantom-15')",
+    page.wait_for_function("document.querySelector('#truth')?.innerText.includes('phantom-15')",
                            timeout=30_000)
     page.wait_for_function("document.querySelector('#stages').innerText.includes('✓ saliency')", timeout=60_000)
     assert "Truth" in page.inner_text("#findings")

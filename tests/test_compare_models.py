@@ -1,17 +1,17 @@
-"""The paired bootstrap that says whether one model's CE-F1 is really above another's (benchmarks/compare_models.py)."""
+"""`medr2 compare`: the paired bootstrap that says whether one model's CE-F1 is really above another's."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import json
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from compare_models import paired_bootstrap  # noqa: E402
-
-from medr2.evaluation import metrics  # noqa: E402
-from medr2.labeler.findings import OBSERVATIONS  # noqa: E402
+from medr2.cli import main
+from medr2.evaluation import metrics
+from medr2.evaluation.compare import paired_bootstrap, reference_reports, same_evaluation_set
+from medr2.evaluation.evaluate import EvalConfig, load_eval_set
+from medr2.labeler.findings import OBSERVATIONS
+from medr2.phantom.generator import GENERATOR_VERSION
 
 
 def _labels(rows: np.ndarray) -> list[dict]:
@@ -53,37 +53,62 @@ def test_identical_models_differ_by_nothing(sets):
 
 
 def test_runs_on_different_films_are_not_compared():
-    from compare_models import same_evaluation_set
-
-    v6 = {"data": None, "split": "test", "n": 500, "seed": 3, "phantom_generator_version": 6}
-    assert same_evaluation_set(v6, dict(v6))
-    assert not same_evaluation_set(v6, {**v6, "phantom_generator_version": 7})
-    v9 = {**v6, "phantom_generator_version": 9, "opacity_placement": "clear"}
-    assert same_evaluation_set(v9, dict(v9)) and not same_evaluation_set(v9, {**v9, "opacity_placement": "free"})
-    legacy = {k: v for k, v in v6.items() if k != "phantom_generator_version"}  # before the version was recorded
-    assert same_evaluation_set(legacy, dict(legacy)) and not same_evaluation_set(legacy, v6)
-    assert not same_evaluation_set(v6, {**v6, "seed": 2})
+    v9 = {"data_dir": None, "split": "test", "n": 500, "seed": 3, "phantom_generator_version": 9}
+    assert same_evaluation_set(v9, dict(v9))
+    assert not same_evaluation_set(v9, {**v9, "phantom_generator_version": 8})
+    assert not same_evaluation_set(v9, {**v9, "seed": 2}) and not same_evaluation_set(v9, {**v9, "n": 400})
+    # older eval.json files name the dataset folder `data`
+    on_disk = {**v9, "data_dir": "iu", "phantom_generator_version": None}
+    assert same_evaluation_set(on_disk, {**{k: v for k, v in on_disk.items() if k != "data_dir"}, "data": "iu"})
+    assert not same_evaluation_set(on_disk, {**on_disk, "data_dir": "mimic"})
 
 
-def test_references_of_an_evaluation_from_before_v8_carry_v7_labels():
-    """An eval.json without `hedging` was scored on v7's randomly hedged labels; its references must be those."""
-    from compare_models import reference_reports
-
-    from medr2.evaluation.evaluate import EvalConfig, load_eval_set
-
-    old = {"data": None, "split": "test", "n": 60, "seed": 3, "phantom_generator_version": 7}
-    _, refs = reference_reports(old)
-    assert refs == load_eval_set(EvalConfig(n=60, seed=3, hedging="random", opacity_placement="free"))[2]
-    assert refs != reference_reports({**old, "hedging": "visibility"})[1]
+def test_references_are_regenerated_only_from_current_films():
+    current = {"data_dir": None, "split": "test", "n": 20, "seed": 3, "phantom_generator_version": GENERATOR_VERSION}
+    ids, refs = reference_reports(current)
+    assert (ids, refs) == tuple(load_eval_set(EvalConfig(n=20, seed=3))[i] for i in (0, 2))
+    with pytest.raises(ValueError, match="re-run `medr2 evaluate`"):
+        reference_reports({**current, "phantom_generator_version": GENERATOR_VERSION - 1})
+    with pytest.raises(ValueError, match="re-run `medr2 evaluate`"):
+        reference_reports({**current, "hedging": "random"})
 
 
-def test_references_of_an_evaluation_from_before_v9_are_on_v8_films():
-    """An eval.json without `opacity_placement` ran on v8's films (opacity placed anywhere); its references too."""
-    from compare_models import reference_reports
+def _evaluation(folder, n: int, seed: int, texts: list[str]):
+    """A `medr2 evaluate` folder as the command writes it (eval.json config + predictions.jsonl)."""
+    folder.mkdir(parents=True)
+    ids = load_eval_set(EvalConfig(n=n, seed=seed))[0]
+    config = {**EvalConfig(n=n, seed=seed).__dict__, "phantom_generator_version": GENERATOR_VERSION}
+    (folder / "eval.json").write_text(json.dumps({"config": config}))
+    (folder / "predictions.jsonl").write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in zip(ids, texts)))
+    return folder
 
-    from medr2.evaluation.evaluate import EvalConfig, load_eval_set
 
-    v8 = {"data": None, "split": "test", "n": 150, "seed": 2, "phantom_generator_version": 8, "hedging": "visibility"}
-    _, refs = reference_reports(v8)
-    assert refs == load_eval_set(EvalConfig(n=150, seed=2, opacity_placement="free"))[2]
-    assert refs != reference_reports({**v8, "opacity_placement": "clear"})[1]
+def test_cli_compare_two_evaluation_folders(tmp_path, capsys):
+    n, seed = 30, 3
+    refs = load_eval_set(EvalConfig(n=n, seed=seed))[2]
+    a = _evaluation(tmp_path / "evals" / "normal", n, seed, ["<report>\nNo acute cardiopulmonary process.\n</report>"] * n)
+    b = _evaluation(tmp_path / "evals" / "perfect", n, seed, [f"<report>\n{r}\n</report>" for r in refs])
+    assert main(["compare", str(a), str(b), "--n_boot", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "example_f1" in out and "macro_f1" in out
+    saved = json.loads((tmp_path / "evals" / "compare.json").read_text())  # default: beside B's folder
+    result = saved[f"{b} vs {a}"]
+    assert result["n_boot"] == 200 and result["set"]["n"] == n
+    assert result["example_f1"]["difference"] > 0 and result["example_f1"]["ci95_low"] > 0
+    assert result["macro_f1"]["p_b_better"] > 0.95
+    # --out - prints the JSON instead; the hyphen spelling of a flag parses too
+    assert main(["compare", str(b), str(a), "--n-boot", "50", "--out", "-"]) == 0
+    reverse = json.loads(capsys.readouterr().out)
+    assert reverse["n_boot"] == 50 and reverse["example_f1"]["difference"] < 0
+    assert len(json.loads((tmp_path / "evals" / "compare.json").read_text())) == 1
+
+
+def test_cli_compare_refuses_runs_of_different_sets_in_one_line(tmp_path, capsys):
+    a = _evaluation(tmp_path / "a", 10, 3, [""] * 10)
+    b = _evaluation(tmp_path / "b", 12, 3, [""] * 12)
+    assert main(["compare", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert "different sets" in err and err.count("\n") == 1
+    assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
+    assert "not a `medr2 evaluate` folder" in capsys.readouterr().err
+    assert not (tmp_path / "compare.json").exists()

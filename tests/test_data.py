@@ -1,4 +1,4 @@
-"""Dataset readers and writers: R2Gen layout round trip, phantom ground truth, IU X-Ray XML, TRL datasets."""
+"""Dataset readers and writers: R2Gen layout round trip, phantom ground truth, IU X-Ray XML, the GRPO dataset."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medr2.data.datasets import (DatasetError, image_file, iter_iu_reports, iu_records, load_masks, locate_iu_reports_archive,
-                        parse_iu_xml, read_ground_truth, read_r2gen, to_grpo_dataset, to_sft_dataset, write_phantom_dataset,
-                        write_r2gen)
+from medr2.data.datasets import (
+    DatasetError,
+    image_file,
+    iter_iu_reports,
+    iu_records,
+    load_masks,
+    locate_iu_reports_archive,
+    parse_iu_xml,
+    read_ground_truth,
+    read_r2gen,
+    to_grpo_dataset,
+    write_phantom_dataset,
+    write_r2gen,
+)
 from medr2.phantom.generator import PhantomConfig, generate_studies
 
 # Our own XML in the ecgen-radiology schema (no IU text is committed).
@@ -100,17 +111,17 @@ def test_iu_real_archive(iu_reports):
     assert parse_iu_xml(TOY_XML).uid == "CXR9999"
 
 
-def test_trl_dataset_shapes():
+def test_grpo_dataset_sends_the_pipelines_prompt_with_the_film_and_its_reference():
+    from medr2.modeling.model import build_chat
+
     studies = list(generate_studies(3, 0, PhantomConfig(size=64)))
-    sft = to_sft_dataset(studies, target_fn=lambda s: s.report, prompt="Report this film.")
-    assert sft.column_names == ["messages", "images"]
-    user, assistant = sft[0]["messages"]
-    assert user["role"] == "user" and user["content"][0]["type"] == "image" and user["content"][1]["text"] == "Report this film."
-    assert assistant["role"] == "assistant" and assistant["content"][0]["text"] == studies[0].report
-    assert len(sft[0]["images"]) == 1 and sft[0]["images"][0].size == (64, 64)
     grpo = to_grpo_dataset(studies, prompt="Read.")
     assert grpo.column_names == ["prompt", "image", "report"]
-    assert grpo[1]["prompt"][0]["content"][0]["type"] == "image" and grpo[1]["report"] == studies[1].report
-    assert grpo[1]["image"].mode == "RGB"
+    assert [grpo[i]["report"] for i in range(3)] == [s.report for s in studies]  # TRL hands these to the rewards
+    # the turn the pipeline sends at inference, nothing else (Arrow stores the image part's missing "text" as None)
+    stored = [{**m, "content": [{k: v for k, v in part.items() if v is not None} for part in m["content"]]} for m in grpo[1]["prompt"]]
+    assert stored == build_chat("Read.")
+    image = grpo[1]["image"]
+    assert image.mode == "RGB" and np.array_equal(np.asarray(image)[..., 0], studies[1].image)
     with pytest.raises(DatasetError, match="image_fn"):
         to_grpo_dataset([{"id": "x", "report": "r"}], prompt="Read.")

@@ -23,8 +23,14 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (CTImageStorage, ComputedRadiographyImageStorage, DeflatedExplicitVRLittleEndian,
-                         ExplicitVRLittleEndian, JPEG2000Lossless, MPEG4HP41, generate_uid)
+from pydicom.uid import (
+    MPEG4HP41,
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 from medr2.imaging.loader import MAX_PIXELS, ImageLoadError, LoadedImage, cli_inspect, load_image
 

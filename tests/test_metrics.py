@@ -5,10 +5,9 @@ import json
 
 import pytest
 
-from medr2.labeler import findings
-
-from medr2.evaluation import metrics
 from medr2.cli import main as medr2_main
+from medr2.evaluation import metrics
+from medr2.labeler import findings
 
 C, E, P, N, X = "Cardiomegaly", "Edema", "Pleural Effusion", "No Finding", "Pneumothorax"
 
@@ -127,6 +126,7 @@ def test_meteor_missing_java_is_reported_not_raised(monkeypatch):
     assert "java not found" in out["unavailable"]["METEOR"] and out["BLEU_4"] == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_meteor_runs_with_java():  # ~8 s: starts the METEOR jar once
     out = metrics.nlg_scores(REPORTS + ["small left effusion."], REPORTS + ["no acute disease."])
     assert out["unavailable"] == {}

@@ -6,11 +6,7 @@ import pickle
 
 import pytest
 
-from medr2.labeler import findings
-
-from medr2.evaluation import metrics
-
-from medr2.evaluation import rewards
+from medr2.evaluation import metrics, rewards
 from medr2.evaluation.rewards import (
     REWARDS,
     format_reward,
@@ -21,6 +17,7 @@ from medr2.evaluation.rewards import (
     mccs,
     medr2_format_reward,
 )
+from medr2.labeler import findings
 
 THINK = ("<think>\n<perception>\nright lung, lower zone: meniscus, blunted costophrenic angle.\n</perception>\n"
          "<reasoning>\nblunted angle with meniscus -> pleural effusion [rule: effusion_meniscus]\n</reasoning>\n"
@@ -94,7 +91,8 @@ def test_mccs_reward_matches_the_labels():
     ref = "Small right pleural effusion. Mild cardiomegaly."
     got = make_mccs_reward(margin=0.0)([VALID], report=[ref])[0]
     expected = mccs(findings.label_report(EFFUSION), findings.label_report(ref), margin=0.0)
-    assert got == pytest.approx(expected) and 0.0 < got < 1.0
+    # generated (effusion +1, pneumothorax -1) vs reference (effusion +1, cardiomegaly +1): cos = 1 / (sqrt 2 sqrt 2)
+    assert got == pytest.approx(expected) and got == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
@@ -171,13 +169,15 @@ def test_ce_f1_reward_calls_the_shared_function(monkeypatch):
 
 
 def test_combined_reward_weights():
-    ref = "Small right pleural effusion. Mild cardiomegaly."
-    m = make_mccs_reward()([VALID], report=[ref])[0]
-    assert make_combined_reward()([VALID], report=[ref]) == [pytest.approx(0.75 * m + 0.25)]
+    # generated (effusion +1, pneumothorax -1) vs reference (effusion +1): CCS = 1 / sqrt 2, strictly between the
+    # default margin 0.5 and 1, so both the MCCS term and its weight show in the sum (format reward 1)
+    ref = "Small right pleural effusion."
+    ccs = 1 / math.sqrt(2)
+    assert make_combined_reward()([VALID], report=[ref]) == [pytest.approx(0.75 * (ccs - 0.5) / 0.5 + 0.25)]
     f = make_combined_reward({"format": 1.0, "medr2_format": 2.0})
-    assert f.__name__ == "combined_reward" and f([MRG_ONLY], report=[ref]) == [1.0]
+    assert f.__name__ == "combined_reward" and f([MRG_ONLY], report=[ref]) == [1.0]  # 1 * 1 + 2 * 0
     g = make_combined_reward(params={"mccs": {"margin": 0.0}})
-    assert g([VALID], report=[ref]) == [pytest.approx(0.75 * make_mccs_reward(margin=0.0)([VALID], report=[ref])[0] + 0.25)]
+    assert g([VALID], report=[ref]) == [pytest.approx(0.75 * ccs + 0.25)]
 
 
 def test_registry_resolves_every_name_to_a_picklable_named_reward():

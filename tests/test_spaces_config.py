@@ -30,7 +30,10 @@ def test_space_yaml_is_complete_and_pinned_to_the_installed_gradio():
     assert REQUIRED <= set(cfg), f"Space.yaml lacks {sorted(REQUIRED - set(cfg))}"
     assert cfg["sdk"] == "gradio" and cfg["sdk_version"] == gradio.__version__
     assert (ROOT / cfg["app_file"]).is_file()
-    assert isinstance(cfg["python_version"], str) and cfg["python_version"].startswith("3.")
+    # quoted in the YAML: an unquoted 3.10 would be read as the number 3.1
+    assert re.fullmatch(r"3\.\d+", str(cfg["python_version"])) and isinstance(cfg["python_version"], str)
+    minimum = re.search(r'requires-python = ">=3\.(\d+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert int(cfg["python_version"].split(".")[1]) >= int(minimum)  # a Python the package installs on
     assert len(cfg["short_description"]) <= 60  # the Hub rejects longer ones
 
 

@@ -34,8 +34,8 @@ from PIL import Image  # noqa: E402
 
 from medr2.app import views as ui  # noqa: E402
 from medr2.feedback.store import FeedbackError, FeedbackRecord, FeedbackStore  # noqa: E402
-from medr2.labeler.findings import label_report  # noqa: E402
 from medr2.imaging.loader import ImageLoadError, load_image  # noqa: E402
+from medr2.labeler.findings import label_report  # noqa: E402
 from medr2.report.schema import parse, parse_perception, parse_reasoning, parse_reflection  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def findings_frame(headers: list[str], rows: list[list[str]]):
 
 def saliency_overlay(gray: np.ndarray, heatmap: np.ndarray, alpha: float, cmap: str) -> np.ndarray:
     """medr2.saliency.maps.overlay on the display image (heatmap resized to it)."""
-    from medr2.saliency import maps as saliency
+    from medr2 import saliency
 
     heat = np.asarray(Image.fromarray(heatmap.astype(np.float32), mode="F").resize(
         (gray.shape[1], gray.shape[0]), Image.BILINEAR))

@@ -1,5 +1,6 @@
 """Datasets: the R2Gen layout (IU X-Ray, MIMIC-CXR, phantoms), the original IU X-Ray XML release, and
-conversion to Hugging Face `datasets` in the shapes TRL's SFT and GRPO trainers expect.
+conversion to the Hugging Face `datasets` shape TRL's GRPO trainer expects (SFT rows are built in
+`medr2.training.sft`, from phantom traces or an R2Gen folder).
 
 Hands on: lists of study records `{id, report, image_path: [...], split}` and `datasets.Dataset`s.
 """
@@ -12,9 +13,12 @@ import tarfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +230,7 @@ def iu_records(source: str | Path, images_dir: str | Path | None = None, reports
 # ----------------------------------------------------------------------------------------------------
 # Hugging Face datasets in the shapes TRL needs
 # ----------------------------------------------------------------------------------------------------
-def _pil(image) -> "Image.Image":
+def _pil(image) -> Image.Image:
     from PIL import Image
 
     if isinstance(image, (str, Path)):
@@ -236,33 +240,16 @@ def _pil(image) -> "Image.Image":
     return image.convert("RGB")
 
 
-def to_sft_dataset(records: Iterable, target_fn: Callable, prompt: str | Callable[[object], str] = "Write the radiology report for this chest radiograph.",
-                   image_fn: Callable | None = None):
-    """SFT rows: `messages` (user: image + prompt; assistant: target_fn(record)) and `images` ([PIL]).
-
-    A record is anything `target_fn` understands (a phantom `Study`, an R2Gen dict...). The image is
-    `image_fn(record)` if given, else `record.image` (array) or `record["image"]` (array/PIL/path).
-    """
-    from datasets import Dataset
-
-    rows = {"messages": [], "images": []}
-    for r in records:
-        text = prompt(r) if callable(prompt) else prompt
-        rows["messages"].append([
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
-            {"role": "assistant", "content": [{"type": "text", "text": target_fn(r)}]},
-        ])
-        rows["images"].append([_pil(_image_of(r, image_fn))])
-    return Dataset.from_dict(rows)
-
-
 def to_grpo_dataset(records: Iterable, prompt: str, image_fn: Callable | None = None, report_fn: Callable | None = None):
-    """GRPO rows: `prompt` (user turn with an image placeholder), `image` (PIL), `report` (reference text)."""
+    """GRPO rows: `prompt` (the pipeline's user turn, `build_chat`: an image placeholder and the text), `image` (PIL),
+    `report` (reference text, which TRL hands to the reward functions)."""
     from datasets import Dataset
+
+    from medr2.modeling.model import build_chat
 
     rows = {"prompt": [], "image": [], "report": []}
     for r in records:
-        rows["prompt"].append([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}])
+        rows["prompt"].append(build_chat(prompt))
         rows["image"].append(_pil(_image_of(r, image_fn)))
         rows["report"].append(report_fn(r) if report_fn else (r["report"] if isinstance(r, dict) else r.report))
     return Dataset.from_dict(rows)

@@ -8,15 +8,15 @@ zone, whether the generated report names the same ones.
 Hands on: `<out>/eval.json` (every number, each labelled with its protocol), `<out>/per_observation.png`
 and a printed table.
 
-Run: `medr2 evaluate --model assets/model --n 500 --out runs/eval/medr2`
+Run: `medr2 evaluate --model assets/model --n 500 --output_dir runs/eval/medr2` (phantom test set) or
+`medr2 evaluate --model M --dataset_dir DIR --split test` (an R2Gen-layout dataset); `--config eval.yaml` sets the same
+options from a file. Two evaluations of the same set compare with `medr2 compare`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,17 +30,18 @@ PHANTOM_TEST_SEED = 3  # training uses seed 1, stage-0 validation seed 2: the te
 
 @dataclass
 class EvalConfig:
+    """`medr2 evaluate` options (flags or a `--config` YAML file)."""
+
     model: str = field(default="", metadata={"help": "model path or hub id (default: $MEDR2_MODEL or the embedded model)"})
-    data: str | None = field(default=None, metadata={"help": "R2Gen-layout dataset folder; empty = phantom test set"})
+    dataset_dir: str | None = field(default=None, metadata={"help": "R2Gen-layout dataset folder; empty = phantom test set",
+                                                            "aliases": ["--data_dir", "--data"]})
     split: str = field(default="test", metadata={"help": "split of the R2Gen dataset"})
     n: int = field(default=500, metadata={"help": "number of studies (phantoms generated; datasets truncated)"})
     seed: int = field(default=PHANTOM_TEST_SEED, metadata={"help": "phantom seed of the test set"})
     batch_size: int = field(default=16, metadata={"help": "generation batch size"})
     max_new_tokens: int = field(default=640, metadata={"help": "generation limit"})
     nlg: bool = field(default=True, metadata={"help": "compute BLEU/METEOR/ROUGE-L/CIDEr"})
-    hedging: str = field(default="visibility", metadata={"help": "phantom report certainty: 'visibility' (generator v8) or 'random' (v7 labels on the same films)"})
-    opacity_placement: str = field(default="clear", metadata={"help": "phantom films: 'clear' (generator v9: an opacity never shares a zone with another lung finding) or 'free' (v8's films)"})
-    out: str = field(default="runs/eval", metadata={"help": "output folder"})
+    output_dir: str = field(default="runs/eval", metadata={"help": "output folder", "aliases": ["--out"]})
 
 
 SIDE_WORDS = {"right": ("right",), "left": ("left",), "bilateral": ("bilateral", "both", "bibasilar", "bibasal")}
@@ -136,24 +137,24 @@ def load_eval_set(config: EvalConfig):
     """(ids, PIL images, reference reports)."""
     from PIL import Image
 
-    if config.data:
+    if config.dataset_dir:
         from medr2.data.datasets import image_file, read_r2gen
 
-        records = read_r2gen(config.data, splits=(config.split,))[: config.n]
+        records = read_r2gen(config.dataset_dir, splits=(config.split,))[: config.n]
         if not records:
-            raise ValueError(f"no {config.split!r} studies in {config.data}")
-        images = [Image.open(image_file(config.data, r)).convert("L") for r in records]
+            raise ValueError(f"no {config.split!r} studies in {config.dataset_dir}")
+        images = [Image.open(image_file(config.dataset_dir, r)).convert("L") for r in records]
         return [r["id"] for r in records], images, [r["report"] for r in records]
-    from medr2.phantom.generator import PhantomConfig, generate_studies
+    from medr2.phantom.generator import generate_studies
 
-    studies = list(generate_studies(config.n, config.seed, PhantomConfig(hedging=config.hedging, opacity_placement=config.opacity_placement)))
+    studies = list(generate_studies(config.n, config.seed))
     return [s.study_id for s in studies], [Image.fromarray(s.image) for s in studies], [s.report for s in studies]
 
 
 def summarize(results, references: list[str], nlg: bool = True) -> dict:
     """Every number for one model on one set."""
-    from medr2.labeler.findings import label_reports
     from medr2.evaluation.rewards import format_reward, medr2_format_reward
+    from medr2.labeler.findings import label_reports
 
     finals = [r.output.report.text if r.output.report else "" for r in results]
     drafts = [r.output.draft.text if r.output.draft else "" for r in results]
@@ -234,12 +235,12 @@ def run(config: EvalConfig) -> dict:
         results += pipe.run_batch(images[i:i + config.batch_size], batch_size=config.batch_size)
     summary = summarize(results, references, nlg=config.nlg)
     summary["config"] = asdict(config)
-    if not config.data:  # the same phantom seed draws different films across generator versions
+    if not config.dataset_dir:  # the same phantom seed draws different films across generator versions
         from medr2.phantom.generator import GENERATOR_VERSION
 
         summary["config"]["phantom_generator_version"] = GENERATOR_VERSION
     summary["provenance"] = asdict(pipe.provenance)
-    out = Path(config.out)
+    out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(summary, indent=2))
     with (out / "predictions.jsonl").open("w") as fh:
@@ -250,20 +251,18 @@ def run(config: EvalConfig) -> dict:
 
 
 def cli_evaluate(argv: list[str]) -> int:
-    from dataclasses import fields
+    from medr2.cli import UsageError, fail, parse_config
 
-    parser = argparse.ArgumentParser(prog="medr2 evaluate", description="CE + NLG evaluation of a model on a dataset split.")
-    for f in fields(EvalConfig):
-        if f.type in ("bool", bool):
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"].replace("%", "%%"))
-        else:
-            parser.add_argument(f"--{f.name}", type=int if isinstance(f.default, int) else str, default=f.default, help=f.metadata["help"].replace("%", "%%"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        summary = run(EvalConfig(**vars(args)))
-    except (ValueError, OSError) as exc:
-        print(f"medr2 evaluate: {exc}", file=sys.stderr)
-        return 2
+        config = parse_config("medr2 evaluate", EvalConfig, argv, description="CE + NLG evaluation of a model on a dataset split.")
+    except UsageError as exc:
+        return fail("medr2 evaluate", exc)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from medr2.modeling.model import ModelLoadError
+
+    try:
+        summary = run(config)
+    except (ValueError, OSError, ModelLoadError) as exc:
+        return fail("medr2 evaluate", exc)
     print(format_summary(summary))
     return 0

@@ -26,13 +26,11 @@ CLI: `medr2 score --predictions P --references R [--output OUT.json] [--no-nlg]`
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import re
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -325,19 +323,20 @@ def format_table(result: dict) -> str:
 
 def cli_score(argv: list[str]) -> int:
     """`medr2 score`: CE (three conventions) + NLG of predictions vs references; table on stdout, JSON file."""
-    ap = argparse.ArgumentParser(prog="medr2 score", description=cli_score.__doc__)
+    from medr2.cli import FlagParser, UsageError, fail
+
+    ap = FlagParser(prog="medr2 score", description=cli_score.__doc__)
     ap.add_argument("--predictions", required=True, help="CSV (column `report`, optional `id`) or JSONL")
     ap.add_argument("--references", required=True, help="same formats; aligned by id if every row has one")
     ap.add_argument("--output", help="write the full result as JSON here")
-    ap.add_argument("--no-nlg", action="store_true", help="skip BLEU/METEOR/ROUGE-L/CIDEr")
-    ap.add_argument("--no-meteor", action="store_true", help="skip METEOR only (saves the ~8 s Java start-up)")
-    ap.add_argument("--uncertain-as-positive", action="store_true", help="count uncertain (-1) labels as positive")
-    args = ap.parse_args(argv)
+    ap.add_argument("--no_nlg", action="store_true", help="skip BLEU/METEOR/ROUGE-L/CIDEr")
+    ap.add_argument("--no_meteor", action="store_true", help="skip METEOR only (saves the ~8 s Java start-up)")
+    ap.add_argument("--uncertain_as_positive", action="store_true", help="count uncertain (-1) labels as positive")
     try:
+        args = ap.parse_args(argv)
         ids, preds, refs = align(read_reports(args.predictions), read_reports(args.references))
-    except ScoreInputError as exc:
-        print(f"medr2 score: {exc}", file=sys.stderr)
-        return 2
+    except (UsageError, ScoreInputError) as exc:
+        return fail("medr2 score", exc)
     # Tagged Med-R2 outputs are scored on their final report (else draft); plain reports as they are.
     preds = [report_for_scoring(t) for t in preds]
     refs = [report_for_scoring(t) for t in refs]

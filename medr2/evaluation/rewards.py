@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from medr2.labeler import findings
 from medr2.evaluation.metrics import example_prf
+from medr2.labeler import findings
 from medr2.report.schema import SECTIONS, TAG_RE, THINK_SECTIONS, extract_report, report_for_scoring
 
 # MRG-R1 does not publish m. Measured with this labeler on the 3,927 IU X-Ray reports: random report

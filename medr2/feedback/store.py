@@ -18,7 +18,6 @@ JSONL export to a private Hub dataset (`maybe_start_hub_sync`). CLI: `medr2 feed
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -33,10 +32,19 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator
 
-from medr2.feedback.record import _OPTIONAL_STR
 from medr2.feedback.record import (  # noqa: F401  (re-exported: callers import these from medr2.feedback.store)
-    ERROR_TAGS, LABEL_SETS, MAX_ITEMS, MAX_SHORT_CHARS, MAX_TEXT_CHARS, METADATA_ALLOWED, SCHEMA_VERSION,
-    VERDICTS, FeedbackError, FeedbackRecord, sanitize_metadata,
+    _OPTIONAL_STR,
+    ERROR_TAGS,
+    LABEL_SETS,
+    MAX_ITEMS,
+    MAX_SHORT_CHARS,
+    MAX_TEXT_CHARS,
+    METADATA_ALLOWED,
+    SCHEMA_VERSION,
+    VERDICTS,
+    FeedbackError,
+    FeedbackRecord,
+    sanitize_metadata,
 )
 
 log = logging.getLogger(__name__)
@@ -93,7 +101,7 @@ class FeedbackStore:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_NAME
         if not self.path.exists() and not create:
-            raise FeedbackError(f"no feedback store at {self.path}; check --data-dir / MEDR2_DATA_DIR")
+            raise FeedbackError(f"no feedback store at {self.path}; check --data_dir / MEDR2_DATA_DIR")
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.busy_timeout_s = busy_timeout_s
         self.allowed_image_refs = None if allowed_image_refs is None else frozenset(allowed_image_refs)
@@ -312,19 +320,16 @@ def maybe_start_hub_sync(store: FeedbackStore, every_minutes: float = 10.0) -> A
                                private=True, token=token, allow_patterns=["*.jsonl"])
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (see medr2.cli)
-        raise FeedbackError(f"{message} (see `{self.prog} --help`)")
-
-
 def cli_feedback(argv: list[str]) -> int:
     """`medr2 feedback export|stats`: export reviewer feedback or print summary statistics as JSON."""
-    parser = _Parser(prog="medr2 feedback", description=cli_feedback.__doc__)
+    from medr2.cli import FlagParser, UsageError
+
+    parser = FlagParser(prog="medr2 feedback", description=cli_feedback.__doc__)
     sub = parser.add_subparsers(dest="action", required=True, metavar="{export,stats}")
     exp = sub.add_parser("export", help="write all feedback as JSONL/CSV, or corrected reports as SFT/DPO rows")
     stats = sub.add_parser("stats", help="print counts, ratings and error tags as JSON")
     for p in (exp, stats):
-        p.add_argument("--data-dir", type=Path, default=None, help="feedback folder (default: $MEDR2_DATA_DIR or ./medr2_data)")
+        p.add_argument("--data_dir", type=Path, default=None, help="feedback folder (default: $MEDR2_DATA_DIR or ./medr2_data)")
     exp.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="file format")
     exp.add_argument("--as", dest="as_", choices=("sft", "dpo"), default=None, help="training rows instead of records")
     exp.add_argument("--out", type=Path, required=True, help="output file")
@@ -345,6 +350,6 @@ def cli_feedback(argv: list[str]) -> int:
             store.close()
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    except (FeedbackError, OSError, sqlite3.Error) as exc:
+    except (UsageError, FeedbackError, OSError, sqlite3.Error) as exc:
         print(f"medr2 feedback: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,6 @@ Run: `medr2 inspect FILE [--png OUT.png]`.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -245,11 +244,16 @@ def _decode_pil(data: bytes, fmt: str, max_pixels: int) -> tuple[np.ndarray, dic
 
 def cli_inspect(argv: list[str]) -> int:
     """`medr2 inspect FILE [--png OUT.png]`: allow-listed metadata + warnings as JSON, or one error line."""
-    parser = argparse.ArgumentParser(prog="medr2 inspect", description=cli_inspect.__doc__)
+    from medr2.cli import FlagParser, UsageError, fail
+
+    parser = FlagParser(prog="medr2 inspect", description=cli_inspect.__doc__)
     parser.add_argument("file", help="DICOM (any or no extension), PNG or JPEG file")
     parser.add_argument("--png", metavar="OUT.png", help="also write the normalised 8-bit image here")
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="decompression-bomb limit")
-    args = parser.parse_args(argv)
+    parser.add_argument("--max_pixels", type=int, default=MAX_PIXELS, help="decompression-bomb limit")
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        return fail("medr2 inspect", exc)
     try:
         image = load_image(args.file, max_pixels=args.max_pixels)
     except ImageLoadError as exc:

@@ -9,11 +9,9 @@ Hands on: a stream of `Event`s (tokens, then each completed section), then the `
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -163,7 +161,7 @@ class Pipeline:
         from transformers.utils import logging as hf_logging
 
         from medr2.modeling.model import load_model, weights_sha256
-        from medr2.saliency.maps import DEPTH_FILE
+        from medr2.saliency import DEPTH_FILE
 
         hf_logging.disable_progress_bar()  # a "Loading weights" bar per start-up is noise in CLI output and app logs
 
@@ -189,8 +187,8 @@ class Pipeline:
 
     def messages(self) -> list[dict]:
         """The chat for this model: our trained prompt, or the prompted-mode system prompt for general LVLMs."""
-        from medr2.report.knowledge import prompted_system_prompt
         from medr2.modeling.model import build_chat
+        from medr2.report.knowledge import prompted_system_prompt
         from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT
 
         if self.card.get("target") == "direct":
@@ -304,7 +302,7 @@ class Pipeline:
     def saliency(self, result: StudyResult, **kwargs):
         """Per-finding saliency maps for a streamed/run result (computed on request; see medr2.saliency.maps), with
         the model folder's per-finding block weights (`saliency.json`) unless `depth_weights` is given."""
-        from medr2.saliency import maps as saliency
+        from medr2 import saliency
 
         if result._saliency_inputs is None:
             raise ValueError("saliency needs a result from Pipeline.run/stream (batched results keep no inputs)")
@@ -312,15 +310,29 @@ class Pipeline:
         return saliency.explain(self.model, self.processor, result, **kwargs)
 
 
+@dataclass
+class GenerateConfig:
+    """`medr2 generate` options (flags or a `--config` YAML file)."""
+
+    image: str | None = field(default=None, metadata={"help": "DICOM (any extension), PNG or JPEG"})
+    model: str = field(default_factory=default_model, metadata={"help": "local path or hub id (default: $MEDR2_MODEL or the embedded demo model)"})
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder"})
+    json: bool = field(default=False, metadata={"help": "print the whole result as JSON"})
+    max_new_tokens: int = field(default=640, metadata={"help": "generation limit"})
+    sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+
+
 def cli_generate(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="medr2 generate", description="Perceive, reason, reflect and report on one chest radiograph.")
-    parser.add_argument("image", help="DICOM (any extension), PNG or JPEG")
-    parser.add_argument("--model", default=default_model(), help="local path or hub id (default: $MEDR2_MODEL or the embedded demo model)")
-    parser.add_argument("--adapter", default=None, help="LoRA adapter folder")
-    parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    parser.add_argument("--max-new-tokens", type=int, default=640)
-    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    args = parser.parse_args(argv)
+    from medr2.cli import UsageError, fail, parse_config
+
+    prog = "medr2 generate"
+    try:
+        args = parse_config(prog, GenerateConfig, argv, description="Perceive, reason, reflect and report on one chest radiograph.",
+                            positionals=(("image", "DICOM (any extension), PNG or JPEG"),))
+        if not args.image:
+            raise UsageError(f"the following arguments are required: IMAGE (see `{prog} --help`)")
+    except UsageError as exc:
+        return fail(prog, exc)
     from medr2.imaging.loader import ImageLoadError
     from medr2.modeling.model import ModelLoadError
 
@@ -328,8 +340,7 @@ def cli_generate(argv: list[str]) -> int:
         pipe = Pipeline(PipelineConfig(model=args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens, greedy=not args.sample))
         result = pipe.run(args.image)
     except (ImageLoadError, ModelLoadError, ValueError) as exc:
-        print(f"medr2 generate: {exc}", file=sys.stderr)
-        return 2
+        return fail(prog, exc)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0

@@ -7,7 +7,6 @@ of the CE metric and the MCCS reward) and writes `Reports` + the 14 observations
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import sys
@@ -16,15 +15,6 @@ from pathlib import Path
 from medr2.labeler.findings import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN, Labels, label_reports
 
 logger = logging.getLogger(__name__)
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line on stderr, no usage dump
-        raise _UsageError(message)
 
 
 def _format(value: int | None) -> str:
@@ -52,7 +42,9 @@ def write_labels_csv(path: str | Path, reports: list[str], labels: list[Labels])
 
 def cli_label(argv: list[str]) -> int:
     """`medr2 label`: label a CSV of reports, drop-in for the Stanford chexpert-labeler."""
-    parser = _Parser(prog="medr2 label", description="CheXpert-style labels for a headerless one-column CSV of "
+    from medr2.cli import FlagParser, UsageError
+
+    parser = FlagParser(prog="medr2 label", description="CheXpert-style labels for a headerless one-column CSV of "
                      "reports; writes Reports + the 14 observations (1.0 positive, 0.0 negative, -1.0 uncertain, "
                      "empty = not mentioned).")
     parser.add_argument("--reports_path", required=True, help="input CSV: one report per row, no header")
@@ -64,8 +56,8 @@ def cli_label(argv: list[str]) -> int:
         reports = read_reports_csv(args.reports_path)
         labels = label_reports(reports)
         write_labels_csv(args.output_path, reports, labels)
-    except _UsageError as exc:
-        print(f"medr2 label: {exc} (see `medr2 label --help`)", file=sys.stderr)
+    except UsageError as exc:
+        print(f"medr2 label: {exc}", file=sys.stderr)
         return 2
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         print(f"medr2 label: cannot read/write CSV: {exc}; --reports_path must be a UTF-8 CSV file and "

@@ -28,7 +28,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-
 OBSERVATIONS: tuple[str, ...] = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Lung Opacity", "Edema",
     "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",

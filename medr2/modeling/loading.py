@@ -125,7 +125,7 @@ def load_model(name_or_path: str, *, device: str | None = None, dtype: torch.dty
         name_or_path = os.path.expanduser(name_or_path)
         if not os.path.isdir(name_or_path):
             raise ModelLoadError(f"no model at {name_or_path}: expected a directory saved with save_pretrained "
-                                 "(build one with `medr2 build-tiny --out DIR`)")
+                                 "(build one with `medr2 build-tiny --output_dir DIR`)")
     if adapter is None and os.path.isfile(os.path.join(name_or_path, "adapter_config.json")):
         adapter, name_or_path = name_or_path, _adapter_base(name_or_path)
     if adapter is not None and not os.path.isfile(os.path.join(adapter, "adapter_config.json")):

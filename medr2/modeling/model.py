@@ -12,14 +12,12 @@ Hands on: `prepare_inputs` turns (image, chat messages) into model-ready tensors
 (Qwen-VL additionally needs `mm_token_type_ids` and `image_grid_thw`; the processor returns them);
 `build_chat`, `generation_kwargs` and `generate_text` drive `model.generate`.
 The "prompted mode" for off-the-shelf instruct LVLMs is `medr2.report.knowledge.prompted_system_prompt()`.
-CLI: `medr2 build-tiny --arch llava --out DIR [--corpus FILE.txt]`.
+CLI: `medr2 build-tiny --arch llava --output_dir DIR [--corpus FILE.txt]`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,10 +44,8 @@ from transformers import (
 )
 
 from medr2.modeling import qwen_processor  # registers the no-video Qwen processors with AutoProcessor
-from medr2.modeling.loading import ModelLoadError, check_multimodal_processor, load_model  # noqa: F401  (public API)
-from medr2.modeling.loading import weights_sha256, weights_sha256_short  # noqa: F401  (public API)
-from medr2.modeling.tokenizer import IM_END, IMAGE_TOKEN, PAD_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START
-from medr2.modeling.tokenizer import train_tokenizer
+from medr2.modeling.loading import ModelLoadError, check_multimodal_processor, load_model, weights_sha256, weights_sha256_short  # noqa: F401  (public API)  # noqa: F401  (public API)
+from medr2.modeling.tokenizer import IM_END, IMAGE_TOKEN, PAD_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -382,34 +378,46 @@ _DEFAULT_CORPUS = (
 )
 
 
+@dataclass
+class BuildTinyConfig:
+    """`medr2 build-tiny` options (flags or a `--config` YAML file)."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "output directory (created)", "aliases": ["--out"]})
+    arch: str = field(default="llava", metadata={"help": "architecture: " + " | ".join(ARCHS)})
+    corpus: str | None = field(default=None, metadata={"help": "UTF-8 text file, one training line per line, for the tokenizer"})
+    vocab_size: int = field(default=2000, metadata={"help": "tokenizer vocabulary size"})
+    micro: bool = field(default=False, metadata={"help": "micro widths for tests (~0.2M parameters)"})
+    seed: int = field(default=0, metadata={"help": "initialisation seed"})
+    force: bool = field(default=False, metadata={"help": "overwrite a model already in --output_dir"})
+
+
 def cli_build_tiny(argv: list[str]) -> int:
-    """`medr2 build-tiny`: build an untrained tiny VLM + processor from config and save it to --out."""
-    parser = argparse.ArgumentParser(prog="medr2 build-tiny", description=cli_build_tiny.__doc__)
-    parser.add_argument("--arch", choices=ARCHS, default="llava", help="architecture (default: llava)")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
-    parser.add_argument("--corpus", type=Path, help="UTF-8 text file, one training line per line, for the tokenizer")
-    parser.add_argument("--vocab-size", type=int, default=2000, help="tokenizer vocabulary size (default 2000)")
-    parser.add_argument("--micro", action="store_true", help="micro widths for tests (~0.2M parameters)")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation seed")
-    parser.add_argument("--force", action="store_true", help="overwrite a model already in --out")
-    args = parser.parse_args(argv)
+    """`medr2 build-tiny`: build an untrained tiny VLM + processor from config and save it to --output_dir."""
+    from medr2.cli import UsageError, fail, parse_config
+
+    prog = "medr2 build-tiny"
     try:
-        if (args.out / "config.json").exists() and not args.force:
-            raise ValueError(f"{args.out} already holds a model: pass --force to overwrite it")
-        if args.corpus is not None and not args.corpus.is_file():
-            raise ValueError(f"--corpus {args.corpus}: no such file")
-        lines: Iterable[str] = (args.corpus.read_text(encoding="utf-8").splitlines() if args.corpus
+        config = parse_config(prog, BuildTinyConfig, argv, description=cli_build_tiny.__doc__)
+        if not config.output_dir:
+            raise UsageError(f"the following arguments are required: --output_dir (see `{prog} --help`)")
+        if config.arch not in ARCHS:
+            raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, got {config.arch!r}")
+        out, corpus = Path(config.output_dir), Path(config.corpus) if config.corpus else None
+        if (out / "config.json").exists() and not config.force:
+            raise ValueError(f"{out} already holds a model: pass --force to overwrite it")
+        if corpus is not None and not corpus.is_file():
+            raise ValueError(f"--corpus {corpus}: no such file")
+        lines: Iterable[str] = (corpus.read_text(encoding="utf-8").splitlines() if corpus
                                 else list(_DEFAULT_CORPUS) * 20)
-        cfg = (TinyVLMConfig.micro if args.micro else TinyVLMConfig)(arch=args.arch, seed=args.seed)
-        tokenizer = train_tokenizer(lines, vocab_size=args.vocab_size)
+        cfg = (TinyVLMConfig.micro if config.micro else TinyVLMConfig)(arch=config.arch, seed=config.seed)
+        tokenizer = train_tokenizer(lines, vocab_size=config.vocab_size)
         model, processor = build_tiny_vlm(tokenizer, cfg)
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        print(f"medr2 build-tiny: {exc}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    processor.save_pretrained(args.out)
-    (args.out / "medr2_tiny_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
+    except (UsageError, ValueError, OSError, UnicodeDecodeError) as exc:
+        return fail(prog, exc)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "medr2_tiny_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
     print(f"built untrained {cfg.arch}: {count_parameters(model) / 1e6:.2f}M parameters, "
-          f"{len(tokenizer)} tokens, {cfg.num_image_tokens} image tokens -> {args.out}")
+          f"{len(tokenizer)} tokens, {cfg.num_image_tokens} image tokens -> {out}")
     return 0

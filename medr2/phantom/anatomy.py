@@ -235,10 +235,13 @@ def _vessel_points(rng: np.random.Generator, p: AnatomyParams, side: str, upper_
         step = length[:, None] / len(t)
         px = x0[:, None] + np.cumsum(dx * step, axis=1)
         py = y0[:, None] + np.cumsum(dy * step, axis=1)
-        us.append(px.ravel()); vs.append(py.ravel())
-        ws.append(np.repeat(weight, len(t))); gs.append(np.full(px.size, gen))
+        us.append(px.ravel())
+        vs.append(py.ravel())
+        ws.append(np.repeat(weight, len(t)))
+        gs.append(np.full(px.size, gen))
         # two children per branch
-        x0 = np.repeat(px[:, -1], 2); y0 = np.repeat(py[:, -1], 2)
+        x0 = np.repeat(px[:, -1], 2)
+        y0 = np.repeat(py[:, -1], 2)
         spread = rng.uniform(0.25, 0.5, len(ang) * 2) * np.tile([-1.0, 1.0], len(ang))
         ang = np.repeat(a[:, -1], 2) + spread
         length = np.repeat(length, 2) * rng.uniform(0.7, 0.95, len(ang))

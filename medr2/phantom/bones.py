@@ -90,7 +90,7 @@ def bones(p: AnatomyParams, u: np.ndarray, v: np.ndarray, breaks: list[RibBreak]
     out = ribs + ant
     # Clavicles and scapulae live in the upper rows only: compute them on that band.
     rows = band(v.min(axis=1), p.apex_v - 0.16, p.apex_v + 0.36)
-    uu, vv, ss = u[rows], v[rows], s[rows]
+    vv, ss = v[rows], s[rows]
     # Clavicles: S-shaped, from the sternal heads up and out to the acromion.
     c_center = p.apex_v + 0.075 - 0.09 * ss + 0.012 * np.sin(2 * np.pi * ss)
     cq = np.abs(vv - c_center) / (0.02 - 0.006 * ss)

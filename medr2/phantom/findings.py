@@ -15,7 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from medr2.phantom.anatomy import Anatomy, AnatomyParams, Layers, blur, heart_field, hilum_point, lung_mask, mediastinum_field, rib_center_v
+from medr2.phantom.anatomy import (
+    Anatomy,
+    AnatomyParams,
+    Layers,
+    blur,
+    heart_field,
+    hilum_point,
+    lung_mask,
+    mediastinum_field,
+    rib_center_v,
+)
 from medr2.phantom.bones import CALLUS_HALF_HEIGHT, CALLUS_HALF_LENGTH
 
 
@@ -262,7 +272,8 @@ def draw_edema(c: Canvas, severity: str) -> np.ndarray:
             vv = p.dome(side) - c.rng.uniform(0.02, 0.14)
             uu = p.cx + sign * p.thorax_hw * c.rng.uniform(0.93, 1.0)
             pu, pv = _polyline([(uu, vv), (uu - sign * c.rng.uniform(0.02, 0.035), vv)])
-            lines_u.append(pu); lines_v.append(pv)
+            lines_u.append(pu)
+            lines_v.append(pv)
     region = haze * lungs
     _fill(c, _soft(region, 2.0 * c.scale), amount * 0.7, keep_markings=True)
     septal = _points_to_image(c, np.concatenate(lines_u), np.concatenate(lines_v), 0.5) * lungs

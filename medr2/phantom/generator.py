@@ -9,16 +9,14 @@ reflection and saliency can be measured honestly. One seed -> one `Study` (deter
     layers -> draw findings (phantom_findings) -> expose the film -> write the report (phantom_reports)
 
 Conventions: radiological orientation (patient RIGHT = image LEFT), bright = dense. Knobs are in
-`PhantomConfig` and documented in docs/phantom.md. CLI: `medr2 phantom --n N --out DIR --seed S --size PX`
+`PhantomConfig` and documented in docs/phantom.md. CLI: `medr2 phantom --n N --output_dir DIR --seed S --size PX`
 writes an R2Gen-layout dataset (see `medr2.data.datasets`).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import random
-import sys
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -27,10 +25,22 @@ import numpy as np
 from medr2.phantom import findings as draw
 from medr2.phantom.anatomy import FIELD_MM, Anatomy, RibBreak, expose, grids, render_anatomy, sample_acquisition, sample_params
 from medr2.phantom.reports import OBSERVATIONS, write_report
+
 # The findings stage, re-exported: callers import the generator's whole interface from medr2.phantom.generator.
-from medr2.phantom.specs import (CO_OCCURRENCE, DEFAULT_PREVALENCE, DEVICE_KINDS, FRACTURE_CALLUS,  # noqa: F401
-                                 OBSERVATION_OF, OPACITY_MERGES_INTO, PhantomConfig, Spec, make_spec, opacity_merges,
-                                 resolve_conflicts, sample_kinds)
+from medr2.phantom.specs import (  # noqa: F401
+    CO_OCCURRENCE,
+    DEFAULT_PREVALENCE,
+    DEVICE_KINDS,
+    FRACTURE_CALLUS,
+    OBSERVATION_OF,
+    OPACITY_MERGES_INTO,
+    PhantomConfig,
+    Spec,
+    make_spec,
+    opacity_merges,
+    resolve_conflicts,
+    sample_kinds,
+)
 
 log = logging.getLogger(__name__)
 OBS = OBSERVATIONS
@@ -214,35 +224,44 @@ def generate_studies(n: int, seed: int, config: PhantomConfig | None = None) -> 
         yield generate_study(s, config)
 
 
+@dataclass
+class PhantomDatasetConfig:
+    """`medr2 phantom` options (flags or a `--config` YAML file)."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "output folder (annotation.json, images/, ground_truth.jsonl, masks/)",
+                                                         "aliases": ["--out"]})
+    n: int = field(default=100, metadata={"help": "number of studies"})
+    seed: int = field(default=0, metadata={"help": "base seed; study i uses seed*1000003+i"})
+    size: int = field(default=256, metadata={"help": "image side in px (64..1024)"})
+    val_frac: float = field(default=0.1, metadata={"help": "fraction of studies in the val split"})
+    test_frac: float = field(default=0.1, metadata={"help": "fraction of studies in the test split"})
+    masks: bool = field(default=True, metadata={"help": "write masks/<id>.npz (--no_masks to skip)"})
+    subtle_fraction: float = field(default=PhantomConfig.subtle_fraction, metadata={"help": "findings drawn at the edge of visibility"})
+    normal_fraction: float = field(default=PhantomConfig.normal_fraction, metadata={"help": "studies with no finding and no device"})
+
+
 def cli_phantom(argv: list[str]) -> int:
-    """`medr2 phantom --n N --out DIR --seed S --size PX`: write an R2Gen-layout phantom dataset."""
+    """`medr2 phantom --n N --output_dir DIR --seed S --size PX`: write an R2Gen-layout phantom dataset."""
     from tqdm import tqdm
 
+    from medr2.cli import UsageError, fail, parse_config
     from medr2.data.datasets import write_phantom_dataset
 
-    ap = argparse.ArgumentParser(prog="medr2 phantom", description="Generate synthetic chest radiographs with ground truth (R2Gen layout).")
-    ap.add_argument("--n", type=int, default=100, help="number of studies")
-    ap.add_argument("--out", required=True, help="output folder (annotation.json, images/, ground_truth.jsonl, masks/)")
-    ap.add_argument("--seed", type=int, default=0, help="base seed; study i uses seed*1000003+i")
-    ap.add_argument("--size", type=int, default=256, help="image side in px (64..1024)")
-    ap.add_argument("--val-frac", type=float, default=0.1)
-    ap.add_argument("--test-frac", type=float, default=0.1)
-    ap.add_argument("--no-masks", action="store_true", help="skip masks/<id>.npz")
-    ap.add_argument("--subtle-fraction", type=float, default=PhantomConfig.subtle_fraction)
-    ap.add_argument("--normal-fraction", type=float, default=PhantomConfig.normal_fraction)
-    args = ap.parse_args(argv)
+    prog = "medr2 phantom"
     try:
+        args = parse_config(prog, PhantomDatasetConfig, argv, description="Generate synthetic chest radiographs with ground truth (R2Gen layout).")
+        if not args.output_dir:
+            raise UsageError(f"the following arguments are required: --output_dir (see `{prog} --help`)")
         if args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
         if not (0 <= args.val_frac and 0 <= args.test_frac and args.val_frac + args.test_frac < 1):
-            raise ValueError(f"--val-frac + --test-frac must be in [0, 1), got {args.val_frac} + {args.test_frac}")
+            raise ValueError(f"--val_frac + --test_frac must be in [0, 1), got {args.val_frac} + {args.test_frac}")
         config = PhantomConfig(size=args.size, subtle_fraction=args.subtle_fraction, normal_fraction=args.normal_fraction)
-    except ValueError as exc:
-        print(f"medr2 phantom: {exc}", file=sys.stderr)
-        return 2
+    except (UsageError, ValueError) as exc:
+        return fail(prog, exc)
     studies = tqdm(generate_studies(args.n, args.seed, config), total=args.n, desc="phantoms", unit="study")
-    counts = write_phantom_dataset(studies, args.out, val_frac=args.val_frac, test_frac=args.test_frac, masks=not args.no_masks, n=args.n)
-    print(f"wrote {sum(counts.values())} studies to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
+    counts = write_phantom_dataset(studies, args.output_dir, val_frac=args.val_frac, test_frac=args.test_frac, masks=args.masks, n=args.n)
+    print(f"wrote {sum(counts.values())} studies to {args.output_dir} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
     return 0
 
 

@@ -11,7 +11,7 @@ For one `StudyResult` (prompt + generated ids kept by the pipeline) this module:
    Grad-CAM: ReLU(sum_c mean_hw(dS/dA_c) A_c)); with several layers, each layer's map is rectified and
    scaled to a maximum of 1 and the maps are summed (LayerCAM-style fusion across depth), optionally with
    per-finding block weights (`depth_weights`: a model's `saliency.json`, chosen on validation phantoms by
-   `benchmarks/saliency_depth.py`); the result is normalised to [0, 1] and upsampled to the original image size.
+   `medr2 saliency-depth`); the result is normalised to [0, 1] and upsampled to the original image size.
 
 Hands on a `SaliencyResult` (arrays only) that the app overlays with `overlay` + `legend_image`.
 `gradcam` / `gradxact` compute exactly captum's `LayerGradCam` / `LayerGradientXActivation` per layer (a
@@ -32,12 +32,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medr2.saliency.layers import (  # re-exported: callers import these from medr2.saliency.maps
-    DEFAULT_LAYER, LAYERS, SUPPORTED_ARCHS, vlm_arch, vlm_base, patch_layout, PatchLayout, vlm_part, LayerProbe, qwen_patch_order, layer_for,
+from medr2.saliency.layers import (
+    DEFAULT_LAYER,
+    LayerProbe,
+    PatchLayout,
     layers_for,
+    patch_layout,
+    qwen_patch_order,
+    vlm_arch,
+    vlm_base,
 )
-from medr2.saliency.targets import (  # re-exported: callers import these from medr2.saliency.maps
-    EVIDENCE_MIN, Target, evidence_share, locate_targets, plausible_region, token_char_spans, token_weights,
+from medr2.saliency.targets import (
+    EVIDENCE_MIN,
+    Target,
+    evidence_share,
+    locate_targets,
+    plausible_region,
+    token_char_spans,
+    token_weights,
 )
 
 log = logging.getLogger(__name__)

@@ -4,14 +4,17 @@ Hands on `assets/model/` (or any folder): the `save_pretrained` files, `medr2_mo
 pipeline: target, demo flag, training data — shown in the UI as provenance) and a `README.md` model card
 with the recipe, commit, measured metrics and limitations.
 
-Run: `python -m medr2.training.export runs/sft_medr2 assets/model --eval runs/eval/medr2/eval.json`
+Run: `medr2 export --run_dir runs/demo/sft_deep --output_dir runs/demo/export --store_dtype float16 \
+        --recipe recipes/demo/sft.yaml recipes/demo/sft_deep.yaml --eval runs/demo/eval_test/eval.json`
+(`python -m medr2.training.export RUN_DIR DEST ...`, the positional form, works too; a repeated `--recipe` adds.)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 KEEP = ("config.json", "generation_config.json", "model.safetensors", "processor_config.json", "preprocessor_config.json",
@@ -71,8 +74,9 @@ def export(run_dir: str | Path, dest: str | Path, *, target: str, recipe: list[s
         "weights_stored_as": store_dtype,
         "architecture": describe_architecture(dest / "config.json"),
     }
-    (dest / "medr2_model.json").write_text(json.dumps(card, indent=2))
     (dest / "README.md").write_text(model_card(card, metrics, notes))
+    # written last: a complete export is one with its card (scripts/train_demo_model.sh skips a stage by it)
+    (dest / "medr2_model.json").write_text(json.dumps(card, indent=2))
     return dest
 
 
@@ -117,30 +121,74 @@ def model_card(card: dict, metrics: dict | None, notes: str) -> str:
         lines += [f"| {r['observation']} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | {r['support']} | "
                   + (f"{detect[r['observation']]['f1']:.2f} |" if r["observation"] in detect else "— |")
                   for r in f["per_observation"] if r["support"]]
-        if "location" in metrics:
-            loc = metrics["location"]
+        loc = metrics.get("location") or {}
+        if loc.get("side_accuracy") is not None and loc.get("zone_accuracy") is not None:
             lines += ["", f"Side correct on {loc['side_accuracy']:.1%} and zone correct on {loc['zone_accuracy']:.1%} of true positives."]
+        elif loc:  # evaluate reports None when the model found nothing (e.g. a smoke run of a few steps)
+            lines += ["", "No true positive to check side and zone on."]
     lines += ["", "## Limitations", "",
               "- Synthetic data only: the phantom generator's vocabulary of findings and phrasings bounds what it can say.",
               "- No comparison with priors, no lateral views, no clinical context.", notes]
     return "\n".join(l for l in lines if l is not None) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir")
-    parser.add_argument("dest")
-    parser.add_argument("--target", default="medr2")
-    parser.add_argument("--recipe", action="append", default=[])
-    parser.add_argument("--eval", default=None)
-    parser.add_argument("--notes", default="")
-    parser.add_argument("--store_dtype", default="float32", choices=STORE_DTYPES,
-                        help="dtype of the stored weights (float16 halves the file; the model still runs in float32)")
-    args = parser.parse_args(argv)
-    print(export(args.run_dir, args.dest, target=args.target, recipe=args.recipe, eval_json=args.eval, notes=args.notes,
-                 store_dtype=args.store_dtype))
+@dataclass
+class ExportConfig:
+    """`medr2 export`: which run to package, where, and what the model card says about it."""
+
+    run_dir: str = field(default="", metadata={"help": "trained run folder (save_pretrained files of SFT or GRPO)"})
+    output_dir: str = field(default="", metadata={"help": "destination folder (e.g. runs/demo/export; shipping copies it to assets/model)"})
+    target: str = field(default="medr2", metadata={"help": "what the model writes: medr2 (structured trace) or direct"})
+    recipe: list[str] = field(default_factory=list, metadata={"help": "recipe files of the run's lineage, listed on the model card"})
+    eval: str | None = field(default=None, metadata={"help": "eval.json of `medr2 evaluate` on the test set, tabulated on the card"})
+    notes: str = field(default="", metadata={"help": "extra Markdown for the card's Limitations section"})
+    store_dtype: str = field(default="float32", metadata={"help": "dtype of the stored weights: float32 | float16 (halves the file; runs in float32)"})
+
+    def __post_init__(self) -> None:
+        if not self.run_dir or not self.output_dir:
+            raise ValueError("both --run_dir and --output_dir are required")
+        if self.store_dtype not in STORE_DTYPES:
+            raise ValueError(f"store dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
+
+
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """Accept the older spellings: `RUN_DIR DEST` positionally, `--dest`, and `--recipe` repeated (it appends)."""
+    argv = list(argv)
+    positional = []
+    while argv and not argv[0].startswith("-") and len(positional) < 2:
+        positional.append(argv.pop(0))
+    out = [f for name, value in zip(("--run_dir", "--output_dir"), positional) for f in (name, value)]
+    recipes, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--recipe":
+            i += 1
+            while i < len(argv) and not argv[i].startswith("--"):
+                recipes.append(argv[i])
+                i += 1
+            continue
+        out.append("--output_dir" if arg == "--dest" else arg)
+        i += 1
+    return out + (["--recipe", *recipes] if recipes else [])
+
+
+def parse_config(argv: list[str]) -> ExportConfig:
+    from trl import TrlParser
+
+    (config,) = TrlParser((ExportConfig,)).parse_args_and_config(_normalise_argv(argv))
+    return config
+
+
+def cli_export(argv: list[str]) -> int:
+    try:
+        config = parse_config(argv)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"medr2 export: {exc}", file=sys.stderr)
+        return 2
+    print(export(config.run_dir, config.output_dir, target=config.target, recipe=config.recipe, eval_json=config.eval,
+                 notes=config.notes, store_dtype=config.store_dtype))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli_export(sys.argv[1:]))

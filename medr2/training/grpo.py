@@ -8,7 +8,9 @@ Load -> rewards -> train -> save:
 4. TRL GRPOTrainer (group sampling, group-normalised advantages, KL to the reference when beta > 0);
 5. checkpoint (`save_pretrained`, loadable with the same Auto* calls), reward/KL/length curves as PNG.
 
-Run: `medr2 train-grpo --recipe recipes/grpo_tiny.yaml --init runs/sft_medr2`
+The budget is `max_steps`; `--resume_from_checkpoint PATH` (or `last`) continues a `checkpoint-N` of `output_dir`.
+
+Run: `medr2 train-grpo --config recipes/experiments/grpo_mccs.yaml --init runs/demo/sft_deep`
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ class MedR2GRPOConfig(GRPOConfig):
                                                                     "(the hard cases; 0 = the generator's own mix)"})
     use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (peft) on a real LVLM"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    time_budget_minutes: float = field(default=0.0, metadata={"help": "stop after this many minutes (0 = no limit)"})
+    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha; default 2 x lora_r (medr2.training.lora_alpha_for)"})
 
     def __post_init__(self) -> None:
         from medr2.training import apply_device_defaults
@@ -89,58 +91,44 @@ def build_prompts(config: MedR2GRPOConfig, prompt_text: str):
     return to_grpo_dataset(prompt_studies(config.n_prompts, config.prompt_seed, config.focal_only_fraction), prompt_text)
 
 
-def plot_curves(log_history: list[dict], path: Path, reward_names: list[str]) -> None:
+def plot_curves(log_history: list[dict], path: Path) -> None:
     """Reward (total and per function), KL and mean completion length over steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from medr2.training.plots import Panel, plot_panels
 
     logs = [h for h in log_history if "reward" in h]
     if not logs:
         return
     steps = [h["step"] for h in logs]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    axes[0].plot(steps, [h["reward"] for h in logs], label="total")
+    rewards = {"total": (steps, [h["reward"] for h in logs])}
     for key in sorted(k for k in logs[0] if k.startswith("rewards/") and k.endswith("/mean")):
-        axes[0].plot(steps, [h.get(key) for h in logs], label=key.split("/")[1])
-    axes[0].set_title("reward")
-    axes[0].legend(fontsize=7)
-    axes[1].plot(steps, [h.get("kl", 0.0) for h in logs])
-    axes[1].set_title("KL to reference")
-    axes[2].plot(steps, [h.get("completions/mean_length", 0.0) for h in logs])
-    axes[2].set_title("mean completion length (tokens)")
-    for ax in axes:
-        ax.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        rewards[key.split("/")[1]] = (steps, [h.get(key) for h in logs])
+    plot_panels(path, [Panel("reward", rewards), Panel("KL to reference", {"kl": (steps, [h.get("kl", 0.0) for h in logs])}),
+                       Panel("mean completion length (tokens)",
+                             {"length": (steps, [h.get("completions/mean_length", 0.0) for h in logs])})], height=3.4)
 
 
 def train(config: MedR2GRPOConfig) -> Path:
     from trl import GRPOTrainer
 
-    from medr2.modeling.model import load_model
-    from medr2.inference.pipeline import read_model_card
     from medr2.evaluation.rewards import get_reward_funcs
+    from medr2.inference.pipeline import read_model_card
+    from medr2.modeling.model import load_model
     from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT
-    from medr2.training.sft import _TimeBudget
+    from medr2.training import resume_arg, with_lora
 
     model, processor = load_model(config.init)
     card = read_model_card(config.init)
     prompt_text = DIRECT_PROMPT if card.get("target") == "direct" else MEDR2_PROMPT
     if config.use_lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"))
+        model = with_lora(model, config.lora_r, config.lora_alpha)
     params = {"mccs": {"margin": config.mccs_margin}} if "mccs" in config.reward_names else {}
     reward_funcs = get_reward_funcs(config.reward_names, **params)
     dataset = build_prompts(config, prompt_text)
     processor.tokenizer.padding_side = "left"
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=dataset,
-                          processing_class=processor, callbacks=[_TimeBudget(config.time_budget_minutes)])
+                          processing_class=processor)
     start = time.time()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_arg(config.resume_from_checkpoint))
     out = Path(config.output_dir)
     trainer.save_model(str(out))
     processor.save_pretrained(str(out))
@@ -156,17 +144,23 @@ def train(config: MedR2GRPOConfig) -> Path:
         "last_mean_length": logs[-1].get("completions/mean_length") if logs else None,
     }, indent=2))
     (out / "grpo_log_history.json").write_text(json.dumps(trainer.state.log_history))
-    plot_curves(trainer.state.log_history, out / "grpo_curves.png", config.reward_names)
+    plot_curves(trainer.state.log_history, out / "grpo_curves.png")
     return out
 
 
-def cli_train_grpo(argv: list[str]) -> int:
+def parse_config(argv: list[str]) -> MedR2GRPOConfig:
+    """Fields from a YAML recipe (`--config`, alias `--recipe`) and/or flags, flags winning."""
     from trl import TrlParser
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     argv = ["--config" if a == "--recipe" else a for a in argv]
+    (config,) = TrlParser((MedR2GRPOConfig,)).parse_args_and_config(argv)
+    return config
+
+
+def cli_train_grpo(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        (config,) = TrlParser((MedR2GRPOConfig,)).parse_args_and_config(argv)
+        config = parse_config(argv)
     except (ValueError, FileNotFoundError) as exc:
         print(f"medr2 train-grpo: {exc}", file=sys.stderr)
         return 2

@@ -6,15 +6,19 @@ and writes the normal sentence for focal ones — its loss plateaus at the entro
 patch, which findings cover it and which lung zone it lies in, plus image-level labels and the
 cardiothoracic ratio. The VLM is then built on this tower (frozen at first) by `medr2 train-sft`.
 
-Hands on: `<out>/vision_tower.safetensors` (SiglipVisionModel weights the SFT stage loads),
-`<out>/perception_heads.safetensors`, `<out>/perception_metrics.json` (per-class val metrics), a loss
-curve PNG, and the config used.
+The budget is `max_steps` optimizer steps of `batch_size` films (never wall-clock: the same recipe gives the same
+tower on any machine). Every `save_steps` steps the run writes `<output_dir>/checkpoint/` (weights, optimizer,
+schedule, step, loss history); rerun with the same `output_dir` it resumes from there and ends at the same step with
+the same weights as an uninterrupted run (the data order and the exposure jitter are functions of seed and step).
 
-Run: `medr2 train-perception --out runs/perception --n_train 6000 --minutes 10`
+Hands on: `<output_dir>/vision_tower.safetensors` (SiglipVisionModel weights the SFT stage loads),
+`<output_dir>/perception_heads.safetensors`, `<output_dir>/perception_metrics.json` (per-class val metrics and
+`steps`), a loss curve PNG, and the config used.
+
+Run: `medr2 train-perception --config recipes/demo/stage0.yaml` (flags override the YAML, e.g. `--max_steps 20`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -42,7 +46,7 @@ ZONES = ("outside", "right upper", "right mid", "right lower", "left upper", "le
 class PerceptionConfig:
     """Stage-0 perception pretraining (one config per entry point; every field documented)."""
 
-    out: str = field(default="runs/perception", metadata={"help": "output folder"})
+    output_dir: str = field(default="runs/perception", metadata={"help": "output folder (also the film cache and the checkpoint)"})
     n_train: int = field(default=6000, metadata={"help": "phantom studies for training"})
     n_val: int = field(default=400, metadata={"help": "phantom studies for validation (separate seed)"})
     train_seed: int = field(default=1, metadata={"help": "phantom seed of the training studies (must match SFT's)"})
@@ -54,11 +58,11 @@ class PerceptionConfig:
     vision_heads: int = field(default=4, metadata={"help": "attention heads"})
     vision_intermediate: int = field(default=768, metadata={"help": "MLP width"})
     batch_size: int = field(default=32, metadata={"help": "batch size"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW, cosine decay, warm-up 3%)"})
-    minutes: float = field(default=10.0, metadata={"help": "wall-clock training budget; stops at whichever of minutes/epochs comes first"})
-    epochs: int = field(default=30, metadata={"help": "maximum epochs"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW, cosine decay, warm-up 3 percent)"})
+    max_steps: int = field(default=2000, metadata={"help": "optimizer steps (the budget; the cosine schedule ends here); the films are reshuffled every pass"})
+    save_steps: int = field(default=500, metadata={"help": "write <output_dir>/checkpoint every this many steps (a rerun resumes from it); 0 = never"})
     focal_oversample: int = field(default=2, metadata={"help": "studies with a focal finding are seen this many times per epoch"})
-    patch_coverage_full: float = field(default=0.05, metadata={"help": "mask coverage of a patch that counts as fully positive (small nodules cover ~5%)"})
+    patch_coverage_full: float = field(default=0.05, metadata={"help": "mask coverage of a patch that counts as fully positive (small nodules cover ~5 percent)"})
     workers: int = field(default=2, metadata={"help": "processes for phantom generation"})
     seed: int = field(default=0, metadata={"help": "torch seed"})
     init_from: str = field(default="", metadata={"help": "continue from an earlier stage-0 output folder (tower + heads), or take the tower of a trained VLM folder (e.g. assets/model; heads start fresh); a fresh LR schedule"})
@@ -70,6 +74,8 @@ class PerceptionConfig:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         if self.n_train < 1 or self.n_val < 1:
             raise ValueError("n_train and n_val must be positive")
+        if self.max_steps < 1 or self.save_steps < 0:
+            raise ValueError(f"max_steps must be >= 1 and save_steps >= 0, got {self.max_steps} and {self.save_steps}")
         if not 0.0 <= self.photometric_augment <= 1.0:
             raise ValueError(f"photometric_augment must be in [0, 1], got {self.photometric_augment}")
 
@@ -129,7 +135,7 @@ def build_examples(n: int, seed: int, config: PerceptionConfig) -> dict[str, np.
 
     from medr2.phantom.generator import GENERATOR_VERSION
 
-    cache = Path(config.out) / f"examples_v{GENERATOR_VERSION}_{seed}_{n}_{config.image_size}.npz"
+    cache = Path(config.output_dir) / f"examples_v{GENERATOR_VERSION}_{seed}_{n}_{config.image_size}.npz"
     if cache.is_file():
         with np.load(cache) as data:
             return {k: data[k] for k in data.files}
@@ -309,13 +315,59 @@ def _auc(score: np.ndarray, true: np.ndarray) -> float:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def train(config: PerceptionConfig) -> dict:
-    """Run stage 0 and write the tower, heads, metrics and curve to `config.out`."""
+HEADS = ("patch_head", "zone_head", "image_head", "ctr_head")
+
+
+def _save_weights(net: PerceptionNet, folder: Path) -> None:
     from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.tower.state_dict().items()}, folder / "vision_tower.safetensors")
+    heads = {f"{name}.{k}": v for name in HEADS for k, v in getattr(net, name).state_dict().items()}
+    save_file(heads, folder / "perception_heads.safetensors")
+
+
+def _save_checkpoint(out_dir: Path, net: PerceptionNet, opt, sched, step: int, history: list[dict]) -> None:
+    """Write `<out>/checkpoint` whole or not at all: a kill while writing leaves the previous checkpoint intact."""
+    import shutil
+
+    tmp, final = out_dir / "checkpoint.tmp", out_dir / "checkpoint"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _save_weights(net, tmp)
+    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history},
+               tmp / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def _resume(out_dir: Path, net: PerceptionNet, opt, sched) -> tuple[int, list[dict]]:
+    """Load `<out>/checkpoint` into net, optimizer and schedule if there is one: (step, history) to continue from."""
+    folder = out_dir / "checkpoint"
+    if not (folder / "trainer_state.pt").is_file():
+        return 0, []
+    load_perception(net, folder)
+    state = torch.load(folder / "trainer_state.pt", weights_only=False)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    logger.info("resuming stage 0 from %s at step %d", folder, state["step"])
+    return state["step"], state["history"]
+
+
+def _batch_ids(index: np.ndarray, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """Film ids of (0-based) `step`: passes over `index` in an order drawn from (seed, pass), so any step's batch
+    is known without replaying the run (what makes resume exact)."""
+    per_pass = math.ceil(len(index) / batch_size)
+    order = np.random.default_rng([seed, step // per_pass]).permutation(index)
+    b = step % per_pass
+    return np.sort(order[b * batch_size:(b + 1) * batch_size])
+
+
+def train(config: PerceptionConfig) -> dict:
+    """Run (or resume) stage 0 for `max_steps` and write the tower, heads, metrics and curve to `output_dir`."""
     from tqdm import tqdm
 
     torch.manual_seed(config.seed)
-    out_dir = Path(config.out)
+    out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_data = build_examples(config.n_train, config.train_seed, config)
     val_data = build_examples(config.n_val, config.val_seed, config)
@@ -323,89 +375,77 @@ def train(config: PerceptionConfig) -> dict:
     if config.init_from:
         load_perception(net, Path(config.init_from))
     pw_patch, pw_image = _pos_weight(train_data["patch"]), _pos_weight(train_data["labels"])
-    # Focal studies appear `focal_oversample` times per epoch: they carry the small signs the tower must learn.
+    # Focal studies appear `focal_oversample` times per pass: they carry the small signs the tower must learn.
     index = np.concatenate([np.arange(config.n_train)] + [np.flatnonzero(train_data["focal"])] * (config.focal_oversample - 1))
-    steps_per_epoch = math.ceil(len(index) / config.batch_size)
-    total = steps_per_epoch * config.epochs
+    total = config.max_steps
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=0.05)
-    est_steps = total  # refined after timing the first steps so the cosine schedule ends with the time budget
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, 0.03 * est_steps)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, est_steps)))))
-    rng = np.random.default_rng(config.seed)
-    history, start, step = [], time.time(), 0
-    bar = tqdm(total=total, desc="stage 0 perception", mininterval=10)
-    net.tower.requires_grad_(config.head_warmup_steps == 0)
-    for epoch in range(config.epochs):
-        order = rng.permutation(index)
-        for b in range(steps_per_epoch):
-            ids = np.sort(order[b * config.batch_size:(b + 1) * config.batch_size])
-            batch = {k: torch.from_numpy(train_data[k][ids]) for k in ("patch", "zone", "labels", "ctr")}
-            films = augment_photometric(train_data["image"][ids], config.photometric_augment, rng)
-            parts = losses(net(to_pixels(films)), batch, pw_patch, pw_image)
-            loss = sum(parts.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            if step == config.head_warmup_steps:
-                net.tower.requires_grad_(True)
-            elapsed = time.time() - start
-            if step % 20 == 0:  # re-estimated as it runs: a slow start (a busy machine) must not shorten the run
-                est_steps = min(total, max(step + 1, int(step * config.minutes * 60 / elapsed)))
-            history.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}", epoch=epoch, refresh=False)  # the bar redraws every mininterval, not every step
-            if elapsed > config.minutes * 60 or step >= est_steps:
-                break
-        else:
-            continue
-        break
+    # linear warm-up over the first 3 % of the budget, then cosine decay to 0 at max_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, 0.03 * total)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    step, history = _resume(out_dir, net, opt, sched)
+    start = time.time()
+    bar = tqdm(total=total, initial=step, desc="stage 0 perception", mininterval=10)
+    net.tower.requires_grad_(step >= config.head_warmup_steps)
+    while step < total:
+        ids = _batch_ids(index, step, config.batch_size, config.seed)
+        batch = {k: torch.from_numpy(train_data[k][ids]) for k in ("patch", "zone", "labels", "ctr")}
+        films = augment_photometric(train_data["image"][ids], config.photometric_augment, np.random.default_rng([config.seed, 1, step]))
+        parts = losses(net(to_pixels(films)), batch, pw_patch, pw_image)
+        loss = sum(parts.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        if step == config.head_warmup_steps:
+            net.tower.requires_grad_(True)
+        history.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)  # the bar redraws every mininterval, not every step
+        if config.save_steps and step % config.save_steps == 0 and step < total:
+            _save_checkpoint(out_dir, net, opt, sched, step, history)
     bar.close()
+    seconds = time.time() - start
     metrics = evaluate(net, val_data)
-    metrics.update({"steps": step, "minutes": (time.time() - start) / 60, "samples_seen": step * config.batch_size})
+    metrics.update({"steps": step, "samples_seen": step * config.batch_size, "minutes": seconds / 60})
     logger.info("stage 0 val: macro F1 %.3f, zone acc %.3f, CTR MAE %.3f", metrics["macro_f1"], metrics["zone_accuracy"], metrics["ctr_mae"])
-    save_file({k: v.contiguous() for k, v in net.tower.state_dict().items()}, out_dir / "vision_tower.safetensors")
-    heads = {f"{name}.{k}": v for name in ("patch_head", "zone_head", "image_head", "ctr_head") for k, v in getattr(net, name).state_dict().items()}
-    save_file(heads, out_dir / "perception_heads.safetensors")
-    (out_dir / "perception_metrics.json").write_text(json.dumps(metrics, indent=2))
+    _save_weights(net, out_dir)
     (out_dir / "perception_config.json").write_text(json.dumps(asdict(config), indent=2))
     (out_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    _plot(history, out_dir / "perception_loss.png")
+    plot_losses(history, out_dir / "perception_loss.png")
+    # written last: its presence with `steps == max_steps` is what marks the stage finished
+    (out_dir / "perception_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def _plot(history: list[dict], path: Path) -> None:
-    import matplotlib
+def plot_losses(history: list[dict], path: Path) -> None:
+    """Total and per-head training losses (moving average over 20 steps)."""
+    from medr2.training.plots import Panel, plot_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [h["step"] for h in history]
-    for key in ("loss", "patch", "zone", "image", "ctr"):
-        vals = np.convolve([h[key] for h in history], np.ones(20) / 20, mode="valid") if len(history) >= 20 else [h[key] for h in history]
-        ax.plot(steps[len(steps) - len(vals):], vals, label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (moving avg 20)")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("Stage 0: perception pretraining")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    series = {key: (steps, [h[key] for h in history]) for key in ("loss", "patch", "zone", "image", "ctr")}
+    plot_panels(path, [Panel("Stage 0: perception pretraining", series, ylabel="loss (moving avg 20)", log_y=True, smooth=20)])
+
+
+def parse_config(argv: list[str]) -> PerceptionConfig:
+    """Fields from a YAML recipe (`--config`, alias `--recipe`) and/or flags, flags winning (TRL's parser, as SFT/GRPO)."""
+    from trl import TrlParser
+
+    argv = ["--config" if a == "--recipe" else "--output_dir" if a == "--out" else a for a in argv]
+    (config,) = TrlParser((PerceptionConfig,)).parse_args_and_config(argv)
+    return config
 
 
 def cli_train_perception(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="medr2 train-perception", description=__doc__.split("\n")[0])
-    for f in fields(PerceptionConfig):
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f.metadata.get("help", "").replace("%", "%%"))  # argparse %-formats help
-    args = parser.parse_args(argv)
+    import sys
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        config = PerceptionConfig(**vars(args))
-    except ValueError as exc:
-        parser.exit(2, f"medr2 train-perception: {exc}\n")
+        config = parse_config(argv)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"medr2 train-perception: {exc}", file=sys.stderr)
+        return 2
     metrics = train(config)
     print(json.dumps({k: metrics[k] for k in ("macro_f1", "zone_accuracy", "ctr_mae", "steps", "minutes")}, indent=2))
     return 0

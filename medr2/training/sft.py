@@ -8,7 +8,11 @@ Load -> build -> train -> save:
 3. TRL SFTTrainer with completion-only loss; focal studies oversampled;
 4. model + processor saved with `save_pretrained` (loadable by `medr2.modeling.model.load_model`), loss curve PNG.
 
-Run: `medr2 train-sft --recipe recipes/sft_medr2_tiny.yaml` (any SFTConfig field may follow as a flag).
+The budget is `max_steps` (never wall-clock: the same recipe gives the same model on any machine). Checkpoints
+every `save_steps` go to `output_dir/checkpoint-N`; `--resume_from_checkpoint PATH` (or `last`) continues one (the Trainer restores
+weights, optimizer, scheduler and data position).
+
+Run: `medr2 train-sft --config recipes/demo/sft.yaml` (any SFTConfig field may follow as a flag and wins over the YAML).
 """
 from __future__ import annotations
 
@@ -47,8 +51,7 @@ class MedR2SFTConfig(SFTConfig):
     micro: bool = field(default=False, metadata={"help": "build a ~0.2M-parameter micro model (tests and smoke runs only)"})
     use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (peft) instead of full weights: for real LVLMs"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    time_budget_minutes: float = field(default=0.0, metadata={"help": "stop training after this many minutes (0 = no limit)"})
+    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha; default 2 x lora_r (medr2.training.lora_alpha_for)"})
 
     def __post_init__(self) -> None:
         from medr2.training import apply_device_defaults
@@ -80,11 +83,7 @@ def _phantom_rows(config: MedR2SFTConfig) -> list[dict]:
             text = medr2_target(study, trace_config)
         else:
             text = direct_target(study)
-        row = {
-            "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
-            "completion": [{"role": "assistant", "content": [{"type": "text", "text": text}]}],
-            "images": [Image.fromarray(study.image)],
-        }
+        row = sft_row(prompt, text, Image.fromarray(study.image))
         repeats = study_repeats(study, config.focal_oversample, kind_repeats)
         rows += [row] * repeats
     random.Random(config.seed).shuffle(rows)
@@ -126,12 +125,20 @@ def _dataset_rows(config: MedR2SFTConfig) -> list[dict]:
 
     rows = []
     for record in read_r2gen(config.dataset_dir, splits=("train",)):
-        rows.append({
-            "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DIRECT_PROMPT}]}],
-            "completion": [{"role": "assistant", "content": [{"type": "text", "text": render_direct(Report.parse(record["report"]))}]}],
-            "images": [Image.open(image_file(config.dataset_dir, record)).convert("L")],
-        })
+        rows.append(sft_row(DIRECT_PROMPT, render_direct(Report.parse(record["report"])),
+                            Image.open(image_file(config.dataset_dir, record)).convert("L")))
     return rows
+
+
+def sft_row(prompt_text: str, target_text: str, image) -> dict:
+    """One prompt/completion row as TRL's SFTTrainer reads it: the user turn is the one the pipeline sends at
+    inference (`build_chat`), so the model is trained on exactly the prompt it will see; the loss covers the
+    assistant turn only (`completion_only_loss`)."""
+    from medr2.modeling.model import build_chat
+
+    return {"prompt": build_chat(prompt_text),
+            "completion": [{"role": "assistant", "content": [{"type": "text", "text": target_text}]}],
+            "images": [image]}
 
 
 def _corpus(rows: list[dict]) -> list[str]:
@@ -147,10 +154,9 @@ def build_model(config: MedR2SFTConfig, rows: list[dict]):
         # newer stage-0 tower: the projector and language model re-adapt to it)
         model, processor = load_model(config.model_name_or_path)
         if config.use_lora:
-            from peft import LoraConfig, get_peft_model
+            from medr2.training import with_lora
 
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
-            return get_peft_model(model, lora), processor
+            return with_lora(model, config.lora_r, config.lora_alpha), processor
     else:
         tokenizer = train_tokenizer(_corpus(rows), vocab_size=config.vocab_size)
         tiny = TinyVLMConfig.micro(config.arch) if config.micro else TinyVLMConfig(arch=config.arch, text_hidden=config.text_hidden, text_layers=config.text_layers)
@@ -215,59 +221,31 @@ def tower_optimizer(trainer, config: MedR2SFTConfig):
     return optimizer_cls(groups, lr=config.learning_rate, **optimizer_kwargs)
 
 
-class _TimeBudget:
-    """TrainerCallback that ends training when the wall-clock budget is spent (CPU runs are time-boxed)."""
-
-    def __new__(cls, minutes: float):
-        from transformers import TrainerCallback
-
-        class Budget(TrainerCallback):
-            def __init__(self):
-                self.start = time.time()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                if minutes and time.time() - self.start > minutes * 60:
-                    control.should_training_stop = True
-                return control
-
-        return Budget()
-
-
-def plot_history(log_history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_loss(log_history: list[dict], path: Path, title: str) -> None:
+    """The Trainer's logged training loss over steps."""
+    from medr2.training.plots import Panel, plot_panels
 
     points = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    if not points:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(*zip(*points))
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    steps, losses = (list(x) for x in zip(*points)) if points else ([], [])
+    plot_panels(path, [Panel(title, {"loss": (steps, losses)}, ylabel="training loss", log_y=True)])
 
 
 def train(config: MedR2SFTConfig) -> Path:
     from datasets import Dataset
     from trl import SFTTrainer
 
+    from medr2.training import resume_arg
+
     rows = _dataset_rows(config) if config.dataset_dir else _phantom_rows(config)
     model, processor = build_model(config, rows)
     dataset = Dataset.from_list(rows)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("SFT %s: %d rows, %.2fM trainable parameters", config.target, len(rows), n_trainable / 1e6)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor,
-                         callbacks=[_TimeBudget(config.time_budget_minutes)])
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor)
     if not config.freeze_vision and config.vision_learning_rate > 0:
         trainer.optimizer = tower_optimizer(trainer, config)  # the Trainer then builds its scheduler on it
     start = time.time()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_arg(config.resume_from_checkpoint))
     out = Path(config.output_dir)
     trainer.save_model(str(out))
     processor.save_pretrained(str(out))
@@ -280,7 +258,7 @@ def train(config: MedR2SFTConfig) -> Path:
         "minutes": round((time.time() - start) / 60, 2), "trainable_params": n_trainable,
         "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
     }, indent=2))
-    plot_history(trainer.state.log_history, out / "sft_loss.png", f"SFT ({config.target})")
+    plot_loss(trainer.state.log_history, out / "sft_loss.png", f"SFT ({config.target})")
     return out
 
 

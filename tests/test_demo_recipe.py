@@ -1,0 +1,119 @@
+"""The one command that trains the demo model (`scripts/train_demo_model.sh`) and the recipes it reads.
+
+The fast tests check that every recipe parses with its entry point's parser and that the demo recipes chain
+(each stage reads the folder the previous one writes). The slow test runs the whole chain in smoke mode, as CI
+does, so the command cannot rot: every stage's output, its step count, the export loading in the pipeline, and a
+rerun that skips what is finished.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "recipes" / "demo"
+
+
+def _parser_for(recipe: Path):
+    from medr2.training import grpo, perception, sft
+
+    if recipe.name.startswith("stage0"):
+        return perception.parse_config
+    return grpo.parse_config if recipe.name.startswith("grpo") else sft.parse_config
+
+
+@pytest.mark.parametrize("recipe", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").rglob("*.yaml")
+                                          if p.name != "accelerate_zero2.yaml"))
+def test_every_recipe_parses_with_its_entry_points_parser(recipe):
+    config = _parser_for(Path(recipe))(["--config", str(ROOT / recipe)])
+    assert config.output_dir  # every recipe says where its run goes
+
+
+def test_accelerate_config_is_an_accelerate_config():
+    import yaml
+
+    config = yaml.safe_load((ROOT / "recipes" / "qwen2.5-vl" / "accelerate_zero2.yaml").read_text())
+    assert config["distributed_type"] == "DEEPSPEED" and config["deepspeed_config"]["zero_stage"] == 2
+
+
+def test_demo_recipes_chain_each_stage_into_the_next():
+    from medr2.training import perception, sft
+
+    stage0 = perception.parse_config(["--config", str(DEMO / "stage0.yaml")])
+    first = sft.parse_config(["--config", str(DEMO / "sft.yaml")])
+    tower = sft.parse_config(["--config", str(DEMO / "sft_tower.yaml")])
+    deepen = perception.parse_config(["--config", str(DEMO / "stage0_deepen.yaml")])
+    deep = sft.parse_config(["--config", str(DEMO / "sft_deep.yaml")])
+    assert first.perception_dir == stage0.output_dir and first.model_name_or_path is None and first.freeze_vision
+    assert tower.model_name_or_path == first.output_dir and not tower.freeze_vision and tower.vision_learning_rate == 3e-5
+    assert deepen.init_from == tower.output_dir and (stage0.vision_layers, deepen.vision_layers) == (4, 6)
+    assert deep.model_name_or_path == tower.output_dir and deep.perception_dir == deepen.output_dir
+    # the step budgets sum the shipped model's recorded phases (see each recipe's header)
+    assert stage0.max_steps == 10449 + 7585 + 3893 + 6487 + 6581 + 8876 + 7839 + 7496
+    assert (first.max_steps, tower.max_steps, deepen.max_steps, deep.max_steps) == (1600 + 5 * 950 + 2 * 1900, 1900, 7258, 2 * 1900)
+    for config in (first, tower, deep):
+        assert config.save_steps < config.max_steps and config.save_total_limit == 1  # a resumable checkpoint
+    assert not any("assets/model" in p.read_text() for p in (ROOT / "recipes").rglob("*.yaml"))
+
+
+def test_flags_override_a_stage0_recipe():
+    from medr2.training import perception
+
+    config = perception.parse_config(["--recipe", str(DEMO / "stage0.yaml"), "--max_steps", "7", "--out", "/tmp/x"])
+    assert (config.max_steps, config.output_dir, config.n_train) == (7, "/tmp/x", 100000)
+
+
+SMOKE_STEPS = 4  # scripts/train_demo_model.sh --smoke: every training stage's budget
+
+
+def _run_smoke(out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MEDR2_PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(["bash", str(ROOT / "scripts" / "train_demo_model.sh"), "--smoke", "--output_dir", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_smoke_run_trains_every_stage_exports_a_working_model_and_a_rerun_skips_it_all(tmp_path):
+    from medr2.inference.pipeline import Pipeline, PipelineConfig
+    from medr2.phantom.generator import generate_study, study_seeds
+
+    out = tmp_path / "demo"
+    proc = _run_smoke(out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for stage in ("stage0", "stage0_deepen"):
+        metrics = json.loads((out / stage / "perception_metrics.json").read_text())
+        assert metrics["steps"] == SMOKE_STEPS and (out / stage / "vision_tower.safetensors").is_file()
+    assert json.loads((out / "stage0_deepen" / "perception_config.json").read_text())["vision_layers"] == 6
+    for stage in ("sft", "sft_tower", "sft_deep"):
+        assert json.loads((out / stage / "training_summary.json").read_text())["steps"] == SMOKE_STEPS
+    config = json.loads((out / "sft_deep" / "config.json").read_text())
+    assert config["vision_config"]["num_hidden_layers"] == 6  # the deepened tower reached the VLM
+    for split, seed in (("eval_val", 2), ("eval_test", 3)):
+        summary = json.loads((out / split / "eval.json").read_text())
+        assert summary["config"]["seed"] == seed and summary["n"] == 4
+    card = json.loads((out / "export" / "medr2_model.json").read_text())
+    assert card["weights_stored_as"] == "float16" and card["recipe"][-1] == "recipes/demo/sft_deep.yaml"
+    assert "n = 4 (phantom seed 3" in (out / "export" / "README.md").read_text()  # the test table is on the card
+    assert not (ROOT / "assets" / "model").samefile(out / "export")
+
+    pipe = Pipeline(PipelineConfig(model=str(out / "export"), max_new_tokens=48))
+    assert pipe.provenance.demo and pipe.model.config.vision_config.num_hidden_layers == 6
+    from medr2.modeling.model import weights_sha256
+
+    assert pipe.provenance.weights_sha256 == weights_sha256(str(out / "export"))
+    result = pipe.run(generate_study(study_seeds(1, 3)[0]).image)
+    assert 0 < result.n_tokens <= 48
+    # four steps cannot write the schema yet; the answer must still parse, and the result serialise as the CLI prints it
+    assert json.loads(json.dumps(result.to_json()))["missing_sections"] == list(result.parsed.missing)
+
+    again = _run_smoke(out)
+    assert again.returncode == 0, again.stderr[-4000:]
+    stages = ("stage0", "sft", "sft_tower", "stage0_deepen", "sft_deep", "candidate", "saliency_depth", "eval_val",
+              "eval_test", "export")
+    assert all(f"{stage}: finished earlier" in again.stderr for stage in stages), again.stderr
+    assert "running" not in again.stderr
