@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     texts = [r.text for r in iter_iu_reports_archive(archive)]
     t0 = time.perf_counter()
-    findings._tables()
+    findings.phrase_tables()
     compile_ms = (time.perf_counter() - t0) * 1000
     load_before = os.getloadavg()[0]
     timings = {"cold": passes(texts, args.repeats, clear=True), "uncached": uncached(texts, args.repeats)}

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from medr2 import saliency
-from medr2.inference.pipeline import Pipeline, PipelineConfig, _as_loaded
+from medr2.inference.pipeline import Pipeline, PipelineConfig
 from medr2.phantom.generator import generate_studies
 from medr2.report import traces
 
@@ -35,13 +35,8 @@ HELD_OUT_SEED = 3  # the phantom test split's seed
 
 def reference_result(pipe: Pipeline, study):
     """A StudyResult whose 'generation' is the study's ground-truth trace, teacher-forced."""
-    loaded = _as_loaded(study.image)
-    inputs = pipe._inputs([loaded.to_pil()])
     direct = pipe.card.get("target") == "direct"
-    text = traces.direct_target(study) if direct else traces.medr2_target(study)
-    tok = pipe.processor.tokenizer
-    new_ids = torch.tensor([tok.encode(text + tok.eos_token, add_special_tokens=False)])
-    return pipe._finish(text, loaded, new_ids.shape[1], {}, inputs, new_ids)
+    return pipe.forced_result(study.image, traces.direct_target(study) if direct else traces.medr2_target(study))
 
 
 def study_result(pipe: Pipeline, study, source: str):

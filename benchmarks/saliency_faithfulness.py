@@ -41,8 +41,7 @@ from scipy import ndimage
 
 from medr2 import saliency as S
 from medr2.evaluation.evaluate import stated_location
-from medr2.inference.pipeline import Pipeline, PipelineConfig, _as_loaded
-from medr2.modeling.model import prepare_inputs
+from medr2.inference.pipeline import Pipeline, PipelineConfig
 from medr2.phantom.generator import DEVICE_KINDS, generate_studies
 from medr2.report.traces import region_of
 
@@ -63,24 +62,9 @@ def finding_type(kinds: list[str]) -> str:
 
 def generate(pipe: Pipeline, studies, batch: int) -> list:
     """Batched greedy generation; each result keeps its own single-image inputs for saliency."""
-    tok = pipe.processor.tokenizer
-    tok.padding_side = "left"
     out = []
     for i in range(0, len(studies), batch):
-        chunk = [_as_loaded(s.image) for s in studies[i:i + batch]]
-        inputs = prepare_inputs(pipe.processor, [c.to_pil() for c in chunk], pipe.messages()).to(pipe.model.device)
-        with torch.no_grad():
-            ids = pipe.model.generate(**inputs, **pipe._gen_kwargs())[:, inputs["input_ids"].shape[1]:]
-        for loaded, row in zip(chunk, ids):
-            row = row.tolist()
-            if tok.eos_token_id in row:
-                row = row[:row.index(tok.eos_token_id) + 1]
-            row = [t for t in row if t != tok.pad_token_id]
-            text = tok.decode(row, skip_special_tokens=False)
-            for special in pipe._strip:
-                text = text.replace(special, "")
-            out.append(pipe._finish(text.strip(), loaded, len(row), {}, pipe._inputs([loaded.to_pil()]),
-                                    torch.tensor([row])))
+        out += pipe.run_batch([s.image for s in studies[i:i + batch]], batch_size=batch, keep_saliency_inputs=True)
         logger.info("generated %d/%d", len(out), len(studies))
     return out
 
@@ -182,7 +166,7 @@ def evaluate(pipe, studies, results, methods, variants, seed: int) -> tuple[list
     rows, shown = [], []
     tok = pipe.processor.tokenizer
     for i, (study, res) in enumerate(zip(studies, results)):
-        new_ids, inputs = res._saliency_inputs["new_ids"], res._saliency_inputs["inputs"]
+        new_ids, inputs = res.saliency_inputs["new_ids"], res.saliency_inputs["inputs"]
         text, offsets = S.token_char_spans(tok, new_ids[0].tolist())
         for vi, (layer, sections) in enumerate(variants):
             found = targets_with_truth(text, res, study, sections)

@@ -241,7 +241,7 @@ def test_phrase_tables_compile_and_name_known_observations():
     named = {obs for group in spec["mentions"] for obs in group["observations"]}
     assert named == set(OBSERVATIONS) - {"No Finding"}
     assert {group["kind"] for group in spec["mentions"]} <= {"disease", "anatomy", "hedged"}
-    tables = findings._tables()
+    tables = findings.phrase_tables()
     assert tables.mention_re.groups == 0  # capturing groups would disable re's first-character skipping
 
 

@@ -129,7 +129,7 @@ def test_saliency_uses_the_model_folders_depth_weights(micro_model, tmp_path):
     import torch
 
     from medr2 import saliency as S
-    from medr2.inference.pipeline import _as_loaded
+    from medr2.inference.pipeline import as_loaded
 
     folder = tmp_path / "model"
     shutil.copytree(micro_model, folder)
@@ -137,7 +137,7 @@ def test_saliency_uses_the_model_folders_depth_weights(micro_model, tmp_path):
     weighted, plain = Pipeline(PipelineConfig(model=str(folder))), Pipeline(PipelineConfig(model=str(micro_model)))
     assert weighted.saliency_config["depth_weights"] == {"Pleural Effusion": [0, 1]} and plain.saliency_config == {}
     text = "<report>\nFindings: Small right pleural effusion. Impression: Small right pleural effusion.\n</report>"
-    loaded = _as_loaded(next(generate_studies(1, seed=7)).image)
+    loaded = as_loaded(next(generate_studies(1, seed=7)).image)
     results = []
     for p in (weighted, plain):  # the pipeline's own finish step, with a hand-written generation
         ids = torch.tensor([p.processor.tokenizer.encode(text, add_special_tokens=False)])

@@ -8,7 +8,7 @@ from captum.attr import IntegratedGradients, LayerGradCam, LayerGradientXActivat
 
 from medr2 import saliency as S
 from medr2.imaging.loader import load_image
-from medr2.inference.pipeline import StudyResult, _as_loaded
+from medr2.inference.pipeline import StudyResult, as_loaded
 from medr2.labeler.findings import label_report
 from medr2.modeling.model import TinyVLMConfig, build_chat, build_tiny_vlm, prepare_inputs
 from medr2.modeling.tokenizer import train_tokenizer
@@ -57,7 +57,7 @@ def _explained(tokenizer, film, arch: str):
     """A micro model, a hand-made result on `film`, its saved inputs and the generated text's token spans."""
     model, processor = _micro(tokenizer, arch)
     result = _result(tokenizer, processor, film)
-    inputs, new_ids = result._saliency_inputs["inputs"], result._saliency_inputs["new_ids"]
+    inputs, new_ids = result.saliency_inputs["inputs"], result.saliency_inputs["new_ids"]
     text, offsets = S.token_char_spans(tokenizer, new_ids[0].tolist())
     return model, processor, result, inputs, new_ids, text, offsets
 
@@ -68,7 +68,7 @@ def _result(tokenizer, processor, film, text: str = GENERATED, labels: dict | No
     new_ids = torch.tensor([tokenizer.encode(text + "<|im_end|>", add_special_tokens=False)])
     parsed = parse(text)
     labels = labels if labels is not None else label_report(parsed.output.report.text)
-    return StudyResult(text, parsed, None, labels, {}, None, new_ids.shape[1], _as_loaded(film),
+    return StudyResult(text, parsed, None, labels, {}, None, new_ids.shape[1], as_loaded(film),
                        {"inputs": inputs, "new_ids": new_ids})
 
 
@@ -139,7 +139,7 @@ def test_maps_shapes_normalised_deterministic(tokenizer, film, arch):
     second = S.explain(model, processor, result)
     assert [m.target for m in first.maps] == ["Pleural Effusion", "Pneumothorax", "right lung, lower zone", "report"]
     # LLaVA squashes to 224 x 224 (8 x 8 patches); Qwen keeps the aspect ratio, 14 px patches before the merge
-    grid = (8, 8) if arch == "llava" else tuple(int(v) for v in result._saliency_inputs["inputs"]["image_grid_thw"][0, 1:])
+    grid = (8, 8) if arch == "llava" else tuple(int(v) for v in result.saliency_inputs["inputs"]["image_grid_thw"][0, 1:])
     assert grid[0] != grid[1] or arch == "llava"
     for a, b in zip(first.maps, second.maps):
         assert a.heatmap.shape == film.shape and a.heatmap.dtype == np.float32
@@ -293,7 +293,7 @@ def test_baselines_and_ig(tokenizer, film):
 def test_explain_needs_saved_inputs(tokenizer, film):
     model, processor = _micro(tokenizer, "llava")
     result = _result(tokenizer, processor, film)
-    result._saliency_inputs = None
+    result.saliency_inputs = None
     with pytest.raises(ValueError, match="run_batch"):
         S.explain(model, processor, result)
 

@@ -95,7 +95,8 @@ class StudyResult:
     provenance: Provenance
     n_tokens: int
     image: Any = None  # the LoadedImage that was read (pixels + allow-listed metadata), kept for saliency/UI
-    _saliency_inputs: dict | None = field(default=None, repr=False)
+    # what saliency needs to re-run the model on this answer: {"inputs": model inputs, "new_ids": [1, T] ids}
+    saliency_inputs: dict | None = field(default=None, repr=False)
 
     @property
     def output(self) -> MedR2Output:
@@ -117,7 +118,7 @@ class StudyResult:
         }
 
 
-def _as_loaded(image):
+def as_loaded(image):
     """Accept a path, bytes, PIL image, uint8 array or LoadedImage; return a LoadedImage (imaging errors propagate)."""
     from medr2.imaging import loader as imaging
 
@@ -226,7 +227,7 @@ class Pipeline:
 
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        loaded = _as_loaded(image)
+        loaded = as_loaded(image)
         inputs = self._inputs([loaded.to_pil()])
         timings["preprocess_s"] = time.perf_counter() - t0
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=False)
@@ -269,12 +270,15 @@ class Pipeline:
         *_, result = self.stream(image)
         return result
 
-    def run_batch(self, images: list, batch_size: int = 16, prefixes: list[str] | None = None) -> list[StudyResult]:
+    def run_batch(self, images: list, batch_size: int = 16, prefixes: list[str] | None = None,
+                  keep_saliency_inputs: bool = False) -> list[StudyResult]:
         """Batched generation for evaluation (left padding); results in input order.
 
         `prefixes` (one per image) are forced as the start of each answer and generation continues from them;
         each result's text is prefix + continuation (how `benchmarks/reflection_probe.py` hands the model a
-        draft with a known error and reads what its reflection does)."""
+        draft with a known error and reads what its reflection does). `keep_saliency_inputs`: each result also
+        keeps its own single-image inputs and unpadded generated ids, so `saliency` can explain it (batched
+        generation, per-study attribution: what the saliency benchmarks need)."""
         import torch
 
         if prefixes is not None and len(prefixes) != len(images):
@@ -283,7 +287,7 @@ class Pipeline:
         tok.padding_side = "left"  # decoder-only batch generation needs the prompt flush right
         results = []
         for i in range(0, len(images), batch_size):
-            chunk = [_as_loaded(im) for im in images[i:i + batch_size]]
+            chunk = [as_loaded(im) for im in images[i:i + batch_size]]
             chunk_prefixes = prefixes[i:i + batch_size] if prefixes is not None else None
             t0 = time.perf_counter()
             inputs = self._inputs([c.to_pil() for c in chunk], chunk_prefixes)
@@ -296,15 +300,33 @@ class Pipeline:
                 if chunk_prefixes is not None:
                     text = chunk_prefixes[j] + text
                 n = int((row != tok.pad_token_id).sum())
-                results.append(self._finish(text, loaded, n, {"generate_s": per_study}))
+                if not keep_saliency_inputs:
+                    results.append(self._finish(text, loaded, n, {"generate_s": per_study}))
+                    continue
+                own = row.tolist()
+                if tok.eos_token_id in own:
+                    own = own[:own.index(tok.eos_token_id) + 1]
+                own = [t for t in own if t != tok.pad_token_id]
+                results.append(self._finish(text, loaded, len(own), {"generate_s": per_study},
+                                            self._inputs([loaded.to_pil()]), torch.tensor([own])))
         return results
+
+    def forced_result(self, image, text: str) -> StudyResult:
+        """The result of this model 'answering' `text` (e.g. a reference trace), teacher-forced, with the inputs
+        saliency needs: where would the model look if it wrote exactly this?"""
+        import torch
+
+        loaded = as_loaded(image)
+        tok = self.processor.tokenizer
+        new_ids = torch.tensor([tok.encode(text + tok.eos_token, add_special_tokens=False)])
+        return self._finish(text, loaded, new_ids.shape[1], {}, self._inputs([loaded.to_pil()]), new_ids)
 
     def saliency(self, result: StudyResult, **kwargs):
         """Per-finding saliency maps for a streamed/run result (computed on request; see medr2.saliency.maps), with
         the model folder's per-finding block weights (`saliency.json`) unless `depth_weights` is given."""
         from medr2 import saliency
 
-        if result._saliency_inputs is None:
+        if result.saliency_inputs is None:
             raise ValueError("saliency needs a result from Pipeline.run/stream (batched results keep no inputs)")
         kwargs.setdefault("depth_weights", self.saliency_config.get("depth_weights"))
         return saliency.explain(self.model, self.processor, result, **kwargs)

@@ -172,7 +172,7 @@ def _cue_regex(phrases: list[str]) -> re.Pattern:
 
 
 @lru_cache(maxsize=1)
-def _tables() -> _Tables:
+def phrase_tables() -> _Tables:
     """Compile the phrase tables once per process (~30 ms)."""
     spec = json.loads(PHRASES_PATH.read_text(encoding="utf-8"))
     items: list[tuple[str, _Entry]] = []
@@ -294,7 +294,7 @@ def _classify(cues: _Cues, ms: int, me: int, kind: str, devices: bool = False) -
 def _descriptors(low: str, ms: int, me: int) -> tuple[set[str], bool]:
     """Descriptor kinds of a structure mention, hedge flag: a chain before it ('normal and stable heart
     size') and a predicate after it ('the heart is stable and normal in size')."""
-    rx, kinds, hedge = _tables().descriptor_re, set(), False
+    rx, kinds, hedge = phrase_tables().descriptor_re, set(), False
     pos = ms
     for d in reversed(list(rx.finditer(low, max(0, ms - _DESC_PRE), ms))):
         if d.end() > pos or not _DESC_PRE_GAP.fullmatch(low, d.end(), pos):
@@ -348,7 +348,7 @@ def _find_all(text: str) -> list[Mention]:
 @lru_cache(maxsize=1 << 16)
 def _sentence_mentions(sentence: str) -> tuple[tuple[str, int, int, int], ...]:
     """(observation, value, start, end) of each mention in one lowercase sentence."""
-    tables = _tables()
+    tables = phrase_tables()
     matches = [(m, e) for m in tables.mention_re.finditer(sentence)
                if (e := _entry(tables, sentence, m)).kind != "ignore"]
     if not matches:

@@ -16,7 +16,6 @@ Hands on: a table on stdout; with `--write`, the weights where `Pipeline.salienc
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import sys
@@ -84,51 +83,13 @@ def choose_cutoffs(hits: dict[str, list[list[float]]], min_n: int, z: float = 1.
     return chosen
 
 
-def _special_tokens(tok) -> list[str]:
-    """Chat and padding markers removed from generated text (schema tags may be special tokens and stay)."""
-    return [t for t in {tok.eos_token, tok.pad_token, getattr(tok, "bos_token", None), "<|im_end|>", "<|im_start|>",
-                        "<|endoftext|>"} if t]
-
-
-def _as_pil(pixels: np.ndarray):
-    """A phantom film as the pipeline reads an upload: PNG bytes through `medr2.imaging.loader.load_image`."""
-    from PIL import Image
-
-    from medr2.imaging.loader import load_image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return load_image(buf.getvalue()).to_pil()
-
-
 def generate(pipe, studies, batch_size: int) -> list[Generation]:
-    """Batched greedy generation (left padding); each study keeps its own single-image inputs for saliency."""
-    from medr2.labeler.findings import label_report
-    from medr2.modeling.model import generation_kwargs, prepare_inputs
-    from medr2.report.schema import parse
-
-    model, processor, messages = pipe.model, pipe.processor, pipe.messages()
-    tok = processor.tokenizer
-    tok.padding_side = "left"  # decoder-only batch generation needs the prompt flush right
-    special = _special_tokens(tok)
-    gen_kwargs = generation_kwargs(greedy=True, max_new_tokens=pipe.config.max_new_tokens)
+    """Batched greedy generation; each study keeps its own single-image inputs for saliency."""
     out: list[Generation] = []
     for i in range(0, len(studies), batch_size):
-        images = [_as_pil(s.image) for s in studies[i:i + batch_size]]
-        inputs = prepare_inputs(processor, images, messages).to(model.device)
-        with torch.no_grad():
-            ids = model.generate(**inputs, **gen_kwargs)[:, inputs["input_ids"].shape[1]:]
-        for image, row in zip(images, ids):
-            row = row.tolist()
-            if tok.eos_token_id in row:
-                row = row[:row.index(tok.eos_token_id) + 1]
-            row = [t for t in row if t != tok.pad_token_id]
-            text = tok.decode(row, skip_special_tokens=False)
-            for marker in special:
-                text = text.replace(marker, "")
-            report = parse(text.strip()).output.report
-            out.append(Generation(prepare_inputs(processor, [image], messages).to(model.device), torch.tensor([row]),
-                                  label_report(report.text) if report else None))
+        results = pipe.run_batch([s.image for s in studies[i:i + batch_size]], batch_size=batch_size,
+                                 keep_saliency_inputs=True)
+        out += [Generation(r.saliency_inputs["inputs"], r.saliency_inputs["new_ids"], r.final_labels) for r in results]
         logger.info("generated %d/%d", len(out), len(studies))
     return out
 

@@ -307,7 +307,7 @@ def explain(model, processor, result, *, method: str = DEFAULT_METHOD, targets: 
     t0 = time.perf_counter()
     if method not in METHODS:
         raise ValueError(f"unknown saliency method {method!r}: use one of {', '.join(METHODS)}")
-    saved = getattr(result, "_saliency_inputs", None)
+    saved = getattr(result, "saliency_inputs", None)
     if not saved:
         raise ValueError("this result kept no model inputs: explain results of Pipeline.run/stream, not run_batch")
     pixels = getattr(result.image, "pixels", None)
