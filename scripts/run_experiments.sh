@@ -52,35 +52,16 @@ else
   EVAL_TEST=(--n 500)
 fi
 
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-
-# stage NAME DONE -- command...: skip when DONE exists (the file each step writes last); logs to $OUT/NAME.log.
-stage() {
-  local name=$1 done_file=$2
-  shift 3
-  if [ -f "$done_file" ]; then
-    log "$name: finished earlier ($done_file), skipped"
-    return 0
-  fi
-  log "$name: running (log: $OUT/$name.log)"
-  if ! "$@" > "$OUT/$name.log" 2>&1; then
-    tail -n 30 "$OUT/$name.log" >&2
-    log "$name: failed; rerun the script to resume from its last checkpoint"
-    exit 1
-  fi
-}
-
-resume_flag() {
-  if compgen -G "$OUT/$1/checkpoint-*" > /dev/null; then echo "--resume_from_checkpoint last"; fi
-}
+# shellcheck source=scripts/stages.sh
+source scripts/stages.sh
 
 # shellcheck disable=SC2046  # resume_flag is zero or two words
-stage sft_direct "$OUT/sft_direct/training_summary.json" -- \
+stage sft_direct sft_direct/training_summary.json -- \
   "$PY" -m medr2 train-sft --config recipes/experiments/sft_direct.yaml --perception_dir "$DEMO/stage0" \
   --output_dir "$OUT/sft_direct" "${SFT_SMOKE[@]}" $(resume_flag sft_direct)
 for run in grpo_mccs grpo_cef1; do
   # shellcheck disable=SC2046
-  stage "$run" "$OUT/$run/training_summary.json" -- \
+  stage "$run" "$run/training_summary.json" -- \
     "$PY" -m medr2 train-grpo --config "recipes/experiments/$run.yaml" --init "$DEMO/sft" --output_dir "$OUT/$run" \
     "${GRPO_SMOKE[@]}" $(resume_flag "$run")
 done
@@ -88,9 +69,9 @@ done
 # Every row on the same studies: validation (seed 2, no NLG: it only ranks) and test (seed 3).
 for model in "$DEMO/sft" "$OUT/sft_direct" "$OUT/grpo_mccs" "$OUT/grpo_cef1"; do
   name=$(basename "$model")
-  stage "eval_val_$name" "$OUT/eval_val_$name/eval.json" -- \
+  stage "eval_val_$name" "eval_val_$name/eval.json" -- \
     "$PY" -m medr2 evaluate --model "$model" --seed 2 --no_nlg --output_dir "$OUT/eval_val_$name" "${EVAL_VAL[@]}"
-  stage "eval_test_$name" "$OUT/eval_test_$name/eval.json" -- \
+  stage "eval_test_$name" "eval_test_$name/eval.json" -- \
     "$PY" -m medr2 evaluate --model "$model" --seed 3 --output_dir "$OUT/eval_test_$name" "${EVAL_TEST[@]}"
 done
 log "done: $OUT (paired comparison: medr2 compare $OUT/eval_val_sft $OUT/eval_val_grpo_mccs)"

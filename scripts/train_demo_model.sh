@@ -51,28 +51,8 @@ else
   EVAL_TEST=(--n 500)
 fi
 
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-
-# stage NAME DONE -- command...: skip when $OUT/DONE exists (the file each stage writes last).
-stage() {
-  local name=$1 done_file=$2
-  shift 3
-  if [ -f "$OUT/$done_file" ]; then
-    log "$name: finished earlier ($OUT/$done_file), skipped"
-    return 0
-  fi
-  log "$name: running (log: $OUT/$name.log)"
-  if ! "$@" > "$OUT/$name.log" 2>&1; then
-    tail -n 30 "$OUT/$name.log" >&2
-    log "$name: failed; rerun the script to resume from its last checkpoint"
-    exit 1
-  fi
-}
-
-# SFT resumes through transformers: pass `last` when the stage left a checkpoint-N behind.
-resume_flag() {
-  if compgen -G "$OUT/$1/checkpoint-*" > /dev/null; then echo "--resume_from_checkpoint last"; fi
-}
+# shellcheck source=scripts/stages.sh
+source scripts/stages.sh
 
 # Stage 0 resumes by itself from $OUT/<stage>/checkpoint (same output folder).
 stage stage0 stage0/perception_metrics.json -- \

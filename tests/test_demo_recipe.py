@@ -78,7 +78,7 @@ def _run_smoke(out: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_smoke_run_trains_every_stage_exports_a_working_model_and_a_rerun_skips_it_all(tmp_path):
+def test_smoke_runs_train_every_stage_export_a_working_model_skip_on_rerun_and_feed_the_ablations(tmp_path):
     from medr2.inference.pipeline import Pipeline, PipelineConfig
     from medr2.phantom.generator import generate_study, study_seeds
 
@@ -117,3 +117,19 @@ def test_smoke_run_trains_every_stage_exports_a_working_model_and_a_rerun_skips_
               "eval_test", "export")
     assert all(f"{stage}: finished earlier" in again.stderr for stage in stages), again.stderr
     assert "running" not in again.stderr
+
+    # The ablations script runs from the same demo run root: every run trains its smoke budget and is evaluated
+    # on the same validation and test studies as the Med-R2 SFT it is compared with.
+    env = {**os.environ, "MEDR2_PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    experiments = tmp_path / "experiments"
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "run_experiments.sh"), "--smoke", "--demo", str(out),
+                           "--output_dir", str(experiments)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((experiments / "sft_direct" / "training_summary.json").read_text())["target"] == "direct"
+    for run, reward in (("grpo_mccs", "mccs"), ("grpo_cef1", "ce_f1")):
+        summary = json.loads((experiments / run / "training_summary.json").read_text())
+        assert summary["steps"] == 2 and summary["rewards"][0] == reward and summary["init"] == str(out / "sft")
+    for name in ("sft", "sft_direct", "grpo_mccs", "grpo_cef1"):
+        ids = [json.loads((experiments / f"eval_{split}_{name}" / "eval.json").read_text())["config"]["seed"]
+               for split in ("val", "test")]
+        assert ids == [2, 3]
