@@ -177,12 +177,22 @@ def findings_rows(draft: dict | None, final: dict | None, reviewer: dict | None,
     return headers, rows
 
 
+def stamp(prov: dict) -> str:
+    """The reproducibility stamp of a provenance dict (as stored per study): version, weights, decoding."""
+    from medr2.inference.pipeline import Provenance
+
+    return Provenance(**{k: prov.get(k) for k in ("model", "weights_sha256", "demo", "training_data", "medr2_version")},
+                      decoding=prov.get("decoding") or {}).stamp()
+
+
 def provenance_markdown(prov: dict, metadata: dict | None = None, warnings: Sequence[str] = (),
                         timings: dict | None = None, n_tokens: int | None = None, in_distribution: bool = True) -> str:
     """Model, weights hash, demo/synthetic flag, image description and timing as a short markdown block."""
     lines = [f"**Model** `{prov.get('model', '?')}` · weights `{str(prov.get('weights_sha256', '?'))[:12]}` · "
              f"medr2 {prov.get('medr2_version', '?')}",
              f"**Training data** {prov.get('training_data', 'unknown')}"]
+    if prov.get("decoding"):
+        lines.append(f"**Reproduce** {stamp(prov)}")
     if prov.get("demo"):
         lines.append("**Demo model** trained on synthetic phantoms only")
         if not in_distribution:

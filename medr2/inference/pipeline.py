@@ -52,6 +52,7 @@ class PipelineConfig:
     greedy: bool = True
     temperature: float = 0.7
     top_p: float = 0.95
+    seed: int = 0  # sampling seed, set before every generation so a sampled report can be reproduced too
     device: str | None = None  # None = cuda when available, else cpu
     threads: int | None = None  # torch CPU threads; None = torch default
 
@@ -69,6 +70,17 @@ class Provenance:
     demo: bool
     training_data: str
     medr2_version: str
+    # How the text was decoded: greedy decoding of the same file gives the same text; a sampled one is reproduced
+    # by the same seed, temperature and top-p.
+    decoding: dict = field(default_factory=dict)
+
+    def stamp(self) -> str:
+        """One line that lets anyone reproduce a report: medr2 version, weights hash, decoding settings."""
+        d = self.decoding
+        how = ("greedy" if d.get("greedy", True) else
+               f"sampled (temperature {d.get('temperature')}, top-p {d.get('top_p')}, seed {d.get('seed')})")
+        return (f"medr2 {self.medr2_version} · weights {self.weights_sha256[:12]} · {how} · "
+                f"max {d.get('max_new_tokens')} new tokens")
 
     def line(self) -> str:
         flag = " — DEMO MODEL trained on synthetic phantoms, not for clinical use" if self.demo else ""
@@ -181,6 +193,9 @@ class Pipeline:
             demo=bool(self.card.get("demo", False)),
             training_data=self.card.get("training_data", "unknown"),
             medr2_version=__import__("medr2").__version__,
+            decoding={"greedy": self.config.greedy, "max_new_tokens": self.config.max_new_tokens,
+                      **({} if self.config.greedy else {"temperature": self.config.temperature, "top_p": self.config.top_p,
+                                                         "seed": self.config.seed})},
         )
         tok = self.processor.tokenizer
         # Chat/padding markers only: the schema tags may be special tokens too and must stay in the text.
@@ -210,6 +225,13 @@ class Pipeline:
         return generation_kwargs(greedy=self.config.greedy, max_new_tokens=self.config.max_new_tokens,
                                  temperature=self.config.temperature, top_p=self.config.top_p)
 
+    def _seed(self) -> None:
+        """Sampling draws from torch's global generator: seed it before each generation (greedy needs no seed)."""
+        if not self.config.greedy:
+            import torch
+
+            torch.manual_seed(self.config.seed)
+
     def _finish(self, text: str, loaded, n_tokens: int, timings: dict, inputs=None, new_ids=None) -> StudyResult:
         t0 = time.perf_counter()
         parsed = parse(text)
@@ -235,6 +257,7 @@ class Pipeline:
 
         def _generate():
             try:
+                self._seed()
                 with torch.no_grad():
                     result["ids"] = self.model.generate(**inputs, **self._gen_kwargs(), streamer=streamer)
             except BaseException as exc:  # surfaced to the caller below, after the streamer is closed
@@ -291,6 +314,7 @@ class Pipeline:
             chunk_prefixes = prefixes[i:i + batch_size] if prefixes is not None else None
             t0 = time.perf_counter()
             inputs = self._inputs([c.to_pil() for c in chunk], chunk_prefixes)
+            self._seed()
             with torch.no_grad():
                 ids = self.model.generate(**inputs, **self._gen_kwargs())
             per_study = (time.perf_counter() - t0) / len(chunk)
@@ -342,6 +366,7 @@ class GenerateConfig:
     json: bool = field(default=False, metadata={"help": "print the whole result as JSON"})
     max_new_tokens: int = field(default=640, metadata={"help": "generation limit"})
     sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (with --sample): the same seed gives the same report"})
 
 
 def cli_generate(argv: list[str]) -> int:
@@ -359,7 +384,8 @@ def cli_generate(argv: list[str]) -> int:
     from medr2.modeling.model import ModelLoadError
 
     try:
-        pipe = Pipeline(PipelineConfig(model=args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens, greedy=not args.sample))
+        pipe = Pipeline(PipelineConfig(model=args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
+                                       greedy=not args.sample, seed=args.seed))
         result = pipe.run(args.image)
     except (ImageLoadError, ModelLoadError, ValueError) as exc:
         return fail(prog, exc)
@@ -391,5 +417,6 @@ def format_result(result: StudyResult) -> str:
     if result.parsed.problems:
         lines.append("PARSE PROBLEMS: " + "; ".join(result.parsed.problems))
     lines.append(f"MODEL: {result.provenance.line()}")
+    lines.append(f"REPRODUCE: {result.provenance.stamp()}")
     lines.append(f"TIME: {sum(v for k, v in result.timings.items()):.2f} s, {result.n_tokens} tokens")
     return "\n".join(lines)
