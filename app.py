@@ -80,10 +80,13 @@ def build_demo(service: AppService | None = None, concurrency: int = 1, queue_si
                 with gr.Accordion("Raw model output", open=False):
                     raw = gr.Textbox(show_label=False, lines=8, max_lines=20, interactive=False)
             with gr.Column(scale=4, min_width=320):
-                report = gr.Textbox(label="Final report (edit to correct it)", lines=7, max_lines=16, interactive=True,
-                                    placeholder=ui.REPORT_PLACEHOLDER, elem_id="report")
-                findings = gr.Dataframe(label=f"Findings, CheXpert 14 ({ui.FINDINGS_LEGEND})", interactive=False,
-                                        wrap=True, max_height=600, elem_id="findings")
+                input_check = gr.Markdown(visible=False, elem_id="input_check")
+                # folded when the input gate flags the film: the reviewer opens it deliberately
+                with gr.Accordion(ui.REPORT_FOLD, open=True, elem_id="report_fold") as report_fold:
+                    report = gr.Textbox(label="Final report (edit to correct it)", lines=7, max_lines=16, interactive=True,
+                                        placeholder=ui.REPORT_PLACEHOLDER, elem_id="report")
+                    findings = gr.Dataframe(label=f"Findings, CheXpert 14 ({ui.FINDINGS_LEGEND})", interactive=False,
+                                            wrap=True, max_height=600, elem_id="findings")
                 provenance = gr.Markdown(elem_id="provenance")
         with gr.Accordion("Reviewer feedback", open=True, elem_id="feedback"):
             with gr.Row():
@@ -103,7 +106,7 @@ def build_demo(service: AppService | None = None, concurrency: int = 1, queue_si
 
         parts = dict(stages=stages, view=view, perception=perception, reasoning=reasoning, reflection=reflection,
                      diff=diff, report=report, findings=findings, verdicts=verdicts, provenance=provenance,
-                     overlay=overlay, truth=truth, raw=raw, study=study, rating=rating, reasoning_rating=reasoning_rating,
+                     overlay=overlay, truth=truth, raw=raw, study=study, input_check=input_check, report_fold=report_fold, rating=rating, reasoning_rating=reasoning_rating,
                      saliency_rating=saliency_rating, errors=errors, significant=significant, comment=comment, status=status)
         upload.change(gpu(service.analyze), [upload], [parts[n] for n in ANALYZE_OUTPUTS], api_name="analyze",
                       concurrency_limit=concurrency, concurrency_id="model", show_progress="hidden")

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("medr2.evaluation.evaluate", "cli_evaluate", "CE + NLG evaluation of a model on a dataset split"),
     "compare": ("medr2.evaluation.compare", "cli_compare", "paired bootstrap: is model B's CE-F1 really above model A's?"),
     "saliency-depth": ("medr2.saliency.depth", "cli_saliency_depth", "choose per-finding vision-block weights for a model's saliency maps"),
+    "fit-gate": ("medr2.trust.gate", "cli_fit_gate", "fit a model's input gate (training-film statistics + threshold) and store them in its folder"),
     "feedback": ("medr2.feedback.store", "cli_feedback", "export reviewer feedback (jsonl/csv, or as SFT/DPO data)"),
 }
 

@@ -280,10 +280,41 @@ def test_untrained_model_on_a_real_dicom_says_no_report_and_out_of_distribution(
     for u in updates:
         merged.update(u)
     assert merged["report"]["value"] == "" and merged["report"]["placeholder"] == ui.NO_REPORT
-    assert ui.OUT_OF_DISTRIBUTION in merged["provenance"] and "CR" in merged["provenance"]
+    # a micro model carries no training-film statistics: the gate says it cannot tell, RG1's tags pass (CR, PA, chest)
+    assert merged["input_check"] == {"__type__": "update", "value": "ℹ " + ui.DISTRIBUTION_UNKNOWN, "visible": True}
+    assert merged["report_fold"]["open"] is True and "CR" in merged["provenance"]
+    assert ui.OUT_OF_DISTRIBUTION not in merged["provenance"]
     assert "failed\">✗ saliency" in merged["stages"] and merged["overlay"]["interactive"] is False
     # recognised by its bytes, not its (renamed) file name: feedback can name the bundled example
     assert merged["truth"]["visible"] is False and merged["study"].image_ref == "rg1_chest.dcm"
+
+
+def test_a_film_the_gate_flags_shows_why_and_folds_the_report(app_model, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    service = make_service(app_model, tmp_path / "data", tmp_path / "up")
+    path = upload(Path(get_testdata_file("CT_small.dcm")), service.upload_root, name="CT0001")  # a CT slice
+    merged = {}
+    for u in service.analyze(str(path)):
+        merged.update(as_dict(u))
+    gate = merged["input_check"]
+    assert gate["visible"] is True and gate["value"].startswith(f"⚠ **This image is {ui.OUT_OF_DISTRIBUTION}**")
+    assert "modality CT" in gate["value"] and ui.REPORT_ANYWAY in gate["value"]
+    assert merged["report_fold"] == {"__type__": "update", "label": ui.REPORT_ANYWAY, "open": False}
+    assert ui.OUT_OF_DISTRIBUTION in merged["provenance"]
+    assert merged["study"].input_check["in_distribution"] is False  # kept with the study
+
+
+@pytest.mark.slow
+def test_the_shipped_models_gate_folds_the_real_rg1_film_and_passes_a_phantom(tmp_path):
+    service = make_service(ROOT / "assets" / "model", tmp_path / "data", tmp_path / "up")
+    verdicts = {}
+    for name in ("rg1_chest.dcm", "phantom_effusion.png"):
+        merged = {}
+        for u in service.analyze(str(upload(EXAMPLES / name, service.upload_root))):
+            merged.update(as_dict(u))
+        verdicts[name] = (merged["study"].input_check["in_distribution"], merged["report_fold"]["open"])
+    assert verdicts == {"rg1_chest.dcm": (False, False), "phantom_effusion.png": (True, True)}
 
 
 def test_an_upload_named_like_an_example_is_not_taken_for_it(scripted, tmp_path):

@@ -280,3 +280,21 @@ def test_phantom_eval_set_is_the_current_generators_test_studies():
     studies = list(generate_studies(6, 3))
     assert ids == [s.study_id for s in studies] and refs == [s.report for s in studies]
     assert all(np.array_equal(np.asarray(im), s.image) for im, s in zip(images, studies))
+
+
+def test_every_result_carries_the_input_gates_verdict_and_evaluation_counts_it(pipe, phantom_png):
+    from pydicom.data import get_testdata_file
+
+    from medr2.evaluation.evaluate import count_input_checks
+
+    png = pipe.run(str(phantom_png))
+    # a micro model has no stored training-film statistics: only the tags can flag, and a PNG has none
+    assert png.to_json()["input_check"] == {"in_distribution": None, "score": None, "threshold": None,
+                                            "reasons": [png.input_check.reasons[0]]}
+    assert png.input_check.reasons[0].startswith("distribution unknown") and png.warnings == []
+    ct_path = get_testdata_file("CT_small.dcm")
+    batch = pipe.run_batch([str(phantom_png), ct_path, str(phantom_png)], batch_size=2)
+    assert [r.input_check.in_distribution for r in batch] == [None, False, None]
+    assert any(w.startswith("input outside the model's training distribution: modality CT") for w in batch[1].warnings)
+    assert "WARNING: input outside the model's training distribution" in format_result(batch[1])
+    assert count_input_checks(batch) == {"n": 3, "flagged": 1, "unknown": 2}

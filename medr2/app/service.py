@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 ANALYZE_OUTPUTS = ("stages", "view", "perception", "reasoning", "reflection", "diff", "report", "findings",
-                   "verdicts", "provenance", "overlay", "truth", "raw", "study",
+                   "verdicts", "provenance", "overlay", "truth", "raw", "study", "input_check", "report_fold",
                    # the feedback form, cleared when a new study starts
                    "rating", "reasoning_rating", "saliency_rating", "errors", "significant", "comment", "status")
 DISPLAY_MAX_SIDE = 1024  # px kept per session for the viewer: enough for a ~700 px panel with zoom
@@ -96,6 +96,7 @@ class Study:
     provenance: dict = field(default_factory=dict)
     image_ref: str | None = None  # bundled example name (never an upload's file name)
     truth: dict | None = None
+    input_check: dict | None = None  # the input gate's verdict (InputCheck.to_json())
 
 
 @dataclass
@@ -219,18 +220,26 @@ class AppService:
         empty = dict(stages=ui.stage_html([]), view=None, perception="", reasoning="", reflection="",
                            diff=[], report="", findings=None, verdicts=None, provenance="",
                            overlay=gr.update(choices=ui.overlay_choices([]), value=ui.NO_OVERLAY, interactive=False),
-                           truth=gr.update(value="", visible=False), raw="", study=None, rating=None,
+                           truth=gr.update(value="", visible=False), raw="", study=None,
+                           input_check=gr.update(value="", visible=False), report_fold=gr.update(label=ui.REPORT_FOLD, open=True),
+                           rating=None,
                            reasoning_rating=None, saliency_rating=None, errors=[], significant=[], comment="", status="")
         if file is None:
             yield self._pack(**empty)
             return
         t0 = time.perf_counter()
         study, loaded = self._read_upload(file)
-        prov_kw = dict(metadata=study.metadata, warnings=study.warnings, in_distribution=study.truth is not None)
+        with self.model_lock:  # one tower forward: the verdict is on screen before generation starts
+            study.input_check = self.pipeline.check_input(loaded).to_json()
+        flagged = study.input_check["in_distribution"] is False
+        prov_kw = dict(metadata=study.metadata, warnings=study.warnings, in_distribution=not flagged)
+        gate_text = ui.input_check_markdown(study.input_check)
         yield self._pack(**{**empty, **dict(
             stages=ui.stage_html(["image"], active="perception", note="generating…"),
             view=np.stack([study.pixels] * 3, axis=-1), perception=ui.perception_html([], streaming=True),
             provenance=ui.provenance_markdown(study.provenance, **prov_kw),
+            input_check=gr.update(value=gate_text, visible=bool(gate_text)),
+            report_fold=gr.update(label=ui.REPORT_ANYWAY if flagged else ui.REPORT_FOLD, open=not flagged),
             truth=gr.update(value=ui.ground_truth_markdown(study.truth), visible=True) if study.truth
             else gr.update(value="", visible=False))})
         result = None

@@ -22,9 +22,12 @@ from medr2.report.schema import PerceptionItem, ReasoningStep, ReflectionItem
 
 NOTICE = "Research demo — not for clinical use; upload de-identified images only."
 DEMO_NOTICE = "The demo model was trained on synthetic phantoms only: its reports on real radiographs are not meaningful."
-# The app cannot tell a real film from a phantom that is not one of the bundled examples: say what it knows.
-OUT_OF_DISTRIBUTION = ("not one of the bundled synthetic phantoms: a real radiograph is outside the demo model's "
-                       "training distribution, so read its report as a demonstration only.")
+# Said when the input gate (medr2.trust.gate) flags a film: the report is folded behind REPORT_ANYWAY.
+OUT_OF_DISTRIBUTION = "outside what the model learned: read its report, if at all, as a demonstration only."
+REPORT_ANYWAY = "Show the model's report anyway"
+REPORT_FOLD = "Report and findings"
+DISTRIBUTION_UNKNOWN = ("Distribution unknown: this model carries no statistics of its training films, so only the "
+                        "DICOM tags were checked.")
 NO_REPORT = ("The model produced no report (generation ended before a closed <report> section). "
              "Write the correct report here if you want to teach the model.")
 REPORT_PLACEHOLDER = "The final report appears here; edit it to correct the model."
@@ -185,8 +188,21 @@ def stamp(prov: dict) -> str:
                       decoding=prov.get("decoding") or {}).stamp()
 
 
+def input_check_markdown(check: dict | None) -> str:
+    """The input gate's verdict for the top of the report column: why a film was flagged, or that the model
+    cannot tell; empty when the film is inside what the model learned."""
+    if not check:
+        return ""
+    if check.get("in_distribution") is False:
+        reasons = "".join(f"\n- {html.escape(r)}" for r in check.get("reasons", []))
+        return f"⚠ **This image is {OUT_OF_DISTRIBUTION}**{reasons}\n\nThe report is folded below (*{REPORT_ANYWAY}*)."
+    if check.get("in_distribution") is None:
+        return f"ℹ {DISTRIBUTION_UNKNOWN}"
+    return ""
+
+
 def provenance_markdown(prov: dict, metadata: dict | None = None, warnings: Sequence[str] = (),
-                        timings: dict | None = None, n_tokens: int | None = None, in_distribution: bool = True) -> str:
+                        timings: dict | None = None, n_tokens: int | None = None, in_distribution: bool | None = True) -> str:
     """Model, weights hash, demo/synthetic flag, image description and timing as a short markdown block."""
     lines = [f"**Model** `{prov.get('model', '?')}` · weights `{str(prov.get('weights_sha256', '?'))[:12]}` · "
              f"medr2 {prov.get('medr2_version', '?')}",
@@ -195,7 +211,7 @@ def provenance_markdown(prov: dict, metadata: dict | None = None, warnings: Sequ
         lines.append(f"**Reproduce** {stamp(prov)}")
     if prov.get("demo"):
         lines.append("**Demo model** trained on synthetic phantoms only")
-        if not in_distribution:
+        if in_distribution is False:  # the input gate flagged the film
             lines.insert(0, f"⚠ **This image is {OUT_OF_DISTRIBUTION}**")
     if metadata:
         keys = ("source_format", "modality", "view_position", "body_part", "photometric_interpretation")

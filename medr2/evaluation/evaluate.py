@@ -151,6 +151,14 @@ def load_eval_set(config: EvalConfig):
     return [s.study_id for s in studies], [Image.fromarray(s.image) for s in studies], [s.report for s in studies]
 
 
+def count_input_checks(results) -> dict:
+    """How many studies the input gate flagged as outside the training distribution (and how many it could not
+    judge: models without stored statistics)."""
+    checks = [r.input_check for r in results if r.input_check is not None]
+    return {"n": len(checks), "flagged": sum(c.in_distribution is False for c in checks),
+            "unknown": sum(c.in_distribution is None for c in checks)}
+
+
 def summarize(results, references: list[str], nlg: bool = True) -> dict:
     """Every number for one model on one set."""
     from medr2.evaluation.rewards import format_reward, medr2_format_reward
@@ -217,6 +225,10 @@ def format_summary(summary: dict) -> str:
         loc = summary["location"]
         lines.append(f"side accuracy {loc['side_accuracy']}, zone accuracy {loc['zone_accuracy']} (true positives)")
     lines.append("format: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["format"].items()))
+    if summary.get("input_check"):
+        c = summary["input_check"]
+        lines.append(f"input gate: {c['flagged']} of {c['n']} studies flagged as outside the training distribution"
+                     + (f", {c['unknown']} unknown (no input statistics)" if c["unknown"] else ""))
     lines.append(f"{'observation':28s} {'P':>6s} {'R':>6s} {'F1':>6s} {'support':>8s}")
     lines += [f"{r['observation']:28s} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f} {r['support']:8d}"
               for r in f["per_observation"] if r["support"] or r["predicted"]]
@@ -234,6 +246,7 @@ def run(config: EvalConfig) -> dict:
     for i in tqdm(range(0, len(images), config.batch_size), desc="evaluate", unit="batch"):
         results += pipe.run_batch(images[i:i + config.batch_size], batch_size=config.batch_size)
     summary = summarize(results, references, nlg=config.nlg)
+    summary["input_check"] = count_input_checks(results)
     summary["config"] = asdict(config)
     if not config.dataset_dir:  # the same phantom seed draws different films across generator versions
         from medr2.phantom.generator import GENERATOR_VERSION

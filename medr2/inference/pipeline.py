@@ -109,10 +109,20 @@ class StudyResult:
     image: Any = None  # the LoadedImage that was read (pixels + allow-listed metadata), kept for saliency/UI
     # what saliency needs to re-run the model on this answer: {"inputs": model inputs, "new_ids": [1, T] ids}
     saliency_inputs: dict | None = field(default=None, repr=False)
+    # the input gate's verdict (medr2.trust.gate.InputCheck), taken before generation
+    input_check: Any = None
 
     @property
     def output(self) -> MedR2Output:
         return self.parsed.output
+
+    @property
+    def warnings(self) -> list[str]:
+        """The image's warnings, then the input gate's verdict when it flags the film."""
+        warnings = list(getattr(self.image, "warnings", []) or [])
+        if self.input_check is not None and self.input_check.flagged:
+            warnings.append("input outside the model's training distribution: " + "; ".join(self.input_check.reasons))
+        return warnings
 
     def to_json(self) -> dict:
         out = self.parsed.output
@@ -126,7 +136,8 @@ class StudyResult:
             "problems": list(self.parsed.problems),
             "draft_labels": self.draft_labels, "final_labels": self.final_labels,
             "timings": self.timings, "tokens": self.n_tokens, "provenance": asdict(self.provenance),
-            "warnings": list(getattr(self.image, "warnings", []) or []),
+            "warnings": self.warnings,
+            "input_check": self.input_check.to_json() if self.input_check is not None else None,
         }
 
 
@@ -187,6 +198,10 @@ class Pipeline:
         self.load_seconds = time.perf_counter() - t0
         self.card = read_model_card(self.config.model)
         self.saliency_config = read_model_card(self.config.model, DEPTH_FILE)
+        from medr2.trust.gate import load_gate
+
+        # None for models without stored training-film statistics (real LVLMs): tag checks only
+        self.gate_stats = load_gate(self.config.model) if Path(self.config.model).is_dir() else None
         self.provenance = Provenance(
             model=_model_label(self.config.model),
             weights_sha256=weights_sha256(self.config.model) if Path(self.config.model).exists() else "hub",
@@ -225,6 +240,14 @@ class Pipeline:
         return generation_kwargs(greedy=self.config.greedy, max_new_tokens=self.config.max_new_tokens,
                                  temperature=self.config.temperature, top_p=self.config.top_p)
 
+    def check_input(self, loaded, inputs=None):
+        """The input gate (DICOM tags, then distance from the training films in the vision tower's feature space)."""
+        from medr2.trust.gate import check_input
+
+        if inputs is None:
+            inputs = self._inputs([loaded.to_pil()])
+        return check_input(loaded, self.model, self.processor, self.gate_stats, inputs=inputs)
+
     def _seed(self) -> None:
         """Sampling draws from torch's global generator: seed it before each generation (greedy needs no seed)."""
         if not self.config.greedy:
@@ -252,6 +275,9 @@ class Pipeline:
         loaded = as_loaded(image)
         inputs = self._inputs([loaded.to_pil()])
         timings["preprocess_s"] = time.perf_counter() - t0
+        t_gate = time.perf_counter()
+        input_check = self.check_input(loaded, inputs)
+        timings["input_check_s"] = time.perf_counter() - t_gate
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=False)
         result: dict = {}
 
@@ -285,6 +311,7 @@ class Pipeline:
         timings["generate_s"] = time.perf_counter() - t1
         new_ids = result["ids"][:, inputs["input_ids"].shape[1]:]
         final = self._finish(_clean(text, self._strip), loaded, int(new_ids.shape[1]), timings, inputs, new_ids)
+        final.input_check = input_check
         yield Event("done", final.raw_text, parsed=final.parsed)
         yield final
 
@@ -312,6 +339,7 @@ class Pipeline:
         for i in range(0, len(images), batch_size):
             chunk = [as_loaded(im) for im in images[i:i + batch_size]]
             chunk_prefixes = prefixes[i:i + batch_size] if prefixes is not None else None
+            checks = [self.check_input(c) for c in chunk]  # one tower forward each: evaluation counts flagged films
             t0 = time.perf_counter()
             inputs = self._inputs([c.to_pil() for c in chunk], chunk_prefixes)
             self._seed()
@@ -326,13 +354,14 @@ class Pipeline:
                 n = int((row != tok.pad_token_id).sum())
                 if not keep_saliency_inputs:
                     results.append(self._finish(text, loaded, n, {"generate_s": per_study}))
-                    continue
-                own = row.tolist()
-                if tok.eos_token_id in own:
-                    own = own[:own.index(tok.eos_token_id) + 1]
-                own = [t for t in own if t != tok.pad_token_id]
-                results.append(self._finish(text, loaded, len(own), {"generate_s": per_study},
-                                            self._inputs([loaded.to_pil()]), torch.tensor([own])))
+                else:
+                    own = row.tolist()
+                    if tok.eos_token_id in own:
+                        own = own[:own.index(tok.eos_token_id) + 1]
+                    own = [t for t in own if t != tok.pad_token_id]
+                    results.append(self._finish(text, loaded, len(own), {"generate_s": per_study},
+                                                self._inputs([loaded.to_pil()]), torch.tensor([own])))
+                results[-1].input_check = checks[j]
         return results
 
     def forced_result(self, image, text: str) -> StudyResult:
@@ -399,7 +428,7 @@ def cli_generate(argv: list[str]) -> int:
 def format_result(result: StudyResult) -> str:
     """Human-readable shown work: perception, reasoning, draft, reflection, report, labels, provenance."""
     out, lines = result.output, []
-    for w in getattr(result.image, "warnings", []) or []:
+    for w in result.warnings:
         lines.append(f"WARNING: {w}")
     lines.append("PERCEPTION")
     lines += [f"  {p.region}: {p.text}" for p in out.perception]
