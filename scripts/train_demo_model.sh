@@ -42,11 +42,13 @@ if [ $SMOKE = 1 ]; then
   DEEPEN_SMOKE=(--max_steps 4 --save_steps 2 --n_train 24 --n_val 8 --workers 1 --head_warmup_steps 2)
   SFT_SMOKE=(--max_steps 4 --save_steps 2 --n_train 16 --logging_steps 1)
   SALIENCY=(--n 4 --max_new_tokens 64 --threads 2)
+  GATE=(--n 16 --val_n 16)
   EVAL_VAL=(--n 4 --max_new_tokens 64)
   EVAL_TEST=(--n 4 --max_new_tokens 64)
 else
   STAGE0_SMOKE=() DEEPEN_SMOKE=() SFT_SMOKE=()
   SALIENCY=(--n 1800 --threads 2)
+  GATE=(--n 2000 --val_n 1000)
   EVAL_VAL=(--n 1000)
   EVAL_TEST=(--n 500)
 fi
@@ -102,4 +104,7 @@ stage eval_test eval_test/eval.json -- \
 stage export export/medr2_model.json -- \
   "$PY" -m medr2 export --run_dir "$OUT/candidate" --output_dir "$OUT/export" --store_dtype float16 \
   --eval "$OUT/eval_test/eval.json" --recipe "${RECIPES[@]}"
+# The input gate's statistics of the exported weights (training seed 1, threshold on validation seed 2).
+stage input_gate export/input_gate.json -- \
+  "$PY" -m medr2 fit-gate --model "$OUT/export" "${GATE[@]}"
 log "done: $OUT/export (compare with the shipped model: medr2 compare <shipped validation eval> $OUT/eval_val)"

@@ -103,6 +103,7 @@ def test_smoke_runs_train_every_stage_export_a_working_model_skip_on_rerun_and_f
 
     pipe = Pipeline(PipelineConfig(model=str(out / "export"), max_new_tokens=48))
     assert pipe.provenance.demo and pipe.model.config.vision_config.num_hidden_layers == 6
+    assert pipe.gate_stats is not None  # the export carries its own input-gate statistics (fitted on its weights)
     from medr2.modeling.model import weights_sha256
 
     assert pipe.provenance.weights_sha256 == weights_sha256(str(out / "export"))
@@ -114,7 +115,7 @@ def test_smoke_runs_train_every_stage_export_a_working_model_skip_on_rerun_and_f
     again = _run_smoke(out)
     assert again.returncode == 0, again.stderr[-4000:]
     stages = ("stage0", "sft", "sft_tower", "stage0_deepen", "sft_deep", "candidate", "saliency_depth", "eval_val",
-              "eval_test", "export")
+              "eval_test", "export", "input_gate")
     assert all(f"{stage}: finished earlier" in again.stderr for stage in stages), again.stderr
     assert "running" not in again.stderr
 

@@ -35,14 +35,14 @@ __all__ = ["decode_dicom"]
 _CHEST = {"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_ABDOMEN", "CHESTABDOMEN", "RIBS", "RIB"}
 _FRONTAL = {"PA", "AP", "APS", "PAS"}
 _LATERAL = {"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT"}
-_RADIOGRAPH = {"CR", "DX"}
+_RADIOGRAPH = {"CR", "DX", "DR"}  # DR: not a DICOM modality code, but some vendors write it for DX
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _RLE = "1.2.840.10008.1.2.5"
 
 # Values are allow-listed as well as keys: a free-text value in a CS tag (a name typed into Body Part
 # Examined, say) can then never reach the metadata or a warning.
-_MODALITIES = set("CR DX MG CT MR US NM PT XA RF RG OT SR DOC ECG RTIMAGE RTDOSE RTPLAN RTSTRUCT SM IO PX "
+_MODALITIES = set("CR DX DR MG CT MR US NM PT XA RF RG OT SR DOC ECG RTIMAGE RTDOSE RTPLAN RTSTRUCT SM IO PX "
                   "ES XC GM OP OPT SEG KO PR".split())
 _VIEWS = set("AP PA LL RL LLD RLD LAO RAO LPO RPO RLO LLO LAT LATERAL LLAT RLAT APS PAS".split())
 _BODY_PARTS = set("ABDOMEN PELVIS HEAD SKULL BRAIN NECK CSPINE TSPINE LSPINE SPINE SHOULDER ARM ELBOW "
