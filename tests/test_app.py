@@ -139,6 +139,15 @@ def test_word_diff_marks_removed_and_added_words_and_rebuilds_both_texts():
     assert ui.word_diff("same text", "same text") == [("same text", None)]
 
 
+def test_findings_rows_show_calibrated_confidence_and_mark_low_ones():
+    headers, rows = ui.findings_rows({"Pneumothorax": 1, "Lung Lesion": 1}, {"Pneumothorax": 1, "Lung Lesion": 1}, None,
+                                     confidence={"Pneumothorax": 0.976, "Lung Lesion": 0.62}, low=["Lung Lesion"])
+    assert headers == ui.FINDINGS_HEADERS + ["Confidence"]
+    by_obs = {r[0].rstrip(" ≠"): r for r in rows}
+    assert by_obs["Pneumothorax"][-1] == "0.98" and by_obs["Lung Lesion"][-1] == "0.62 ⚠" and by_obs["Edema"][-1] == ""
+    assert ui.findings_rows(None, None, None)[0] == ui.FINDINGS_HEADERS  # no calibration: no column
+
+
 def test_findings_rows_cover_14_observations_and_flag_disagreement():
     headers, rows = ui.findings_rows({"Cardiomegaly": 1}, {"Cardiomegaly": 0}, {"Cardiomegaly": 0},
                                      truth={"Cardiomegaly": 0})
@@ -308,6 +317,7 @@ def test_a_film_the_gate_flags_shows_why_and_folds_the_report(app_model, tmp_pat
 @pytest.mark.slow
 def test_the_shipped_models_gate_folds_the_real_rg1_film_and_passes_a_phantom(tmp_path):
     service = make_service(ROOT / "assets" / "model", tmp_path / "data", tmp_path / "up")
+    service.pipeline.config.max_new_tokens = 640  # the whole answer, as the app runs it
     verdicts = {}
     for name in ("rg1_chest.dcm", "phantom_effusion.png"):
         merged = {}
@@ -315,6 +325,11 @@ def test_the_shipped_models_gate_folds_the_real_rg1_film_and_passes_a_phantom(tm
             merged.update(as_dict(u))
         verdicts[name] = (merged["study"].input_check["in_distribution"], merged["report_fold"]["open"])
     assert verdicts == {"rg1_chest.dcm": (False, False), "phantom_effusion.png": (True, True)}
+    # the last study (the effusion phantom): its stated finding carries a calibrated confidence in the table
+    table = merged["findings"]["value"].data  # the update carries a pandas Styler over the table
+    assert list(table.columns)[-1] == "Confidence"
+    effusion = table[table.iloc[:, 0].str.startswith("Pleural Effusion")].iloc[0, -1]
+    assert 0.9 < float(effusion.rstrip(" ⚠")) <= 0.99
 
 
 def test_an_upload_named_like_an_example_is_not_taken_for_it(scripted, tmp_path):

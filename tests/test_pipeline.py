@@ -292,6 +292,8 @@ def test_every_result_carries_the_input_gates_verdict_and_evaluation_counts_it(p
     assert png.to_json()["input_check"] == {"in_distribution": None, "score": None, "threshold": None,
                                             "reasons": [png.input_check.reasons[0]]}
     assert png.input_check.reasons[0].startswith("distribution unknown") and png.warnings == []
+    # and no calibration file: no confidence is shown rather than an uncalibrated number
+    assert png.confidence is None and png.to_json()["confidence"] is None
     ct_path = get_testdata_file("CT_small.dcm")
     batch = pipe.run_batch([str(phantom_png), ct_path, str(phantom_png)], batch_size=2)
     assert [r.input_check.in_distribution for r in batch] == [None, False, None]

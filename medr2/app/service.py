@@ -97,6 +97,8 @@ class Study:
     image_ref: str | None = None  # bundled example name (never an upload's file name)
     truth: dict | None = None
     input_check: dict | None = None  # the input gate's verdict (InputCheck.to_json())
+    confidence: dict | None = None  # observation -> calibrated probability (models with a calibration file)
+    low_confidence: list = field(default_factory=list)
 
 
 @dataclass
@@ -272,8 +274,10 @@ class AppService:
         study.draft = out.draft.text if out.draft else ""
         study.final = out.report.text if out.report else ""
         study.labels = {k: v for k, v in (("draft", result.draft_labels), ("final", result.final_labels)) if v}
+        study.confidence, study.low_confidence = result.confidence, list(result.low_confidence)
         headers, rows = ui.findings_rows(result.draft_labels, result.final_labels, result.final_labels,
-                                         (study.truth or {}).get("labels") if study.truth else None)
+                                         (study.truth or {}).get("labels") if study.truth else None,
+                                         study.confidence, study.low_confidence)
         problems = "\n".join(f"- {p}" for p in result.parsed.problems)
         yield self._pack(
             stages=ui.stage_html(["image", *ui.STAGES[1:7]], active="saliency", note="computing saliency…"),
@@ -319,7 +323,8 @@ class AppService:
         edited = edited or ""
         reviewer = label_report(edited) if (edited or "").strip() else None
         headers, rows = ui.findings_rows(study.labels.get("draft"), study.labels.get("final"), reviewer,
-                                         study.truth.get("labels") if study.truth else None)
+                                         study.truth.get("labels") if study.truth else None,
+                                         study.confidence, study.low_confidence)
         verdicts = pd.DataFrame(ui.verdict_rows(study.final, edited), columns=ui.VERDICT_HEADERS)
         return findings_frame(headers, rows), verdicts
 

@@ -35,7 +35,8 @@ BUSY = "The server is busy with other studies. Please try again in a minute."
 GENERIC_ERROR = "Something went wrong while analysing this image; nothing was stored. Please try again or use another file."
 STAGES = ("image", "perception", "reasoning", "draft", "reflection", "report", "findings", "saliency")
 VALUE_WORDS = {1: "+", 0: "−", -1: "?", None: ""}  # present / absent / uncertain / not mentioned
-FINDINGS_LEGEND = "+ present · − absent · ? uncertain · blank = not mentioned"
+FINDINGS_LEGEND = ("+ present · − absent · ? uncertain · blank = not mentioned · confidence: calibrated probability that "
+                   "a stated finding is right, ⚠ = check it first")
 FINDINGS_HEADERS = ["Observation", "Draft", "Final", "Reviewer"]
 VERDICT_HEADERS = ["Model sentence", "Verdict (accept / edit / reject)", "Edited text"]
 DIFF_COLORS = {"added": "#1a7f37", "removed": "#cf222e"}
@@ -167,15 +168,19 @@ def word_diff(draft: str, final: str) -> list[tuple[str, str | None]]:
 
 
 # ---------------------------------------------------------------- right column
-def findings_rows(draft: dict | None, final: dict | None, reviewer: dict | None,
-                  truth: dict | None = None) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows) of the 14 observations; a '≠' marks observations where the columns disagree."""
-    headers = FINDINGS_HEADERS + (["Truth"] if truth is not None else [])
+def findings_rows(draft: dict | None, final: dict | None, reviewer: dict | None, truth: dict | None = None,
+                  confidence: dict | None = None, low: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of the 14 observations; a '≠' marks observations where the columns disagree. With
+    `confidence` (calibrated, per stated finding of the final report) a last column shows it, '⚠' on `low` ones."""
+    headers = FINDINGS_HEADERS + (["Truth"] if truth is not None else []) + (["Confidence"] if confidence is not None else [])
     rows = []
     for obs in OBSERVATIONS:
         values = [(d or {}).get(obs) for d in (draft, final, reviewer)] + ([truth.get(obs)] if truth is not None else [])
         words = [VALUE_WORDS.get(v, str(v)) for v in values]
         label = obs + (" ≠" if len({w for w in words if w}) > 1 else "")
+        if confidence is not None:
+            p = confidence.get(obs)
+            words.append("" if p is None else f"{p:.2f}" + (" ⚠" if obs in low else ""))
         rows.append([label, *words])
     return headers, rows
 

@@ -111,6 +111,10 @@ class StudyResult:
     saliency_inputs: dict | None = field(default=None, repr=False)
     # the input gate's verdict (medr2.trust.gate.InputCheck), taken before generation
     input_check: Any = None
+    # observation -> calibrated probability that the stated finding is right (models with a calibration file),
+    # and the findings below the model's low-confidence line, which the reviewer should check first
+    confidence: dict[str, float] | None = None
+    low_confidence: list[str] = field(default_factory=list)
 
     @property
     def output(self) -> MedR2Output:
@@ -138,6 +142,7 @@ class StudyResult:
             "timings": self.timings, "tokens": self.n_tokens, "provenance": asdict(self.provenance),
             "warnings": self.warnings,
             "input_check": self.input_check.to_json() if self.input_check is not None else None,
+            "confidence": self.confidence, "low_confidence": list(self.low_confidence),
         }
 
 
@@ -202,6 +207,10 @@ class Pipeline:
 
         # None for models without stored training-film statistics (real LVLMs): tag checks only
         self.gate_stats = load_gate(self.config.model) if Path(self.config.model).is_dir() else None
+        from medr2.trust.confidence import load_calibration
+
+        # None without a calibration file: raw token probabilities of an uncalibrated model are not shown
+        self.calibration = load_calibration(self.config.model) if Path(self.config.model).is_dir() else None
         self.provenance = Provenance(
             model=_model_label(self.config.model),
             weights_sha256=weights_sha256(self.config.model) if Path(self.config.model).exists() else "hub",
@@ -247,6 +256,15 @@ class Pipeline:
         if inputs is None:
             inputs = self._inputs([loaded.to_pil()])
         return check_input(loaded, self.model, self.processor, self.gate_stats, inputs=inputs)
+
+    def add_confidence(self, result: StudyResult) -> None:
+        """Calibrated per-finding confidence from one teacher-forced pass over the answer (a few % of a study)."""
+        from medr2.trust.confidence import finding_confidences, is_low
+
+        if self.calibration is None or result.saliency_inputs is None:
+            return
+        result.confidence = finding_confidences(self.model, self.processor, result, self.calibration)
+        result.low_confidence = [obs for obs, p in result.confidence.items() if is_low(p, self.calibration)]
 
     def _seed(self) -> None:
         """Sampling draws from torch's global generator: seed it before each generation (greedy needs no seed)."""
@@ -312,6 +330,9 @@ class Pipeline:
         new_ids = result["ids"][:, inputs["input_ids"].shape[1]:]
         final = self._finish(_clean(text, self._strip), loaded, int(new_ids.shape[1]), timings, inputs, new_ids)
         final.input_check = input_check
+        t_conf = time.perf_counter()
+        self.add_confidence(final)
+        timings["confidence_s"] = time.perf_counter() - t_conf
         yield Event("done", final.raw_text, parsed=final.parsed)
         yield final
 
@@ -442,7 +463,14 @@ def format_result(result: StudyResult) -> str:
     lines.append(f"  {out.report.text if out.report else '(none: the model did not finish a report)'}")
     if result.final_labels:
         pos = [k for k, v in result.final_labels.items() if v in (1, -1)]
-        lines.append("FINDINGS: " + (", ".join(f"{k}{'?' if result.final_labels[k] == -1 else ''}" for k in pos) or "none"))
+        conf = result.confidence or {}
+
+        def finding(k: str) -> str:
+            p = f" {conf[k]:.2f}" + (" LOW" if k in result.low_confidence else "") if k in conf else ""
+            return f"{k}{'?' if result.final_labels[k] == -1 else ''}{p}"
+
+        lines.append("FINDINGS" + (" (calibrated confidence)" if conf else "") + ": "
+                     + (", ".join(finding(k) for k in pos) or "none"))
     if result.parsed.problems:
         lines.append("PARSE PROBLEMS: " + "; ".join(result.parsed.problems))
     lines.append(f"MODEL: {result.provenance.line()}")
