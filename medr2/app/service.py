@@ -234,7 +234,8 @@ class AppService:
         with self.model_lock:  # one tower forward: the verdict is on screen before generation starts
             study.input_check = self.pipeline.check_input(loaded).to_json()
         flagged = study.input_check["in_distribution"] is False
-        prov_kw = dict(metadata=study.metadata, warnings=study.warnings, in_distribution=not flagged)
+        # the gate's verdict stands above the report (input_check), so the provenance block does not repeat it
+        prov_kw = dict(metadata=study.metadata, warnings=study.warnings)
         gate_text = ui.input_check_markdown(study.input_check)
         yield self._pack(**{**empty, **dict(
             stages=ui.stage_html(["image"], active="perception", note="generating…"),
