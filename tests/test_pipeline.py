@@ -300,3 +300,19 @@ def test_every_result_carries_the_input_gates_verdict_and_evaluation_counts_it(p
     assert any(w.startswith("input outside the model's training distribution: modality CT") for w in batch[1].warnings)
     assert "WARNING: input outside the model's training distribution" in format_result(batch[1])
     assert count_input_checks(batch) == {"n": 3, "flagged": 1, "unknown": 2}
+
+
+def test_evaluation_scores_the_confidence_against_the_references():
+    from types import SimpleNamespace
+
+    from medr2.evaluation.evaluate import confidence_summary
+
+    results = [SimpleNamespace(confidence={"Pneumothorax": 0.9, "Cardiomegaly": 0.6}, low_confidence=["Cardiomegaly"]),
+               SimpleNamespace(confidence={"Pleural Effusion": 0.8}, low_confidence=[]),
+               SimpleNamespace(confidence=None, low_confidence=[])]
+    references = ["Small left pneumothorax. Normal heart size.", "Possible small right pleural effusion.", "Normal."]
+    summary = confidence_summary(results, references)
+    # right: pneumothorax (stated), effusion (hedged = found); wrong: cardiomegaly (the reference negates it)
+    assert summary["n_findings"] == 3 and summary["share_right"] == 2 / 3 and summary["low"] == 1
+    assert summary["brier"] == ((0.9 - 1) ** 2 + (0.6 - 0) ** 2 + (0.8 - 1) ** 2) / 3
+    assert confidence_summary(results[2:], references[2:]) == {"n_findings": 0}

@@ -151,6 +151,25 @@ def load_eval_set(config: EvalConfig):
     return [s.study_id for s in studies], [Image.fromarray(s.image) for s in studies], [s.report for s in studies]
 
 
+def confidence_summary(results, references: list[str]) -> dict:
+    """How well the calibrated per-finding confidence matches reality on this set: a stated finding (positive or
+    hedged in the final report) counts as right when the reference report states it too (hedged = found)."""
+    from medr2.labeler.findings import label_report
+    from medr2.trust.confidence import brier, expected_calibration_error
+
+    p, right = [], []
+    for result, reference in zip(results, references):
+        ref = label_report(reference)
+        for obs, prob in (result.confidence or {}).items():
+            p.append(prob)
+            right.append(ref.get(obs) in (1, -1))
+    if not p:
+        return {"n_findings": 0}
+    return {"n_findings": len(p), "share_right": sum(right) / len(p), "mean_confidence": sum(p) / len(p),
+            "ece": expected_calibration_error(p, right), "brier": brier(p, right),
+            "low": sum(len(r.low_confidence) for r in results)}
+
+
 def count_input_checks(results) -> dict:
     """How many studies the input gate flagged as outside the training distribution (and how many it could not
     judge: models without stored statistics)."""
@@ -225,6 +244,10 @@ def format_summary(summary: dict) -> str:
         loc = summary["location"]
         lines.append(f"side accuracy {loc['side_accuracy']}, zone accuracy {loc['zone_accuracy']} (true positives)")
     lines.append("format: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["format"].items()))
+    if summary.get("confidence", {}).get("n_findings"):
+        c = summary["confidence"]
+        lines.append(f"confidence: {c['n_findings']} stated findings, {c['share_right']:.3f} right, mean confidence "
+                     f"{c['mean_confidence']:.3f}, ECE {c['ece']:.3f}, {c['low']} marked low")
     if summary.get("input_check"):
         c = summary["input_check"]
         lines.append(f"input gate: {c['flagged']} of {c['n']} studies flagged as outside the training distribution"
@@ -244,9 +267,11 @@ def run(config: EvalConfig) -> dict:
 
     results = []
     for i in tqdm(range(0, len(images), config.batch_size), desc="evaluate", unit="batch"):
-        results += pipe.run_batch(images[i:i + config.batch_size], batch_size=config.batch_size)
+        results += pipe.run_batch(images[i:i + config.batch_size], batch_size=config.batch_size, confidence=True)
     summary = summarize(results, references, nlg=config.nlg)
     summary["input_check"] = count_input_checks(results)
+    if pipe.calibration is not None:
+        summary["confidence"] = confidence_summary(results, references)
     summary["config"] = asdict(config)
     if not config.dataset_dir:  # the same phantom seed draws different films across generator versions
         from medr2.phantom.generator import GENERATOR_VERSION

@@ -342,14 +342,15 @@ class Pipeline:
         return result
 
     def run_batch(self, images: list, batch_size: int = 16, prefixes: list[str] | None = None,
-                  keep_saliency_inputs: bool = False) -> list[StudyResult]:
+                  keep_saliency_inputs: bool = False, confidence: bool = False) -> list[StudyResult]:
         """Batched generation for evaluation (left padding); results in input order.
 
         `prefixes` (one per image) are forced as the start of each answer and generation continues from them;
         each result's text is prefix + continuation (how `benchmarks/reflection_probe.py` hands the model a
         draft with a known error and reads what its reflection does). `keep_saliency_inputs`: each result also
         keeps its own single-image inputs and unpadded generated ids, so `saliency` can explain it (batched
-        generation, per-study attribution: what the saliency benchmarks need)."""
+        generation, per-study attribution: what the saliency benchmarks need). `confidence`: each result gets its
+        calibrated per-finding confidence (models with a calibration file; one teacher-forced pass per study)."""
         import torch
 
         if prefixes is not None and len(prefixes) != len(images):
@@ -373,7 +374,7 @@ class Pipeline:
                 if chunk_prefixes is not None:
                     text = chunk_prefixes[j] + text
                 n = int((row != tok.pad_token_id).sum())
-                if not keep_saliency_inputs:
+                if not (keep_saliency_inputs or (confidence and self.calibration is not None)):
                     results.append(self._finish(text, loaded, n, {"generate_s": per_study}))
                 else:
                     own = row.tolist()
@@ -382,6 +383,10 @@ class Pipeline:
                     own = [t for t in own if t != tok.pad_token_id]
                     results.append(self._finish(text, loaded, len(own), {"generate_s": per_study},
                                                 self._inputs([loaded.to_pil()]), torch.tensor([own])))
+                    if confidence:
+                        self.add_confidence(results[-1])
+                    if not keep_saliency_inputs:  # an evaluation holds hundreds of results: drop the tensors
+                        results[-1].saliency_inputs = None
                 results[-1].input_check = checks[j]
         return results
 
