@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from answers import GENERATED  # tests/answers.py
 
 from medr2.trust import confidence as C
 
@@ -112,28 +113,6 @@ def test_agreement_is_the_share_of_samples_stating_a_finding():
 
 
 # ------------------------------------------------------------------------------------------ micro model
-GENERATED = """<think>
-<perception>
-heart: cardiothoracic ratio about 0.46, normal heart size.
-right lung, lower zone: blunted costophrenic angle with a meniscus.
-left lung: clear, markings reach the periphery.
-devices: none.
-</perception>
-<reasoning>
-blunted angle with meniscus -> small right pleural effusion [rule: effusion_meniscus]
-</reasoning>
-<draft>
-Findings: Small right pleural effusion. Impression: Small right pleural effusion.
-</draft>
-<reflection>
-kept: pleural effusion - re-checked the right base, meniscus confirmed.
-</reflection>
-</think>
-<report>
-Findings: Normal heart size. Small right pleural effusion. Possible left apical pneumothorax. No consolidation. Impression: Small right pleural effusion.
-</report>"""
-
-
 @pytest.fixture(scope="module")
 def micro():
     """An untrained micro LLaVA and a result that 'answered' GENERATED on a film, as Pipeline.run hands it on."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from answers import GENERATED  # tests/answers.py
 from captum.attr import IntegratedGradients, LayerGradCam, LayerGradientXActivation
 
 from medr2 import saliency as S
@@ -15,26 +16,6 @@ from medr2.modeling.tokenizer import train_tokenizer
 from medr2.report.schema import parse
 
 ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
-GENERATED = """<think>
-<perception>
-heart: cardiothoracic ratio about 0.46, normal heart size.
-right lung, lower zone: blunted costophrenic angle with a meniscus.
-left lung: clear, markings reach the periphery.
-devices: none.
-</perception>
-<reasoning>
-blunted angle with meniscus -> small right pleural effusion [rule: effusion_meniscus]
-</reasoning>
-<draft>
-Findings: Small right pleural effusion. Impression: Small right pleural effusion.
-</draft>
-<reflection>
-kept: pleural effusion - re-checked the right base, meniscus confirmed.
-</reflection>
-</think>
-<report>
-Findings: Normal heart size. Small right pleural effusion. Possible left apical pneumothorax. No consolidation. Impression: Small right pleural effusion.
-</report>"""
 
 
 @pytest.fixture(scope="module")
