@@ -97,3 +97,12 @@ def test_label_starts_without_torch_or_trl(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.split()[-3:] == ["0", "False", "False"], proc.stderr
 
+
+
+def test_a_training_stage_whose_input_folder_is_missing_says_so_in_one_line(tmp_path, capsys):
+    missing = tmp_path / "no_stage0"
+    assert main(["train-sft", "--config", "recipes/demo/sft.yaml", "--perception_dir", str(missing),
+                 "--output_dir", str(tmp_path / "sft")]) == 2
+    err = capsys.readouterr().err  # transformers may print a FutureWarning first
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("medr2 train-sft: no stage-0 tower at ") and str(missing) in last and "Traceback" not in err

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,20 +148,22 @@ def train(config: MedR2GRPOConfig) -> Path:
 
 
 def parse_config(argv: list[str]) -> MedR2GRPOConfig:
-    """Fields from a YAML recipe (`--config`, alias `--recipe`) and/or flags, flags winning."""
-    from trl import TrlParser
+    """Fields from a YAML recipe (`--config`, alias `--recipe`) and/or flags, flags winning (the one CLI parser)."""
+    from medr2.cli import parse_config as parse
 
-    argv = ["--config" if a == "--recipe" else a for a in argv]
-    (config,) = TrlParser((MedR2GRPOConfig,)).parse_args_and_config(argv)
-    return config
+    return parse("medr2 train-grpo", MedR2GRPOConfig, argv)
 
 
 def cli_train_grpo(argv: list[str]) -> int:
+    from medr2.cli import UsageError, fail
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         config = parse_config(argv)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"medr2 train-grpo: {exc}", file=sys.stderr)
-        return 2
-    print(train(config))
+    except UsageError as exc:
+        return fail("medr2 train-grpo", exc)
+    try:
+        print(train(config))
+    except FileNotFoundError as exc:  # an input of the recipe (a previous stage's folder) is missing
+        return fail("medr2 train-grpo", exc)
     return 0

@@ -46,7 +46,8 @@ ZONES = ("outside", "right upper", "right mid", "right lower", "left upper", "le
 class PerceptionConfig:
     """Stage-0 perception pretraining (one config per entry point; every field documented)."""
 
-    output_dir: str = field(default="runs/perception", metadata={"help": "output folder (also the film cache and the checkpoint)"})
+    output_dir: str = field(default="runs/perception", metadata={"help": "output folder (also the film cache and the checkpoint)",
+                                                                 "aliases": ["--out"]})
     n_train: int = field(default=6000, metadata={"help": "phantom studies for training"})
     n_val: int = field(default=400, metadata={"help": "phantom studies for validation (separate seed)"})
     train_seed: int = field(default=1, metadata={"help": "phantom seed of the training studies (must match SFT's)"})
@@ -429,23 +430,23 @@ def plot_losses(history: list[dict], path: Path) -> None:
 
 
 def parse_config(argv: list[str]) -> PerceptionConfig:
-    """Fields from a YAML recipe (`--config`, alias `--recipe`) and/or flags, flags winning (TRL's parser, as SFT/GRPO)."""
-    from trl import TrlParser
+    """Fields from a YAML recipe (`--config`, alias `--recipe`) and/or flags, flags winning (the one CLI parser)."""
+    from medr2.cli import parse_config as parse
 
-    argv = ["--config" if a == "--recipe" else "--output_dir" if a == "--out" else a for a in argv]
-    (config,) = TrlParser((PerceptionConfig,)).parse_args_and_config(argv)
-    return config
+    return parse("medr2 train-perception", PerceptionConfig, argv)
 
 
 def cli_train_perception(argv: list[str]) -> int:
-    import sys
+    from medr2.cli import UsageError, fail
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         config = parse_config(argv)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"medr2 train-perception: {exc}", file=sys.stderr)
-        return 2
-    metrics = train(config)
+    except UsageError as exc:
+        return fail("medr2 train-perception", exc)
+    try:
+        metrics = train(config)
+    except FileNotFoundError as exc:  # an input of the recipe (a previous stage's folder) is missing
+        return fail("medr2 train-perception", exc)
     print(json.dumps({k: metrics[k] for k in ("macro_f1", "zone_accuracy", "ctr_mae", "steps", "minutes")}, indent=2))
     return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,6 +235,9 @@ def train(config: MedR2SFTConfig) -> Path:
 
     from medr2.training import resume_arg
 
+    tower = Path(config.perception_dir) / "vision_tower.safetensors" if config.perception_dir else None
+    if tower is not None and not tower.is_file():  # checked before minutes of data building, not after
+        raise FileNotFoundError(f"no stage-0 tower at {tower}: run the stage that writes it first (perception_dir)")
     rows = _dataset_rows(config) if config.dataset_dir else _phantom_rows(config)
     model, processor = build_model(config, rows)
     dataset = Dataset.from_list(rows)
@@ -263,21 +265,22 @@ def train(config: MedR2SFTConfig) -> Path:
 
 
 def parse_config(argv: list[str]) -> MedR2SFTConfig:
-    """Fields from a YAML recipe (`--recipe`/`--config`) and/or flags, flags winning."""
-    from trl import TrlParser
+    """Fields from a YAML recipe (`--config`, alias `--recipe`) and/or flags, flags winning (the one CLI parser)."""
+    from medr2.cli import parse_config as parse
 
-    argv = ["--config" if a == "--recipe" else a for a in argv]
-    parser = TrlParser((MedR2SFTConfig,))
-    (config,) = parser.parse_args_and_config(argv)
-    return config
+    return parse("medr2 train-sft", MedR2SFTConfig, argv)
 
 
 def cli_train_sft(argv: list[str]) -> int:
+    from medr2.cli import UsageError, fail
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         config = parse_config(argv)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"medr2 train-sft: {exc}", file=sys.stderr)
-        return 2
-    print(train(config))
+    except UsageError as exc:
+        return fail("medr2 train-sft", exc)
+    try:
+        print(train(config))
+    except FileNotFoundError as exc:  # an input of the recipe (a previous stage's folder) is missing
+        return fail("medr2 train-sft", exc)
     return 0
