@@ -20,7 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import gradio as gr  # noqa: E402
 
 from medr2.app import views as ui  # noqa: E402
-from medr2.app.service import ANALYZE_OUTPUTS, AppService, find_examples, gpu  # noqa: E402
+from medr2.app.service import ANALYZE_OUTPUTS, AppService, empty_findings, find_examples, gpu  # noqa: E402
 
 MAX_FILE_SIZE = "64mb"  # a 43 x 43 cm CR at 100 um, 16 bit, uncompressed is ~37 MB
 DELETE_CACHE = (600, 1800)  # every 10 min, delete gradio temp files (overlay PNGs) older than 30 min
@@ -30,12 +30,17 @@ LIKERT = [("1 poor", 1), ("2", 2), ("3", 3), ("4", 4), ("5 excellent", 5)]
 
 
 def make_service(model: str | None = None, data_dir: str | None = None, max_new_tokens: int = 640,
-                 adapter: str | None = None) -> AppService:
-    """Load the model once and open the feedback store (raises ModelLoadError / FeedbackError)."""
+                 adapter: str | None = None, *, base_url: str | None = None, served_model: str | None = None,
+                 api_key: str | None = None, device_map: str | None = None) -> AppService:
+    """Load the model once (or connect to the server that serves it) and open the feedback store (raises
+    ModelLoadError, RemoteError included / FeedbackError)."""
     from medr2.feedback.store import FeedbackStore, default_data_dir, maybe_start_hub_sync
-    from medr2.inference.pipeline import Pipeline, PipelineConfig, default_model
+    from medr2.inference.pipeline import PipelineConfig, default_model, make_pipeline
 
-    pipeline = Pipeline(PipelineConfig(model=model or default_model(), adapter=adapter, max_new_tokens=max_new_tokens))
+    served = base_url or str(model or "").startswith(("http://", "https://"))
+    pipeline = make_pipeline(PipelineConfig(model=model or ("" if served else default_model()), adapter=adapter,
+                                            max_new_tokens=max_new_tokens, device_map=device_map, base_url=base_url,
+                                            served_model=served_model, api_key=api_key))
     examples = find_examples()
     store = FeedbackStore(data_dir or default_data_dir(), allowed_image_refs=[e.name for e in examples])
     maybe_start_hub_sync(store)
@@ -85,7 +90,7 @@ def build_demo(service: AppService | None = None, concurrency: int = 1, queue_si
                 with gr.Accordion(ui.REPORT_FOLD, open=True, elem_id="report_fold") as report_fold:
                     report = gr.Textbox(label="Final report (edit to correct it)", lines=7, max_lines=16, interactive=True,
                                         placeholder=ui.REPORT_PLACEHOLDER, elem_id="report")
-                    findings = gr.Dataframe(label=f"Findings, CheXpert 14 ({ui.FINDINGS_LEGEND})", interactive=False,
+                    findings = gr.Dataframe(empty_findings(), label=f"Findings, CheXpert 14 ({ui.FINDINGS_LEGEND})", interactive=False,
                                             wrap=True, max_height=600, elem_id="findings")
                 provenance = gr.Markdown(elem_id="provenance")
         with gr.Accordion("Reviewer feedback", open=True, elem_id="feedback"):
@@ -100,7 +105,9 @@ def build_demo(service: AppService | None = None, concurrency: int = 1, queue_si
                 significant = gr.CheckboxGroup(ERROR_TAG_CHOICES, label="…of which clinically significant", elem_id="significant")
             with gr.Row():
                 comment = gr.Textbox(label="Comment", lines=2, scale=3)
-                reviewer = gr.Textbox(label="Reviewer (optional handle, not your name)", lines=1, scale=1)
+                reviewer = gr.Textbox(label="Reviewer handle (not your name; remembered in this browser)", lines=1,
+                                      scale=1, elem_id="reviewer")
+                saved_handle = gr.BrowserState("", storage_key="medr2_reviewer_handle")
             submit = gr.Button("Submit review", variant="primary", elem_id="submit")
             status = gr.Markdown(elem_id="status")
 
@@ -113,8 +120,13 @@ def build_demo(service: AppService | None = None, concurrency: int = 1, queue_si
         for trigger in (overlay.change, cmap.change, alpha.release):  # cheap: never wait behind the model
             trigger(service.view, [study, overlay, alpha, cmap], [view], concurrency_limit=None,
                     show_progress="hidden", api_visibility="private")
-        report.input(service.review, [study, report], [findings, verdicts], concurrency_limit=None,
-                     trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+        # `input` follows typing; `blur` also catches a paste (Ctrl+V) the browser reported no keystroke for.
+        # The stored verdicts never depend on either: submit recomputes them from the submitted text.
+        for trigger in (report.input, report.blur):
+            trigger(service.review, [study, report], [findings, verdicts], concurrency_limit=None,
+                    trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+        demo.load(lambda h: h or "", [saved_handle], [reviewer], api_visibility="private", queue=False)
+        reviewer.change(lambda h: (h or "").strip(), [reviewer], [saved_handle], api_visibility="private", queue=False)
         submit.click(service.submit, [study, report, verdicts, rating, reasoning_rating, saliency_rating, errors,
                                       significant, comment, reviewer], [status], concurrency_limit=None, api_name="submit")
     demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
@@ -134,12 +146,19 @@ class AppConfig:
 
     model: str | None = field(default=None, metadata={"help": "local path or hub id (default: $MEDR2_MODEL, else assets/model)"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder on top of --model"})
+    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server serving the model (docs/serving.md); "
+                                                                  "--model then names the same weights locally, if at all"})
+    served_model: str | None = field(default=None, metadata={"help": "the model's name on the server (default: the first listed)"})
+    api_key: str | None = field(default=None, metadata={"help": "server API key (default: $MEDR2_API_KEY, else $OPENAI_API_KEY)"})
+    device_map: str | None = field(default=None, metadata={"help": "'auto' spreads a large model over all GPUs"})
     data_dir: str | None = field(default=None, metadata={"help": "feedback folder (default: $MEDR2_DATA_DIR or ./medr2_data)"})
     host: str | None = field(default=None, metadata={"help": "bind address (default 127.0.0.1; Spaces sets 0.0.0.0)"})
     port: int | None = field(default=None, metadata={"help": "port (default 7860 or $GRADIO_SERVER_PORT)"})
     max_new_tokens: int = field(default=640, metadata={"help": "generation budget per study"})
     concurrency: int = field(default=1, metadata={"help": "studies generated at once (model calls are serialised)"})
     queue_size: int = field(default=16, metadata={"help": "studies waiting at most; more get a 'busy' message"})
+    study: str | None = field(default=None, metadata={"help": "serve this reader study folder (sign-in, frozen reports, "
+                                                               "no model; default: $MEDR2_STUDY)"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,8 +173,28 @@ def main(argv: list[str] | None = None) -> int:
     from medr2.feedback.store import FeedbackError
     from medr2.modeling.model import ModelLoadError
 
+    study_dir = args.study or os.environ.get("MEDR2_STUDY")
+    if study_dir:  # a reader study serves frozen reports: no model is loaded
+        from medr2.app.study_views import build_study_demo, study_auth
+        from medr2.study.manifest import StudyError
+        from medr2.study.session import load_readers
+
+        try:
+            demo = build_study_demo(study_dir)
+            if not load_readers(study_dir):
+                raise StudyError(f"no readers yet: `medr2 study readers add NAME --study_dir {study_dir}`")
+        except (StudyError, FeedbackError, OSError) as exc:
+            print(f"app.py: {exc}", file=sys.stderr)
+            return 2
+        demo.queue(default_concurrency_limit=None, max_size=args.queue_size * 4)
+        demo.launch(server_name=args.host, server_port=args.port, auth=study_auth(study_dir),
+                    auth_message="Sign in with the reader name and password the study coordinator gave you.",
+                    **launch_settings())
+        return 0
+
     try:
-        service = make_service(args.model, args.data_dir, args.max_new_tokens, args.adapter)
+        service = make_service(args.model, args.data_dir, args.max_new_tokens, args.adapter, base_url=args.base_url,
+                               served_model=args.served_model, api_key=args.api_key, device_map=args.device_map)
     except (ModelLoadError, FeedbackError, ValueError, OSError) as exc:
         print(f"app.py: {exc}", file=sys.stderr)
         return 2

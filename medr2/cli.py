@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "score": ("medr2.evaluation.metrics", "cli_score", "clinical-efficacy and NLG metrics of predictions vs references"),
     "inspect": ("medr2.imaging.loader", "cli_inspect", "load a DICOM/PNG/JPEG, print safe metadata + warnings, optionally write PNG"),
     "phantom": ("medr2.phantom.generator", "cli_phantom", "generate synthetic chest radiographs with ground truth (R2Gen layout)"),
+    "convert-iu": ("medr2.data.iu_xray", "cli_convert_iu", "convert the IU X-Ray release (OpenI XML + images) to the R2Gen layout with splits"),
     "build-tiny": ("medr2.modeling.model", "cli_build_tiny", "build an untrained tiny VLM (LLaVA / Qwen2-VL / Qwen2.5-VL) from config"),
     "train-perception": ("medr2.training.perception", "cli_train_perception", "stage 0: pretrain the vision tower on phantom masks"),
     "train-sft": ("medr2.training.sft", "cli_train_sft", "supervised fine-tuning on Med-R2 traces or direct reports (TRL SFTTrainer)"),
@@ -37,7 +38,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("medr2.evaluation.compare", "cli_compare", "paired bootstrap: is model B's CE-F1 really above model A's?"),
     "saliency-depth": ("medr2.saliency.depth", "cli_saliency_depth", "choose per-finding vision-block weights for a model's saliency maps"),
     "fit-gate": ("medr2.trust.gate", "cli_fit_gate", "fit a model's input gate (training-film statistics + threshold) and store them in its folder"),
+    "fit-look-heads": ("medr2.reflection.heads", "cli_fit_look_heads", "fit the reflection's look heads (per-patch finding heads) on a model's frozen vision tower"),
     "feedback": ("medr2.feedback.store", "cli_feedback", "export reviewer feedback (jsonl/csv, or as SFT/DPO data)"),
+    "study": ("medr2.study.cli", "cli_study", "reader studies: freeze cases and reports, readers, statistics and exports"),
 }
 
 BOOL_STRINGS = {"true", "false", "yes", "no", "y", "n", "t", "f", "1", "0"}

@@ -8,6 +8,7 @@ the micro model's `generate` is *scripted*: it streams the tokens of a real Med-
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -269,13 +270,14 @@ def test_review_labels_the_edited_report_and_submit_stores_it_without_the_image(
 
 
 def test_submit_errors_are_curated(scripted, analysed):
-    study = analysed[1][-1]["study"]
+
+    study = dataclasses.replace(analysed[1][-1]["study"], reviewer=None)  # a fresh session: no handle yet
     with pytest.raises(gr.Error, match="Analyse an image first"):
         scripted.submit(None, "", None, None, None, None, [], [], "", "")
     bad = pd.DataFrame([["Some sentence.", "perhaps", ""]], columns=ui.VERDICT_HEADERS)
     with pytest.raises(gr.Error, match="verdict 'perhaps' is not accept, edit or reject"):
         scripted.submit(study, study.final, bad, 3, None, None, [], [], "", "")
-    with pytest.raises(gr.Error, match="mark omission as an error"):
+    with pytest.raises(gr.Error, match="tick omission under “Errors” before"):
         scripted.submit(study, study.final, None, 3, None, None, [], ["omission"], "", "")
     with pytest.raises(gr.Error, match="image_ref|reviewer"):
         scripted.submit(study, study.final, None, 3, None, None, [], [], "", "x" * 500)
@@ -340,21 +342,57 @@ def test_an_upload_named_like_an_example_is_not_taken_for_it(scripted, tmp_path)
     path = upload(fake, scripted.upload_root)
     *_, last = [as_dict(u) for u in scripted.analyze(str(path))]
     assert last["study"].image_ref is None and last["study"].truth is None
-    assert not path.exists() and not path.parent.exists(), "a user's upload must be deleted after decoding"
+    # gradio's cache owns uploads (content-addressed, shared by identical uploads; delete_cache removes them)
+    assert path.exists(), "a session must not delete a cached upload other sessions may share"
 
 
-def test_bad_file_gives_the_imaging_message_and_is_still_deleted(scripted, tmp_path):
+def test_bad_file_gives_the_imaging_message(scripted, tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
     path = upload(bad, scripted.upload_root)
     with pytest.raises(gr.Error, match="not a DICOM, PNG or JPEG"):
         list(scripted.analyze(str(path)))
-    assert not path.exists()
 
 
 def test_clearing_the_upload_resets_the_panels(scripted):
     (only,) = [as_dict(u) for u in scripted.analyze(None)]
     assert only["study"] is None and only["report"] == "" and only["view"] is None
+    assert list(only["findings"].columns) == ui.FINDINGS_HEADERS and len(only["findings"]) == 14
+
+
+def test_a_pasted_correction_sets_the_stored_verdicts_whatever_the_table_says(scripted, analysed):
+
+    study = dataclasses.replace(analysed[1][-1]["study"], reviewer=None)  # a fresh session
+    pasted = study.final.replace("No pneumothorax.", "Small right pneumothorax.")
+    stale = pd.DataFrame(ui.verdict_rows(study.final, study.final), columns=ui.VERDICT_HEADERS)  # all "accept"
+    msg = scripted.submit(study, pasted, stale, 3, None, None, [], [], "", "reader-paste")
+    assert "Stored review" in msg
+    _, rec = list(scripted.store.iter_records())[-1]
+    assert rec.corrected_report == pasted and rec.labels["reviewer"]["Pneumothorax"] == 1
+    assert {"sentence": "No pneumothorax.", "verdict": "edit", "edited_text": "Small right pneumothorax."} in rec.sentence_verdicts
+    # text unchanged, a reject typed in the table: the stored correction follows the table
+    table = pd.DataFrame([[r[0], "reject" if r[0] == "No pneumothorax." else "accept", ""]
+                          for r in ui.verdict_rows(study.final, study.final)], columns=ui.VERDICT_HEADERS)
+    scripted.submit(study, study.final, table, 3, None, None, [], [], "", "reader-paste")
+    _, rec = list(scripted.store.iter_records())[-1]
+    assert "No pneumothorax." not in rec.corrected_report
+    assert {"sentence": "No pneumothorax.", "verdict": "reject"} in rec.sentence_verdicts
+
+
+def test_submit_is_idempotent_refuses_empty_reviews_and_a_second_handle(scripted, analysed):
+
+    study = dataclasses.replace(analysed[1][-1]["study"], reviewer=None)  # a fresh session
+    with pytest.raises(gr.Error, match="Review not stored: the review is empty"):
+        scripted.submit(study, study.final, None, None, None, None, [], [], "  ", "dr-y")
+    with pytest.raises(gr.Error, match="enter your reviewer handle"):
+        scripted.submit(study, study.final, None, 4, None, None, [], [], "", " ")
+    before = scripted.store.count()
+    first = scripted.submit(study, study.final, None, "5 excellent", None, None, ["omission"], [], "ok", "dr-y")
+    again = scripted.submit(study, study.final, None, 5, None, None, ["omission"], [], "ok", "dr-y")
+    assert "Stored review" in first and "already stored" in again and scripted.store.count() == before + 1
+    assert list(scripted.store.iter_records())[-1][1].rating == 5
+    with pytest.raises(gr.Error, match="already submitted as “dr-y”"):
+        scripted.submit(study, study.final, None, 4, None, None, [], [], "", "dr-z")
 
 
 def test_files_outside_the_upload_folder_are_never_deleted(scripted):
@@ -431,5 +469,38 @@ def test_queue_overflow_gives_the_busy_error(app_model, tmp_path):
             t.join(120)
         assert outcomes.count("busy") >= 1 and outcomes.count("ok") >= 1, outcomes
         assert all(o in ("ok", "busy") for o in outcomes), outcomes
+    finally:
+        demo.close()
+
+
+@pytest.mark.slow
+def test_concurrent_identical_uploads_all_succeed(app_model, tmp_path):
+    """gradio stores uploads by content hash: eight readers uploading the same file share one cached path, so
+    no session may delete it after decoding (that failed all but one of them)."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    service = make_service(app_model, tmp_path / "data", tmp_path / "up", script=effusion_trace()[:300])
+    service.upload_root = Path(gr.utils.get_upload_folder())
+    same = tmp_path / "film.png"
+    Image.fromarray((np.arange(96 * 96).reshape(96, 96) % 241).astype(np.uint8)).save(same)
+    demo = _launch(service, concurrency=1, queue_size=32)
+    try:
+        clients = [Client(demo.local_url, verbose=False) for _ in range(8)]
+        outcomes: list[str] = []
+
+        def one(client):
+            try:
+                client.predict(handle_file(str(same)), api_name="/analyze")
+                outcomes.append("ok")
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded and fails the test
+                outcomes.append(f"error: {exc}")
+
+        threads = [threading.Thread(target=one, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert outcomes == ["ok"] * 8, outcomes
     finally:
         demo.close()

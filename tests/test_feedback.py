@@ -270,9 +270,9 @@ def test_export_training_only_reviewer_corrections(store, tmp_path):
 def test_schema_migration_hook_and_newer_schema(tmp_path, monkeypatch):
     FeedbackStore(tmp_path).close()
     with sqlite3.connect(tmp_path / fb.DB_NAME) as conn:
-        conn.execute("UPDATE schema_version SET version = 0")
+        conn.execute("UPDATE schema_version SET version = 1")
     calls = []
-    monkeypatch.setitem(fb.MIGRATIONS, 0, lambda conn: calls.append(conn.in_transaction))
+    monkeypatch.setitem(fb.MIGRATIONS, 1, lambda conn: calls.append(conn.in_transaction))
     store = FeedbackStore(tmp_path)
     assert calls == [True]
     assert store._conn().execute("SELECT version FROM schema_version").fetchone()[0] == fb.SCHEMA_VERSION
@@ -330,3 +330,36 @@ def test_store_shared_across_threads_uses_one_connection_each(store):
     t.start()
     t.join()
     assert seen[0] is not store._conn() and store._conn() is store._conn()
+
+
+def test_a_schema_1_store_is_migrated_and_its_records_stay_readable(tmp_path):
+    """A store written before `submission_key` and `study` existed: opened by this medr2, its rows read back."""
+    v1_columns = [c for c in fb._COLUMNS if c not in ("submission_key", "study")]
+    rec = full_record().to_dict()
+    rec["schema_version"] = 1
+    with sqlite3.connect(tmp_path / fb.DB_NAME) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+        conn.execute(f"CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, {', '.join(v1_columns)})")
+        conn.execute(f"INSERT INTO feedback ({', '.join(v1_columns)}) VALUES ({', '.join('?' * len(v1_columns))})",
+                     [json.dumps(rec[c]) if c in fb._NESTED else rec[c] for c in v1_columns])
+    store = FeedbackStore(tmp_path)
+    (rid, old), = list(store.iter_records())
+    assert old.corrected_report == rec["corrected_report"] and old.study is None and old.submission_key is None
+    assert old.schema_version == fb.SCHEMA_VERSION
+    # an export line written by schema 1 (no new keys) reads back too
+    line = {k: v for k, v in rec.items() if k not in ("submission_key", "study")}
+    assert FeedbackRecord.from_dict(line).study is None
+    # the new key: a resent review is stored once; a study review is revised in place until it is locked
+    keyed = make(rating=2)
+    keyed.submission_key = "k1"
+    assert store.put(keyed)[1] == "stored" and store.put(keyed) == (store.find("k1")[0], "duplicate")
+    study = make(rating=3)
+    study.submission_key, study.study = "k2", {"case_id": "case-001", "source": "S1", "locked": False}
+    first, _ = store.put(study, revise=True)
+    study.rating, study.study = 5, {**study.study, "locked": True}
+    assert store.put(study, revise=True) == (first, "revised") and store.get(first).rating == 5
+    with pytest.raises(FeedbackError, match="locked"):
+        store.put(study, revise=True)
+    assert store.count() == 3
+    store.close()

@@ -45,9 +45,10 @@ def test_sft_writes_a_loadable_model_with_card_and_curve(sft_checkpoint):
 
 
 @pytest.mark.slow
-def test_sft_under_accelerate_two_cpu_processes(tmp_path):
+def test_sft_runs_under_accelerate_launch(tmp_path):
+    """The `accelerate launch` entry point (one CPU process here; two real ranks: tests/test_ddp.py)."""
     out = tmp_path / "model"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no", "-m"]
     proc = _medr2("train-sft", "--target", "direct", "--output_dir", str(out), *SFT_ARGS, cwd=Path.cwd(), launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -3,7 +3,9 @@
 `AppService` owns the one `Pipeline` (loaded once at start-up) and the `FeedbackStore`; `app.py` only
 wires its methods to gradio components. Each method is a plain function of component values, so tests
 call them directly:
-- `analyze(file)`: a generator of `ANALYZE_OUTPUTS`-ordered tuples: decodes the upload (then deletes it),
+- `analyze(file)`: a generator of `ANALYZE_OUTPUTS`-ordered tuples: decodes the upload (gradio's cache owns the
+  file: uploads are stored by content hash, so identical uploads of several readers share one path, and
+  `delete_cache` in app.py removes it once old; a session deleting it would break the others' uploads),
   streams perception / reasoning / draft / reflection / report as they are generated (throttled to a few
   updates per second), labels draft and final report, then computes per-finding saliency maps;
 - `view(study, choice, alpha, cmap)`: the image with one finding's saliency overlaid;
@@ -37,6 +39,7 @@ from medr2.feedback.store import FeedbackError, FeedbackRecord, FeedbackStore  #
 from medr2.imaging.loader import ImageLoadError, load_image  # noqa: E402
 from medr2.labeler.findings import label_report  # noqa: E402
 from medr2.report.schema import parse, parse_perception, parse_reasoning, parse_reflection  # noqa: E402
+from medr2.saliency.layers import SaliencyUnavailable  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,7 @@ class Study:
     input_check: dict | None = None  # the input gate's verdict (InputCheck.to_json())
     confidence: dict | None = None  # observation -> calibrated probability (models with a calibration file)
     low_confidence: list = field(default_factory=list)
+    reviewer: str | None = None  # the handle this session first submitted under (one reviewer per session)
 
 
 @dataclass
@@ -123,16 +127,9 @@ def _resize(pixels: np.ndarray, max_side: int, min_side: int = 0, mode: str | No
     return np.asarray(img.resize(size, Image.BILINEAR))
 
 
-def _delete_upload(path: Path, root: Path) -> None:
-    """Remove an uploaded file (and its per-upload folder) from gradio's cache; never touch anything else."""
-    try:
-        resolved = path.resolve()
-        if resolved.is_relative_to(root.resolve()):
-            resolved.unlink(missing_ok=True)
-            if resolved.parent != root.resolve() and not any(resolved.parent.iterdir()):
-                resolved.parent.rmdir()
-    except OSError as exc:  # a leftover temp file is cleaned by delete_cache; say so without the path
-        log.warning("could not delete an upload after decoding (%s)", type(exc).__name__)
+def empty_findings() -> pd.DataFrame:
+    """The findings table before any analysis: its real column names over the 14 observations, cells blank."""
+    return pd.DataFrame(ui.findings_rows(None, None, None)[1], columns=ui.FINDINGS_HEADERS)
 
 
 def findings_frame(headers: list[str], rows: list[list[str]]):
@@ -183,10 +180,6 @@ class AppService:
             data = path.read_bytes()
         except OSError:
             raise gr.Error("The uploaded file could not be read; please upload it again.") from None
-        # gradio stores uploads and example files by content hash, so identical files share one path: keep
-        # the bundled examples (other sessions click them again), delete every real upload once decoded.
-        if hashlib.sha256(data).hexdigest() not in self.by_sha:
-            _delete_upload(path, self.upload_root)
         try:
             loaded = load_image(data)
         except ImageLoadError as exc:  # already one line, no paths, no tag values
@@ -220,7 +213,8 @@ class AppService:
     def analyze(self, file: Any) -> Iterator[tuple]:
         """Stream one study's shown work into the panels (see ANALYZE_OUTPUTS for the order)."""
         empty = dict(stages=ui.stage_html([]), view=None, perception="", reasoning="", reflection="",
-                           diff=[], report="", findings=None, verdicts=None, provenance="",
+                           diff=[], report="", findings=empty_findings(), verdicts=pd.DataFrame(columns=ui.VERDICT_HEADERS),
+                           provenance="",
                            overlay=gr.update(choices=ui.overlay_choices([]), value=ui.NO_OVERLAY, interactive=False),
                            truth=gr.update(value="", visible=False), raw="", study=None,
                            input_check=gr.update(value="", visible=False), report_fold=gr.update(label=ui.REPORT_FOLD, open=True),
@@ -283,7 +277,8 @@ class AppService:
         yield self._pack(
             stages=ui.stage_html(["image", *ui.STAGES[1:7]], active="saliency", note="computing saliency…"),
             perception=ui.perception_html(out.perception), reasoning=ui.reasoning_html(out.reasoning),
-            reflection=ui.reflection_html(out.reflection),
+            reflection=ui.reflection_html(out.reflection, result.looks, result.image.pixels if result.image is not None else None,
+                                          result.consistency.messages if result.consistency is not None else None),
             diff=ui.word_diff(study.draft, study.final) if study.draft and study.final else [(study.draft or study.final, None)],
             report=gr.update(value=study.final, placeholder=ui.REPORT_PLACEHOLDER if study.final else ui.NO_REPORT),
             findings=findings_frame(headers, rows),
@@ -299,6 +294,8 @@ class AppService:
             maps = self.pipeline.saliency(result).maps
         except ImportError:
             return [], "saliency unavailable in this installation"
+        except SaliencyUnavailable as exc:  # an architecture or a served model without maps: say why
+            return [], str(exc)
         except Exception:  # a failed map must not lose the report the reviewer is reading
             log.exception("saliency failed")
             return [], "saliency unavailable for this study"
@@ -332,27 +329,54 @@ class AppService:
     def submit(self, study: Study | None, edited: str, verdicts: Any, rating: Any, reasoning_rating: Any,
                saliency_rating: Any, errors: Sequence[str], significant: Sequence[str], comment: str,
                reviewer: str) -> str:
-        """Store one review; returns the confirmation line (gr.Error with the fix when something is wrong)."""
+        """Store one review; returns the confirmation line (gr.Error with the fix when something is wrong).
+
+        The verdicts are recomputed here from the submitted correction (`ui.reviewed_report`), so a pasted or
+        API-sent correction is reflected; the same review sent twice is stored once; an empty review, a
+        missing handle or a second handle in one session are refused with one line."""
         if study is None:
             raise gr.Error("Analyse an image first: there is no report to review yet.")
-        edited = edited or ""
         rows = verdicts.values.tolist() if isinstance(verdicts, pd.DataFrame) else (verdicts or [])
+        handle = (reviewer or "").strip()
         try:
-            sentence_verdicts = ui.verdicts_from_rows(rows)
+            table = ui.verdicts_from_rows(rows)
+            correction, sentence_verdicts = ui.reviewed_report(study.final, edited or "", table)
             unknown = set(significant or ()) - set(errors or ())
             if unknown:
-                raise ValueError(f"mark {', '.join(sorted(unknown))} as an error before flagging it clinically significant")
+                names = ", ".join(ui.tag_label(t) for t in sorted(unknown))
+                raise ValueError(f"tick {names} under “Errors” before marking it clinically significant")
+            ratings = [_likert_value(r) for r in (rating, reasoning_rating, saliency_rating)]
+            changed = " ".join(correction.split()) != " ".join(study.final.split())
+            if not (any(r is not None for r in ratings) or errors or (comment or "").strip() or changed):
+                raise ValueError("the review is empty: rate the report, tick an error, correct the report or comment")
+            if not handle:
+                raise ValueError("enter your reviewer handle (not your name) so your reviews can be told apart")
+            if study.reviewer is not None and handle != study.reviewer:
+                raise ValueError(f"this session already submitted as “{study.reviewer}”; reload the page to review "
+                                 "under another handle")
             record = FeedbackRecord(
                 image_sha256=study.sha256, final_report=study.final, model_id=study.provenance.get("model", ""),
                 weights_sha256=study.provenance.get("weights_sha256"), demo=bool(study.provenance.get("demo")),
                 model_output=study.raw_text, draft_report=study.draft, prompt=self.prompt,
-                corrected_report=edited, rating=rating, sentence_verdicts=sentence_verdicts,
+                corrected_report=correction, rating=ratings[0], sentence_verdicts=sentence_verdicts,
                 error_tags=[{"tag": t, "clinically_significant": t in (significant or ())} for t in (errors or ())],
-                comment=comment or "", reasoning_rating=reasoning_rating, saliency_rating=saliency_rating,
-                labels={**study.labels, **({"reviewer": label_report(edited)} if edited.strip() else {})},
-                image_metadata=study.metadata, image_ref=study.image_ref, reviewer=(reviewer or "").strip() or None)
-            record_id = self.store.submit(record)
+                comment=comment or "", reasoning_rating=ratings[1], saliency_rating=ratings[2],
+                labels={**study.labels, **({"reviewer": label_report(correction)} if correction.strip() else {})},
+                image_metadata=study.metadata, image_ref=study.image_ref, reviewer=handle)
+            record.submission_key = record.content_key()
+            record_id, status = self.store.put(record)
         except (ValueError, FeedbackError) as exc:  # FeedbackError is a ValueError; both name the field
-            raise gr.Error(f"Feedback not stored: {exc}") from None
+            raise gr.Error(f"Review not stored: {exc}") from None
+        study.reviewer = handle
+        if status == "duplicate":
+            return f"✓ This review is already stored as #{record_id}; nothing was added."
         return (f"✓ Stored review #{record_id}. Only the image's hash and technical metadata were kept, "
                 "never the image.")
+
+
+def _likert_value(value: Any) -> int | None:
+    """A rating as the API may send it: 4, "4" or the choice's label "5 excellent" -> 5; empty -> None."""
+    if isinstance(value, str):
+        head = value.strip().split(" ")[0]
+        return int(head) if head.isdigit() else (None if not value.strip() else value)  # type: ignore[return-value]
+    return value

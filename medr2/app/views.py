@@ -62,6 +62,9 @@ APP_CSS = """
 .medr2-badge.removed {background:#ffebe9;color:#cf222e}
 .medr2-badge.added {background:#ddf4ff;color:#0969da}
 .medr2-badge.free {background:#eceff3;color:#57606a}
+.medr2-look {display:flex;gap:8px;align-items:flex-start;margin-top:4px}
+.medr2-look img {border:1px solid #d0d7de;border-radius:4px;max-width:280px}
+.medr2-warn {background:#fff8c5;border-left:3px solid #bf8700;padding:4px 8px;margin-top:6px}
 #findings table {font-size:0.85em}
 """
 
@@ -135,19 +138,58 @@ def reasoning_html(steps: Sequence[ReasoningStep]) -> str:
     return f'<table class="medr2-list">{"".join(rows)}</table>'
 
 
-def reflection_html(items: Sequence[ReflectionItem]) -> str:
-    """What was re-checked and what changed: kept / revised / removed / added badges with the reason."""
+def look_thumbnail(film, look, side: int = 132) -> str:
+    """A data-URI PNG of one look: the film with the look's region outlined, beside the magnified crop the model saw."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    film_img = Image.fromarray(np.asarray(film)).convert("RGB")
+    scale = side / max(film_img.size)
+    small = film_img.resize((max(1, round(film_img.width * scale)), max(1, round(film_img.height * scale))))
+    top, left, bottom, right = look.box
+    ImageDraw.Draw(small).rectangle([left * scale, top * scale, right * scale, bottom * scale], outline=(255, 200, 0), width=2)
+    crop = Image.fromarray(np.asarray(look.crop)).convert("RGB").resize((side, side))
+    sheet = Image.new("RGB", (small.width + side + 6, max(small.height, side)), (255, 255, 255))
+    sheet.paste(small, (0, 0))
+    sheet.paste(crop, (small.width + 6, 0))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def reflection_html(items: Sequence[ReflectionItem], looks: Sequence[Any] = (), film=None,
+                    consistency_messages: Sequence[str] | None = None) -> str:
+    """What was re-checked and what changed: kept / revised / removed / added badges with the reason; an item that
+    followed a look shows the film with the region outlined, the magnified crop and what the finding heads read there;
+    the draft -> final consistency verdict closes the panel."""
     if not items:
         return '<p class="medr2-muted">No reflection.</p>'
+    by_region = {look.region: look for look in looks}
     rows = []
-    for item in items:
+    for n, item in enumerate(items, 1):
+        look = by_region.get(item.look) if item.look else None
+        seen = ""
+        if look is not None and film is not None:
+            seen = (f'<div class="medr2-look"><img alt="look at the {_esc(look.region)}" src="{look_thumbnail(film, look)}"/>'
+                    f'<div class="medr2-muted">looked at the <b>{_esc(look.region)}</b> (chosen by the {_esc(look.chosen_by)}); '
+                    f'{_esc(look.evidence)}</div></div>')
+        elif item.look:
+            seen = f'<div class="medr2-muted">looked at the {_esc(item.look)}</div>'
         if item.action is None:
-            rows.append(f'<tr><td class="k"><span class="medr2-badge free">note</span></td><td>{_esc(item.text)}</td></tr>')
+            rows.append(f'<tr id="reflection-item-{n}"><td class="k"><span class="medr2-badge free">note</span></td><td>{_esc(item.text)}{seen}</td></tr>')
             continue
         reason = f" — {_esc(item.text)}" if item.text else ""
-        rows.append(f'<tr><td class="k"><span class="medr2-badge {item.action}">{item.action}</span></td>'
-                    f'<td><b>{_esc(item.target or "")}</b>{reason}</td></tr>')
-    return f'<table class="medr2-list">{"".join(rows)}</table>'
+        rows.append(f'<tr id="reflection-item-{n}"><td class="k"><span class="medr2-badge {item.action}">{item.action}</span></td>'
+                    f'<td><b>{_esc(item.target or "")}</b>{reason}{seen}</td></tr>')
+    verdict = ""
+    if consistency_messages is not None:
+        verdict = ('<p class="medr2-muted">Every draft → final change is explained by a reflection item.</p>' if not consistency_messages else
+                   '<div class="medr2-warn"><b>The reflection does not explain the draft → final change:</b><ul>'
+                   + "".join(f"<li>{_esc(m)}</li>" for m in consistency_messages) + "</ul></div>")
+    return f'<table class="medr2-list">{"".join(rows)}</table>{verdict}'
 
 
 def word_diff(draft: str, final: str) -> list[tuple[str, str | None]]:
@@ -308,3 +350,30 @@ def verdicts_from_rows(rows: Sequence[Sequence[Any]]) -> list[dict]:
             raise ValueError(f"sentence {n}: 'edit' needs the edited text (or use reject to delete it)")
         out.append({"sentence": sentence, "verdict": word, **({"edited_text": edited} if word == "edit" else {})})
     return out
+
+
+def _norm(text: str) -> str:
+    return " ".join((text or "").split())
+
+
+def reviewed_report(final: str, edited: str, table: Sequence[dict]) -> tuple[str, list[dict]]:
+    """(the reviewer's report, its per-sentence verdicts), computed on the server so they never contradict.
+
+    The edited text is authoritative whenever it differs from the model's report, however it was entered
+    (typed, pasted, sent through the API): the verdicts are recomputed from it and the table's are ignored.
+    With the text unchanged, the table's verdicts (edit / reject typed there) are applied to the report."""
+    edited = edited or ""
+    if edited.strip() and _norm(edited) != _norm(final):
+        correction = edited
+    elif any(v["verdict"] != "accept" for v in table):
+        from medr2.feedback.store import apply_verdicts
+
+        correction = apply_verdicts(final, list(table))
+    else:
+        correction = edited if edited.strip() else final
+    return correction, verdicts_from_rows(verdict_rows(final, correction))
+
+
+def tag_label(tag: str) -> str:
+    """An error tag as reviewers read it: 'wrong_severity' -> 'wrong severity'."""
+    return tag.replace("_", " ")

@@ -1,8 +1,10 @@
 """Datasets: the R2Gen layout (IU X-Ray, MIMIC-CXR, phantoms), the original IU X-Ray XML release, and
 conversion to the Hugging Face `datasets` shape TRL's GRPO trainer expects (SFT rows are built in
-`medr2.training.sft`, from phantom traces or an R2Gen folder).
+`medr2.training.sft`, from phantom traces or an R2Gen folder). `medr2.data.iu_xray` converts the IU X-Ray
+release to the R2Gen layout (`medr2 convert-iu`); docs/datasets.md describes the layouts.
 
-Hands on: lists of study records `{id, report, image_path: [...], split}` and `datasets.Dataset`s.
+Hands on: lists of study records `{id, report, image_path: [...], split}` (every image of a study, frontal first:
+`image_files`; `image_file(root, record)` is the first, for single-image models) and `datasets.Dataset`s.
 """
 from __future__ import annotations
 
@@ -72,10 +74,12 @@ def iter_iu_reports_archive(archive: str | Path) -> Iterator[IUReport]:
 
 # ----------------------------------------------------------------------------------------------------
 # R2Gen layout: <root>/annotation.json {"train": [...], "val": [...], "test": [...]} + <root>/images/
-# Each record: {"id": str, "report": str, "image_path": [relative to images/], "split": "train"|"val"|"test"}.
+# Each record: {"id": str, "report": str, "image_path": [relative to images/], "split": "train"|"val"|"test"}, and
+# optionally "findings", "impression" (the sections `medr2 convert-iu` keeps) and "views" (one per image path).
 # IU X-Ray (R2Gen release) and MIMIC-CXR (R2Gen release) use exactly this; see docs/datasets.md.
 # ----------------------------------------------------------------------------------------------------
 SPLITS = ("train", "val", "test")
+OPTIONAL_FIELDS = ("findings", "impression", "views")
 
 
 class DatasetError(ValueError):
@@ -89,7 +93,8 @@ def write_r2gen(root: str | Path, records: Iterable[dict]) -> dict[str, int]:
     for r in records:
         if r.get("split") not in ann:
             raise DatasetError(f"record {r.get('id')!r} has split {r.get('split')!r}; use one of {SPLITS}")
-        ann[r["split"]].append({"id": r["id"], "report": r["report"], "image_path": list(r["image_path"]), "split": r["split"]})
+        ann[r["split"]].append({"id": r["id"], "report": r["report"], "image_path": list(r["image_path"]), "split": r["split"],
+                                **{k: r[k] for k in OPTIONAL_FIELDS if k in r}})
     root.mkdir(parents=True, exist_ok=True)
     (root / "annotation.json").write_text(json.dumps(ann, indent=1))
     return {s: len(v) for s, v in ann.items()}
@@ -98,8 +103,8 @@ def write_r2gen(root: str | Path, records: Iterable[dict]) -> dict[str, int]:
 def read_r2gen(root: str | Path, splits: Sequence[str] = SPLITS, check_images: bool = True) -> list[dict]:
     """Records of an R2Gen-layout folder (IU X-Ray, MIMIC-CXR or phantoms), in split order.
 
-    `image_path` entries are relative to `root/images` (the R2Gen convention); with `check_images` a
-    missing file raises, naming the study and the path.
+    `image_path` entries are relative to `root/images` (the R2Gen convention), every image of the study, frontal
+    first when the record names its `views`; with `check_images` a missing file raises, naming the study and the path.
     """
     root = Path(root)
     ann_path = root / "annotation.json"
@@ -109,7 +114,11 @@ def read_r2gen(root: str | Path, splits: Sequence[str] = SPLITS, check_images: b
     out = []
     for split in splits:
         for r in ann.get(split, []):
-            rec = {"id": str(r["id"]), "report": r.get("report", ""), "image_path": list(r.get("image_path", [])), "split": split}
+            rec = {"id": str(r["id"]), "report": r.get("report", ""), "image_path": list(r.get("image_path", [])), "split": split,
+                   **{k: r[k] for k in OPTIONAL_FIELDS if k in r}}
+            if len(rec.get("views", ())) == len(rec["image_path"]):  # frontal first; stable for the rest
+                order = sorted(range(len(rec["image_path"])), key=lambda i: str(rec["views"][i]).lower() != "frontal")
+                rec["image_path"], rec["views"] = [rec["image_path"][i] for i in order], [rec["views"][i] for i in order]
             if check_images:
                 for p in rec["image_path"]:
                     if not (root / "images" / p).is_file():
@@ -119,8 +128,15 @@ def read_r2gen(root: str | Path, splits: Sequence[str] = SPLITS, check_images: b
 
 
 def image_file(root: str | Path, record: dict, index: int = 0) -> Path:
-    """Absolute path of one image of an R2Gen record."""
+    """Absolute path of one image of an R2Gen record (the first, frontal where known, by default)."""
+    if not record["image_path"]:
+        raise DatasetError(f"study {record.get('id')!r} has no image (a reports-only dataset?)")
     return Path(root) / "images" / record["image_path"][index]
+
+
+def image_files(root: str | Path, record: dict) -> list[Path]:
+    """Absolute paths of every image of an R2Gen record, in the record's order (frontal first where known)."""
+    return [Path(root) / "images" / p for p in record["image_path"]]
 
 
 def _split_of(i: int, n: int, val_frac: float, test_frac: float) -> str:
@@ -189,9 +205,15 @@ def iter_iu_reports(source: str | Path) -> Iterator[IUReport]:
         if not files:
             raise DatasetError(f"no .xml reports under {source}: expected the ecgen-radiology folder of the IU X-Ray release")
         for f in files:
-            yield parse_iu_xml(f.read_bytes())
+            try:
+                yield parse_iu_xml(f.read_bytes())
+            except ET.ParseError as exc:
+                raise DatasetError(f"{f} is not a readable ecgen-radiology XML report ({exc})") from None
     elif source.is_file() and source.name.endswith((".tgz", ".tar.gz")):
-        yield from iter_iu_reports_archive(source)
+        try:
+            yield from iter_iu_reports_archive(source)
+        except (tarfile.TarError, EOFError, ET.ParseError) as exc:
+            raise DatasetError(f"{source} is not a readable .tgz of ecgen-radiology XML reports ({exc})") from None
     else:
         raise DatasetError(f"{source} is neither an ecgen-radiology folder nor a .tgz archive of it")
 

@@ -42,6 +42,13 @@ class EvalConfig:
     max_new_tokens: int = field(default=640, metadata={"help": "generation limit"})
     nlg: bool = field(default=True, metadata={"help": "compute BLEU/METEOR/ROUGE-L/CIDEr"})
     output_dir: str = field(default="runs/eval", metadata={"help": "output folder", "aliases": ["--out"]})
+    film_size: int = field(default=256, metadata={"help": "phantom film side in px (512 gives the reflection's magnified looks real detail)"})
+    looks: str = field(default="auto", metadata={"help": "reflection looks: auto | proposed | model | off (medr2.reflection)"})
+    max_looks: int = field(default=3, metadata={"help": "most looks per study"})
+    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server to evaluate (see `medr2 generate --help`)"})
+    served_model: str | None = field(default=None, metadata={"help": "the model's name on the server (default: the first listed)"})
+    api_key: str | None = field(default=None, metadata={"help": "server API key (default: $MEDR2_API_KEY, else $OPENAI_API_KEY)"})
+    device_map: str | None = field(default=None, metadata={"help": "'auto' spreads a large model over all GPUs"})
 
 
 SIDE_WORDS = {"right": ("right",), "left": ("left",), "bilateral": ("bilateral", "both", "bibasilar", "bibasal")}
@@ -145,9 +152,9 @@ def load_eval_set(config: EvalConfig):
             raise ValueError(f"no {config.split!r} studies in {config.dataset_dir}")
         images = [Image.open(image_file(config.dataset_dir, r)).convert("L") for r in records]
         return [r["id"] for r in records], images, [r["report"] for r in records]
-    from medr2.phantom.generator import generate_studies
+    from medr2.phantom.generator import PhantomConfig, generate_studies
 
-    studies = list(generate_studies(config.n, config.seed))
+    studies = list(generate_studies(config.n, config.seed, PhantomConfig(size=config.film_size)))
     return [s.study_id for s in studies], [Image.fromarray(s.image) for s in studies], [s.report for s in studies]
 
 
@@ -206,6 +213,10 @@ def summarize(results, references: list[str], nlg: bool = True) -> dict:
     if nlg:
         out["nlg"] = metrics.nlg_scores(finals, references)
     out["location"] = location_scores(references, finals)
+    if has_draft:
+        from medr2.evaluation.reflection import reflection_summary
+
+        out["reflection"] = reflection_summary(results, references)
     return out
 
 
@@ -240,6 +251,10 @@ def format_summary(summary: dict) -> str:
              f"CE micro F1 (R2Gen, 14):             {f[metrics.PROTOCOL_R2GEN]['micro']['f1']:.3f}   macro {f[metrics.PROTOCOL_R2GEN]['macro']['f1']:.3f}"]
     if "draft" in summary:
         lines.append(f"draft: example F1 {summary['draft'][metrics.PROTOCOL_EXAMPLE]['f1']:.3f}, micro F1 {summary['draft'][metrics.PROTOCOL_R2GEN]['micro']['f1']:.3f}")
+    if summary.get("reflection"):
+        from medr2.evaluation.reflection import format_reflection
+
+        lines += format_reflection(summary["reflection"])
     if "location" in summary:
         loc = summary["location"]
         lines.append(f"side accuracy {loc['side_accuracy']}, zone accuracy {loc['zone_accuracy']} (true positives)")
@@ -259,10 +274,14 @@ def format_summary(summary: dict) -> str:
 
 
 def run(config: EvalConfig) -> dict:
-    from medr2.inference.pipeline import Pipeline, PipelineConfig, default_model
+    from medr2.inference.pipeline import PipelineConfig, default_model, make_pipeline
 
     ids, images, references = load_eval_set(config)  # first: a bad data option fails before a model loads
-    pipe = Pipeline(PipelineConfig(model=config.model or default_model(), max_new_tokens=config.max_new_tokens))
+    served = config.base_url or config.model.startswith(("http://", "https://"))
+    pipe = make_pipeline(PipelineConfig(model=config.model or ("" if served else default_model()),
+                                        max_new_tokens=config.max_new_tokens, looks=config.looks, max_looks=config.max_looks,
+                                        device_map=config.device_map, base_url=config.base_url,
+                                        served_model=config.served_model, api_key=config.api_key))
     from tqdm import tqdm
 
     results = []
@@ -283,8 +302,9 @@ def run(config: EvalConfig) -> dict:
     (out / "eval.json").write_text(json.dumps(summary, indent=2))
     with (out / "predictions.jsonl").open("w") as fh:
         for i, r in zip(ids, results):
-            fh.write(json.dumps({"id": i, "text": r.raw_text}) + "\n")
-    plot_per_observation(summary, out / "per_observation.png", f"{Path(pipe.config.model).name}: per-observation F1")
+            fh.write(json.dumps({"id": i, "text": r.raw_text, "looks": [lk.to_json() for lk in r.looks],
+                                 "consistency": r.consistency.to_json() if r.consistency is not None else None}) + "\n")
+    plot_per_observation(summary, out / "per_observation.png", f"{Path(pipe.config.model).name or pipe.provenance.model}: per-observation F1")
     return summary
 
 

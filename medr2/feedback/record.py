@@ -5,6 +5,9 @@ error tags, CheXpert-style labels, the corrected report) and validates and norma
 construction: bad values raise `FeedbackError` naming the field and the fix; text is length-capped; image
 metadata is filtered through the `METADATA_ALLOWED` allow-list (`sanitize_metadata`) so nothing that can
 identify a patient is kept; `image_ref` must be a bare example file name (see `medr2.feedback.store`).
+Schema 2 adds `submission_key` (the store keeps one record per key: a resent review is stored once, a study
+review is revised in place until locked) and `study` (reader-study context: case, blinded source, side, timing,
+Likert items with N/A, edit reasons; see `medr2.study`). Schema-1 records read as schema 2 with both empty.
 
 Hands on validated records (`to_dict` / `from_dict`), the taxonomies (`VERDICTS`, `ERROR_TAGS`,
 `LABEL_SETS`) and `SCHEMA_VERSION` to `medr2.feedback.store`, whose store persists them and re-exports these names.
@@ -22,7 +25,7 @@ from medr2 import __version__
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_TEXT_CHARS = 20_000  # a long report with reasoning is ~3k chars; 20k stops abuse, not reviewers
 MAX_SHORT_CHARS = 200  # reviewer handle, model id, metadata strings
 MAX_ITEMS = 200  # sentences / tags per record
@@ -40,7 +43,7 @@ METADATA_ALLOWED = frozenset({
     "burnedinannotation", "bodypart", "format", "sourceformat", "pixelspacing", "imagerpixelspacing",
     "windowcenter", "windowwidth", "rescaleslope", "rescaleintercept", "presentationlutshape",
 })
-_OPTIONAL_STR = ("reviewer", "image_ref", "weights_sha256")
+_OPTIONAL_STR = ("reviewer", "image_ref", "weights_sha256", "submission_key")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BARE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -145,6 +148,44 @@ def _error_tag(item: dict) -> dict:
     return out
 
 
+# The reader-study context a study review carries (`FeedbackRecord.study`); values are small JSON scalars or lists.
+STUDY_KEYS = {
+    "study_id": str, "case_id": str, "source": str, "design": str, "side": str, "opened_at": str,
+    "seconds": (int, float), "edit_distance": int, "locked": bool, "revision": int, "preference": str,
+    "items": dict, "edit_reasons": list, "order_index": int,
+}
+PREFERENCES = ("this", "other", "equal")
+ITEM_NA = "na"
+
+
+def _study(value: Any) -> dict | None:
+    if not value:
+        return None
+    if not isinstance(value, dict):
+        raise FeedbackError(f"study must be a dict, got {type(value).__name__}")
+    _check_keys(value, tuple(STUDY_KEYS), "study")
+    out = {}
+    for key, val in value.items():
+        if val is None:
+            continue
+        kind = STUDY_KEYS[key]
+        if isinstance(val, bool) and kind is not bool or not isinstance(val, kind):
+            raise FeedbackError(f"study[{key!r}] has the wrong type {type(val).__name__}")
+        if isinstance(val, str) and len(val) > MAX_SHORT_CHARS:
+            raise FeedbackError(f"study[{key!r}] is longer than {MAX_SHORT_CHARS} characters")
+        out[key] = val
+    if out.get("preference") not in (None, *PREFERENCES):
+        raise FeedbackError(f"study preference must be one of {', '.join(PREFERENCES)}")
+    for name, v in (out.get("items") or {}).items():
+        if not isinstance(name, str) or len(name) > 64 or not (v == ITEM_NA or _likert(name, v) is not None):
+            raise FeedbackError(f"study item {str(name)[:64]!r} must be 1 to 5 or {ITEM_NA!r}")
+    reasons = out.get("edit_reasons") or []
+    if len(reasons) > MAX_ITEMS or not all(isinstance(r, dict) and r.get("reason") in ("content", "style")
+                                           and isinstance(r.get("sentence"), str) for r in reasons):
+        raise FeedbackError("study edit_reasons must be {sentence, reason: content | style} entries")
+    return out
+
+
 def _labels(value: Any) -> dict | None:
     """{draft|final|reviewer: {observation: 1 | 0 | -1 | None}} (CheXpert convention; None = blank)."""
     if not value:
@@ -189,6 +230,8 @@ class FeedbackRecord:
     image_metadata: dict = field(default_factory=dict)
     image_ref: str | None = None  # bundled example file name only; None for uploads (see module doc)
     reviewer: str | None = None
+    submission_key: str | None = None  # one stored record per key (see the store's `put`)
+    study: dict | None = None  # reader-study context (STUDY_KEYS); None outside studies
     created_at: str = field(default_factory=_utc_now)
     medr2_version: str = __version__
     schema_version: int = SCHEMA_VERSION
@@ -213,6 +256,7 @@ class FeedbackRecord:
         self.sentence_verdicts = [_verdict(v) for v in _items("sentence_verdicts", self.sentence_verdicts)]
         self.error_tags = [_error_tag(t) for t in _items("error_tags", self.error_tags)]
         self.labels = _labels(self.labels)
+        self.study = _study(self.study)
         self.image_metadata = sanitize_metadata(self.image_metadata)
         try:
             stamp = datetime.fromisoformat(self.created_at)
@@ -221,11 +265,21 @@ class FeedbackRecord:
         if stamp.tzinfo is None:
             raise FeedbackError(f"created_at needs a time zone (UTC), got {self.created_at!r}")
         self.created_at = stamp.astimezone(timezone.utc).isoformat(timespec="seconds")
+        if self.schema_version == 1:  # schema 1 lacked submission_key and study, which default to empty
+            self.schema_version = SCHEMA_VERSION
         if self.schema_version != SCHEMA_VERSION:
             raise FeedbackError(f"schema_version {self.schema_version!r} is not {SCHEMA_VERSION}; migrate the record first")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def content_key(self) -> str:
+        """A hash of what the reviewer said about which report (not when): equal for a review sent twice."""
+        import hashlib
+        import json
+
+        data = {k: v for k, v in self.to_dict().items() if k not in ("created_at", "submission_key")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, data: dict) -> FeedbackRecord:

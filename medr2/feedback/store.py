@@ -50,7 +50,7 @@ from medr2.feedback.record import (  # noqa: F401  (re-exported: callers import 
 log = logging.getLogger(__name__)
 
 DB_NAME = "feedback.sqlite3"
-_NESTED = ("image_metadata", "sentence_verdicts", "error_tags", "labels")
+_NESTED = ("image_metadata", "sentence_verdicts", "error_tags", "labels", "study")
 _INT_FIELDS = ("schema_version", "rating", "reasoning_rating", "saliency_rating")
 
 
@@ -89,7 +89,13 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 # from-version -> function upgrading the open database by one version, run inside the opening transaction;
 # it must also bring stored rows (and their schema_version column) up to the new record format.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+def _add_submission_key_and_study(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE feedback ADD COLUMN submission_key TEXT")
+    conn.execute("ALTER TABLE feedback ADD COLUMN study TEXT")
+    conn.execute("UPDATE feedback SET schema_version = 2")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_submission_key_and_study}
 _COLUMNS = [f.name for f in fields(FeedbackRecord)]
 
 
@@ -143,9 +149,19 @@ class FeedbackStore:
                 MIGRATIONS[version](conn)
                 version += 1
                 conn.execute("UPDATE schema_version SET version = ?", (version,))
+            conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS feedback_submission_key ON feedback (submission_key) "
+                         "WHERE submission_key IS NOT NULL")
 
     def submit(self, record: FeedbackRecord) -> int:
-        """Store one record durably; returns its id once committed to disk."""
+        """Store one record durably; returns its id once committed to disk (see `put` for records with a key)."""
+        return self.put(record)[0]
+
+    def put(self, record: FeedbackRecord, revise: bool = False) -> tuple[int, str]:
+        """Store one record durably in one transaction; returns (id, 'stored' | 'duplicate' | 'revised').
+
+        A record whose `submission_key` is already stored is not stored again: with `revise=False` the earlier
+        id comes back as 'duplicate' (a review sent twice); with `revise=True` the stored record is replaced
+        ('revised', same id), unless its study review was locked (FeedbackError)."""
         if not isinstance(record, FeedbackRecord):
             raise FeedbackError(f"submit() takes a FeedbackRecord, got {type(record).__name__}")
         if self.allowed_image_refs is not None and record.image_ref not in (None, *self.allowed_image_refs):
@@ -154,15 +170,34 @@ class FeedbackStore:
         values = [json.dumps(data[c], ensure_ascii=False) if c in _NESTED else data[c] for c in _COLUMNS]
         conn = self._conn()
         with _immediate(conn):
-            cur = conn.execute(f"INSERT INTO feedback ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                               values)
-        log.info("stored feedback record %d", cur.lastrowid)
-        return int(cur.lastrowid)
+            old = None
+            if record.submission_key is not None:
+                old = conn.execute("SELECT id, study FROM feedback WHERE submission_key = ?",
+                                   (record.submission_key,)).fetchone()
+            if old is not None and not revise:
+                return int(old["id"]), "duplicate"
+            if old is not None:
+                if (json.loads(old["study"]) or {}).get("locked"):
+                    raise FeedbackError("this review is locked and can no longer be changed")
+                conn.execute(f"UPDATE feedback SET {', '.join(f'{c} = ?' for c in _COLUMNS)} WHERE id = ?",
+                             [*values, old["id"]])
+                status, rid = "revised", int(old["id"])
+            else:
+                cur = conn.execute(f"INSERT INTO feedback ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                                   values)
+                status, rid = "stored", int(cur.lastrowid)
+        log.info("%s feedback record %d", status, rid)
+        return rid, status
+
+    def find(self, submission_key: str) -> tuple[int, FeedbackRecord] | None:
+        """The record stored under `submission_key`, or None."""
+        row = self._conn().execute("SELECT * FROM feedback WHERE submission_key = ?", (submission_key,)).fetchone()
+        return None if row is None else (int(row["id"]), self._record(row))
 
     @staticmethod
     def _record(row: sqlite3.Row) -> FeedbackRecord:
         data = {c: row[c] for c in _COLUMNS}
-        data.update({c: json.loads(row[c]) for c in _NESTED})
+        data.update({c: json.loads(row[c]) if row[c] is not None else None for c in _NESTED})
         data["demo"] = bool(data["demo"])
         return FeedbackRecord.from_dict(data)
 

@@ -55,10 +55,26 @@ class PipelineConfig:
     seed: int = 0  # sampling seed, set before every generation so a sampled report can be reproduced too
     device: str | None = None  # None = cuda when available, else cpu
     threads: int | None = None  # torch CPU threads; None = torch default
+    # The reflection's looks (medr2.reflection): 'auto' = 'proposed' for a model trained with looks, else 'off';
+    # 'proposed' = the pipeline's regions (+ the model's own requests), 'model' = only where the model asks.
+    looks: str = "auto"
+    max_looks: int = 3
+    device_map: str | None = None  # e.g. "auto": spread a model larger than one GPU over all (accelerate)
+    # A model served by an OpenAI-compatible server (medr2.inference.remote): its address, the name it is served
+    # under (default: the first of /v1/models), an API key (default: $MEDR2_API_KEY, else $OPENAI_API_KEY) and
+    # how long to wait for the server. `model` then names the same weights locally, if at all (card, saliency).
+    base_url: str | None = None
+    served_model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    request_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
+        if self.base_url is None and str(self.model).startswith(("http://", "https://")):
+            self.base_url, self.model = self.model, ""  # `--model http://host:8000/v1` names a server
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.looks not in ("auto", "proposed", "model", "off"):
+            raise ValueError(f"looks must be auto, proposed, model or off, got {self.looks!r}")
 
 
 @dataclass
@@ -115,6 +131,10 @@ class StudyResult:
     # and the findings below the model's low-confidence line, which the reviewer should check first
     confidence: dict[str, float] | None = None
     low_confidence: list[str] = field(default_factory=list)
+    # the reflection's looks (medr2.reflection.loop.Look: region, box, crop, heads' reading) and the draft -> final
+    # consistency check (medr2.reflection.consistency.Consistency); empty / None for models without looks
+    looks: list = field(default_factory=list)
+    consistency: Any = None
 
     @property
     def output(self) -> MedR2Output:
@@ -126,6 +146,8 @@ class StudyResult:
         warnings = list(getattr(self.image, "warnings", []) or [])
         if self.input_check is not None and self.input_check.flagged:
             warnings.append("input outside the model's training distribution: " + "; ".join(self.input_check.reasons))
+        if self.consistency is not None and not self.consistency.holds:
+            warnings += ["reflection inconsistent with the draft -> final change: " + m for m in self.consistency.messages]
         return warnings
 
     def to_json(self) -> dict:
@@ -143,6 +165,8 @@ class StudyResult:
             "warnings": self.warnings,
             "input_check": self.input_check.to_json() if self.input_check is not None else None,
             "confidence": self.confidence, "low_confidence": list(self.low_confidence),
+            "looks": [look.to_json() for look in self.looks],
+            "consistency": self.consistency.to_json() if self.consistency is not None else None,
         }
 
 
@@ -176,7 +200,8 @@ def _model_label(model: str) -> str:
         return path.resolve().name
 
 
-def _clean(text: str, special: list[str]) -> str:
+def clean_text(text: str, special: list[str]) -> str:
+    """Generated text without chat and padding markers (the schema tags stay)."""
     for token in special:
         text = text.replace(token, "")
     return text.strip()
@@ -198,7 +223,8 @@ class Pipeline:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         t0 = time.perf_counter()
-        self.model, self.processor = load_model(self.config.model, device=self.config.device, adapter=self.config.adapter)
+        self.model, self.processor = load_model(self.config.model, device=self.config.device, adapter=self.config.adapter,
+                                                device_map=self.config.device_map)
         self.model.eval()
         self.load_seconds = time.perf_counter() - t0
         self.card = read_model_card(self.config.model)
@@ -221,9 +247,15 @@ class Pipeline:
                       **({} if self.config.greedy else {"temperature": self.config.temperature, "top_p": self.config.top_p,
                                                          "seed": self.config.seed})},
         )
+        from medr2.reflection.heads import LookHeads, tower_of
+
+        trained_to_look = self.card.get("reflection") == "looks"
+        self.look_mode = ("proposed" if trained_to_look else "off") if self.config.looks == "auto" else self.config.looks
+        self.look_heads = (LookHeads.load(self.config.model, tower_of(self.model))
+                           if self.look_mode != "off" and Path(self.config.model).is_dir() else None)
         tok = self.processor.tokenizer
         # Chat/padding markers only: the schema tags may be special tokens too and must stay in the text.
-        self._strip = [t for t in {tok.eos_token, tok.pad_token, getattr(tok, "bos_token", None), "<|im_end|>", "<|im_start|>", "<|endoftext|>"} if t]
+        self._strip = [t for t in {tok.eos_token, tok.pad_token, getattr(tok, "bos_token", None), "<|im_end|>", "<|im_start|>", "<|endoftext|>", "<end_of_turn>"} if t]
 
     def messages(self) -> list[dict]:
         """The chat for this model: our trained prompt, or the prompted-mode system prompt for general LVLMs."""
@@ -281,13 +313,20 @@ class Pipeline:
         final_labels = label_report(out.report.text) if out.report else None
         timings["labels_s"] = time.perf_counter() - t0
         sal = {"inputs": inputs, "new_ids": new_ids} if inputs is not None else None
-        return StudyResult(text, parsed, draft_labels, final_labels, timings, self.provenance, n_tokens, loaded, sal)
+        from medr2.reflection.consistency import check_consistency
+
+        result = StudyResult(text, parsed, draft_labels, final_labels, timings, self.provenance, n_tokens, loaded, sal)
+        result.consistency = check_consistency(out)  # every model: a reflection must explain the diff it makes
+        return result
 
     def stream(self, image) -> Iterator[Event | StudyResult]:
         """Yield token events and section events as generation proceeds, then the StudyResult."""
         import torch
         from transformers import TextIteratorStreamer
 
+        if self.look_mode != "off":
+            yield from self._stream_with_looks(image)
+            return
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         loaded = as_loaded(image)
@@ -316,7 +355,7 @@ class Pipeline:
             if first_token is None:
                 first_token = time.perf_counter() - t1
             text += piece
-            clean = _clean(text, self._strip)
+            clean = clean_text(text, self._strip)
             yield Event("token", clean)
             parsed = parse(clean)
             for name in parsed.complete_sections[seen_sections:]:
@@ -328,11 +367,48 @@ class Pipeline:
         timings["first_token_s"] = first_token or 0.0
         timings["generate_s"] = time.perf_counter() - t1
         new_ids = result["ids"][:, inputs["input_ids"].shape[1]:]
-        final = self._finish(_clean(text, self._strip), loaded, int(new_ids.shape[1]), timings, inputs, new_ids)
+        final = self._finish(clean_text(text, self._strip), loaded, int(new_ids.shape[1]), timings, inputs, new_ids)
         final.input_check = input_check
         t_conf = time.perf_counter()
         self.add_confidence(final)
         timings["confidence_s"] = time.perf_counter() - t_conf
+        yield Event("done", final.raw_text, parsed=final.parsed)
+        yield final
+
+    def _look_results(self, loaded_images: list, keep_saliency_inputs: bool = True) -> list[StudyResult]:
+        """Results of the look loop (medr2.reflection.loop) for a batch of loaded films."""
+        from medr2.reflection.loop import LookRunner
+
+        t0 = time.perf_counter()
+        runs = LookRunner(self, self.look_heads).run(loaded_images, self.look_mode, self.config.max_looks)
+        per_study = (time.perf_counter() - t0) / max(len(loaded_images), 1)
+        tok = self.processor.tokenizer
+        results = []
+        for loaded, (text, looks) in zip(loaded_images, runs):
+            ids = tok.encode(text + tok.eos_token, add_special_tokens=False)
+            # Saliency and confidence re-read the answer teacher-forced on the film alone (the crops are not in
+            # that pass): an approximation of what the model saw, stated in docs/reflection.md.
+            result = self._finish(text, loaded, len(ids), {"generate_s": per_study},
+                                  *((self._inputs([loaded.to_pil()]), __import__("torch").tensor([ids])) if keep_saliency_inputs else ()))
+            result.looks = looks
+            results.append(result)
+        return results
+
+    def _stream_with_looks(self, image) -> Iterator[Event | StudyResult]:
+        """The look loop runs in rounds, not token by token: events come per finished study (sections at once)."""
+        t0 = time.perf_counter()
+        loaded = as_loaded(image)
+        input_check = self.check_input(loaded)
+        timings = {"input_check_s": time.perf_counter() - t0}
+        final = self._look_results([loaded])[0]
+        final.timings.update(timings)
+        final.input_check = input_check
+        yield Event("token", final.raw_text)
+        for name in final.parsed.complete_sections:
+            yield Event("section", final.raw_text, section=name, parsed=final.parsed)
+        t_conf = time.perf_counter()
+        self.add_confidence(final)
+        final.timings["confidence_s"] = time.perf_counter() - t_conf
         yield Event("done", final.raw_text, parsed=final.parsed)
         yield final
 
@@ -362,6 +438,16 @@ class Pipeline:
             chunk = [as_loaded(im) for im in images[i:i + batch_size]]
             chunk_prefixes = prefixes[i:i + batch_size] if prefixes is not None else None
             checks = [self.check_input(c) for c in chunk]  # one tower forward each: evaluation counts flagged films
+            if self.look_mode != "off" and chunk_prefixes is None:
+                keep = keep_saliency_inputs or (confidence and self.calibration is not None)
+                for result, check in zip(self._look_results(chunk, keep), checks):
+                    result.input_check = check
+                    if confidence:
+                        self.add_confidence(result)
+                    if not keep_saliency_inputs:
+                        result.saliency_inputs = None
+                    results.append(result)
+                continue
             t0 = time.perf_counter()
             inputs = self._inputs([c.to_pil() for c in chunk], chunk_prefixes)
             self._seed()
@@ -370,7 +456,7 @@ class Pipeline:
             per_study = (time.perf_counter() - t0) / len(chunk)
             new = ids[:, inputs["input_ids"].shape[1]:]
             for j, (loaded, row) in enumerate(zip(chunk, new)):
-                text = _clean(tok.decode(row, skip_special_tokens=False), self._strip)
+                text = clean_text(tok.decode(row, skip_special_tokens=False), self._strip)
                 if chunk_prefixes is not None:
                     text = chunk_prefixes[j] + text
                 n = int((row != tok.pad_token_id).sum())
@@ -411,17 +497,45 @@ class Pipeline:
         return saliency.explain(self.model, self.processor, result, **kwargs)
 
 
+def make_pipeline(config: PipelineConfig | None = None):
+    """The pipeline for `config`: a `RemotePipeline` when it names a server (`base_url`, or a `model` that is an
+    http(s) URL), else a local `Pipeline`. Both offer the same surface and produce the same `StudyResult`s."""
+    config = config or PipelineConfig()
+    if config.base_url:
+        from medr2.inference.remote import RemotePipeline
+
+        return RemotePipeline(config)
+    return Pipeline(config)
+
+
+# The generate / evaluate / app flags that reach a served model or a multi-GPU load (dataclass fields of each config).
+SERVED_HELP = {
+    "base_url": "OpenAI-compatible server (vLLM, SGLang, TGI, Ollama, transformers serve), e.g. http://127.0.0.1:8000/v1; "
+                "`--model URL` does the same",
+    "served_model": "the model's name on the server (default: the first of its /v1/models)",
+    "api_key": "server API key (default: $MEDR2_API_KEY, else $OPENAI_API_KEY; prefer the variable: flags show in `ps`)",
+    "device_map": "'auto' spreads a model larger than one GPU over all GPUs (needs accelerate)",
+}
+
+
 @dataclass
 class GenerateConfig:
     """`medr2 generate` options (flags or a `--config` YAML file)."""
 
     image: str | None = field(default=None, metadata={"help": "DICOM (any extension), PNG or JPEG"})
-    model: str = field(default_factory=default_model, metadata={"help": "local path or hub id (default: $MEDR2_MODEL or the embedded demo model)"})
+    model: str = field(default="", metadata={"help": "local path or hub id (default: $MEDR2_MODEL or the embedded demo model); "
+                                                     "with --base_url: the same weights locally, if at all (model card, saliency)"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder"})
+    base_url: str | None = field(default=None, metadata={"help": SERVED_HELP["base_url"]})
+    served_model: str | None = field(default=None, metadata={"help": SERVED_HELP["served_model"]})
+    api_key: str | None = field(default=None, metadata={"help": SERVED_HELP["api_key"]})
+    device_map: str | None = field(default=None, metadata={"help": SERVED_HELP["device_map"]})
     json: bool = field(default=False, metadata={"help": "print the whole result as JSON"})
     max_new_tokens: int = field(default=640, metadata={"help": "generation limit"})
     sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
     seed: int = field(default=0, metadata={"help": "sampling seed (with --sample): the same seed gives the same report"})
+    looks: str = field(default="auto", metadata={"help": "reflection looks: auto (on for models trained with looks) | proposed | model | off"})
+    max_looks: int = field(default=3, metadata={"help": "most looks per study"})
 
 
 def cli_generate(argv: list[str]) -> int:
@@ -439,8 +553,11 @@ def cli_generate(argv: list[str]) -> int:
     from medr2.modeling.model import ModelLoadError
 
     try:
-        pipe = Pipeline(PipelineConfig(model=args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
-                                       greedy=not args.sample, seed=args.seed))
+        served = args.base_url or str(args.model).startswith(("http://", "https://"))
+        pipe = make_pipeline(PipelineConfig(model=args.model or ("" if served else default_model()), adapter=args.adapter,
+                                            max_new_tokens=args.max_new_tokens, greedy=not args.sample, seed=args.seed,
+                                            looks=args.looks, max_looks=args.max_looks, device_map=args.device_map,
+                                            base_url=args.base_url, served_model=args.served_model, api_key=args.api_key))
         result = pipe.run(args.image)
     except (ImageLoadError, ModelLoadError, ValueError) as exc:
         return fail(prog, exc)
@@ -463,7 +580,11 @@ def format_result(result: StudyResult) -> str:
     lines.append("DRAFT")
     lines.append(f"  {out.draft.text if out.draft else '(none)'}")
     lines.append("REFLECTION")
-    lines += [f"  {r.action}: {r.target} - {r.text}" for r in out.reflection]
+    evidence = {look.region: look.evidence for look in result.looks}
+    for r in out.reflection:
+        if r.look:
+            lines.append(f"  look at the {r.look}: {evidence.get(r.look, 'no crop was shown')}")
+        lines.append(f"  {r.action}: {r.target} - {r.text}" if r.action else f"  {r.text}")
     lines.append("REPORT")
     lines.append(f"  {out.report.text if out.report else '(none: the model did not finish a report)'}")
     if result.final_labels:

@@ -49,7 +49,12 @@ _VERBS = (r"is|are|was|were|be|been|being|has|have|had|seen|noted|present|identi
           r"appears?|appearing|remains?|shows?|showing|reveals?|revealing|represents?|measures?|obscur\w*|there")
 _CLAUSE = r"but|however|although|though|except|whereas|while|which|who|aside|apart"
 # A cue reaches a mention only if no verb or clause break lies between them ("No effusion; there is ...").
-_PRE_BLOCK = re.compile(rf"\b(?<!previously )(?:{_VERBS}|{_CLAUSE}|with)\b|[;:]")  # "previously seen" is an adjective
+# "previously seen" is an adjective; so is a participle right after "no" or a few words before the mention
+# ("no visualized pneumothorax or large effusion", "no suspicious appearing nodules"; `$` is the search's endpos,
+# the mention's start).
+_ATTRIBUTIVE = r"(?:visualized|appearing|demonstrated|identified)"
+_PRE_BLOCK = re.compile(rf"\b(?<!previously )(?!(?<=\bno ){_ATTRIBUTIVE}\b)(?!(?<!, ){_ATTRIBUTIVE}(?:\s+[\w-]+){{0,3}}\s*$)"
+                        rf"(?:{_VERBS}|{_CLAUSE}|with)\b|[;:]")
 # Uncertainty cues run on through their own verbs ("may represent", "could be"): only a new clause stops them.
 _UNC_BLOCK = re.compile(rf"\b(?:{_CLAUSE}|is|are|was|were|there)\b|[;:]")
 # After a mention, a preposition of time also starts a new thought ("pneumothorax following tube removal").
@@ -61,9 +66,9 @@ _DESC_PRE_GAP = re.compile(r"\s*(?:(?:the|and|of|in|heart|size|cardiac|cardio|\w
 _DESC_JOIN = re.compile(r"(?:[\s,]|\b(?:and|in|of|for|size|contour|appearance|configuration|both)\b)*")
 _NEAR_GAP = re.compile(r"\s*(?:[\w-]+\s+){0,2}")  # "no acute cardiomediastinal ..." (at most two words)
 # "atelectasis or scarring", "atelectasis/scarring", "atelectasis in the right base versus scarring"
-_OR_AFTER = re.compile(r"\s*,?\s*(?:or|versus|vs\.?|and/or)(?!\w)|/(?=[a-z])"
+_OR_AFTER = re.compile(r"\s*,?\s*(?:or|versus|vs\.?|and/or)(?!\w)|\s?/\s?(?=[a-z])"
                        r"|(?:\s+(?!(?:and|with|without|but|no|is|are)\b)[a-z-]+){1,5}?\s*,?\s*(?:versus|vs\.?)(?!\w)")
-_OR_BEFORE = re.compile(r"(?:(?<!\w)(?:or|versus|vs\.?|and/or)\s+|(?<=[a-z])/)(?:[a-z-]+\s+){0,3}$")
+_OR_BEFORE = re.compile(r"(?:(?<!\w)(?:or|versus|vs\.?|and/or)\s+|(?<=[a-z])\s?/\s?)(?:[a-z-]+\s+){0,3}$")
 # Sentence ends: '.'/'!' before a space (not after 'vs', 'e.g', 'Dr' or a list number: "1. Chest." stays
 # whole), a blank line, 'word.Word', and the space before a list number ("... thickening 2. Streaky").
 _SENTENCE_END = re.compile(  # each alternative starts with a character (class): fast to reject
@@ -192,7 +197,8 @@ def phrase_tables() -> _Tables:
         by_char.setdefault(form[0], []).append(
             (re.compile(form + r"(?!\w)"), items[i][1], re.search(r"\(\?<?[=!]", form) is None))
     cues = {name: _cue_regex(phrases) for name, phrases in spec["cues"].items() if not name.startswith("descriptor_")}
-    copula = (r"(?:(?:is|are|was|were|appears?|appearing|remains?|looks?|seems?|measures?|has been|have been)\s+)?"
+    copula = (r"(?:(?:is|are|was|were|appears?|appearing|remains?|looks?|seems?|measures?|has been|have been|"
+              r"(?:has|have) become|becomes?|became)\s+)?"
               r"(?:(?:now|otherwise|again|still|grossly|overall|also|probably|likely|currently|essentially|\w+ly)\s+)*")
     descriptor_re = re.compile(copula + "(?:" + "|".join(
         f"(?P<{k}>" + "|".join(_bounded(p) for p in spec["cues"]["descriptor_" + k]) + ")"

@@ -4,7 +4,8 @@ What it does: `load_model(path_or_hub_id)` loads a checkpoint (ours, built by `m
 Qwen2.5-VL-7B-Instruct) with the standard `Auto*` classes: fp32 on CPU / bf16 on CUDA, `device_map` for
 big models, a peft LoRA adapter on top (a directory holding only an adapter loads the base it names).
 It checks that the processor really is multimodal, because `AutoProcessor` silently falls back to a
-bare tokenizer, and rescues Qwen-VL checkpoints whose stock processor needs torchvision.
+bare tokenizer, and rescues Qwen2/2.5/3-VL and LLaVA-OneVision checkpoints whose stock processor needs torchvision
+(no-video processors, `medr2.modeling.qwen_processor`).
 `weights_sha256` hashes the safetensors weights for provenance.
 
 Hands on: `(model, processor)` in eval mode, or one `ModelLoadError` whose message names the source and
@@ -80,6 +81,10 @@ def _load_processor(source: str) -> ProcessorMixin:
         # Stock Qwen-VL processors need torchvision for their video half: retry with the no-video class.
         model_type = _model_type(source)
         if model_type not in qwen_processor.NO_VIDEO_PROCESSORS:
+            if isinstance(exc, ImportError):  # e.g. another video-capable processor that needs torchvision
+                message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ModelLoadError(f"{source}: the {model_type or 'model'}'s processor needs a package that is not "
+                                     f"installed ({message})") from exc
             raise
         log.info("%s: stock %s processor failed (%s); using the no-video processor", source, model_type, exc)
         processor = qwen_processor.NO_VIDEO_PROCESSORS[model_type].from_pretrained(source)

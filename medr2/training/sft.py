@@ -43,6 +43,11 @@ class MedR2SFTConfig(SFTConfig):
     focal_oversample: int = field(default=2, metadata={"help": "studies with focal findings appear this many times"})
     kind_oversample: str = field(default="", metadata={"help": "per-kind repeats that override focal_oversample, e.g. 'opacity:3,pneumonia:3' (the findings still below the bar)"})
     error_rate: float = field(default=0.2, metadata={"help": "fraction of Med-R2 traces whose draft carries an error that reflection fixes"})
+    looks: bool = field(default=False, metadata={"help": "Med-R2 traces whose reflection looks again (magnified crops as extra images, the look heads' reading beside them; medr2.reflection); loss on every assistant turn"})
+    look_heads: str | None = field(default=None, metadata={"help": "folder with look_heads.npz fitted on this model's tower (default: model_name_or_path); none found = looks without the heads' words"})
+    film_size: int = field(default=256, metadata={"help": "phantom film side in px; looks need the detail of 512"})
+    normal_look_rate: float = field(default=0.5, metadata={"help": "with looks: share of traces with one extra look at a region the draft calls normal"})
+    max_looks: int = field(default=4, metadata={"help": "with looks: most looks per trace"})
     vocab_size: int = field(default=2000, metadata={"help": "tokenizer vocabulary of the tiny model"})
     arch: str = field(default="llava", metadata={"help": "tiny architecture: llava | qwen2_vl | qwen2_5_vl"})
     text_hidden: int = field(default=256, metadata={"help": "tiny model: language model width"})
@@ -61,6 +66,13 @@ class MedR2SFTConfig(SFTConfig):
             raise ValueError("Med-R2 traces are built from phantom ground truth; on a real dataset use target=direct "
                              "(or first write traces with a teacher LVLM in prompted mode)")
         parse_kind_oversample(self.kind_oversample)  # fail on a bad spec before any data is built
+        if self.looks:
+            if self.target != "medr2" or self.dataset_dir:
+                raise ValueError("looks are part of the Med-R2 trace on phantoms: use target=medr2 without dataset_dir")
+            if not self.freeze_vision:
+                raise ValueError("looks need freeze_vision: the look heads read the tower and are only valid on the tower they were fitted on")
+            # a trace with looks is a multi-turn chat (each look is a user turn): the loss covers every assistant turn
+            self.assistant_only_loss, self.completion_only_loss = True, False
         apply_device_defaults(self)
         super().__post_init__()
 
@@ -85,6 +97,25 @@ def _phantom_rows(config: MedR2SFTConfig) -> list[dict]:
         row = sft_row(prompt, text, Image.fromarray(study.image))
         repeats = study_repeats(study, config.focal_oversample, kind_repeats)
         rows += [row] * repeats
+    random.Random(config.seed).shuffle(rows)
+    return rows
+
+
+def _look_rows(config: MedR2SFTConfig, model) -> list[dict]:
+    """Multi-turn rows whose reflection looks again (`medr2.reflection.traces`), oversampled like `_phantom_rows`."""
+    from medr2.reflection.heads import LookHeads, tower_of
+    from medr2.reflection.traces import look_rows
+    from medr2.report.traces import TraceConfig
+
+    tower = tower_of(model).eval()
+    folder = config.look_heads or config.model_name_or_path
+    heads = LookHeads.load(folder, tower) if folder else None
+    logger.info("look traces %s the look heads' reading", "with" if heads is not None else "WITHOUT")
+    kind_repeats = parse_kind_oversample(config.kind_oversample)
+    rows = []
+    for row, study in look_rows(config.n_train, config.train_seed, heads, tower, TraceConfig(error_rate=config.error_rate, seed=config.seed),
+                                film_size=config.film_size, normal_look_rate=config.normal_look_rate, max_looks=config.max_looks):
+        rows += [row] * study_repeats(study, config.focal_oversample, kind_repeats)
     random.Random(config.seed).shuffle(rows)
     return rows
 
@@ -141,7 +172,8 @@ def sft_row(prompt_text: str, target_text: str, image) -> dict:
 
 
 def _corpus(rows: list[dict]) -> list[str]:
-    return [m["content"][-1]["text"] for r in rows for m in (r["prompt"][0], r["completion"][0])]
+    turns = lambda r: r["messages"] if "messages" in r else (*r["prompt"], *r["completion"])  # noqa: E731
+    return [m["content"][-1]["text"] for r in rows for m in turns(r)]
 
 
 def build_model(config: MedR2SFTConfig, rows: list[dict]):
@@ -238,8 +270,18 @@ def train(config: MedR2SFTConfig) -> Path:
     tower = Path(config.perception_dir) / "vision_tower.safetensors" if config.perception_dir else None
     if tower is not None and not tower.is_file():  # checked before minutes of data building, not after
         raise FileNotFoundError(f"no stage-0 tower at {tower}: run the stage that writes it first (perception_dir)")
-    rows = _dataset_rows(config) if config.dataset_dir else _phantom_rows(config)
-    model, processor = build_model(config, rows)
+    if config.looks:
+        if not config.model_name_or_path:
+            raise ValueError("looks continue a trained Med-R2 model (model_name_or_path): the look heads need its tower")
+        model, processor = build_model(config, [])
+        from medr2.modeling.tokenizer import add_look_tokens
+
+        if add_look_tokens(model, processor.tokenizer):
+            logger.info("added the look tags to the tokenizer (%d tokens)", len(processor.tokenizer))
+        rows = _look_rows(config, model)
+    else:
+        rows = _dataset_rows(config) if config.dataset_dir else _phantom_rows(config)
+        model, processor = build_model(config, rows)
     dataset = Dataset.from_list(rows)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("SFT %s: %d rows, %.2fM trainable parameters", config.target, len(rows), n_trainable / 1e6)
@@ -251,10 +293,21 @@ def train(config: MedR2SFTConfig) -> Path:
     out = Path(config.output_dir)
     trainer.save_model(str(out))
     processor.save_pretrained(str(out))
-    (out / "medr2_model.json").write_text(json.dumps({
-        "target": config.target, "demo": not config.model_name_or_path,
-        "training_data": f"synthetic chest-radiograph phantoms (medr2.phantom.generator seed {config.train_seed}, n={config.n_train})",
-    }, indent=2))
+    if config.looks:  # the heads travel with the model whose (frozen) tower they read
+        import shutil
+
+        from medr2.reflection.heads import HEADS_FILE
+
+        heads_file = Path(config.look_heads or config.model_name_or_path) / HEADS_FILE
+        if heads_file.is_file():
+            shutil.copy(heads_file, out / HEADS_FILE)
+    from medr2.training.export import dataset_source, phantom_source, training_card
+
+    source = dataset_source(config.dataset_dir) if config.dataset_dir else phantom_source(config.train_seed, config.n_train)
+    card = training_card(config.target, source, init=config.model_name_or_path)
+    if config.looks:
+        card["reflection"] = "looks"  # the pipeline runs the look loop for this model (medr2.reflection)
+    (out / "medr2_model.json").write_text(json.dumps(card, indent=2))
     (out / "training_summary.json").write_text(json.dumps({
         "target": config.target, "rows": len(rows), "steps": trainer.state.global_step,
         "minutes": round((time.time() - start) / 60, 2), "trainable_params": n_trainable,

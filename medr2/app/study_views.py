@@ -1,0 +1,211 @@
+"""The reader-study pages: a signed-in reader reviews frozen reports case by case; admins see the results.
+
+`build_study_demo(study_dir)` returns the gradio Blocks that `app.py --study STUDY_DIR` serves with
+`study_auth(study_dir)` as gradio's `auth=` (the study's readers file, hashed passwords). Every event reads the
+signed-in name from the request, never from the page, so a reader can neither act as another nor read another
+reader's reviews; the results tab is filled only for admins and its handler refuses everyone else.
+
+Blinding: the page draws only on `study.json` and `reports.jsonl` (neutral case ids, the image decoded to pixels,
+the indication, report text); sources appear as "Report A" / "Report B" on sides drawn per reader and case
+(`medr2.study.session.ab_sides`). Model paths, weights hashes, file names, captions and ground truth live in
+`key.json`, which only the admin results read. Hands on: reviews to `medr2.study.session.ReviewStore`.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+
+from medr2.feedback.record import ERROR_TAGS, ITEM_NA  # noqa: E402
+from medr2.feedback.store import FeedbackError  # noqa: E402
+from medr2.study.manifest import StudyError, StudyFolder  # noqa: E402
+from medr2.study.session import ReviewStore, ab_sides, check_password, is_admin, reader_order  # noqa: E402
+
+SIDES = ("A", "B")
+LIKERT_NA = [("1 poor", 1), ("2", 2), ("3", 3), ("4", 4), ("5 excellent", 5), ("N/A", ITEM_NA)]
+TAG_CHOICES = [(t.replace("_", " "), t) for t in ERROR_TAGS]
+PREFERENCES = [("A is better", "A"), ("B is better", "B"), ("Equal", "equal")]
+
+
+def study_auth(study_dir: str | Path):
+    """gradio `auth=`: the study's readers file (salted PBKDF2 hashes)."""
+    return lambda name, password: check_password(study_dir, name, password)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _reader(request: gr.Request | None) -> str:
+    name = getattr(request, "username", None)
+    if not name:
+        raise gr.Error("Sign in first: this study page needs a reader name and password.")
+    return name
+
+
+def _pixels(path: Path) -> np.ndarray:
+    from medr2.imaging.loader import load_image
+
+    return np.stack([load_image(path).pixels] * 3, axis=-1)
+
+
+def build_study_demo(study_dir: str | Path) -> gr.Blocks:
+    study = StudyFolder.open(study_dir)
+    reviews = ReviewStore(study)
+    n_sides = min(len(study.sources), len(SIDES))
+    ab = study.design == "ab"
+    items = study.items
+
+    def progress_text(reader: str, pos: int) -> str:
+        saved, locked, total = reviews.progress(reader)
+        return f"**Case {pos + 1} / {total}** · {saved} saved · {locked} locked"
+
+    def show(state: dict) -> list:
+        reader, pos = state["reader"], state["pos"]
+        case_id = state["order"][pos]
+        case = study.case(case_id)
+        sides = ab_sides(study, reader, case_id)
+        stored = [reviews.get(reader, case_id, s) for s in sides]
+        locked = any(r is not None and (r.study or {}).get("locked") for r in stored)
+        state["opened_at"] = _now()
+        values: list[Any] = [state, _pixels(study.image_path(case_id)),
+                             f"**Indication** {case['indication']}" if case.get("indication") else "",
+                             progress_text(reader, pos)]
+        for i in range(n_sides):
+            rec, report = stored[i], study.reports[(case_id, sides[i])]
+            st = (rec.study or {}) if rec else {}
+            values.append(gr.update(value=rec.corrected_report if rec else report, interactive=not locked))
+            values += [st.get("items", {}).get(k) for k, _ in items]
+            tags = rec.error_tags if rec else []
+            values += [[t["tag"] for t in tags], [t["tag"] for t in tags if t["clinically_significant"]]]
+            reasons = st.get("edit_reasons") or []
+            values.append(reasons[0]["reason"] if reasons else None)
+        first = stored[0].study if stored[0] else {}
+        pref = (first or {}).get("preference")
+        values.append({"this": "A", "other": "B", "equal": "equal"}.get(pref) if pref else None)
+        values.append(stored[0].comment if stored[0] else "")
+        values.append("Locked: this case can no longer be changed." if locked else
+                      ("Saved earlier: you can revise it until you lock it." if stored[0] else ""))
+        return values
+
+    def start(request: gr.Request):
+        reader = _reader(request)
+        order = reader_order(study, reader)
+        states = [reviews.case_state(reader, c) for c in order]
+        pos = states.index("new") if "new" in states else (states.index("saved") if "saved" in states else 0)
+        return [*show({"reader": reader, "order": order, "pos": pos}), gr.update(visible=is_admin(study.root, reader))]
+
+    def move(state: dict, step: int, request: gr.Request):
+        if not state or state["reader"] != _reader(request):
+            raise gr.Error("Reload the page: this session belongs to another sign-in.")
+        state = {**state, "pos": max(0, min(len(state["order"]) - 1, state["pos"] + step))}
+        return show(state)
+
+    def save(state: dict, lock: bool, request: gr.Request, *answers):
+        reader = _reader(request)
+        if not state or state["reader"] != reader:
+            raise gr.Error("Reload the page: this session belongs to another sign-in.")
+        case_id = state["order"][state["pos"]]
+        sides = ab_sides(study, reader, case_id)
+        per = 1 + len(items) + 3
+        pref, comment = answers[n_sides * per], answers[n_sides * per + 1]
+        if ab and not pref:
+            raise gr.Error("Say which report is better (or that they are equal) before saving.")
+        try:
+            for i in range(n_sides):
+                chunk = answers[i * per:(i + 1) * per]
+                correction, ratings, (errors, significant, reason) = chunk[0], chunk[1:1 + len(items)], chunk[1 + len(items):]
+                missing = [label for (k, label), v in zip(items, ratings) if v in (None, "")]
+                if missing:
+                    raise StudyError(f"report {SIDES[i]}: rate “{missing[0]}” (or choose N/A)")
+                preference = None
+                if ab:
+                    preference = "equal" if pref == "equal" else "this" if pref == SIDES[i] else "other"
+                reviews.save(reader, case_id, sides[i], side=SIDES[i] if ab else None, correction=correction or "",
+                             items={k: (v if v == ITEM_NA else int(v)) for (k, _), v in zip(items, ratings)},
+                             errors=list(errors or []), significant=list(significant or []), edit_reason=reason,
+                             preference=preference, comment=comment or "", opened_at=state["opened_at"],
+                             order_index=state["pos"], lock=lock)
+        except (StudyError, FeedbackError) as exc:
+            raise gr.Error(f"Not saved: {exc}") from None
+        state = {**state}
+        values = show(state)
+        values[-1] = "Locked: this case can no longer be changed." if lock else "✓ Saved. You can revise it until you lock it."
+        return values
+
+    def results(request: gr.Request):
+        if not is_admin(study.root, _reader(request)):
+            raise gr.Error("Only the study's coordinators can see the results.")
+        from medr2.study.analysis import markdown, write_report
+
+        out = write_report(study)
+        import json
+
+        text = markdown(json.loads((out / "report.json").read_text()))
+        return text, sorted(str(p) for p in out.glob("*.png")), str(out / "responses_long.csv")
+
+    with gr.Blocks(title="medr2 — reader study", analytics_enabled=False) as demo:
+        state = gr.State(None, time_to_live=8 * 3600)
+        gr.Markdown("## medr2 · reader study")
+        with gr.Tabs():
+            with gr.Tab("Cases", id="cases"):
+                progress = gr.Markdown(elem_id="progress")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=4, min_width=320):
+                        image = gr.Image(label="Radiograph", type="numpy", interactive=False, height=520, format="png",
+                                         buttons=["fullscreen"], show_label=False, elem_id="study_image")
+                        indication = gr.Markdown(elem_id="indication")
+                    side_fields: list = []
+                    for i in range(n_sides):
+                        with gr.Column(scale=4, min_width=320):
+                            gr.Markdown(f"#### Report {SIDES[i]}" if n_sides > 1 else "#### Report")
+                            side_fields.append(gr.Textbox(label="Report (edit it to correct it)", lines=8, max_lines=20,
+                                                          elem_id=f"correction_{SIDES[i]}"))
+                            side_fields += [gr.Radio(LIKERT_NA, label=label, elem_id=f"{k}_{SIDES[i]}") for k, label in items]
+                            side_fields.append(gr.CheckboxGroup(TAG_CHOICES, label="Errors", elem_id=f"errors_{SIDES[i]}"))
+                            side_fields.append(gr.CheckboxGroup(TAG_CHOICES, label="…of which clinically significant",
+                                                                elem_id=f"significant_{SIDES[i]}"))
+                            side_fields.append(gr.Radio([("content", "content"), ("style", "style")],
+                                                        label="Your edits are about", elem_id=f"reason_{SIDES[i]}"))
+                preference = gr.Radio(PREFERENCES, label="Which report is better?", visible=ab, elem_id="preference")
+                comment = gr.Textbox(label="Comment", lines=2, elem_id="comment")
+                with gr.Row():
+                    prev_btn = gr.Button("← Previous", elem_id="prev")
+                    save_btn = gr.Button("Save", variant="primary", elem_id="save")
+                    lock_btn = gr.Button("Save and lock", elem_id="lock")
+                    next_btn = gr.Button("Next →", elem_id="next")
+                status = gr.Markdown(elem_id="status")
+            with gr.Tab("Results (coordinators)", id="results", visible=False) as results_tab:
+                refresh = gr.Button("Compute results", elem_id="refresh")
+                summary = gr.Markdown(elem_id="summary")
+                figures = gr.Gallery(label="Plots", columns=3, height=360, object_fit="contain", elem_id="figures")
+                download = gr.File(label="Long-format export (CSV)", elem_id="download")
+        outputs = [state, image, indication, progress, *side_fields, preference, comment, status]
+        private = dict(api_visibility="private", concurrency_limit=None)
+        demo.load(start, None, [*outputs, results_tab], **private)
+        # gradio hands the request (the signed-in name) to parameters annotated gr.Request
+        def go_back(request: gr.Request, s):
+            return move(s, -1, request)
+
+        def go_on(request: gr.Request, s):
+            return move(s, 1, request)
+
+        def save_case(request: gr.Request, s, *answers):
+            return save(s, False, request, *answers)
+
+        def lock_case(request: gr.Request, s, *answers):
+            return save(s, True, request, *answers)
+
+        prev_btn.click(go_back, [state], outputs, **private)
+        next_btn.click(go_on, [state], outputs, **private)
+        answers = [*side_fields, preference, comment]
+        save_btn.click(save_case, [state, *answers], outputs, **private)
+        lock_btn.click(lock_case, [state, *answers], outputs, **private)
+        refresh.click(results, None, [summary, figures, download], **private)
+    return demo

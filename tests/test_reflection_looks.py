@@ -1,0 +1,240 @@
+"""The reflection that looks again (medr2.reflection): regions and crops, the schema's look lines (and its backwards
+compatibility), traces with looks, the look loop on a micro model (a forced look request, the crop reaching the
+model), the draft -> final consistency check and the fix / break evaluation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medr2.reflection.consistency import check_consistency
+from medr2.reflection.looks import evidence_text, join_turns, propose_looks, split_at_looks
+from medr2.reflection.regions import LOOK_REGIONS, WINDOW, crop_region, normalise_region, region_box, region_patches, regions_for
+from medr2.report.schema import MedR2Output, ReflectionItem, Report, parse, render
+
+OLD_TRACE = """<think>
+<perception>
+heart: cardiothoracic ratio about 0.45, normal size.
+</perception>
+<reasoning>
+blunted angle with meniscus -> small right pleural effusion [rule: effusion_meniscus]
+</reasoning>
+<draft>
+Findings: Small right pleural effusion. Impression: Small right pleural effusion.
+</draft>
+<reflection>
+kept: pleural effusion - re-checked the right pleura, meniscus confirmed.
+</reflection>
+</think>
+<report>
+Findings: Small right pleural effusion. Impression: Small right pleural effusion.
+</report>"""
+
+
+# ---------------------------------------------------------------- regions
+@pytest.mark.parametrize("shape", [(256, 256), (512, 512), (2000, 1600)])
+def test_every_region_box_lies_inside_the_film_and_magnifies(shape):
+    for name in LOOK_REGIONS:
+        top, left, bottom, right = region_box(name, shape)
+        assert 0 <= top < bottom <= shape[0] and 0 <= left < right <= shape[1]
+        assert bottom - top == right - left == round(WINDOW * min(shape))
+
+
+def test_crop_is_cut_from_the_full_resolution_film_on_the_patients_side():
+    film = np.zeros((512, 512), dtype=np.uint8)
+    film[:, :256] = 200  # the image's left half = the patient's right
+    right, left = crop_region(film, "right mid zone"), crop_region(film, "left mid zone")
+    assert right.shape == left.shape == (230, 230)
+    assert right.mean() > 150 and left.mean() < 50
+
+
+def test_region_patches_and_finding_regions():
+    assert region_patches("right upper zone", 8).reshape(8, 8)[:4, :4].any()
+    assert not region_patches("right upper zone", 8).reshape(8, 8)[:, 6:].any()
+    assert regions_for("Lung Lesion", ["left"], ["upper"]) == ["left upper zone"]
+    assert regions_for("Pleural Effusion", ["right"]) == ["right lower zone"]
+    assert regions_for("Pneumothorax", ["left"]) == ["left upper zone"]
+    assert regions_for("Cardiomegaly") == ["heart"]
+    assert regions_for("Support Devices") == [] and regions_for("Edema") == []
+    assert normalise_region("Right lung, mid zone") == "right mid zone"
+    assert normalise_region("left costophrenic angle") == "left lower zone"
+    assert normalise_region("somewhere") is None
+
+
+# ---------------------------------------------------------------- schema
+def test_reflection_without_looks_parses_as_before():
+    parsed = parse(OLD_TRACE)
+    assert parsed.output.reflection == [ReflectionItem("kept", "pleural effusion", "re-checked the right pleura, meniscus confirmed.")]
+    assert parsed.output.reflection[0].look is None
+    assert render(parsed.output) == OLD_TRACE
+
+
+def test_look_lines_attach_to_the_item_that_follows_and_round_trip():
+    text = OLD_TRACE.replace(
+        "kept: pleural effusion - re-checked the right pleura, meniscus confirmed.",
+        "<look>right lower zone</look>\nkept: pleural effusion - magnified right lower zone: meniscus confirmed.\n"
+        "<look>left mid zone</look>\nadded: pulmonary nodule - magnified left mid zone: round opacity, missed in the draft.\n"
+        "kept: central venous catheter - re-checked the devices.")
+    items = parse(text).output.reflection
+    assert [(i.action, i.look) for i in items] == [("kept", "right lower zone"), ("added", "left mid zone"), ("kept", None)]
+    assert render(parse(text).output) == text
+    turns = split_at_looks(text)
+    assert len(turns) == 3 and turns[0].endswith("<look>right lower zone</look>") and turns[1].endswith("<look>left mid zone</look>")
+    assert join_turns(turns) == text
+
+
+def test_a_look_with_no_item_after_it_is_kept_as_a_note():
+    items = parse("<reflection>\n<look>heart</look>\n</reflection>").output.reflection
+    assert len(items) == 1 and items[0].action is None and items[0].look == "heart"
+
+
+# ---------------------------------------------------------------- traces
+def test_look_traces_teach_looks_at_findings_errors_and_normal_regions():
+    from medr2.phantom.generator import generate_studies
+    from medr2.report.traces import TraceConfig, build_look_trace
+
+    kinds = set()
+    for study in generate_studies(40, 11):
+        for error_rate, normal in ((0.0, "left upper zone"), (1.0, None)):
+            output, error = build_look_trace(study, TraceConfig(error_rate=error_rate), normal_look=normal, max_looks=3)
+            looks = [i for i in output.reflection if i.look]
+            assert len(looks) <= 3
+            assert output.report == Report(study.findings_text, study.impression_text)  # the final is always the truth
+            assert render(parse(render(output)).output) == render(output)
+            if error is None:
+                assert all(i.action == "kept" for i in output.reflection)
+                assert output.draft == output.report
+            else:
+                kinds.add(error)
+                fixes = [i for i in output.reflection if i.action != "kept"]
+                assert len(fixes) == 1 and fixes[0].look in LOOK_REGIONS
+    assert {"missed", "hallucinated", "wrong_side"} <= kinds
+
+
+def test_evidence_words_follow_the_heads_thresholds():
+    obs = ("Lung Lesion", "Lung Opacity", "Support Devices")
+    text = evidence_text("right mid zone", np.array([0.9, 0.3, 0.99]), np.array([0.8, 0.5, 0.5]), obs)
+    assert text == "magnified right mid zone (2.2x); finding heads: lung lesion likely, lung opacity possible."
+    assert evidence_text("heart") == "magnified heart (2.2x)."
+
+
+def test_proposed_looks_cover_the_draft_then_the_heads_disagreements():
+    from medr2.reflection.heads import OBSERVATIONS
+
+    probs = np.zeros((64, len(OBSERVATIONS)))
+    grid = region_patches("left upper zone", 8)
+    probs[grid, OBSERVATIONS.index("Lung Lesion")] = 0.99
+    draft = "Findings: Small right pleural effusion. Impression: Small right pleural effusion."
+    looks = propose_looks(draft, probs, np.full(len(OBSERVATIONS), 0.9), OBSERVATIONS, max_looks=4)
+    assert looks[0] == "right lower zone" and "left upper zone" in looks
+    assert propose_looks(draft, None, None, OBSERVATIONS) == ["right lower zone"]
+
+
+# ---------------------------------------------------------------- consistency
+def _output(draft: str, final: str, items: list[ReflectionItem]) -> MedR2Output:
+    return MedR2Output(draft=Report.parse(draft), reflection=items, report=Report.parse(final))
+
+
+def test_consistency_flags_a_kept_item_whose_finding_changed_and_an_unexplained_change():
+    kept = [ReflectionItem("kept", "pleural effusion", "re-checked.")]
+    side_flip = check_consistency(_output("Small right pleural effusion.", "Small left pleural effusion.", kept))
+    assert not side_flip.holds and side_flip.contradicted == ["Pleural Effusion"]
+    assert "side right -> left" in side_flip.changes["Pleural Effusion"]
+    dropped = check_consistency(_output("Small right pleural effusion. Widened mediastinum.", "Small right pleural effusion.", kept))
+    assert not dropped.holds and dropped.unexplained == ["Enlarged Cardiomediastinum"]
+
+
+def test_consistency_holds_when_every_change_has_its_item():
+    items = [ReflectionItem("kept", "pleural effusion", "confirmed."),
+             ReflectionItem("added", "pulmonary nodule", "missed in the draft.", "left mid zone")]
+    result = check_consistency(_output("Small right pleural effusion.",
+                                       "Small right pleural effusion. 12 mm pulmonary nodule in the left mid zone.", items))
+    assert result.holds and result.changes == {"Lung Lesion": "added"}
+    assert check_consistency(parse(OLD_TRACE).output).holds
+
+
+# ---------------------------------------------------------------- the loop on a micro model
+@pytest.fixture(scope="module")
+def look_pipeline(tmp_path_factory):
+    from medr2.inference.pipeline import Pipeline, PipelineConfig
+    from medr2.modeling.model import cli_build_tiny
+
+    out = tmp_path_factory.mktemp("look_model") / "micro"
+    assert cli_build_tiny(["--micro", "--out", str(out)]) == 0
+    (out / "medr2_model.json").write_text(json.dumps({"target": "medr2", "demo": True, "training_data": "synthetic phantoms",
+                                                       "reflection": "looks"}))
+    return Pipeline(PipelineConfig(model=str(out), max_new_tokens=24))
+
+
+def test_micro_model_has_single_look_tokens(look_pipeline):
+    tok = look_pipeline.processor.tokenizer
+    assert len(tok.encode("<look>", add_special_tokens=False)) == len(tok.encode("</look>", add_special_tokens=False)) == 1
+    assert look_pipeline.look_mode == "proposed"
+
+
+def test_a_forced_look_brings_the_magnified_crop_to_the_model(look_pipeline, monkeypatch):
+    from medr2.inference.pipeline import as_loaded
+    from medr2.reflection.loop import LookRunner
+
+    rng = np.random.default_rng(0)
+    film = rng.integers(0, 255, size=(512, 512), dtype=np.uint8)
+    seen = []
+    real_generate = look_pipeline.model.generate
+
+    def spy(**kwargs):
+        seen.append({"pixel_values": kwargs["pixel_values"].clone(), "input_ids": kwargs["input_ids"].clone()})
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(look_pipeline.model, "generate", spy)
+    draft = ("<think>\n<perception>\nheart: normal.\n</perception>\n<reasoning>\nx -> y\n</reasoning>\n<draft>\n"
+             "Findings: 12 mm pulmonary nodule in the left upper zone. Impression: Pulmonary nodule.\n</draft>")
+    [(text, looks)] = LookRunner(look_pipeline, None).run([as_loaded(film)], "proposed", max_looks=2, drafts=[draft])
+    assert [lk.region for lk in looks] == ["left upper zone"] and looks[0].chosen_by == "pipeline"
+    assert text.startswith(draft + "\n<reflection>\n<look>left upper zone</look>")
+    # the round after the look sees two images: the film, then the crop of the left upper zone at full resolution
+    after = seen[0]
+    assert after["pixel_values"].shape[0] == 2
+    from PIL import Image
+
+    crop_rgb = Image.fromarray(crop_region(film, "left upper zone")).convert("RGB")
+    expected = look_pipeline.processor.image_processor(images=[crop_rgb], return_tensors="pt")["pixel_values"][0]
+    assert torch.allclose(after["pixel_values"][1].float(), expected.float(), atol=1e-4)
+    image_id = look_pipeline.processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert int((after["input_ids"][0] == image_id).sum()) == 2 * look_pipeline.model.config.image_seq_length
+    assert np.array_equal(looks[0].crop, crop_region(film, "left upper zone"))
+
+
+def test_looks_off_runs_one_pass_and_batches_keep_their_order(look_pipeline):
+    from medr2.inference.pipeline import Pipeline, PipelineConfig
+
+    off = Pipeline(PipelineConfig(model=look_pipeline.config.model, max_new_tokens=16, looks="off"))
+    films = [np.full((256, 256), v, dtype=np.uint8) for v in (30, 120, 220)]
+    assert all(r.looks == [] for r in off.run_batch(films, batch_size=3))
+    batched = look_pipeline.run_batch(films, batch_size=3)
+    single = [look_pipeline.run(f) for f in films]
+    assert [r.raw_text for r in batched] == [r.raw_text for r in single]
+
+
+def test_reflection_summary_counts_a_fixed_miss_and_a_broken_right_cell():
+    from types import SimpleNamespace
+
+    from medr2.evaluation.reflection import reflection_summary
+    from medr2.labeler.findings import label_report
+
+    def result(draft, final, items):
+        out = _output(draft, final, items)
+        return SimpleNamespace(output=out, draft_labels=label_report(draft), final_labels=label_report(final),
+                               looks=[1] if any(i.look for i in items) else [], consistency=check_consistency(out))
+
+    reference = "Small right pleural effusion. Pulmonary nodule in the left upper zone."
+    fixed = result("Small right pleural effusion.", reference,
+                   [ReflectionItem("added", "pulmonary nodule", "missed.", "left upper zone")])
+    broken = result(reference, "Pulmonary nodule in the left upper zone.", [ReflectionItem("kept", "pleural effusion", "ok")])
+    summary = reflection_summary([fixed, broken], [reference, reference])
+    assert summary["cells"]["wrong"] == {"missed": 1} and summary["cells"]["fixed"] == {"missed": 1}
+    assert summary["cells"]["broken"] == 1
+    assert summary["studies"] == {"wrong_drafts": 1, "fixed": 1, "right_drafts": 1, "broken": 1,
+                                  "fixed_share": 1.0, "broken_share": 1.0}
+    assert summary["actions"] == {"added": 1, "kept": 1} and summary["consistency"]["holds"] == 1

@@ -1,0 +1,247 @@
+"""Served models (medr2.inference.remote): a real `transformers serve` on loopback serving the embedded model, the
+same study through `RemotePipeline` and the local `Pipeline`, the CLI and the app's event path on it, and a server
+that answers garbage or dies mid-answer (one-line errors, the partial answer kept).
+
+The server is the `transformers[serving]` extra (`pip install -e .[serve]`); it serves the embedded model read-only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from medr2.inference.pipeline import PipelineConfig, make_pipeline
+from medr2.inference.remote import RemoteError, RemotePipeline, SaliencyUnavailable, api_base, openai_messages, server_label
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "assets" / "model"
+SERVE = Path(sys.executable).with_name("transformers")  # the console script of the .venv's transformers
+TEST_SEED = 3  # phantom test films
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def phantom(index: int = 0):
+    from medr2.phantom.generator import generate_studies
+
+    return list(generate_studies(index + 1, seed=TEST_SEED))[index].image
+
+
+# ------------------------------------------------------------------------------------------- unit
+def test_api_base_accepts_the_forms_users_paste():
+    assert api_base("http://h:8000") == "http://h:8000/v1"
+    assert api_base("http://h:8000/v1/") == "http://h:8000/v1"
+    assert api_base("http://h:8000/v1/chat/completions") == "http://h:8000/v1"
+    assert server_label("http://user:secret@h:8000/v1?x=1") == "h:8000"  # no credentials in messages or provenance
+
+
+def test_openai_messages_put_the_image_where_the_placeholder_is():
+    from medr2.modeling.model import build_chat
+
+    msgs = openai_messages(build_chat("Describe.", system="You are a radiologist."), ["data:image/png;base64,AAAA"])
+    assert msgs[0] == {"role": "system", "content": "You are a radiologist."}
+    assert msgs[1]["content"] == [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                                  {"type": "text", "text": "Describe."}]
+    with pytest.raises(ValueError, match="more image placeholders"):
+        openai_messages(build_chat("Describe."), [])
+
+
+def test_model_url_names_a_server():
+    config = PipelineConfig(model="http://127.0.0.1:9/v1")
+    assert (config.base_url, config.model) == ("http://127.0.0.1:9/v1", "")
+
+
+def test_unreachable_server_is_one_line_from_generate(capsys):
+    from medr2.cli import main
+
+    port = free_port()  # nothing listens there
+    png = ROOT / "assets" / "examples" / "phantom_effusion.png"
+    assert main(["generate", str(png), "--base_url", f"http://127.0.0.1:{port}/v1"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"cannot reach the model server at 127.0.0.1:{port}" in err
+    assert "Traceback" not in err
+
+
+class _Garbage(BaseHTTPRequestHandler):
+    """A server that lists a model and then answers chat requests with an HTML page."""
+
+    def do_GET(self):
+        self._send(b'{"object": "list", "data": [{"id": "m"}]}', "application/json")
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._send(b"<html><body>502 Bad Gateway</body></html>", "text/html")
+
+    def _send(self, body: bytes, kind: str):
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_garbage_answer_is_one_line_error():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pipe = RemotePipeline(PipelineConfig(model="", base_url=f"http://127.0.0.1:{server.server_port}"))
+        assert pipe.served_model == "m"
+        with pytest.raises(RemoteError, match="not a chat-completions stream") as info:
+            pipe.run(phantom())
+        assert "\n" not in str(info.value)
+        with pytest.raises(SaliencyUnavailable, match="weights are not given locally"):
+            pipe.saliency(None)
+        with pytest.raises(ValueError, match="looks"):
+            RemotePipeline(PipelineConfig(model="", base_url=f"http://127.0.0.1:{server.server_port}", looks="proposed"))
+    finally:
+        server.shutdown()
+
+
+# ------------------------------------------------------------------------------- a real server
+@pytest.fixture(scope="module")
+def served():
+    """`transformers serve` on a free loopback port, serving the embedded model; killed at the end."""
+    if not SERVE.exists():
+        pytest.fail(f"{SERVE} missing: install the serving extra (`pip install -e .[serve]`)")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([str(SERVE), "serve", str(MODEL), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"transformers serve exited {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=2) as r:
+                json.load(r)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("transformers serve did not answer /v1/models within 120 s")
+    yield proc, url
+    proc.kill()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def remote(served):
+    """The served embedded model, with its weights also given locally (the model card: our trained prompt)."""
+    return make_pipeline(PipelineConfig(model=str(MODEL), base_url=served[1]))
+
+
+@pytest.fixture(scope="module")
+def local():
+    from medr2.inference.pipeline import Pipeline
+
+    return Pipeline(PipelineConfig(model=str(MODEL), looks="off"))
+
+
+@pytest.fixture(scope="module")
+def streamed(remote):
+    return list(remote.stream(phantom(0)))
+
+
+@pytest.mark.slow
+def test_served_study_streams_the_same_trace_as_the_local_model(remote, local, streamed):
+    assert isinstance(remote, RemotePipeline) and remote.served_model == str(MODEL)
+    *events, result = streamed
+    kinds = [e.kind for e in events]
+    assert kinds.count("token") > 20 and kinds[-1] == "done"  # streamed, not one block
+    sections = [e.section for e in events if e.kind == "section"]
+    assert sections == ["perception", "reasoning", "draft", "reflection", "think", "report"]
+    assert not result.parsed.missing and not result.parsed.problems
+    assert result.output.report.text and result.final_labels is not None
+    assert result.n_tokens > 50 and result.timings["first_token_s"] > 0
+    # greedy decoding of the same weights on the same pixels (PNG is lossless): the server writes what we write
+    assert result.raw_text == local.run(phantom(0)).raw_text
+    assert result.provenance.model == f"{remote.served_model} (served by {server_label(remote.config.base_url)})"
+    assert result.provenance.weights_sha256 == local.provenance.weights_sha256
+    assert result.input_check.in_distribution is None  # tag checks only: the vision tower is on the server
+
+
+@pytest.mark.slow
+def test_served_batch_keeps_input_order(served, streamed):
+    short = RemotePipeline(PipelineConfig(model=str(MODEL), base_url=served[1], max_new_tokens=32))
+    results = short.run_batch([phantom(1), phantom(0)], batch_size=2)
+    first = streamed[-1].raw_text  # greedy: the 32-token answer is the start of the full one
+    assert first.startswith(results[1].raw_text) and not first.startswith(results[0].raw_text)
+    with pytest.raises(ValueError, match="prefixes"):
+        short.run_batch([phantom(0)], prefixes=["<think>"])
+
+
+@pytest.mark.slow
+def test_generate_cli_on_a_served_model(served, capsys):
+    from medr2.cli import main
+
+    png = ROOT / "assets" / "examples" / "phantom_effusion.png"
+    assert main(["generate", str(png), "--base_url", served[1], "--model", str(MODEL), "--max_new_tokens", "48", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["provenance"]["decoding"]["served"] is True and "served by" in out["provenance"]["model"]
+    assert 0 < out["tokens"] <= 48
+    # `--model URL` alone: no local card, so the prompted-mode system prompt, longer than this model's 1,024-token
+    # context; the server refuses and the refusal is one line
+    assert main(["generate", str(png), "--model", served[1]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "answered HTTP 400" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_served_model(served, tmp_path):
+    from medr2.evaluation.evaluate import EvalConfig, run
+
+    summary = run(EvalConfig(base_url=served[1], model=str(MODEL), n=2, batch_size=2, max_new_tokens=32, nlg=False,
+                             output_dir=str(tmp_path)))
+    assert summary["n"] == 2 and "served by" in summary["provenance"]["model"]
+    assert summary["input_check"]["unknown"] == 2  # tag checks only: the content check needs the tower
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_app_event_path_on_a_served_model_with_local_saliency(remote, streamed, tmp_path):
+    from medr2.app.service import ANALYZE_OUTPUTS, AppService
+    from medr2.feedback.store import FeedbackStore
+
+    service = AppService(remote, FeedbackStore(tmp_path / "data"), [], upload_root=tmp_path / "up", stream_interval_s=0.0)
+    png = tmp_path / "film.png"
+    from medr2.inference.pipeline import as_loaded
+
+    as_loaded(phantom(0)).to_pil().save(png)
+    updates = [dict(zip(ANALYZE_OUTPUTS, u)) for u in service.analyze(str(png))]
+    study = updates[-1]["study"]
+    assert study.final and study.final == streamed[-1].output.report.text
+    assert study.maps, "saliency through the local copy of the served weights"
+    assert "served by" in study.provenance["model"]
+
+
+@pytest.mark.slow
+def test_server_killed_mid_answer_is_one_line_and_keeps_the_partial_text(served):
+    proc, url = served  # the last test of the file: it kills the module's server
+    pipe = RemotePipeline(PipelineConfig(model=str(MODEL), base_url=url))
+    stream = pipe.stream(phantom(2))
+    seen = ""
+    with pytest.raises(RemoteError, match="closed the connection mid-answer|cannot reach|ended the stream") as info:
+        for event in stream:
+            seen = event.text
+            if len(seen) > 40 and proc.poll() is None:
+                proc.kill()
+    assert "\n" not in str(info.value)
+    assert info.value.partial_text.startswith(seen[:40])
