@@ -78,7 +78,7 @@ def build_demo(service: AppService | None = None, concurrency: int = 1, queue_si
                 perception = gr.HTML(elem_id="perception")
                 gr.Markdown("#### Reasoning · sign → finding, with the knowledge rule used")
                 reasoning = gr.HTML(elem_id="reasoning")
-                gr.Markdown("#### Reflection · what was re-checked")
+                gr.Markdown("#### Reflection · where it looked again, what changed")
                 reflection = gr.HTML(elem_id="reflection")
                 diff = gr.HighlightedText(label="Draft → final report (word diff)", color_map=ui.DIFF_COLORS,
                                           show_legend=True, combine_adjacent=True, elem_id="diff")

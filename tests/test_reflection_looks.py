@@ -116,7 +116,7 @@ def test_look_traces_teach_looks_at_findings_errors_and_normal_regions():
 def test_evidence_words_follow_the_heads_thresholds():
     obs = ("Lung Lesion", "Lung Opacity", "Support Devices")
     text = evidence_text("right mid zone", np.array([0.9, 0.3, 0.99]), np.array([0.8, 0.5, 0.5]), obs)
-    assert text == "magnified right mid zone (2.2x); finding heads: lung lesion likely, lung opacity possible."
+    assert text == "magnified right mid zone (2.2x); finding heads here: lung lesion likely, lung opacity possible."
     assert evidence_text("heart") == "magnified heart (2.2x)."
 
 

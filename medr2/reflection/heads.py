@@ -151,6 +151,29 @@ def study_views(study, rng: random.Random, n_random: int = 1) -> list[tuple[np.n
     return views
 
 
+def choose_thresholds(heads: LookHeads, tower, n: int, seed: int, film_size: int) -> tuple[np.ndarray, dict]:
+    """Per-observation thresholds: the F1-best cut of the whole-film maximum probability on validation films. Whole
+    films, because that is where the reflection reads the heads (crops are out of the tower's training scale and
+    read much worse: measured in docs/reflection.md)."""
+    from medr2.phantom.generator import PhantomConfig, generate_studies
+
+    scores, truth = [], []
+    for study in generate_studies(n, seed, PhantomConfig(size=film_size)):
+        scores.append(heads.read(tower, [study.image])[0].max(axis=0))
+        truth.append((patch_targets(study.findings, study.image.shape, None) > 0.5).any(axis=0))
+    score, truth = np.array(scores), np.array(truth)
+    thresholds, per_obs = np.full(len(OBSERVATIONS), 0.5, dtype=np.float32), {}
+    for k, obs in enumerate(OBSERVATIONS):
+        best = (0.0, 0.5)
+        for t in np.concatenate([np.linspace(0.05, 0.95, 19), [0.97, 0.98, 0.99, 0.995, 0.998]]):
+            pred = score[:, k] >= t
+            tp, fp, fn = (pred & truth[:, k]).sum(), (pred & ~truth[:, k]).sum(), (~pred & truth[:, k]).sum()
+            best = max(best, (float(2 * tp / max(2 * tp + fp + fn, 1)), float(t)))
+        thresholds[k] = best[1]
+        per_obs[obs] = {"val_film_f1": round(best[0], 3), "threshold": best[1], "val_positive_films": int(truth[:, k].sum())}
+    return thresholds, per_obs
+
+
 @dataclass
 class LookHeadsConfig:
     """`medr2 fit-look-heads`: fit the look heads on a model's frozen vision tower."""
@@ -163,6 +186,7 @@ class LookHeadsConfig:
     val_seed: int = field(default=2, metadata={"help": "validation seed"})
     film_size: int = field(default=512, metadata={"help": "phantom film side in px (crops keep the extra detail)"})
     steps: int = field(default=600, metadata={"help": "full-batch optimizer steps"})
+    thresholds_only: bool = field(default=False, metadata={"help": "keep the heads in output_dir (or the model folder) and only choose their thresholds again"})
     seed: int = field(default=0, metadata={"help": "random seed"})
 
 
@@ -189,8 +213,15 @@ def fit_look_heads(config: LookHeadsConfig) -> dict:
     rng = random.Random(config.seed)
     model, _ = load_model(config.model)
     tower = tower_of(model).float().eval()
+    if config.thresholds_only:
+        heads = LookHeads.load(config.output_dir or config.model, tower)
+        if heads is None:
+            raise FileNotFoundError(f"no look heads for this tower in {config.output_dir or config.model}")
+        heads.thresholds, per_obs = choose_thresholds(heads, tower, config.n_val, config.val_seed, config.film_size)
+        heads.meta.update(thresholds_from=f"validation seed {config.val_seed}, n={config.n_val}: F1-best of the whole-film maximum",
+                          per_observation=per_obs)
+        return {"path": str(heads.save(Path(config.output_dir or config.model))), **heads.meta}
     x, y, _, _ = _views_dataset(tower, config.n_train, config.train_seed, config.film_size, rng, "look heads: fitting films")
-    xv, yv, _, _ = _views_dataset(tower, config.n_val, config.val_seed, config.film_size, rng, "look heads: validation films")
     d = x.shape[-1]
     head = torch.nn.Linear(d, len(OBSERVATIONS))
     flat_x, flat_y = x.reshape(-1, d), y.reshape(-1, len(OBSERVATIONS))
@@ -204,27 +235,16 @@ def fit_look_heads(config: LookHeadsConfig) -> dict:
         optimizer.step()
         if step % 100 == 0:
             logger.info("look heads step %d loss %.4f", step, loss.item())
-    with torch.no_grad():
-        pv = torch.sigmoid(head(xv)).numpy()  # [V, 64, 13]
-    truth = (yv.numpy() > 0.5).any(axis=1)  # view-level truth [V, 13]
-    score = pv.max(axis=1)
-    thresholds, per_obs = np.full(len(OBSERVATIONS), 0.5, dtype=np.float32), {}
-    for k, obs in enumerate(OBSERVATIONS):
-        best = (0.0, 0.5)
-        for t in np.linspace(0.05, 0.95, 19):
-            pred = score[:, k] >= t
-            tp, fp, fn = (pred & truth[:, k]).sum(), (pred & ~truth[:, k]).sum(), (~pred & truth[:, k]).sum()
-            f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-            best = max(best, (float(f1), float(t)))
-        thresholds[k] = best[1]
-        per_obs[obs] = {"val_view_f1": round(best[0], 3), "threshold": round(best[1], 2), "val_positive_views": int(truth[:, k].sum())}
-    meta = {"fitted_on": f"phantom films {config.film_size} px, seed {config.train_seed}, n={config.n_train}, whole films and region crops",
-            "thresholds_from": f"validation seed {config.val_seed}, n={config.n_val}: F1-best of the view-max probability",
-            "observations": list(OBSERVATIONS), "per_observation": per_obs}
-    heads = LookHeads(head.weight.detach().numpy(), head.bias.detach().numpy(), thresholds, tower_checksum(tower), meta)
+    heads = LookHeads(head.weight.detach().numpy(), head.bias.detach().numpy(), np.full(len(OBSERVATIONS), 0.5, np.float32),
+                      tower_checksum(tower), {})
+    thresholds, per_obs = choose_thresholds(heads, tower, config.n_val, config.val_seed, config.film_size)
+    heads.thresholds = thresholds
+    heads.meta = {"fitted_on": f"phantom films {config.film_size} px, seed {config.train_seed}, n={config.n_train}, whole films and region crops",
+                  "thresholds_from": f"validation seed {config.val_seed}, n={config.n_val}: F1-best of the whole-film maximum",
+                  "observations": list(OBSERVATIONS), "per_observation": per_obs}
     path = heads.save(Path(config.output_dir or config.model))
     logger.info("look heads written to %s", path)
-    return {"path": str(path), **meta}
+    return {"path": str(path), **heads.meta}
 
 
 def cli_fit_look_heads(argv: list[str]) -> int:
@@ -239,6 +259,6 @@ def cli_fit_look_heads(argv: list[str]) -> int:
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     result = fit_look_heads(config)
     for obs, row in result["per_observation"].items():
-        print(f"{obs:28s} val F1 {row['val_view_f1']:.3f} at {row['threshold']:.2f} ({row['val_positive_views']} positive views)")
+        print(f"{obs:28s} val F1 {row['val_film_f1']:.3f} at {row['threshold']:.3f} ({row['val_positive_films']} positive films)")
     print(result["path"])
     return 0

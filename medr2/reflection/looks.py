@@ -5,7 +5,7 @@ A look is a chat turn, so the same loop serves the embedded model and any chat L
 
     user:      [film] Read this chest radiograph: ...
     assistant: <think> ... </draft>\n<reflection>\n<look>right mid zone</look>
-    user:      [magnified crop] magnified right mid zone (2.2x); finding heads: lung lesion likely.
+    user:      [magnified crop] magnified right mid zone (2.2x); finding heads here: lung lesion likely.
     assistant: added: pulmonary nodule - magnified right mid zone: well-defined round opacity, missed in the draft.\n<look>...
     ...
     assistant: ... </reflection>\n</think>\n<report> ... </report>
@@ -27,19 +27,21 @@ from medr2.reflection.regions import WINDOW, regions_for
 MAGNIFICATION = f"{1 / WINDOW:.1f}x"
 
 
-def evidence_text(region: str, crop_probs: np.ndarray | None = None, thresholds: np.ndarray | None = None,
+def evidence_text(region: str, region_probs: np.ndarray | None = None, thresholds: np.ndarray | None = None,
                   observations: Sequence[str] = ()) -> str:
-    """The text beside a look's crop: the region and magnification, and (with heads) what they read in the crop.
-    `crop_probs` is the crop's per-observation maximum over patches [13]."""
+    """The text beside a look's crop: the region and magnification, and (with heads) what the look heads read in
+    that region of the whole film. `region_probs` is the per-observation maximum over the region's patches [13];
+    the whole film, not the crop, because the tower was trained at the film's scale and its heads read crops far
+    worse (docs/reflection.md)."""
     text = f"magnified {region} ({MAGNIFICATION})"
-    if crop_probs is None or thresholds is None:
+    if region_probs is None or thresholds is None:
         return text + "."
-    likely = [(p / t, o) for p, t, o in zip(crop_probs, thresholds, observations) if o != "Support Devices" and p >= t]
-    possible = [(p / t, o) for p, t, o in zip(crop_probs, thresholds, observations)
+    likely = [(p / t, o) for p, t, o in zip(region_probs, thresholds, observations) if o != "Support Devices" and p >= t]
+    possible = [(p / t, o) for p, t, o in zip(region_probs, thresholds, observations)
                 if o != "Support Devices" and t / 2 <= p < t]
     words = [f"{o.lower()} likely" for _, o in sorted(likely, reverse=True)[:3]]
     words += [f"{o.lower()} possible" for _, o in sorted(possible, reverse=True)[:max(0, 3 - len(words))]]
-    return f"{text}; finding heads: {', '.join(words) if words else 'nothing'}."
+    return f"{text}; finding heads here: {', '.join(words) if words else 'nothing'}."
 
 
 def look_turn(evidence: str) -> dict:

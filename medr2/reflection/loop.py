@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from medr2.reflection.heads import OBSERVATIONS, LookHeads, tower_of
+from medr2.reflection.heads import OBSERVATIONS, LookHeads, region_max, tower_of
 from medr2.reflection.looks import evidence_text, join_turns, look_conversation, propose_looks
 from medr2.reflection.regions import crop_region, normalise_region, region_box
 from medr2.report.schema import LOOK_CLOSE, LOOK_OPEN, LOOK_RE
@@ -112,9 +112,8 @@ class LookRunner:
     def _look(self, study: _Study, region: str, chosen_by: str) -> None:
         """End the assistant turn at the look request and add the crop + evidence turn."""
         crop = crop_region(study.film, region)
-        if self.heads is not None:
-            probs = self.heads.read(self.tower, [crop])[0].max(axis=0)
-            evidence = evidence_text(region, probs, self.heads.thresholds, OBSERVATIONS)
+        if self.heads is not None and study.film_probs is not None:
+            evidence = evidence_text(region, region_max(study.film_probs, region), self.heads.thresholds, OBSERVATIONS)
         else:
             evidence = evidence_text(region)
         study.turns.append(study.current)

@@ -1,7 +1,8 @@
 """Training rows whose reflection looks again: phantom ground truth -> a chat with the film, the draft, a magnified
 crop per look (with the look heads' reading of it) and the reflection items, then the report.
 
-The crops and the heads' words are computed from the film exactly as the pipeline computes them at inference, so the
+The crops and the heads' words (their whole-film reading of the looked-at region) are computed exactly as the
+pipeline computes them at inference, so the
 model learns to trust the heads as much as they deserve (their false alarms and misses are in the traces too). Which
 regions are looked at follows the pipeline's rule: every draft finding, the region of a finding the draft missed, and
 in a share of studies one region the draft calls normal — the one the heads flag most, when they flag one — so a look
@@ -54,9 +55,8 @@ def look_row(study, heads: LookHeads | None, tower, trace_config, normal_look_ra
     output, _ = build_look_trace(study, trace_config, normal_look=normal or None, max_looks=max_looks)
     looks = [item.look for item in output.reflection if item.look]
     crops = [crop_region(study.image, r) for r in looks]
-    if heads is not None and crops:
-        crop_probs = heads.read(tower, crops).max(axis=1)
-        evidences = [evidence_text(r, p, heads.thresholds, OBSERVATIONS) for r, p in zip(looks, crop_probs)]
+    if film_probs is not None:
+        evidences = [evidence_text(r, region_max(film_probs, r), heads.thresholds, OBSERVATIONS) for r in looks]
     else:
         evidences = [evidence_text(r) for r in looks]
     turns = split_at_looks(render(output))
