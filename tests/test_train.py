@@ -73,6 +73,8 @@ def test_grpo_cli_wires_the_named_rewards_and_saves_a_loadable_policy(sft_checkp
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["steps"] == 2
     assert summary["rewards"] == ["mccs", "format"] and summary["weights"] == [0.75, 0.25]
+    card = json.loads((out / "medr2_model.json").read_text())  # provenance: its init's data plus this run's prompts
+    assert card["demo"] is True and (card["training_datasets"][-1]["seed"], card["training_datasets"][-1]["n"]) == (6, 4)
     # an untrained micro policy cannot produce the format within 12 tokens: the guard must score it 0
     assert summary["last_format_failure_rate"] == 1.0
     history = json.loads((out / "grpo_log_history.json").read_text())

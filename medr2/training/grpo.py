@@ -131,8 +131,13 @@ def train(config: MedR2GRPOConfig) -> Path:
     out = Path(config.output_dir)
     trainer.save_model(str(out))
     processor.save_pretrained(str(out))
-    if (Path(config.init) / "medr2_model.json").is_file():
-        (out / "medr2_model.json").write_text((Path(config.init) / "medr2_model.json").read_text())
+    from medr2.training.export import phantom_source, training_card
+
+    # what the policy has now seen: its init's sources plus this run's phantom prompts (demo only if all are phantoms)
+    grpo_card = training_card(card.get("target", "medr2"), phantom_source(config.prompt_seed, config.n_prompts), init=config.init)
+    if card.get("reflection"):
+        grpo_card["reflection"] = card["reflection"]
+    (out / "medr2_model.json").write_text(json.dumps(grpo_card, indent=2))
     logs = [h for h in trainer.state.log_history if "reward" in h]
     fmt_key = next((f"rewards/{n}/mean" for n in ("format_reward", "medr2_format_reward") if logs and f"rewards/{n}/mean" in logs[-1]), None)
     (out / "training_summary.json").write_text(json.dumps({
