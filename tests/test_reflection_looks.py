@@ -238,3 +238,17 @@ def test_reflection_summary_counts_a_fixed_miss_and_a_broken_right_cell():
     assert summary["studies"] == {"wrong_drafts": 1, "fixed": 1, "right_drafts": 1, "broken": 1,
                                   "fixed_share": 1.0, "broken_share": 1.0}
     assert summary["actions"] == {"added": 1, "kept": 1} and summary["consistency"]["holds"] == 1
+
+
+def test_the_loop_runs_on_stop_strings_where_the_tags_are_not_single_tokens(look_pipeline):
+    """A general LVLM's tokenizer splits the tags: the loop then stops generation with stop strings."""
+    from medr2.inference.pipeline import as_loaded
+    from medr2.reflection.loop import LookRunner
+
+    runner = LookRunner(look_pipeline, None)
+    runner.single_tokens = False  # as for a tokenizer without the tags
+    draft = "<think>\n<draft>\nFindings: Small left pleural effusion. Impression: Small left pleural effusion.\n</draft>"
+    [(text, looks)] = runner.run([as_loaded(np.full((256, 256), 90, dtype=np.uint8))], "proposed", max_looks=1, drafts=[draft])
+    assert [lk.region for lk in looks] == ["left lower zone"]
+    assert text.startswith(draft + "\n<reflection>\n<look>left lower zone</look>")
+    assert "</reflection>" in text  # the loop closed the reflection after its one look

@@ -195,8 +195,9 @@ class LookRunner:
                 s.current = _line_start(s.current) + "</reflection>"
                 s.phase = "rest"
                 return
-            if piece and not s.current.rstrip().endswith(("</think>", "</report>")):
-                # the item ran past its budget without a tag: close the reflection so the report still comes
+            if not any(tag in stripped for tag in ("</reflection>", "</think>", "<report>")):
+                # the item ran past its budget, or the turn ended without a tag: close the reflection so the report
+                # still comes (a look model must not leave a film without a report)
                 s.current = _line_start(s.current) + "</reflection>"
                 s.phase = "rest"
                 return
