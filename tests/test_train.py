@@ -475,3 +475,23 @@ def test_export_carries_the_runs_saliency_depth_choice_and_drops_a_stale_one(sft
     (run / "saliency.json").write_text(choice)
     export(run, dest, target="medr2", recipe=[])
     assert (dest / "saliency.json").read_text() == choice
+
+
+@pytest.mark.slow
+def test_grpo_on_a_dataset_folder_uses_its_reports_and_says_so_on_the_card(sft_checkpoint, tmp_path):
+    """MRG-R1 on an R2Gen-layout dataset: prompts and reference reports from its train split; a folder that is not
+    phantoms makes the card non-demo."""
+    data = tmp_path / "data"
+    assert _medr2("phantom", "--n", "6", "--output_dir", str(data), "--seed", "9", cwd=Path.cwd()).returncode == 0
+    (data / "ground_truth.jsonl").unlink()  # now it reads as a real dataset (no phantom ground truth)
+    out = tmp_path / "grpo"
+    proc = _medr2("train-grpo", "--init", str(sft_checkpoint), "--output_dir", str(out), "--dataset_dir", str(data),
+                  "--n_prompts", "2", "--max_steps", "1", "--num_generations", "2", "--per_device_train_batch_size", "2",
+                  "--max_completion_length", "8", "--logging_steps", "1", "--save_strategy", "no", "--beta", "0.0",
+                  cwd=Path.cwd())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((out / "medr2_model.json").read_text())
+    assert card["demo"] is False and card["training_datasets"][-1]["kind"] != "phantom"
+    missing = _medr2("train-grpo", "--init", str(sft_checkpoint), "--output_dir", str(tmp_path / "x"),
+                     "--dataset_dir", str(tmp_path / "nowhere"), "--max_steps", "1", cwd=Path.cwd())
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr

@@ -39,7 +39,9 @@ class MedR2GRPOConfig(GRPOConfig):
     rewards: str = field(default="mccs,format", metadata={"help": "comma-separated reward names from medr2.evaluation.rewards.REWARDS"})
     reward_weights_csv: str = field(default="0.75,0.25", metadata={"help": "weights, same order as rewards (MRG-R1 summaries: 0.75 MCCS + 0.25 format)"})
     mccs_margin: float = field(default=0.5, metadata={"help": "MCCS margin m (unpublished in MRG-R1; see rewards.DEFAULT_MARGIN)"})
-    n_prompts: int = field(default=2000, metadata={"help": "phantom studies used as GRPO prompts"})
+    n_prompts: int = field(default=2000, metadata={"help": "studies used as GRPO prompts (phantoms, or the first of the dataset's train split)"})
+    dataset_dir: str | None = field(default=None, metadata={"help": "R2Gen-layout dataset (IU X-Ray via `medr2 convert-iu`, MIMIC-CXR) whose train split gives the prompts and reference reports instead of phantoms: MRG-R1 on real reports (docs/datasets.md)",
+                                                            "aliases": ["--data_dir"]})
     prompt_seed: int = field(default=6, metadata={"help": "phantom seed of the GRPO prompts (unseen by SFT, not the test seed)"})
     focal_only_fraction: float = field(default=0.0, metadata={"help": "at least this fraction of prompts are studies with a focal finding "
                                                                     "(the hard cases; 0 = the generator's own mix)"})
@@ -84,9 +86,20 @@ def prompt_studies(n: int, seed: int, focal_fraction: float = 0.0) -> list:
 
 
 def build_prompts(config: MedR2GRPOConfig, prompt_text: str):
-    """GRPO dataset: `prompt` (chat with image placeholder), `image` (PIL), `report` (reference)."""
+    """GRPO dataset: `prompt` (chat with image placeholder), `image` (PIL), `report` (reference): phantoms, or the
+    first `n_prompts` studies of a dataset's train split (the reward reads only the reference report's labels, so real
+    reports need no ground-truth masks)."""
     from medr2.data.datasets import to_grpo_dataset
 
+    if config.dataset_dir:
+        from PIL import Image
+
+        from medr2.data.datasets import image_file, read_r2gen
+
+        records = read_r2gen(config.dataset_dir, splits=("train",))[: config.n_prompts]
+        if not records:
+            raise ValueError(f"no train studies in {config.dataset_dir} (see docs/datasets.md)")
+        return to_grpo_dataset(records, prompt_text, image_fn=lambda r: Image.open(image_file(config.dataset_dir, r)).convert("L"))
     return to_grpo_dataset(prompt_studies(config.n_prompts, config.prompt_seed, config.focal_only_fraction), prompt_text)
 
 
@@ -131,10 +144,11 @@ def train(config: MedR2GRPOConfig) -> Path:
     out = Path(config.output_dir)
     trainer.save_model(str(out))
     processor.save_pretrained(str(out))
-    from medr2.training.export import phantom_source, training_card
+    from medr2.training.export import dataset_source, phantom_source, training_card
 
-    # what the policy has now seen: its init's sources plus this run's phantom prompts (demo only if all are phantoms)
-    grpo_card = training_card(card.get("target", "medr2"), phantom_source(config.prompt_seed, config.n_prompts), init=config.init)
+    # what the policy has now seen: its init's sources plus this run's prompts (demo only if all are phantoms)
+    source = dataset_source(config.dataset_dir) if config.dataset_dir else phantom_source(config.prompt_seed, config.n_prompts)
+    grpo_card = training_card(card.get("target", "medr2"), source, init=config.init)
     if card.get("reflection"):
         grpo_card["reflection"] = card["reflection"]
     (out / "medr2_model.json").write_text(json.dumps(grpo_card, indent=2))
@@ -167,8 +181,10 @@ def cli_train_grpo(argv: list[str]) -> int:
         config = parse_config(argv)
     except UsageError as exc:
         return fail("medr2 train-grpo", exc)
+    from medr2.data.datasets import DatasetError
+
     try:
         print(train(config))
-    except FileNotFoundError as exc:  # an input of the recipe (a previous stage's folder) is missing
+    except (FileNotFoundError, DatasetError) as exc:  # a missing input of the recipe, or a bad dataset folder
         return fail("medr2 train-grpo", exc)
     return 0
