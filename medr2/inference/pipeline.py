@@ -377,6 +377,8 @@ class Pipeline:
 
     def _look_results(self, loaded_images: list, keep_saliency_inputs: bool = True) -> list[StudyResult]:
         """Results of the look loop (medr2.reflection.loop) for a batch of loaded films."""
+        import torch
+
         from medr2.reflection.loop import LookRunner
 
         t0 = time.perf_counter()
@@ -389,7 +391,7 @@ class Pipeline:
             # Saliency and confidence re-read the answer teacher-forced on the film alone (the crops are not in
             # that pass): an approximation of what the model saw, stated in docs/reflection.md.
             result = self._finish(text, loaded, len(ids), {"generate_s": per_study},
-                                  *((self._inputs([loaded.to_pil()]), __import__("torch").tensor([ids])) if keep_saliency_inputs else ()))
+                                  *((self._inputs([loaded.to_pil()]), torch.tensor([ids])) if keep_saliency_inputs else ()))
             result.looks = looks
             results.append(result)
         return results
