@@ -102,7 +102,7 @@ class Study:
     input_check: dict | None = None  # the input gate's verdict (InputCheck.to_json())
     confidence: dict | None = None  # observation -> calibrated probability (models with a calibration file)
     low_confidence: list = field(default_factory=list)
-    reviewer: str | None = None  # the handle this session first submitted under (one reviewer per session)
+    reviewer: str | None = None  # the handle this page first submitted under (one reviewer per open page)
 
 
 @dataclass
@@ -352,7 +352,7 @@ class AppService:
             if not handle:
                 raise ValueError("enter your reviewer handle (not your name) so your reviews can be told apart")
             if study.reviewer is not None and handle != study.reviewer:
-                raise ValueError(f"this session already submitted as “{study.reviewer}”; reload the page to review "
+                raise ValueError(f"this page already submitted as “{study.reviewer}”; reload the page to review "
                                  "under another handle")
             record = FeedbackRecord(
                 image_sha256=study.sha256, final_report=study.final, model_id=study.provenance.get("model", ""),

@@ -103,14 +103,14 @@ def build_study_demo(study_dir: str | Path) -> gr.Blocks:
 
     def move(state: dict, step: int, request: gr.Request):
         if not state or state["reader"] != _reader(request):
-            raise gr.Error("Reload the page: this session belongs to another sign-in.")
+            raise gr.Error("Reload the page: it belongs to another sign-in.")
         state = {**state, "pos": max(0, min(len(state["order"]) - 1, state["pos"] + step))}
         return show(state)
 
     def save(state: dict, lock: bool, request: gr.Request, *answers):
         reader = _reader(request)
         if not state or state["reader"] != reader:
-            raise gr.Error("Reload the page: this session belongs to another sign-in.")
+            raise gr.Error("Reload the page: it belongs to another sign-in.")
         case_id = state["order"][state["pos"]]
         sides = ab_sides(study, reader, case_id)
         per = 1 + len(items) + 3

@@ -221,6 +221,18 @@ def inject_error(findings: list, rng: random.Random):
     return draft, item, kind
 
 
+def _trace_output(study, draft_findings: list, reflection: list[ReflectionItem], final: Report, error_kind: str | None,
+                  rng: random.Random) -> MedR2Output:
+    """Perception and reasoning follow the draft's findings (right or not); the final report is the ground truth."""
+    return MedR2Output(
+        perception=build_perception(draft_findings, study.anatomy),
+        reasoning=build_reasoning(draft_findings),
+        draft=final if error_kind is None else write_report(draft_findings, rng),
+        reflection=reflection,
+        report=final,
+    )
+
+
 def build_trace(study, config: TraceConfig | None = None) -> tuple[MedR2Output, str | None]:
     """The Med-R2 output for one study, and which error its draft carries (None when the draft is right)."""
     config = config or TraceConfig()
@@ -233,15 +245,7 @@ def build_trace(study, config: TraceConfig | None = None) -> tuple[MedR2Output, 
         draft_findings, error_item, error_kind = inject_error(findings, rng)
         kept = [i for i in _confirmations([f for f in findings if f in draft_findings]) if i.target != "normal study"]
         reflection = kept + [error_item]
-    draft = final if error_kind is None else write_report(draft_findings, rng)
-    output = MedR2Output(
-        perception=build_perception(draft_findings, study.anatomy),
-        reasoning=build_reasoning(draft_findings),
-        draft=draft,
-        reflection=reflection,
-        report=final,
-    )
-    return output, error_kind
+    return _trace_output(study, draft_findings, reflection, final, error_kind, rng), error_kind
 
 
 def medr2_target(study, config: TraceConfig | None = None) -> str:
@@ -357,12 +361,4 @@ def build_look_trace(study, config: TraceConfig | None = None, normal_look: str 
     reflection = looks + extra + plain
     if not reflection:
         reflection = _confirmations([])
-    draft = final if error_kind is None else write_report(draft_findings, rng)
-    output = MedR2Output(
-        perception=build_perception(draft_findings, study.anatomy),
-        reasoning=build_reasoning(draft_findings),
-        draft=draft,
-        reflection=reflection,
-        report=final,
-    )
-    return output, error_kind
+    return _trace_output(study, draft_findings, reflection, final, error_kind, rng), error_kind
