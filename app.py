@@ -98,8 +98,9 @@ def build_demo(service: AppService | None = None, concurrency: int = 1, queue_si
                 rating = gr.Radio(LIKERT, label="Overall report quality", elem_id="rating")
                 reasoning_rating = gr.Radio(LIKERT, label="Reasoning quality", elem_id="reasoning_rating")
                 saliency_rating = gr.Radio(LIKERT, label="Saliency usefulness", elem_id="saliency_rating")
-            verdicts = gr.Dataframe(headers=ui.VERDICT_HEADERS, label="Per sentence (filled from your edit; override the verdict if needed)",
-                                    interactive=True, static_columns=[0], wrap=True, elem_id="verdicts")
+            verdicts = gr.Dataframe(headers=ui.VERDICT_HEADERS, datatype=ui.VERDICT_DATATYPES,
+                                    label="Per sentence (filled from your edit; tick Delete or write the edited text to override)",
+                                    interactive=True, static_columns=ui.VERDICT_STATIC_COLUMNS, wrap=True, elem_id="verdicts")
             with gr.Row():
                 errors = gr.CheckboxGroup(ERROR_TAG_CHOICES, label="Errors in the final report", elem_id="errors")
                 significant = gr.CheckboxGroup(ERROR_TAG_CHOICES, label="…of which clinically significant", elem_id="significant")
@@ -110,11 +111,13 @@ def build_demo(service: AppService | None = None, concurrency: int = 1, queue_si
                 saved_handle = gr.BrowserState("", storage_key="medr2_reviewer_handle")
             submit = gr.Button("Submit review", variant="primary", elem_id="submit")
             status = gr.Markdown(elem_id="status")
+        result = gr.JSON(visible=False, elem_id="result")  # /analyze's report and labels for API callers
 
         parts = dict(stages=stages, view=view, perception=perception, reasoning=reasoning, reflection=reflection,
                      diff=diff, report=report, findings=findings, verdicts=verdicts, provenance=provenance,
                      overlay=overlay, truth=truth, raw=raw, study=study, input_check=input_check, report_fold=report_fold, rating=rating, reasoning_rating=reasoning_rating,
-                     saliency_rating=saliency_rating, errors=errors, significant=significant, comment=comment, status=status)
+                     saliency_rating=saliency_rating, errors=errors, significant=significant, comment=comment, status=status,
+                     result=result)
         upload.change(gpu(service.analyze), [upload], [parts[n] for n in ANALYZE_OUTPUTS], api_name="analyze",
                       concurrency_limit=concurrency, concurrency_id="model", show_progress="hidden")
         for trigger in (overlay.change, cmap.change, alpha.release):  # cheap: never wait behind the model

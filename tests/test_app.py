@@ -162,17 +162,45 @@ def test_verdict_rows_follow_the_reviewer_edit_and_parse_back():
     final = "Findings: Normal heart size. Small right pleural effusion. No pneumothorax."
     edited = "Findings: Normal heart size. Moderate left pleural effusion."
     rows = ui.verdict_rows(final, edited)
-    assert rows == [["Findings: Normal heart size.", "accept", ""],
-                    ["Small right pleural effusion.", "edit", "Moderate left pleural effusion."],
-                    ["No pneumothorax.", "reject", ""]]
+    assert rows == [["Findings: Normal heart size.", False, ""],
+                    ["Small right pleural effusion.", False, "Moderate left pleural effusion."],
+                    ["No pneumothorax.", True, ""]]
     verdicts = ui.verdicts_from_rows(rows)
     assert [v["verdict"] for v in verdicts] == ["accept", "edit", "reject"]
+    # API callers may still send verdict words; anything else is refused with the row named
     assert ui.verdicts_from_rows([["A.", "r", ""], ["B.", "", ""]]) == [
         {"sentence": "A.", "verdict": "reject"}, {"sentence": "B.", "verdict": "accept"}]
     with pytest.raises(ValueError, match="sentence 1: verdict 'maybe'"):
         ui.verdicts_from_rows([["A.", "maybe", ""]])
     with pytest.raises(ValueError, match="needs the edited text"):
         ui.verdicts_from_rows([["A.", "edit", ""]])
+
+
+def test_the_verdict_table_offers_only_a_delete_tick_box_and_an_edited_text():
+    assert ui.VERDICT_DATATYPES[1] == "bool" and len(ui.VERDICT_DATATYPES) == len(ui.VERDICT_HEADERS)
+    assert ui.VERDICT_STATIC_COLUMNS == [0]  # the sentence itself cannot be changed in the table
+    # however the page hands the tick box over (bool, numpy bool, 'true'/'false' text), the verdict follows from it
+    for ticked, unticked in ((True, False), (np.bool_(True), np.bool_(False)), ("true", "false")):
+        assert ui.verdicts_from_rows([["A.", ticked, ""], ["B.", unticked, "C."], ["D.", unticked, " D. "]]) == [
+            {"sentence": "A.", "verdict": "reject"}, {"sentence": "B.", "verdict": "edit", "edited_text": "C."},
+            {"sentence": "D.", "verdict": "accept"}]
+    with pytest.raises(ValueError, match="sentence 2: tick “Delete” or write the edited text, not both"):
+        ui.verdicts_from_rows([["A.", False, ""], ["B.", True, "C."]])
+    # the frame the review handler builds keeps bools in the Delete column, so gradio renders tick boxes
+    frame = pd.DataFrame(ui.verdict_rows("A. B.", "A."), columns=ui.VERDICT_HEADERS)
+    assert frame[ui.VERDICT_HEADERS[1]].tolist() == [False, True]
+
+
+def test_analysis_result_is_plain_json_with_the_report_and_no_image():
+    maps = [type("M", (), {"target": "Pleural Effusion", "kind": "finding", "heatmap": np.zeros((2, 2))})()]
+    prov = {"model": "m", "weights_sha256": "ab" * 32, "demo": True, "medr2_version": "0.1", "decoding": {"x": 1}}
+    out = ui.analysis_result("Final.", "Draft.", {"final": {"Pleural Effusion": 1}, "draft": None}, maps, prov,
+                             {"in_distribution": True}, {"Pleural Effusion": 0.9})
+    assert out == {"report": "Final.", "draft": "Draft.", "labels": {"final": {"Pleural Effusion": 1}},
+                   "confidence": {"Pleural Effusion": 0.9},
+                   "saliency": [{"target": "Pleural Effusion", "kind": "finding"}], "input_check": {"in_distribution": True},
+                   "model": {"model": "m", "weights_sha256": "ab" * 32, "demo": True, "medr2_version": "0.1"}}
+    assert json.loads(json.dumps(out)) == out  # what a gr.JSON output sends
 
 
 def test_provenance_flags_the_demo_model_and_out_of_distribution_images():
@@ -354,6 +382,17 @@ def test_bad_file_gives_the_imaging_message(scripted, tmp_path):
         list(scripted.analyze(str(path)))
 
 
+def test_the_last_update_carries_the_report_for_api_callers_but_leaves_the_report_box_alone(analysed):
+    _, updates = analysed
+    last = updates[-1]
+    assert "report" not in last  # never re-sent: it would overwrite a reviewer's edits made during saliency
+    study = last["study"]
+    assert last["result"]["report"] == study.final and "effusion" in study.final.lower()
+    assert last["result"]["labels"]["final"] == study.labels["final"]
+    assert [m["target"] for m in last["result"]["saliency"]] == [m.target for m in study.maps]
+    assert all("result" not in u for u in updates[:-1]) or updates[0]["result"] is None
+
+
 def test_clearing_the_upload_resets_the_panels(scripted):
     (only,) = [as_dict(u) for u in scripted.analyze(None)]
     assert only["study"] is None and only["report"] == "" and only["view"] is None
@@ -427,6 +466,9 @@ def test_client_streams_stages_in_order_and_gets_curated_errors(scripted, tmp_pa
                 if f"✓ {stage}" in html:
                     first_seen.setdefault(stage, i)
         assert sorted(first_seen, key=first_seen.get) == list(ui.STAGES) and len(stages) >= 5
+        # the API's final output carries the report, last (the API leaves out the page state and the fold)
+        result = job.outputs()[-1][-1]
+        assert "pleural effusion" in result["report"].lower() and result["labels"]["final"]["Pleural Effusion"] == 1
         bad = tmp_path / "scan.dcm"
         bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage")
         with pytest.raises(AppError, match="DICOM") as err:

@@ -16,6 +16,7 @@ import pytest
 
 from medr2.feedback import store as fb
 from medr2.feedback.store import FeedbackError, FeedbackRecord, FeedbackStore, cli_feedback, read_export
+from medr2.feedback.tables import uncell
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = hashlib.sha256(b"phantom").hexdigest()
@@ -221,27 +222,85 @@ def test_concurrent_threads_and_processes_all_stored(tmp_path):
     store.close()
 
 
-def test_export_round_trips_jsonl_and_csv(store, tmp_path):
+def test_jsonl_export_round_trips_and_csv_is_not_read_back(store, tmp_path):
     recs = [full_record(), make(), make(reviewer="", weights_sha256=None, comment="line1\nline2, \"quoted\"")]
     ids = [store.submit(r) for r in recs]
-    for fmt in ("jsonl", "csv"):
-        out = tmp_path / f"all.{fmt}"
-        assert store.export(out, format=fmt) == 3
-        assert read_export(out) == list(zip(ids, recs)), fmt
+    out = tmp_path / "all.jsonl"
+    assert store.export(out) == 3
+    assert read_export(out) == list(zip(ids, recs))
+    assert store.export(tmp_path / "all.csv", format="csv") == 3
+    with pytest.raises(FeedbackError, match="only the JSONL export can be read back"):
+        read_export(tmp_path / "all.csv")
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_csv_export_neutralises_spreadsheet_formulas(store, tmp_path):
+def _csv(path):
     import csv
 
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_csv_export_is_flat_one_row_per_record_with_companions_and_dictionary(store, tmp_path):
+    study = {"study_id": "s1", "case_id": "case-002", "source": "S1", "design": "ab", "side": "B", "seconds": 41.5,
+             "edit_distance": 3, "locked": True, "revision": 2, "preference": "this", "order_index": 4,
+             "items": {"overall": 2, "clarity": "na"},
+             "edit_reasons": [{"sentence": "Small left pleural effusion.", "edited_text": "Small right pleural effusion.",
+                               "change": "edit", "reason": "content"},
+                              {"sentence": "", "edited_text": "No pneumothorax.", "change": "add", "reason": "style"}]}
+    first = store.submit(full_record())
+    second = store.submit(make(rating=4, prompt="Another prompt.", study=study, reviewer="r2"))
+    third = store.submit(make(comment="=1+1"))
+    out = tmp_path / "reviews.csv"
+    assert store.export(out, format="csv") == 3
+    rows = _csv(out)
+    assert [int(r["id"]) for r in rows] == [first, second, third]
+    header = list(rows[0])
+    assert not {"prompt", "model_id", "weights_sha256", "sentence_verdicts", "error_tags", "labels", "image_metadata",
+                "study"} & set(header)
+    assert not any(v.lstrip("'").startswith(("{", "[")) for r in rows for v in r.values())  # no JSON-packed cell
+    a, b, c = rows
+    assert (a["rating"], a["reasoning_rating"], a["corrected"], a["n_sentences"], a["n_accept"], a["n_edit"]) == \
+        ("2", "4", "1", "2", "1", "1")
+    assert (a["tag_wrong_location"], a["significant_wrong_location"], a["note_wrong_location"]) == ("1", "1", "side")
+    assert (a["tag_omission"], a["significant_omission"], a["tag_false_finding"]) == ("1", "0", "0")
+    assert (a["label_final_pleural_effusion"], a["label_draft_cardiomegaly"], a["label_reviewer_pleural_effusion"]) == \
+        ("1", "1", "")
+    assert (a["meta_modality"], a["meta_pixelspacing_1"], a["meta_pixelspacing_2"], a["meta_rows"]) == \
+        ("CR", "0.1", "0.1", "2140")
+    assert a["study_case_id"] == "" and a["n_edits_content"] == "" and c["meta_modality"] == ""
+    assert (b["study_case_id"], b["study_side"], b["study_locked"], b["study_seconds"], b["item_overall"],
+            b["item_clarity"], b["n_edits_content"], b["n_edits_style"]) == ("case-002", "B", "1", "41.5", "2", "na", "1", "1")
+    assert c["comment"] == "'=1+1"  # a formula stays text in a spreadsheet
+    # prompt and model configuration: once per distinct configuration, joined by config_id
+    configs = {r["config_id"]: r for r in _csv(tmp_path / "reviews.configs.csv")}
+    assert len(configs) == 2 and a["config_id"] == c["config_id"] != b["config_id"]
+    assert configs[b["config_id"]]["prompt"] == "Another prompt." and configs[a["config_id"]]["model_id"] == "assets/medr2-tiny"
+    sentences = _csv(tmp_path / "reviews.sentences.csv")
+    assert [(int(r["id"]), r["sentence_no"], r["verdict"], r["edited_text"]) for r in sentences] == [
+        (first, "1", "accept", ""), (first, "2", "edit", "Small right pleural effusion.")]
+    edits = _csv(tmp_path / "reviews.edits.csv")
+    assert [(int(r["id"]), r["edit_no"], r["change"], r["reason"]) for r in edits] == [
+        (second, "1", "edit", "content"), (second, "2", "add", "style")]
+    dictionary = _csv(tmp_path / "reviews.dictionary.csv")
+    described = {(r["file"], r["column"]) for r in dictionary if r["meaning"].strip()}
+    for name, cols in (("reviews.csv", header), ("reviews.configs.csv", list(next(iter(configs.values())))),
+                       ("reviews.sentences.csv", list(sentences[0])), ("reviews.edits.csv", list(edits[0]))):
+        assert {(name, col) for col in cols} <= described, name
+    meaning = {r["column"]: r["meaning"] for r in dictionary if r["file"] == "reviews.csv"}
+    assert "clinically significant" in meaning["significant_omission"] and "'pleural_effusion'" in meaning["label_final_pleural_effusion"]
+
+
+def test_csv_export_neutralises_spreadsheet_formulas(store, tmp_path):
     hostile = ['=HYPERLINK("http://x.example","click")', "+1+1", "-2", "@SUM(A1)", "'quoted", "plain"]
-    ids = [store.submit(make(comment=c, reviewer=c if c != "-2" else "r")) for c in hostile]
+    for c in hostile:
+        store.submit(make(comment=c, reviewer=c if c != "-2" else "r"))
     out = tmp_path / "all.csv"
     store.export(out, format="csv")
-    with open(out, encoding="utf-8", newline="") as fh:
-        cells = [cell for row in csv.DictReader(fh) for cell in row.values()]
+    rows = _csv(out)
+    cells = [cell for row in rows for cell in row.values()]
     assert cells and not any(c.startswith(("=", "+", "-", "@")) for c in cells)
-    assert [rec.comment for _, rec in read_export(out)] == hostile and [i for i, _ in read_export(out)] == ids
+    assert [uncell(r["comment"]) for r in rows] == hostile
 
 
 def test_export_training_only_reviewer_corrections(store, tmp_path):
@@ -289,7 +348,9 @@ def test_cli_export_and_stats(tmp_path, capsys, monkeypatch):
     store.submit(make(rating=4))
     store.close()
     assert cli_feedback(["export", "--data-dir", str(tmp_path / "d"), "--format", "csv", "--out", str(tmp_path / "a.csv")]) == 0
-    assert len(read_export(tmp_path / "a.csv")) == 2
+    assert len(_csv(tmp_path / "a.csv")) == 2 and "a.dictionary.csv" in capsys.readouterr().out
+    assert cli_feedback(["export", "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert len(read_export(tmp_path / "a.jsonl")) == 2
     monkeypatch.setenv("MEDR2_DATA_DIR", str(tmp_path / "d"))
     assert cli_feedback(["export", "--as", "dpo", "--out", str(tmp_path / "dpo.jsonl")]) == 0
     assert len((tmp_path / "dpo.jsonl").read_text().splitlines()) == 1

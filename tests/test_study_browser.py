@@ -1,7 +1,7 @@
 """A blinded A/B reader study in a real headless browser (Debian's chromium driven by Playwright).
 
 Two readers sign in at the same time and review all six phantom cases (reference report vs a report file that
-calls every film normal); one pastes a correction with Ctrl+V. Their pages are searched for anything that
+calls every film normal); one pastes a correction with Ctrl+V and gives the changed sentence its content reason. Their pages are searched for anything that
 unblinds (source names, the report file's name, the cases' file names, captions and ground-truth words).
 The coordinator then computes the results in the admin tab, and `medr2 study report` is checked against
 statistics computed by hand for the ratings the test entered.
@@ -99,7 +99,11 @@ def review_case(page, study, reader: str, pos: int, paste: bool) -> None:
                 page.keyboard.press("Control+A")
                 page.keyboard.press("Control+V")
                 page.wait_for_function(f"document.querySelector('#correction_{side} textarea').value.includes('Moderate left')")
-                pick(page, f"reason_{side}", "content")
+                page.keyboard.press("Tab")  # leave the box: the page asks for a reason for each changed sentence
+                page.locator(f"#reason_{side}_1").wait_for(state="visible", timeout=20_000)
+                assert "Moderate left pleural effusion" in page.inner_text(f"#reason_{side}_1")
+                assert not page.locator(f"#reason_{side}_2").is_visible()
+                pick(page, f"reason_{side}_1", "content")
     ref_side = "AB"[sides.index("S1")]
     pick(page, "preference", "Equal" if (reader == "bob" and pos == 5) else f"{ref_side} is better")
     page.locator("#lock" if pos % 2 else "#save").click()
@@ -166,7 +170,9 @@ def test_two_readers_complete_a_blinded_ab_study_and_the_report_matches_hand_com
     assert len(reviews) == 24  # 2 readers x 6 cases x 2 sources, each once
     assert len(pasted) == 1 and {"sentence": "No pleural effusion.", "verdict": "edit",
                                  "edited_text": "Moderate left pleural effusion."} in pasted[0].sentence_verdicts
-    assert pasted[0].study["edit_distance"] == 2 and pasted[0].study["edit_reasons"][0]["reason"] == "content"
+    assert pasted[0].study["edit_distance"] == 2 and pasted[0].study["edit_reasons"] == [
+        {"change": "edit", "sentence": "No pleural effusion.", "edited_text": "Moderate left pleural effusion.",
+         "reason": "content"}]
     assert pasted[0].labels["reviewer"]["Pleural Effusion"] == 1
     assert all(r.study["seconds"] > 0 for r in reviews)
 
@@ -193,5 +199,6 @@ def test_two_readers_complete_a_blinded_ab_study_and_the_report_matches_hand_com
     # MSR = 2 * 12 * 1.25**2 / 11 = 37.5/11, MSC = 12 * 2 * 0.25**2 = 1.5, SSE = 40.5 - 37.5 - 1.5 = 1.5, MSE = 1.5/11;
     # ICC = (MSR - MSE) / (MSR + MSE + 2 (MSC - MSE) / 12) = (36/11) / (41.5/11) = 72/83
     assert result["agreement"]["overall_rating"]["value"] == pytest.approx(72 / 83)
+    assert result["edit_reasons"]["S2"]["content"] == 1 and result["edit_reasons"]["S2"]["style"] == 0
     rows = (study_dir / "results" / "responses_long.csv").read_text().splitlines()
     assert rows[0].startswith("study_id,reader,case_id,source") and len(rows) > 24 * 10

@@ -66,7 +66,7 @@ def test_passwords_are_hashed_and_checked(study):
 
 def _save(store, reader, case, source, lock=False, correction="", overall=4):
     return store.save(reader, case, source, side="A", correction=correction, items={"overall": overall},
-                      errors=[], significant=[], edit_reason="content" if correction else None, preference="this",
+                      errors=[], significant=[], edit_reasons="content" if correction else None, preference="this",
                       comment="", opened_at=datetime.now(timezone.utc) - timedelta(seconds=5), order_index=0, lock=lock)
 
 
@@ -105,7 +105,7 @@ def test_a_sigkill_mid_study_loses_no_saved_review(study, tmp_path):
         for i in range(10_000):
             case = "case-00%d" % (1 + i % 6)
             store.save("r%d" % i, case, "S1", side="A", correction="", items={{"overall": 1 + i % 5}}, errors=[],
-                       significant=[], edit_reason=None, preference="this", comment="", opened_at=datetime.now(timezone.utc),
+                       significant=[], edit_reasons=None, preference="this", comment="", opened_at=datetime.now(timezone.utc),
                        order_index=0)
             print(i, flush=True)
     """)

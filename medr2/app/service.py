@@ -7,7 +7,8 @@ call them directly:
   file: uploads are stored by content hash, so identical uploads of several readers share one path, and
   `delete_cache` in app.py removes it once old; a session deleting it would break the others' uploads),
   streams perception / reasoning / draft / reflection / report as they are generated (throttled to a few
-  updates per second), labels draft and final report, then computes per-finding saliency maps;
+  updates per second), labels draft and final report, then computes per-finding saliency maps; its last update
+  carries `result` (report, labels, saliency targets as JSON) for API callers, never re-sending the report box;
 - `view(study, choice, alpha, cmap)`: the image with one finding's saliency overlaid;
 - `review(study, edited)`: reviewer column of the findings table + per-sentence verdicts from the edit;
 - `submit(...)`: one `FeedbackRecord` into the store (image hash + allow-listed metadata, never pixels).
@@ -47,7 +48,9 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 ANALYZE_OUTPUTS = ("stages", "view", "perception", "reasoning", "reflection", "diff", "report", "findings",
                    "verdicts", "provenance", "overlay", "truth", "raw", "study", "input_check", "report_fold",
                    # the feedback form, cleared when a new study starts
-                   "rating", "reasoning_rating", "saliency_rating", "errors", "significant", "comment", "status")
+                   "rating", "reasoning_rating", "saliency_rating", "errors", "significant", "comment", "status",
+                   # read-only JSON for API callers: the report and labels (`ui.analysis_result`), set last
+                   "result")
 DISPLAY_MAX_SIDE = 1024  # px kept per session for the viewer: enough for a ~700 px panel with zoom
 DISPLAY_MIN_SIDE = 768  # small images (256 px phantoms) are upscaled so the viewer panel is filled
 HEATMAP_MAX_SIDE = 256  # saliency grids are coarse (8 x 8 patches); 256 px float16 keeps sessions small
@@ -219,7 +222,8 @@ class AppService:
                            truth=gr.update(value="", visible=False), raw="", study=None,
                            input_check=gr.update(value="", visible=False), report_fold=gr.update(label=ui.REPORT_FOLD, open=True),
                            rating=None,
-                           reasoning_rating=None, saliency_rating=None, errors=[], significant=[], comment="", status="")
+                           reasoning_rating=None, saliency_rating=None, errors=[], significant=[], comment="", status="",
+                           result=None)
         if file is None:
             yield self._pack(**empty)
             return
@@ -261,7 +265,11 @@ class AppService:
                          view=self.view(study, choice, 0.45, ui.COLORMAPS[0]),
                          overlay=gr.update(choices=ui.overlay_choices(study.maps), value=choice,
                                            interactive=bool(study.maps)),
-                         study=study)
+                         study=study,
+                         # the report textbox is not re-sent (a reviewer may be editing it): API callers get the
+                         # report from this read-only output instead
+                         result=ui.analysis_result(study.final, study.draft, study.labels, study.maps,
+                                                   study.provenance, study.input_check, study.confidence))
 
     def _finish_text(self, study: Study, result, prov_kw: dict) -> Iterator[tuple]:
         out = result.output

@@ -22,15 +22,71 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
+from medr2.app import views as ui  # noqa: E402
 from medr2.feedback.record import ERROR_TAGS, ITEM_NA  # noqa: E402
 from medr2.feedback.store import FeedbackError  # noqa: E402
 from medr2.study.manifest import StudyError, StudyFolder  # noqa: E402
 from medr2.study.session import ReviewStore, ab_sides, check_password, is_admin, reader_order  # noqa: E402
 
-SIDES = ("A", "B")
+SIDES = tuple("ABCDEF")  # one letter per report shown (MAX_SOURCES in medr2.study.manifest)
 LIKERT_NA = [("1 poor", 1), ("2", 2), ("3", 3), ("4", 4), ("5 excellent", 5), ("N/A", ITEM_NA)]
 TAG_CHOICES = [(t.replace("_", " "), t) for t in ERROR_TAGS]
-PREFERENCES = [("A is better", "A"), ("B is better", "B"), ("Equal", "equal")]
+REASON_CHOICES = [("content", "content"), ("style", "style")]
+# Reason slots per report: one per changed sentence; past the last slot, its reason covers the remaining edits.
+EDIT_SLOTS = 8
+
+
+def preference_choices(n_sides: int, design: str) -> list[tuple[str, str]]:
+    """The 'which is better / best' choices of a page with n reports (none for a single design)."""
+    if design == "ab":
+        return [("A is better", "A"), ("B is better", "B"), ("Equal", "equal")]
+    if design == "multi":
+        return [(f"{SIDES[i]} is best", SIDES[i]) for i in range(n_sides)] + [("No clear best", "equal")]
+    return []
+
+
+def stored_preference(prefs: list[str | None]) -> str | None:
+    """The page's choice from the per-report preferences stored (this / other / equal) in side order."""
+    if "this" in prefs:
+        return SIDES[prefs.index("this")]
+    return "equal" if "equal" in prefs else None
+
+
+def slot_reasons(shown: list[dict], values: list) -> list[str | None]:
+    """The reason of each shown edit from the slot radios (the last slot stands for every edit past it)."""
+    return [values[min(i, EDIT_SLOTS - 1)] if values else None for i in range(len(shown or []))]
+
+
+def match_reasons(edits: list[dict], shown: list[dict], given: list[str | None]) -> list[str | None]:
+    """The reason of each edit of the submitted correction, from the reasons `given` for the edits `shown`.
+
+    Matched by the whole edit, else (edit / reject) by the model sentence it changes: a reader who retouches an
+    edited sentence after giving its reason keeps the reason; an edit the page never showed gets None."""
+    exact, loose = {}, {}
+    for e, value in zip(shown or [], given):
+        if value in ("content", "style"):
+            exact[ui.edit_key(e)] = value
+            if e["change"] != "add":
+                loose.setdefault((e["change"], e["sentence"]), value)
+    return [exact.get(ui.edit_key(e)) or (loose.get((e["change"], e["sentence"])) if e["change"] != "add" else None)
+            for e in edits]
+
+
+def reason_slots(edits: list[dict], reasons: list[str | None], interactive: bool = True) -> list:
+    """Updates of one report's EDIT_SLOTS reason radios: one per edit, labelled with it; the rest hidden."""
+    out = []
+    for j in range(EDIT_SLOTS):
+        if j >= len(edits):
+            out.append(gr.update(visible=False, value=None))
+            continue
+        if j == EDIT_SLOTS - 1 and len(edits) > EDIT_SLOTS:
+            rest = reasons[j:]
+            label = f"Edits {j + 1}–{len(edits)} ({len(edits) - j} more): the same reason for each"
+            value = rest[0] if len(set(rest)) == 1 else None
+        else:
+            label, value = ui.edit_label(j + 1, edits[j]), reasons[j]
+        out.append(gr.update(visible=True, label=label + " — about", value=value, interactive=interactive))
+    return out
 
 
 def study_auth(study_dir: str | Path):
@@ -59,8 +115,10 @@ def build_study_demo(study_dir: str | Path) -> gr.Blocks:
     study = StudyFolder.open(study_dir)
     reviews = ReviewStore(study)
     n_sides = min(len(study.sources), len(SIDES))
-    ab = study.design == "ab"
+    design = study.design
     items = study.items
+    choices = preference_choices(n_sides, design)
+    per = 1 + len(items) + 2 + 1 + EDIT_SLOTS  # answers per report: correction, items, errors, significant, edits
 
     def progress_text(reader: str, pos: int) -> str:
         saved, locked, total = reviews.progress(reader)
@@ -80,15 +138,16 @@ def build_study_demo(study_dir: str | Path) -> gr.Blocks:
         for i in range(n_sides):
             rec, report = stored[i], study.reports[(case_id, sides[i])]
             st = (rec.study or {}) if rec else {}
-            values.append(gr.update(value=rec.corrected_report if rec else report, interactive=not locked))
+            correction = rec.corrected_report if rec else report
+            values.append(gr.update(value=correction, interactive=not locked))
             values += [st.get("items", {}).get(k) for k, _ in items]
             tags = rec.error_tags if rec else []
             values += [[t["tag"] for t in tags], [t["tag"] for t in tags if t["clinically_significant"]]]
-            reasons = st.get("edit_reasons") or []
-            values.append(reasons[0]["reason"] if reasons else None)
-        first = stored[0].study if stored[0] else {}
-        pref = (first or {}).get("preference")
-        values.append({"this": "A", "other": "B", "equal": "equal"}.get(pref) if pref else None)
+            edits = ui.sentence_edits(report, correction)
+            saved = [{"change": "edit", "edited_text": "", **r} for r in st.get("edit_reasons") or []]
+            reasons = match_reasons(edits, saved, [r["reason"] for r in saved])
+            values += [edits, *reason_slots(edits, reasons, interactive=not locked)]
+        values.append(stored_preference([(r.study or {}).get("preference") if r else None for r in stored]))
         values.append(stored[0].comment if stored[0] else "")
         values.append("Locked: this case can no longer be changed." if locked else
                       ("Saved earlier: you can revise it until you lock it." if stored[0] else ""))
@@ -101,52 +160,73 @@ def build_study_demo(study_dir: str | Path) -> gr.Blocks:
         pos = states.index("new") if "new" in states else (states.index("saved") if "saved" in states else 0)
         return [*show({"reader": reader, "order": order, "pos": pos}), gr.update(visible=is_admin(study.root, reader))]
 
-    def move(state: dict, step: int, request: gr.Request):
-        if not state or state["reader"] != _reader(request):
-            raise gr.Error("Reload the page: it belongs to another sign-in.")
-        state = {**state, "pos": max(0, min(len(state["order"]) - 1, state["pos"] + step))}
-        return show(state)
-
-    def save(state: dict, lock: bool, request: gr.Request, *answers):
+    def check(state: dict | None, request: gr.Request) -> str:
         reader = _reader(request)
         if not state or state["reader"] != reader:
             raise gr.Error("Reload the page: it belongs to another sign-in.")
+        return reader
+
+    def move(state: dict, step: int, request: gr.Request):
+        check(state, request)
+        state = {**state, "pos": max(0, min(len(state["order"]) - 1, state["pos"] + step))}
+        return show(state)
+
+    def refresh_edits(i: int, state: dict, correction: str, shown: list, request: gr.Request, *values):
+        """One report's reason slots after its correction changed (typed, pasted): reasons given are kept."""
+        reader = check(state, request)
+        case_id = state["order"][state["pos"]]
+        report = study.reports[(case_id, ab_sides(study, reader, case_id)[i])]
+        edits = ui.sentence_edits(report, correction or "")
+        return [edits, *reason_slots(edits, match_reasons(edits, shown, slot_reasons(shown, list(values))))]
+
+    def save(state: dict, lock: bool, request: gr.Request, *answers):
+        reader = check(state, request)
         case_id = state["order"][state["pos"]]
         sides = ab_sides(study, reader, case_id)
-        per = 1 + len(items) + 3
         pref, comment = answers[n_sides * per], answers[n_sides * per + 1]
-        if ab and not pref:
-            raise gr.Error("Say which report is better (or that they are equal) before saving.")
+        if choices and not pref:
+            raise gr.Error("Say which report is better (or that they are equal) before saving." if design == "ab" else
+                           "Say which report is best (or that none is clearly best) before saving.")
         try:
             for i in range(n_sides):
                 chunk = answers[i * per:(i + 1) * per]
-                correction, ratings, (errors, significant, reason) = chunk[0], chunk[1:1 + len(items)], chunk[1 + len(items):]
+                correction, ratings = chunk[0] or "", chunk[1:1 + len(items)]
+                errors, significant, shown = chunk[1 + len(items):4 + len(items)]
+                slots = list(chunk[4 + len(items):])
                 missing = [label for (k, label), v in zip(items, ratings) if v in (None, "")]
                 if missing:
                     raise StudyError(f"report {SIDES[i]}: rate “{missing[0]}” (or choose N/A)")
+                report = study.reports[(case_id, sides[i])]
+                edits = ui.sentence_edits(report, correction)
+                reasons = match_reasons(edits, shown, slot_reasons(shown, slots))
+                for n, (edit, reason) in enumerate(zip(edits, reasons), 1):
+                    if reason is None:
+                        raise StudyError(f"report {SIDES[i]}, {ui.edit_label(n, edit, cap=40)} — say whether it is "
+                                         "about content or style")
                 preference = None
-                if ab:
+                if choices:
                     preference = "equal" if pref == "equal" else "this" if pref == SIDES[i] else "other"
-                reviews.save(reader, case_id, sides[i], side=SIDES[i] if ab else None, correction=correction or "",
+                reviews.save(reader, case_id, sides[i], side=SIDES[i] if design != "single" else None,
+                             correction=correction,
                              items={k: (v if v == ITEM_NA else int(v)) for (k, _), v in zip(items, ratings)},
-                             errors=list(errors or []), significant=list(significant or []), edit_reason=reason,
+                             errors=list(errors or []), significant=list(significant or []),
+                             edit_reasons={ui.edit_key(e): r for e, r in zip(edits, reasons)},
                              preference=preference, comment=comment or "", opened_at=state["opened_at"],
                              order_index=state["pos"], lock=lock)
         except (StudyError, FeedbackError) as exc:
             raise gr.Error(f"Not saved: {exc}") from None
-        state = {**state}
-        values = show(state)
+        values = show({**state})
         values[-1] = "Locked: this case can no longer be changed." if lock else "✓ Saved. You can revise it until you lock it."
         return values
 
     def results(request: gr.Request):
         if not is_admin(study.root, _reader(request)):
             raise gr.Error("Only the study's coordinators can see the results.")
+        import json
+
         from medr2.study.analysis import markdown, write_report
 
         out = write_report(study)
-        import json
-
         text = markdown(json.loads((out / "report.json").read_text()))
         return text, sorted(str(p) for p in out.glob("*.png")), str(out / "responses_long.csv")
 
@@ -162,18 +242,26 @@ def build_study_demo(study_dir: str | Path) -> gr.Blocks:
                                          buttons=["fullscreen"], show_label=False, elem_id="study_image")
                         indication = gr.Markdown(elem_id="indication")
                     side_fields: list = []
+                    per_side: list[tuple] = []  # (correction, shown edits, reason slots) of each report
                     for i in range(n_sides):
-                        with gr.Column(scale=4, min_width=320):
+                        with gr.Column(scale=4, min_width=280):
                             gr.Markdown(f"#### Report {SIDES[i]}" if n_sides > 1 else "#### Report")
-                            side_fields.append(gr.Textbox(label="Report (edit it to correct it)", lines=8, max_lines=20,
-                                                          elem_id=f"correction_{SIDES[i]}"))
+                            correction = gr.Textbox(label="Report (edit it to correct it)", lines=8, max_lines=20,
+                                                    elem_id=f"correction_{SIDES[i]}")
+                            side_fields.append(correction)
                             side_fields += [gr.Radio(LIKERT_NA, label=label, elem_id=f"{k}_{SIDES[i]}") for k, label in items]
                             side_fields.append(gr.CheckboxGroup(TAG_CHOICES, label="Errors", elem_id=f"errors_{SIDES[i]}"))
                             side_fields.append(gr.CheckboxGroup(TAG_CHOICES, label="…of which clinically significant",
                                                                 elem_id=f"significant_{SIDES[i]}"))
-                            side_fields.append(gr.Radio([("content", "content"), ("style", "style")],
-                                                        label="Your edits are about", elem_id=f"reason_{SIDES[i]}"))
-                preference = gr.Radio(PREFERENCES, label="Which report is better?", visible=ab, elem_id="preference")
+                            shown = gr.State([])  # the edits the reason slots below stand for
+                            gr.Markdown("Each change to the report: is it about content or style?",
+                                        elem_id=f"reasons_{SIDES[i]}")
+                            slots = [gr.Radio(REASON_CHOICES, label=f"Edit {j + 1}", visible=False,
+                                              elem_id=f"reason_{SIDES[i]}_{j + 1}") for j in range(EDIT_SLOTS)]
+                            side_fields += [shown, *slots]
+                            per_side.append((correction, shown, slots))
+                preference = gr.Radio(choices, label="Which report is better?" if design == "ab" else "Which report is best?",
+                                      visible=bool(choices), elem_id="preference")
                 comment = gr.Textbox(label="Comment", lines=2, elem_id="comment")
                 with gr.Row():
                     prev_btn = gr.Button("← Previous", elem_id="prev")
@@ -189,6 +277,7 @@ def build_study_demo(study_dir: str | Path) -> gr.Blocks:
         outputs = [state, image, indication, progress, *side_fields, preference, comment, status]
         private = dict(api_visibility="private", concurrency_limit=None)
         demo.load(start, None, [*outputs, results_tab], **private)
+
         # gradio hands the request (the signed-in name) to parameters annotated gr.Request
         def go_back(request: gr.Request, s):
             return move(s, -1, request)
@@ -202,6 +291,15 @@ def build_study_demo(study_dir: str | Path) -> gr.Blocks:
         def lock_case(request: gr.Request, s, *answers):
             return save(s, True, request, *answers)
 
+        for i, (correction, shown, slots) in enumerate(per_side):
+            def edits_of(request: gr.Request, s, text, seen, *values, i=i):
+                return refresh_edits(i, s, text, seen, request, *values)
+
+            # `input` follows typing; `blur` also catches a paste the browser reported no keystroke for. Save
+            # recomputes the edits from the submitted text whichever ran last.
+            for trigger in (correction.input, correction.blur):
+                trigger(edits_of, [state, correction, shown, *slots], [shown, *slots], trigger_mode="always_last",
+                        show_progress="hidden", **private)
         prev_btn.click(go_back, [state], outputs, **private)
         next_btn.click(go_on, [state], outputs, **private)
         answers = [*side_fields, preference, comment]

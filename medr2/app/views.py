@@ -38,7 +38,12 @@ VALUE_WORDS = {1: "+", 0: "−", -1: "?", None: ""}  # present / absent / uncert
 FINDINGS_LEGEND = ("+ present · − absent · ? uncertain · blank = not mentioned · confidence: calibrated probability that "
                    "a stated finding is right, ⚠ = check it first")
 FINDINGS_HEADERS = ["Observation", "Draft", "Final", "Reviewer"]
-VERDICT_HEADERS = ["Model sentence", "Verdict (accept / edit / reject)", "Edited text"]
+# The per-sentence table: the verdict cannot be typed (gradio's Dataframe has no drop-down cell; its datatypes are
+# str, number, bool, date, markdown): a Delete tick box (bool column) means reject, an edited text means edit,
+# neither means accept. Only those two cells are editable.
+VERDICT_HEADERS = ["Model sentence", "Delete", "Edited text (empty: keep the sentence)"]
+VERDICT_DATATYPES = ["str", "bool", "str"]
+VERDICT_STATIC_COLUMNS = [0]
 DIFF_COLORS = {"added": "#1a7f37", "removed": "#cf222e"}
 COLORMAPS = ("inferno", "jet", "viridis", "hot")
 NO_OVERLAY = "none"
@@ -235,6 +240,20 @@ def stamp(prov: dict) -> str:
                       decoding=prov.get("decoding") or {}).stamp()
 
 
+def analysis_result(final: str, draft: str, labels: dict, maps: Sequence[Any] = (), provenance: dict | None = None,
+                    input_check: dict | None = None, confidence: dict | None = None) -> dict:
+    """What `/analyze` hands an API caller at the end (a read-only JSON output of its own): the final and draft
+    report, the CheXpert labels, the saliency targets, the input gate's verdict and the model's stamp. The report
+    textbox itself is not re-sent by the last update, so a reviewer's edits in the browser are never overwritten."""
+    prov = provenance or {}
+    return {"report": final or "", "draft": draft or "",
+            "labels": {k: dict(v) for k, v in (labels or {}).items() if v is not None},
+            "confidence": dict(confidence) if confidence else None,
+            "saliency": [{"target": getattr(m, "target", ""), "kind": getattr(m, "kind", "")} for m in maps],
+            "input_check": input_check,
+            "model": {k: prov.get(k) for k in ("model", "weights_sha256", "demo", "medr2_version")}}
+
+
 def input_check_markdown(check: dict | None) -> str:
     """The input gate's verdict for the top of the report column: why a film was flagged, or that the model
     cannot tell; empty when the film is inside what the model learned."""
@@ -315,39 +334,98 @@ def report_sentences(text: str) -> list[str]:
     return [text[a:b].strip() for a, b in split_sentences(text or "") if text[a:b].strip()]
 
 
-def verdict_rows(final: str, edited: str) -> list[list[str]]:
-    """One row per model sentence, prefilled from the reviewer's edit: kept → accept, changed → edit, gone → reject."""
+def verdict_rows(final: str, edited: str) -> list[list]:
+    """One table row per model sentence, prefilled from the reviewer's edit: [sentence, delete?, edited text].
+
+    Kept → (False, ""), i.e. accept; changed → (False, new text), i.e. edit; gone → (True, ""), i.e. reject. The
+    verdict is never typed: it follows from the Delete tick box and the edited text (`verdicts_from_rows`)."""
     old, new = report_sentences(final), report_sentences(edited)
-    rows: list[list[str]] = []
+    rows: list[list] = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
         for k, sentence in enumerate(old[i1:i2]):
             if op == "equal":
-                rows.append([sentence, "accept", ""])
+                rows.append([sentence, False, ""])
             elif op == "delete":
-                rows.append([sentence, "reject", ""])
+                rows.append([sentence, True, ""])
             else:  # replace: pair sentences in order; extra new sentences go with the last old one
                 repl = new[j1 + k:j1 + k + 1] if k < i2 - i1 - 1 else new[j1 + k:j2]
-                rows.append([sentence, "edit", " ".join(repl)] if repl else [sentence, "reject", ""])
+                rows.append([sentence, False, " ".join(repl)] if repl else [sentence, True, ""])
     return rows
 
 
+def sentence_edits(final: str, edited: str) -> list[dict]:
+    """Every change the edit makes, sentence by sentence, in report order: {change, sentence, edited_text} with
+    change 'edit' (a model sentence rewritten), 'reject' (deleted) or 'add' (a new sentence, e.g. an omission
+    fixed). The same pairing as `verdict_rows`, plus the added sentences those rows have no place for."""
+    old, new = report_sentences(final), report_sentences(edited)
+    out: list[dict] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        if op == "insert":
+            out += [{"change": "add", "sentence": "", "edited_text": s} for s in new[j1:j2]]
+            continue
+        for k, sentence in enumerate(old[i1:i2]):
+            if op == "delete":
+                out.append({"change": "reject", "sentence": sentence, "edited_text": ""})
+            elif op == "replace":
+                repl = new[j1 + k:j1 + k + 1] if k < i2 - i1 - 1 else new[j1 + k:j2]
+                out.append({"change": "edit", "sentence": sentence, "edited_text": " ".join(repl)} if repl else
+                           {"change": "reject", "sentence": sentence, "edited_text": ""})
+    return out
+
+
+def edit_key(edit: dict) -> str:
+    """What identifies one edit between the page and the server (the reason the reader gave is keyed by it)."""
+    return f"{edit['change']}\x1f{edit['sentence']}\x1f{edit['edited_text']}"
+
+
+def edit_label(n: int, edit: dict, cap: int = 90) -> str:
+    """A short line naming one edit for the reader: 'Edit 2: “old” → “new”'."""
+    def q(text: str) -> str:
+        return "“" + (text if len(text) <= cap else text[:cap - 1] + "…") + "”"
+
+    what = {"edit": lambda e: f"{q(e['sentence'])} → {q(e['edited_text'])}",
+            "reject": lambda e: f"deleted {q(e['sentence'])}",
+            "add": lambda e: f"added {q(e['edited_text'])}"}[edit["change"]](edit)
+    return f"Edit {n}: {what}"
+
+
 _VERDICT_ALIASES = {"a": "accept", "ok": "accept", "": "accept", "e": "edit", "r": "reject", "x": "reject"}
+_TICKED = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _tick(value: Any) -> bool | None:
+    """The Delete cell as a bool (gradio may hand a tick box over as a bool or as 'true' / 'false'); None if the
+    cell is a verdict word instead (API callers may still send accept / edit / reject)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy bools from a pandas frame
+        return bool(value)
+    if value is None:
+        return False
+    return _TICKED.get(str(value).strip().lower())
 
 
 def verdicts_from_rows(rows: Sequence[Sequence[Any]]) -> list[dict]:
-    """Feedback `sentence_verdicts` from the table; ValueError naming the row and the fix for a bad verdict."""
+    """Feedback `sentence_verdicts` from the table; ValueError naming the row and the fix.
+
+    A row is [sentence, delete?, edited text]: ticked → reject, edited text → edit, neither → accept (both is
+    refused). An API caller may send a verdict word in the second cell instead; it must be accept, edit or reject."""
     out = []
     for n, row in enumerate(rows, 1):
         sentence, verdict, edited = (list(row) + ["", "", ""])[:3]
         sentence, edited = str(sentence or "").strip(), str(edited or "").strip()
         if not sentence:
             continue
-        word = str(verdict or "").strip().lower()
-        word = _VERDICT_ALIASES.get(word, word)
-        if word not in ("accept", "edit", "reject"):
-            raise ValueError(f"sentence {n}: verdict {str(verdict)[:20]!r} is not accept, edit or reject")
-        if word == "edit" and not edited:
-            raise ValueError(f"sentence {n}: 'edit' needs the edited text (or use reject to delete it)")
+        ticked = _tick(verdict)
+        if ticked is not None:
+            if ticked and edited:
+                raise ValueError(f"sentence {n}: tick “Delete” or write the edited text, not both")
+            word = "reject" if ticked else "edit" if edited and _norm(edited) != _norm(sentence) else "accept"
+        else:
+            word = str(verdict).strip().lower()
+            word = _VERDICT_ALIASES.get(word, word)
+            if word not in ("accept", "edit", "reject"):
+                raise ValueError(f"sentence {n}: verdict {str(verdict)[:20]!r} is not accept, edit or reject")
+            if word == "edit" and not edited:
+                raise ValueError(f"sentence {n}: 'edit' needs the edited text (or use reject to delete it)")
         out.append({"sentence": sentence, "verdict": word, **({"edited_text": edited} if word == "edit" else {})})
     return out
 

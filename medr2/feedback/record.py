@@ -7,7 +7,8 @@ metadata is filtered through the `METADATA_ALLOWED` allow-list (`sanitize_metada
 identify a patient is kept; `image_ref` must be a bare example file name (see `medr2.feedback.store`).
 Schema 2 adds `submission_key` (the store keeps one record per key: a resent review is stored once, a study
 review is revised in place until locked) and `study` (reader-study context: case, blinded source, side, timing,
-Likert items with N/A, edit reasons; see `medr2.study`). Schema-1 records read as schema 2 with both empty.
+Likert items with N/A, one content / style reason per edited sentence; see `medr2.study`). Schema-1 records read
+as schema 2 with both empty.
 
 Hands on validated records (`to_dict` / `from_dict`), the taxonomies (`VERDICTS`, `ERROR_TAGS`,
 `LABEL_SETS`) and `SCHEMA_VERSION` to `medr2.feedback.store`, whose store persists them and re-exports these names.
@@ -155,6 +156,8 @@ STUDY_KEYS = {
     "items": dict, "edit_reasons": list, "order_index": int,
 }
 PREFERENCES = ("this", "other", "equal")
+EDIT_REASONS = ("content", "style")  # why a reader changed one sentence (one reason per edit)
+EDIT_CHANGES = ("edit", "reject", "add")
 ITEM_NA = "na"
 
 
@@ -180,9 +183,12 @@ def _study(value: Any) -> dict | None:
         if not isinstance(name, str) or len(name) > 64 or not (v == ITEM_NA or _likert(name, v) is not None):
             raise FeedbackError(f"study item {str(name)[:64]!r} must be 1 to 5 or {ITEM_NA!r}")
     reasons = out.get("edit_reasons") or []
-    if len(reasons) > MAX_ITEMS or not all(isinstance(r, dict) and r.get("reason") in ("content", "style")
-                                           and isinstance(r.get("sentence"), str) for r in reasons):
-        raise FeedbackError("study edit_reasons must be {sentence, reason: content | style} entries")
+    if len(reasons) > MAX_ITEMS or not all(
+            isinstance(r, dict) and not set(r) - {"change", "sentence", "edited_text", "reason"}
+            and r.get("reason") in EDIT_REASONS and r.get("change", "edit") in EDIT_CHANGES
+            and isinstance(r.get("sentence"), str) and isinstance(r.get("edited_text", ""), str) for r in reasons):
+        raise FeedbackError("study edit_reasons must be {change: edit | reject | add, sentence, edited_text, "
+                            "reason: content | style} entries, one per edit")
     return out
 
 

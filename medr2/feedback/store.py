@@ -12,7 +12,8 @@ found again by hash; `image_ref` may name a *bundled example* file (a phantom) s
 on their own. It must stay None for user uploads, whose file names can carry identifiers: the store
 accepts only bare file names and, when given `allowed_image_refs`, only those names.
 
-Hands on: JSONL/CSV exports, SFT rows `{image_sha256, prompt, completion}` and DPO rows
+Hands on: a JSONL export (whole records, re-readable), the analysis-ready CSV tables of `medr2.feedback.tables`
+(one row per record, flat columns, companions and a data dictionary), SFT rows `{image_sha256, prompt, completion}` and DPO rows
 `{image_sha256, prompt, chosen, rejected}` (`export_training`), and an optional periodic push of the
 JSONL export to a private Hub dataset (`maybe_start_hub_sync`). CLI: `medr2 feedback export|stats`.
 """
@@ -46,6 +47,7 @@ from medr2.feedback.record import (  # noqa: F401  (re-exported: callers import 
     FeedbackRecord,
     sanitize_metadata,
 )
+from medr2.feedback.tables import COMPANIONS, cell, companion, write_tables
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +218,13 @@ class FeedbackStore:
             yield int(row["id"]), self._record(row)
 
     def export(self, path: str | os.PathLike, format: str = "jsonl") -> int:  # noqa: A002 - CLI word
-        """Write every record (plus its id) as JSONL or CSV (nested fields as JSON text); returns rows."""
-        rows = ({"id": i, **r.to_dict()} for i, r in self.iter_records())
-        return _write_rows(Path(path), rows, format, ["id", *_COLUMNS])
+        """Every record as JSONL (the whole record plus its id, re-readable with `read_export`) or as the
+        analysis-ready CSV tables of `medr2.feedback.tables` (one row per record, companions, data dictionary);
+        returns the number of records written."""
+        if format == "csv":
+            return write_tables(self.iter_records(), path)
+        return _write_rows(Path(path), ({"id": i, **r.to_dict()} for i, r in self.iter_records()), format,
+                           ["id", *_COLUMNS])
 
     def export_training(self, path: str | os.PathLike, as_: str = "sft", format: str = "jsonl") -> int:  # noqa: A002
         """Reviewer-corrected reports as training rows (see `training_rows`); returns rows written."""
@@ -268,21 +274,6 @@ def training_rows(records: Iterator[tuple[int, FeedbackRecord]], as_: str = "sft
         yield {**row, "completion": target} if as_ == "sft" else {**row, "chosen": target, "rejected": rec.final_report}
 
 
-# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): a reviewer comment
-# "=HYPERLINK(...)" must stay text. Such cells get a leading apostrophe (OWASP's advice); a cell that already
-# starts with one gets another, so `read_export` strips exactly one and round-trips every value.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
-
-
-def _cell(value: Any) -> str:
-    text = value if isinstance(value, str) else "" if value is None else json.dumps(value, ensure_ascii=False)
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
-def _uncell(text: str) -> str:
-    return text[1:] if text.startswith("'") else text
-
-
 def _write_rows(path: Path, rows: Iterator[dict], format: str, columns: list[str]) -> int:  # noqa: A002
     if format not in ("jsonl", "csv"):
         raise FeedbackError(f"unknown export format {format!r}; use 'jsonl' or 'csv'")
@@ -296,7 +287,7 @@ def _write_rows(path: Path, rows: Iterator[dict], format: str, columns: list[str
                 writer.writeheader()
             for row in rows:
                 if writer:
-                    writer.writerow({k: _cell(v) for k, v in row.items()})
+                    writer.writerow({k: cell(v) for k, v in row.items()})
                 else:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 n += 1
@@ -307,18 +298,13 @@ def _write_rows(path: Path, rows: Iterator[dict], format: str, columns: list[str
 
 
 def read_export(path: str | os.PathLike) -> list[tuple[int, FeedbackRecord]]:
-    """Read back an `export()` file (.jsonl or .csv) as (id, record) pairs."""
+    """Read back a JSONL `export()` file as (id, record) pairs (the CSV export is a flat table for analysis)."""
     path = Path(path)
-    with open(path, encoding="utf-8", newline="") as fh:
-        if path.suffix == ".csv":
-            rows = []
-            for raw in csv.DictReader(fh):
-                raw = {k: _uncell(v) for k, v in raw.items()}
-                row = {k: (json.loads(v) if v else None) if k in (*_NESTED, *_INT_FIELDS, "id", "demo")
-                       else (v or None) if k in _OPTIONAL_STR else v for k, v in raw.items()}
-                rows.append(row)
-        else:
-            rows = [json.loads(line) for line in fh if line.strip()]
+    if path.suffix != ".jsonl":
+        raise FeedbackError(f"{path.name}: only the JSONL export can be read back; the CSV export is a flat table for "
+                            "analysis (export again with --format jsonl)")
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
     return [(int(r.pop("id")), FeedbackRecord.from_dict(r)) for r in rows]
 
 
@@ -361,11 +347,12 @@ def cli_feedback(argv: list[str]) -> int:
 
     parser = FlagParser(prog="medr2 feedback", description=cli_feedback.__doc__)
     sub = parser.add_subparsers(dest="action", required=True, metavar="{export,stats}")
-    exp = sub.add_parser("export", help="write all feedback as JSONL/CSV, or corrected reports as SFT/DPO rows")
+    exp = sub.add_parser("export", help="write all feedback as JSONL or analysis-ready CSV tables (with a data "
+                                       "dictionary), or corrected reports as SFT/DPO rows")
     stats = sub.add_parser("stats", help="print counts, ratings and error tags as JSON")
     for p in (exp, stats):
         p.add_argument("--data_dir", type=Path, default=None, help="feedback folder (default: $MEDR2_DATA_DIR or ./medr2_data)")
-    exp.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="file format")
+    exp.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="jsonl: whole records; csv: flat tables for analysis + data dictionary")
     exp.add_argument("--as", dest="as_", choices=("sft", "dpo"), default=None, help="training rows instead of records")
     exp.add_argument("--out", type=Path, required=True, help="output file")
     try:
@@ -379,7 +366,10 @@ def cli_feedback(argv: list[str]) -> int:
                 n = store.export_training(args.out, as_=args.as_, format=args.format)
             else:
                 n = store.export(args.out, format=args.format)
-            print(f"wrote {n} rows to {args.out}")
+            extra = ""
+            if args.format == "csv" and not args.as_:
+                extra = " (+ " + ", ".join(companion(args.out, c).name for c in COMPANIONS) + ")"
+            print(f"wrote {n} rows to {args.out}{extra}")
             return 0
         finally:
             store.close()

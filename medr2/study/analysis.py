@@ -3,14 +3,16 @@
 From a study folder's reviews (`medr2.study.session.ReviewStore`) and its key:
 - per source (unblinded through `key.json`) and Likert item: mean with a 95 % t interval, n and N/A count;
 - A/B designs: which source each reader preferred per case, with an exact two-sided sign test (ties dropped);
+  multi designs: how often each source was chosen best, with an exact multinomial test of equal shares;
+- edits per source: how many changed, deleted or added sentences the readers gave a content or a style reason;
 - error tags per source (share of reviews with the tag, and clinically significant) and, per CheXpert
   observation, how often readers changed the report's label with their correction;
 - inter-reader agreement on cases every reader saved: Fleiss' kappa (Cohen's for two readers) on the
   per-sentence verdicts and on the error tags, ICC(2,1) (two-way random, absolute agreement) on the overall
   rating; 95 % intervals by a seeded bootstrap over cases;
 - seconds per case (median and quartiles) per source and reader;
-- matplotlib PNGs, `report.json`, `report.md`, and a long-format CSV (one row per reader x case x source x item)
-  with its data dictionary.
+- matplotlib PNGs, `report.json`, `report.md`, and a long-format CSV (one row per reader x case x source x item,
+  one per edit) with its data dictionary.
 """
 from __future__ import annotations
 
@@ -35,12 +37,16 @@ DICTIONARY = [
     ("case_id", "neutral case id (case-001 …); key.json maps it to the original file"),
     ("source", "blinded source id (S1, S2 …) as stored with the review"),
     ("source_label", "what the source is, from key.json (model folder name, 'reference' or a report file)"),
-    ("side", "A or B where the reader saw this report (A/B design); empty for single-report studies"),
+    ("side", "where the reader saw this report: A or B (A/B design), A-F (multi design, shuffled per reader and "
+             "case); empty for single-report studies"),
     ("order_index", "position of the case in this reader's randomised order (0-based)"),
     ("item", "what the row measures: rating:<item>, preference, tag:<error>, significant:<error>, "
-             "verdict:<sentence no.>, seconds, edit_distance, locked"),
-    ("value", "the answer: 1-5 or 'na' for ratings; this / other / equal for preference; 0/1 for tags and "
-              "locked; accept / edit / reject for verdicts; seconds open→save; words changed"),
+             "verdict:<sentence no.>, edit_reason:<edit no.>:<edit|reject|add> (one row per changed, deleted or "
+             "added sentence), seconds, edit_distance, locked"),
+    ("value", "the answer: 1-5 or 'na' for ratings; preference: this / other / equal (A/B: this report is better, "
+              "the other, equal; multi: this is the best, another is, no clear best); 0/1 for tags and locked; "
+              "accept / edit / reject for verdicts; content / style for edit reasons; seconds open→save; words "
+              "changed"),
     ("revision", "how many times the reader saved this review"),
 ]
 
@@ -118,6 +124,51 @@ def _kappa(rows: list[list[str]], categories: tuple[str, ...]) -> float | None:
 
 
 # ---------------------------------------------------------------- the analysis
+def equal_shares_p(counts: list[int]) -> float | None:
+    """P-value of 'every source is equally often best': the exact multinomial test (sum of the probabilities of
+    all outcomes no likelier than the observed one) while the outcomes are few enough to list, else chi-square."""
+    from math import comb, factorial, prod
+
+    n, k = sum(counts), len(counts)
+    if n == 0 or k < 2:
+        return None
+    if comb(n + k - 1, k - 1) > 200_000:
+        from scipy.stats import chisquare
+
+        return float(chisquare(counts).pvalue)
+
+    def pmf(c) -> float:
+        return factorial(n) / prod(factorial(x) for x in c) / k ** n
+
+    def outcomes(left: int, parts: int):
+        if parts == 1:
+            yield (left,)
+            return
+        for first in range(left + 1):
+            for rest in outcomes(left - first, parts - 1):
+                yield (first, *rest)
+
+    observed = pmf(counts) * (1 + 1e-9)  # ties within rounding count as no likelier
+    return float(min(1.0, sum(p for c in outcomes(n, k) if (p := pmf(c)) <= observed)))
+
+
+def best_counts(study: StudyFolder, readers: list[str], by: dict, labels: dict) -> dict:
+    """Multi designs: how often each source was chosen best (reader x case), 'no clear best' apart, with a test
+    of equal shares over the choices that named one (`equal_shares_p`)."""
+    best: Counter = Counter()
+    for reader in readers:
+        for case in study.case_ids:
+            prefs = {s: (by[(reader, case, s)].study or {}).get("preference")
+                     for s in study.sources if (reader, case, s) in by}
+            chosen = [s for s, p in prefs.items() if p == "this"]
+            if chosen:
+                best[chosen[0]] += 1
+            elif "equal" in prefs.values():
+                best["equal"] += 1
+    return {**{labels[s]: best[s] for s in study.sources}, "equal": best["equal"],
+            "equal_shares_p": equal_shares_p([best[s] for s in study.sources]), "source_ids": list(study.sources)}
+
+
 def _label(key: dict, source: str) -> str:
     entry = key.get("sources", {}).get(source, {})
     if entry.get("kind") == "model":
@@ -163,6 +214,8 @@ def analyse(study: StudyFolder, reviews=None) -> dict:
         out["preference"] = {labels[a]: wins[a], labels[b]: wins[b], "equal": wins["equal"],
                              "sign_test_p": binomtest(wins[a], n, 0.5).pvalue if n else None,
                              "source_ids": [a, b]}
+    elif study.design == "multi":
+        out["best"] = best_counts(study, readers, by, labels)
 
     tags = {}
     for s in study.sources:
@@ -178,6 +231,13 @@ def analyse(study: StudyFolder, reviews=None) -> dict:
             if final.get(obs) != mine.get(obs):
                 changed[r.study["source"]][obs] += 1
     out["observations_changed"] = {s: dict(c) for s, c in changed.items()}
+    edits: dict[str, Counter] = {s: Counter() for s in study.sources}
+    for r in reviews:
+        for e in r.study.get("edit_reasons") or []:
+            edits[r.study["source"]][e["reason"]] += 1
+            edits[r.study["source"]][f"{e.get('change', 'edit')}:{e['reason']}"] += 1
+    out["edit_reasons"] = {s: {"content": c["content"], "style": c["style"],
+                               "by_change": {k: c[k] for k in sorted(c) if ":" in k}} for s, c in edits.items()}
 
     # agreement on what every reader saved
     complete = [c for c in study.case_ids
@@ -236,12 +296,14 @@ def long_rows(study: StudyFolder, reviews) -> list[dict]:
                 "source_label": _label(key, st["source"]), "side": st.get("side") or "",
                 "order_index": st.get("order_index"), "revision": st.get("revision")}
         items = [(f"rating:{k}", st.get("items", {}).get(k, "")) for k, _ in study.items]
-        if study.design == "ab":
+        if study.design in ("ab", "multi"):
             items.append(("preference", st.get("preference") or ""))
         tagged = {e["tag"]: e["clinically_significant"] for e in r.error_tags}
         items += [(f"tag:{t}", int(t in tagged)) for t in ERROR_TAGS]
         items += [(f"significant:{t}", int(bool(tagged.get(t)))) for t in ERROR_TAGS]
         items += [(f"verdict:{i}", v["verdict"]) for i, v in enumerate(r.sentence_verdicts, 1)]
+        items += [(f"edit_reason:{i}:{e.get('change', 'edit')}", e["reason"])
+                  for i, e in enumerate(st.get("edit_reasons") or [], 1)]
         items += [("seconds", st.get("seconds")), ("edit_distance", st.get("edit_distance")),
                   ("locked", int(bool(st.get("locked"))))]
         rows += [{**base, "item": item, "value": value} for item, value in items]
@@ -322,6 +384,19 @@ def plots(result: dict, study: StudyFolder, out_dir: Path) -> list[Path]:
         paths.append(out_dir / "preference.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
+    if "best" in result:
+        best = result["best"]
+        names = [labels[s] for s in best["source_ids"]] + ["equal"]
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.bar(names, [best[n] for n in names], color=["#4c72b0"] * (len(names) - 1) + ["#999999"])
+        p = best["equal_shares_p"]
+        ax.set_title(f"Chosen best (equal shares p = {p:.3g})" if p is not None else "Chosen best")
+        ax.set_ylabel("reader x case")
+        ax.tick_params(axis="x", labelsize=8)
+        fig.tight_layout()
+        paths.append(out_dir / "best.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
     return paths
 
 
@@ -341,6 +416,14 @@ def markdown(result: dict) -> str:
         a, b = (labels[s] for s in p["source_ids"])
         pv = "–" if p["sign_test_p"] is None else f"{p['sign_test_p']:.2g}"
         lines += ["", f"**Preference** {a}: {p[a]} · {b}: {p[b]} · equal: {p['equal']} · sign test p = {pv}"]
+    if "best" in result:
+        b = result["best"]
+        pv = "–" if b["equal_shares_p"] is None else f"{b['equal_shares_p']:.2g}"
+        lines += ["", "**Best report** " + " · ".join(f"{labels[s]}: {b[labels[s]]}" for s in b["source_ids"])
+                  + f" · no clear best: {b['equal']} · equal shares p = {pv}"]
+    if "edit_reasons" in result:
+        lines += ["", "**Edits** (content / style) " + " · ".join(
+            f"{labels[s]}: {e['content']} / {e['style']}" for s, e in result["edit_reasons"].items())]
     ag = result["agreement"]
     lines += ["", f"**Agreement** on {ag['cases']} cases every reader saved:"]
     for what in ("verdicts", "error_tags", "overall_rating"):

@@ -18,7 +18,8 @@ def cli_study(argv: list[str]) -> int:
     create.add_argument("--cases", required=True, help="folder of images, or a CSV / JSON manifest")
     create.add_argument("--sources", nargs="+", required=True,
                         help="model folders / hub ids, 'reference', or .jsonl files of precomputed reports")
-    create.add_argument("--design", choices=("single", "ab"), default="single", help="single review or blinded A/B")
+    create.add_argument("--design", choices=("single", "ab", "multi"), default="single",
+                        help="single review, blinded A/B of two sources, or blinded multi of 2-6 sources")
     create.add_argument("--output_dir", "--out", dest="output_dir", required=True, help="the new study folder")
     create.add_argument("--seed", type=int, default=None, help="randomisation seed (default: drawn and recorded)")
     create.add_argument("--batch_size", type=int, default=8, help="images generated at once")

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from medr2 import __version__
-from medr2.study.manifest import DESIGNS, ITEMS, Case, Source, StudyError, load_cases, parse_sources
+from medr2.study.manifest import DESIGNS, ITEMS, MAX_SOURCES, Case, Source, StudyError, load_cases, parse_sources
 
 
 def _model_reports(source: Source, cases: list[Case], batch_size: int, max_new_tokens: int) -> tuple[list[str], dict]:
@@ -63,7 +63,11 @@ def create_study(cases_path: str | Path, source_specs: list[str], design: str, o
         raise StudyError(f"--design must be one of {', '.join(DESIGNS)}, got {design!r}")
     sources = parse_sources(source_specs)
     if design == "ab" and len(sources) != 2:
-        raise StudyError(f"an A/B study compares exactly two sources, got {len(sources)}")
+        raise StudyError(f"an A/B study compares exactly two sources, got {len(sources)}; use --design multi for more")
+    if design == "multi" and len(sources) < 2:
+        raise StudyError("a multi study compares at least two sources; use --design single for one")
+    if len(sources) > MAX_SOURCES:
+        raise StudyError(f"a study page shows at most {MAX_SOURCES} reports; got {len(sources)} sources")
     cases = load_cases(cases_path)
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()):

@@ -7,7 +7,9 @@ hub id, the word `reference` (each case's reference report), or a JSONL of preco
 (`{"image": file name or "case_id": id, "report": text}` per line).
 
 The frozen study folder (`StudyFolder`) is portable (plain files, images copied):
-- `study.json`: id, design (`single` | `ab`), seed, questions, neutral case ids (`case-001`…) with image file,
+- `study.json`: id, design (`single`: each report reviewed on its own terms, `ab`: two sources blinded side by side
+  with sides randomised and "which is better", `multi`: 2-6 sources blinded in a per-reader random order with
+  "which is best"), seed, questions, neutral case ids (`case-001`…) with image file,
   SHA-256 and indication, blinded source ids (`S1`, `S2`…) — everything a reader's page may draw from;
 - `reports.jsonl`: the frozen report text per case and source id;
 - `images/`: the images under neutral names (a file name like `phantom_pneumothorax.png` names the diagnosis);
@@ -24,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
-DESIGNS = ("single", "ab")
+DESIGNS = ("single", "ab", "multi")
+MAX_SOURCES = 6  # reports shown side by side on one page (A … F)
 # Likert items every report gets (1 poor .. 5 excellent, or not applicable), in page order.
 ITEMS = (("overall", "Overall quality"), ("accuracy", "Clinical accuracy"), ("completeness", "Completeness"),
          ("clarity", "Clarity and style"))

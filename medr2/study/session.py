@@ -4,12 +4,13 @@
   flag); `check_password` is what gradio's `auth=` calls. Plain passwords are never stored.
 - `reader_order`: every reader gets the whole case list, shuffled by `random.Random(f"{seed}/{reader}")` with the
   seed recorded in `study.json`, so the order is reproducible from the study folder; `ab_sides` likewise puts the
-  two sources left / right per reader and case.
+  two sources of an A/B study left / right, and shuffles the N sources of a multi study, per reader and case.
 - `ReviewStore` keeps one review per reader x case x source in the study's SQLite feedback store
   (`responses/feedback.sqlite3`: WAL, one transaction per save, durable once `save` returns): saving again
   revises it until the reader locks the case. Each review carries the seconds from opening the case to saving
   (summed over visits) and the word edit distance of the correction; its verdicts are computed from the
-  correction on the server. A reader only ever reads back their own reviews.
+  correction on the server, and so are its edits (one per changed, deleted or added sentence), each stored with
+  the reader's reason (content or style). A reader only ever reads back their own reviews.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
+from medr2.feedback.record import EDIT_REASONS
 from medr2.feedback.store import FeedbackError, FeedbackRecord, FeedbackStore
 from medr2.study.manifest import StudyError, StudyFolder
 
@@ -77,12 +79,16 @@ def reader_order(study: StudyFolder, reader: str) -> list[str]:
 
 
 def ab_sides(study: StudyFolder, reader: str, case_id: str) -> list[str]:
-    """The source ids shown as [A, B] (single design: the sources in study order)."""
+    """The source ids in the order the page shows them (A, B, C …): A/B designs put the two sources left / right
+    by a coin drawn per reader and case; multi designs shuffle every source per reader and case; single designs
+    keep the study order. Reproducible from the study's seed."""
     sources = study.sources
-    if study.design != "ab":
-        return sources
-    flip = random.Random(f"{study.seed}/{reader}/{case_id}").random() < 0.5
-    return sources[::-1] if flip else sources
+    rng = random.Random(f"{study.seed}/{reader}/{case_id}")
+    if study.design == "ab":
+        return sources[::-1] if rng.random() < 0.5 else sources
+    if study.design == "multi":
+        rng.shuffle(sources)
+    return sources
 
 
 # ---------------------------------------------------------------- reviews
@@ -129,10 +135,14 @@ class ReviewStore:
         return sum(s != "new" for s in states), states.count("locked"), len(states)
 
     def save(self, reader: str, case_id: str, source: str, *, side: str | None, correction: str,
-             items: dict, errors: list[str], significant: list[str], edit_reason: str | None, preference: str | None,
-             comment: str, opened_at: datetime, order_index: int, lock: bool = False) -> int:
-        """Store or revise one review (FeedbackError / StudyError with a one-line reason); returns its id."""
-        from medr2.app.views import reviewed_report, verdict_rows
+             items: dict, errors: list[str], significant: list[str], edit_reasons: dict[str, str] | str | None,
+             preference: str | None, comment: str, opened_at: datetime, order_index: int, lock: bool = False) -> int:
+        """Store or revise one review (FeedbackError / StudyError with a one-line reason); returns its id.
+
+        The edits are computed here from the correction (`medr2.app.views.sentence_edits`), whatever way it was
+        entered; `edit_reasons` gives each one's reason ('content' | 'style') keyed by `edit_key`, or one reason
+        for all of them. A missing reason is refused, naming the edit."""
+        from medr2.app.views import edit_key, edit_label, reviewed_report, sentence_edits
         from medr2.labeler.findings import label_report
 
         report = self.study.reports[(case_id, source)]
@@ -141,9 +151,12 @@ class ReviewStore:
         if unknown:
             raise StudyError(f"tick {', '.join(sorted(t.replace('_', ' ') for t in unknown))} as an error before "
                              "marking it clinically significant")
-        edited = [r for r in verdict_rows(report, correction) if r[1] != "accept"]
-        if edited and edit_reason not in ("content", "style"):
-            raise StudyError("say whether your edits are about content or style")
+        reasons = []
+        for n, edit in enumerate(sentence_edits(report, correction), 1):
+            reason = edit_reasons if isinstance(edit_reasons, str) else (edit_reasons or {}).get(edit_key(edit))
+            if reason not in EDIT_REASONS:
+                raise StudyError(f"{edit_label(n, edit, cap=40)} — say whether it is about content or style")
+            reasons.append({**edit, "reason": reason})
         old = self.get(reader, case_id, source)
         before = float((old.study or {}).get("seconds", 0.0)) if old else 0.0
         revision = int((old.study or {}).get("revision", 0)) + 1 if old else 1
@@ -161,7 +174,7 @@ class ReviewStore:
                    "seconds": round(before + max(0.0, (_now() - opened_at).total_seconds()), 2),
                    "edit_distance": word_edit_distance(report, correction), "locked": bool(lock),
                    "revision": revision, "preference": preference, "items": items, "order_index": order_index,
-                   "edit_reasons": [{"sentence": r[0], "reason": edit_reason} for r in edited]})
+                   "edit_reasons": reasons})
         rid, _ = self.store.put(record, revise=True)
         return rid
 
