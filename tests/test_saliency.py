@@ -337,3 +337,59 @@ def test_evidence_flags_a_map_away_from_the_region():
     lesion = S.plausible_region("Lung Lesion", "Nodule in the left upper zone.", shape)
     assert lesion[20, 80] and not lesion[80, 80] and not lesion[20, 20]
 
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "qwen3_vl", "llava", "qwen2_vl"])
+def test_teacher_forced_logprobs_are_the_models_own(tokenizer, film, arch):
+    """The score every map explains is the model's log-probability of its answer: one full forward over prompt + answer
+    with every input the processor made (Gemma 3's token_type_ids included: its image tokens attend both ways)."""
+    model, processor, result, inputs, new_ids, text, offsets = _explained(tokenizer, film, arch)
+    model.eval()
+    with torch.no_grad():
+        got = S.token_logprobs(model, inputs, new_ids)[0]
+        full = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        for key in ("mm_token_type_ids", "token_type_ids"):
+            if key in full:
+                full[key] = torch.cat([full[key], torch.zeros_like(new_ids)], 1)
+        logits = model(input_ids=torch.cat([inputs["input_ids"], new_ids], 1),
+                       attention_mask=torch.cat([inputs["attention_mask"], torch.ones_like(new_ids)], 1), **full).logits
+        start = inputs["input_ids"].shape[1] - 1
+        want = torch.log_softmax(logits[0, start:start + new_ids.shape[1]].float(), -1).gather(-1, new_ids[0][:, None])[:, 0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "qwen3_vl"])
+def test_pixel_methods_for_gemma3_and_qwen3_vl(tokenizer, film, arch):
+    """Integrated Gradients is captum's on the pixels, target by target, laid out on the patch grid (Gemma 3: LLaVA's
+    square film; Qwen3-VL: its 2 x 2 merge windows); occlusion blanks exactly the pixels under the chosen cells."""
+    model, processor, result, inputs, new_ids, text, offsets = _explained(tokenizer, film, arch)
+    targets = S.locate_targets(text, include_perception=False)
+    grids, _ = S.attribute(model, inputs, new_ids, targets, offsets, methods=("ig",))
+    layout = S.patch_layout(model, inputs, "block")
+    assert grids["ig"].shape == (len(targets), layout.gh, layout.gw)
+    weights = S.token_weights(targets, offsets)
+    for k in range(len(targets)):
+        def forward(pixels, k=k):
+            return (S.token_logprobs(model, inputs, new_ids, pixels) * weights[k]).sum(-1)
+
+        attr = IntegratedGradients(forward).attribute(inputs["pixel_values"], baselines=0.0, n_steps=S.IG_STEPS)
+        if arch == "gemma3":  # [1, C, S, S]: sum channels, mean over each patch
+            side = attr.shape[-1] // layout.gh
+            expected = attr[0].sum(0).reshape(layout.gh, side, layout.gw, side).mean(dim=(1, 3))
+        else:  # [patches, C * t * p * p] in merge-window order: sum each patch, put it at its grid cell
+            expected = attr.sum(-1)[S.qwen_patch_order(layout.gh, layout.gw)].reshape(layout.gh, layout.gw)
+        torch.testing.assert_close(torch.as_tensor(grids["ig"][k]).float(), expected.float(), rtol=1e-4, atol=1e-6)
+    assert np.abs(grids["ig"]).max() > 1e-6
+    cells = np.zeros((layout.gh, layout.gw), dtype=bool)
+    cells[: layout.gh // 2, 1] = True
+    pv, before = S.occlude(model, inputs, cells, "block"), inputs["pixel_values"]
+    if arch == "gemma3":
+        side = pv.shape[-1] // layout.gh
+        blank = torch.from_numpy(np.kron(cells, np.ones((side, side), dtype=bool)))
+        assert (pv[..., blank] == 0).all() and torch.equal(pv[..., ~blank], before[..., ~blank])
+    else:
+        rows = S.qwen_patch_order(layout.gh, layout.gw)[torch.from_numpy(cells.reshape(-1))]
+        kept = torch.ones(len(pv), dtype=torch.bool)
+        kept[rows] = False
+        assert (pv[rows] == 0).all() and torch.equal(pv[kept], before[kept])
+    assert (before != 0).any(dim=-1).all()  # the film had no blank rows: the check above says something

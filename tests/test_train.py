@@ -129,8 +129,9 @@ def test_sft_and_evaluate_on_an_r2gen_dataset(sft_checkpoint, tmp_path):
     proc = _medr2("train-sft", "--target", "direct", "--dataset_dir", str(root), "--output_dir", str(out), *SFT_ARGS, cwd=Path.cwd())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "medr2_model.json").read_text())["target"] == "direct"
-    refused = _medr2("train-sft", "--target", "medr2", "--dataset_dir", str(root), "--output_dir", str(out), cwd=Path.cwd())
-    assert refused.returncode == 2 and "phantom ground truth" in refused.stderr
+    # Med-R2 traces on a dataset folder: tests/test_real_reports.py; a bad image cap is refused in one line
+    refused = _medr2("train-sft", "--dataset_dir", str(root), "--max_images", "0", "--output_dir", str(out), cwd=Path.cwd())
+    assert refused.returncode == 2 and "max_images must be >= 1" in refused.stderr and "Traceback" not in refused.stderr
     ev = _medr2("evaluate", "--model", str(sft_checkpoint), "--data", str(root), "--split", "test", "--n", "2",
                 "--max_new_tokens", "8", "--no-nlg", "--out", str(tmp_path / "eval"), cwd=Path.cwd())
     assert ev.returncode == 0, ev.stderr[-3000:]

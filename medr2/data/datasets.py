@@ -139,6 +139,17 @@ def image_files(root: str | Path, record: dict) -> list[Path]:
     return [Path(root) / "images" / p for p in record["image_path"]]
 
 
+def record_report(record: dict):
+    """The reference report of an R2Gen record as a `medr2.report.schema.Report`: the record's own `findings` /
+    `impression` fields when it has them (`medr2 convert-iu` writes both), else its `report` text read for
+    "Findings:" / "Impression:" headers (R2Gen's IU X-Ray and MIMIC-CXR: the findings alone, no headers)."""
+    from medr2.report.schema import Report
+
+    if record.get("findings") or record.get("impression"):
+        return Report(str(record.get("findings") or "").strip(), str(record.get("impression") or "").strip())
+    return Report.parse(str(record.get("report") or ""))
+
+
 def _split_of(i: int, n: int, val_frac: float, test_frac: float) -> str:
     n_test, n_val = int(round(n * test_frac)), int(round(n * val_frac))
     return "test" if i >= n - n_test else "val" if i >= n - n_test - n_val else "train"
@@ -262,19 +273,36 @@ def _pil(image) -> Image.Image:
     return image.convert("RGB")
 
 
-def to_grpo_dataset(records: Iterable, prompt: str, image_fn: Callable | None = None, report_fn: Callable | None = None):
-    """GRPO rows: `prompt` (the pipeline's user turn, `build_chat`: an image placeholder and the text), `image` (PIL),
-    `report` (reference text, which TRL hands to the reward functions)."""
-    from datasets import Dataset
-
+def study_chat(prompt: str, n_images: int = 1) -> list[dict]:
+    """The pipeline's user turn (`build_chat`) with one image placeholder per image of a study, in order, before the
+    text: what training rows carry when a study brings several views (frontal first)."""
     from medr2.modeling.model import build_chat
 
-    rows = {"prompt": [], "image": [], "report": []}
+    chat = build_chat(prompt)
+    if n_images > 1:
+        user = chat[-1]
+        chat[-1] = {**user, "content": [{"type": "image"}] * (n_images - 1) + list(user["content"])}
+    return chat
+
+
+def to_grpo_dataset(records: Iterable, prompt: str, image_fn: Callable | None = None, report_fn: Callable | None = None):
+    """GRPO rows: `prompt` (the pipeline's user turn, `build_chat`: an image placeholder and the text), `image` (PIL),
+    `report` (reference text, which TRL hands to the reward functions). When `image_fn` gives a list for a record (several
+    views of a study) the rows carry `images` (PIL list) instead, with one placeholder per image in each prompt."""
+    from datasets import Dataset
+
+    prompts, studies, reports = [], [], []
     for r in records:
-        rows["prompt"].append(build_chat(prompt))
-        rows["image"].append(_pil(_image_of(r, image_fn)))
-        rows["report"].append(report_fn(r) if report_fn else (r["report"] if isinstance(r, dict) else r.report))
-    return Dataset.from_dict(rows)
+        image = _image_of(r, image_fn)
+        images = [_pil(im) for im in image] if isinstance(image, (list, tuple)) else [_pil(image)]
+        if not images:
+            raise DatasetError(f"study {r.get('id') if isinstance(r, dict) else r}: no image (a reports-only dataset?)")
+        prompts.append(study_chat(prompt, len(images)))
+        studies.append(images)
+        reports.append(report_fn(r) if report_fn else (r["report"] if isinstance(r, dict) else r.report))
+    if all(len(images) == 1 for images in studies):  # one image a study: the single-image column, as before
+        return Dataset.from_dict({"prompt": prompts, "image": [images[0] for images in studies], "report": reports})
+    return Dataset.from_dict({"prompt": prompts, "images": studies, "report": reports})
 
 
 def _image_of(record, image_fn: Callable | None):

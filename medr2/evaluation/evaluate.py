@@ -297,6 +297,13 @@ def run(config: EvalConfig) -> dict:
 
         summary["config"]["phantom_generator_version"] = GENERATOR_VERSION
     summary["provenance"] = asdict(pipe.provenance)
+    # where the weights really ran: the devices holding them, and accelerate's module placement when --device_map split
+    # the model over several (a served model: nothing known here)
+    model = getattr(pipe, "model", None)
+    placement = getattr(model, "hf_device_map", None)
+    summary["device_map"] = {"requested": config.device_map,
+                             "devices": sorted({str(p.device) for p in model.parameters()}) if model is not None else None,
+                             "placement": dict(placement) if placement else None}
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(summary, indent=2))

@@ -39,7 +39,9 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, IM_START, IM_END, IMAGE_TOKEN, VID
 # ChatML, as Qwen uses it. Content may be a string or a list of parts ({"type": "image"} / {"type": "text"}),
 # the form TRL and `processor.apply_chat_template` pass. The image becomes <|vision_start|><image><|vision_end|>;
 # the processor then expands <image> to one token per visual patch. Assistant turns sit in
-# {% generation %} blocks so TRL's `assistant_only_loss=True` can mask everything else.
+# {% generation %} blocks so TRL's `assistant_only_loss=True` can mask everything else; an assistant turn marked
+# `context_only` renders the same but carries no loss (a training draft that holds a deliberately injected error is
+# context for the reflection, not a draft to imitate).
 CHAT_TEMPLATE = (
     "{%- macro render(content) -%}"
     "{%- if content is string -%}{{- content -}}"
@@ -50,12 +52,21 @@ CHAT_TEMPLATE = (
     "{%- endmacro -%}"
     "{%- for message in messages -%}"
     "{{- '" + IM_START + "' + message.role + '\n' -}}"
-    "{%- if message.role == 'assistant' -%}"
+    "{%- if message.role == 'assistant' and not message.context_only -%}"
     "{%- generation -%}{{- render(message.content) + '" + IM_END + "' -}}{%- endgeneration -%}{{- '\n' -}}"
     "{%- else -%}{{- render(message.content) + '" + IM_END + "\n' -}}{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '" + IM_START + "assistant\n' -}}{%- endif -%}"
 )
+
+ASSISTANT_TURN = "{%- if message.role == 'assistant' -%}"
+
+
+def with_context_turns(template: str) -> str:
+    """An older medr2 chat template -> the same template with `context_only` assistant turns (no loss on them);
+    templates that already have them, or that are not medr2's, come back unchanged."""
+    return template.replace(ASSISTANT_TURN, "{%- if message.role == 'assistant' and not message.context_only -%}")
+
 
 # Byte-level BPE needs at least the 256-byte alphabet plus the special and schema tokens.
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + len(TAG_TOKENS)

@@ -5,19 +5,25 @@ Why: about half of the embedded model's focal misses are the language model's (t
 finding, the report dropped it), and a draft cannot catch its own blind spot by re-reading itself. A linear head per
 observation over the tower's patch features (the tensor the projector reads) gives a second opinion that does not
 pass through the language model. It reads the whole film (where to look) and each magnified crop (what the look
-found). The tower stays frozen, so the heads stay valid as long as the tower is unchanged (the weights file records
+found). The model's tower stays frozen, so the heads stay valid as long as it is unchanged (the weights file records
 the tower's checksum and loading refuses a mismatch).
+
+The model's tower was trained at the film's scale and reads crops poorly, so `--tune_tower` adds a look reader: a
+copy of the tower tuned with the heads on films and region crops (per-patch mask truth at both scales: stage 0 at the
+look scale). The heads then read each crop itself, at thresholds chosen on validation crops. The copy lives in the
+heads file (float16), so the language model's tower — and the draft — stay exactly as trained.
 
 Trained on phantom films rendered at 512 px (the crops then hold real extra detail) and on crops of them, with the
 per-patch truth of the phantom masks; thresholds per observation are chosen on validation films (seed 2) as the
 F1-best of the region-max probability. Stored beside the model as `look_heads.npz` (npz, not safetensors: the model's
 weights checksum covers every *.safetensors file).
 
-Hands on: `LookHeads` (`read(images) -> [B, 64, 13]` probabilities, `region_max`, `thresholds`), `fit_look_heads`,
-`cli_fit_look_heads` (`medr2 fit-look-heads`).
+Hands on: `LookHeads` (`read(images) -> [B, 64, 13]` probabilities, `region_reading`, `thresholds`), `region_max`,
+`fit_look_heads`, `cli_fit_look_heads` (`medr2 fit-look-heads`).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -34,6 +40,7 @@ from medr2.reflection.regions import LOOK_REGIONS, crop_region, region_patches, 
 logger = logging.getLogger(__name__)
 
 HEADS_FILE = "look_heads.npz"
+READER_PREFIX = "reader::"  # npz keys of the look reader's tower weights
 OBSERVATIONS = ('Enlarged Cardiomediastinum', 'Cardiomegaly', 'Lung Lesion', 'Lung Opacity', 'Edema', 'Consolidation',
                 'Pneumonia', 'Atelectasis', 'Pneumothorax', 'Pleural Effusion', 'Pleural Other', 'Fracture',
                 'Support Devices')  # the 13 finding observations of stage 0 (CheXpert order, no "No Finding")
@@ -77,12 +84,22 @@ def tower_features(tower: torch.nn.Module, images_224: np.ndarray, batch_size: i
 class LookHeads:
     """One linear head per observation over patch features; probabilities per patch."""
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, thresholds: np.ndarray, checksum: str, meta: dict):
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, thresholds: np.ndarray, checksum: str, meta: dict,
+                 reader: torch.nn.Module | None = None, crop_thresholds: np.ndarray | None = None):
         self.weight = torch.from_numpy(weight.astype(np.float32))  # [13, D]
         self.bias = torch.from_numpy(bias.astype(np.float32))  # [13]
-        self.thresholds = thresholds.astype(np.float32)
+        self.thresholds = thresholds.astype(np.float32)  # cuts of the whole-film maximum (where to look)
         self.checksum = checksum
         self.meta = meta
+        # A look reader: a copy of the model's tower tuned at the look scale (films and region crops). With it the
+        # heads read each crop itself (new evidence); without it they read the whole film only (the frozen tower
+        # reads crops far worse than films).
+        self.reader = reader
+        self.crop_thresholds = None if crop_thresholds is None else crop_thresholds.astype(np.float32)
+
+    @property
+    def reads_crops(self) -> bool:
+        return self.reader is not None and self.crop_thresholds is not None
 
     @classmethod
     def load(cls, folder: str | Path, tower: torch.nn.Module | None = None) -> LookHeads | None:
@@ -92,25 +109,47 @@ class LookHeads:
         if not path.is_file():
             return None
         with np.load(path) as data:
+            reader_state = {k[len(READER_PREFIX):]: torch.from_numpy(data[k].astype(np.float32))
+                            for k in data.files if k.startswith(READER_PREFIX)}
             heads = cls(data["weight"], data["bias"], data["thresholds"], str(data["checksum"]),
-                        json.loads(str(data["meta"])))
+                        json.loads(str(data["meta"])),
+                        crop_thresholds=data["crop_thresholds"] if "crop_thresholds" in data.files else None)
         if tower is not None and tower_checksum(tower) != heads.checksum:
             logger.warning("%s was fitted on another vision tower; the reflection runs without its heads", path)
             return None
+        if reader_state:
+            if tower is None:
+                raise ValueError(f"{path} carries a look reader: pass the model's vision tower to load it")
+            heads.reader = copy.deepcopy(tower).float().eval()
+            heads.reader.load_state_dict(reader_state)
         return heads
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / HEADS_FILE
+        extra = {}
+        if self.reader is not None:  # float16 keeps the model folder small; the reader runs in float32
+            extra = {READER_PREFIX + k: v.detach().to(torch.float16).numpy() for k, v in self.reader.state_dict().items()}
+        if self.crop_thresholds is not None:
+            extra["crop_thresholds"] = self.crop_thresholds
         np.savez(path, weight=self.weight.numpy(), bias=self.bias.numpy(), thresholds=self.thresholds,
-                 checksum=np.array(self.checksum), meta=np.array(json.dumps(self.meta)))
+                 checksum=np.array(self.checksum), meta=np.array(json.dumps(self.meta)), **extra)
         return path
 
     def probabilities(self, features: torch.Tensor) -> np.ndarray:
         return torch.sigmoid(features @ self.weight.T + self.bias).numpy()  # [B, 64, 13]
 
     def read(self, tower: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray:
-        """Per-patch probabilities [B, 64, 13] of full films or crops (any size, grayscale uint8)."""
-        return self.probabilities(tower_features(tower, np.stack([to_input(im) for im in images])))
+        """Per-patch probabilities [B, 64, 13] of full films or crops (any size, grayscale uint8), through the look
+        reader when there is one, else through the model's `tower`."""
+        return self.probabilities(tower_features(self.reader or tower, np.stack([to_input(im) for im in images])))
+
+    def region_reading(self, tower: torch.nn.Module, film: np.ndarray, film_probs: np.ndarray,
+                       region: str) -> tuple[np.ndarray, np.ndarray]:
+        """What the heads see in a looked-at region: (probability per observation [13], the thresholds that go with
+        it) — read on the region's magnified crop when there is a look reader, else the whole film's reading."""
+        if self.reads_crops:
+            return self.read(tower, [crop_region(film, region)])[0].max(axis=0), self.crop_thresholds
+        return region_max(film_probs, region), self.thresholds
 
 
 def region_max(probs: np.ndarray, region: str) -> np.ndarray:
@@ -164,19 +203,45 @@ def choose_thresholds(heads: LookHeads, tower, n: int, seed: int, film_size: int
     score, truth = np.array(scores), np.array(truth)
     thresholds, per_obs = np.full(len(OBSERVATIONS), 0.5, dtype=np.float32), {}
     for k, obs in enumerate(OBSERVATIONS):
-        best = (0.0, 0.5)
-        for t in np.concatenate([np.linspace(0.05, 0.95, 19), [0.97, 0.98, 0.99, 0.995, 0.998]]):
-            pred = score[:, k] >= t
-            tp, fp, fn = (pred & truth[:, k]).sum(), (pred & ~truth[:, k]).sum(), (~pred & truth[:, k]).sum()
-            best = max(best, (float(2 * tp / max(2 * tp + fp + fn, 1)), float(t)))
-        thresholds[k] = best[1]
-        per_obs[obs] = {"val_film_f1": round(best[0], 3), "threshold": best[1], "val_positive_films": int(truth[:, k].sum())}
+        f1, thresholds[k] = _best_cut(score[:, k], truth[:, k])
+        per_obs[obs] = {"val_film_f1": round(f1, 3), "threshold": float(thresholds[k]), "val_positive_films": int(truth[:, k].sum())}
+    return thresholds, per_obs
+
+
+def _best_cut(score: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(F1, threshold): the F1-best cut of `score` against bool `truth`."""
+    best = (0.0, 0.5)
+    for t in np.concatenate([np.linspace(0.05, 0.95, 19), [0.97, 0.98, 0.99, 0.995, 0.998]]):
+        pred = score >= t
+        tp, fp, fn = (pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()
+        best = max(best, (float(2 * tp / max(2 * tp + fp + fn, 1)), float(t)))
+    return best
+
+
+def choose_crop_thresholds(heads: LookHeads, tower, n: int, seed: int, film_size: int) -> tuple[np.ndarray, dict]:
+    """Per-observation thresholds of the look reader on region crops: the F1-best cut of a crop's maximum
+    probability against the crop's mask truth, over every look region of `n` validation films."""
+    from medr2.phantom.generator import PhantomConfig, generate_studies
+    from medr2.reflection.regions import region_box
+
+    scores, truth = [], []
+    for study in generate_studies(n, seed, PhantomConfig(size=film_size)):
+        probs = heads.read(tower, [crop_region(study.image, r) for r in LOOK_REGIONS])
+        scores.append(probs.max(axis=1))
+        truth.append([(patch_targets(study.findings, study.image.shape, region_box(r, study.image.shape)) > 0.5).any(axis=0)
+                      for r in LOOK_REGIONS])
+    score, truth = np.concatenate(scores), np.concatenate(truth)
+    thresholds, per_obs = np.full(len(OBSERVATIONS), 0.5, dtype=np.float32), {}
+    for k, obs in enumerate(OBSERVATIONS):
+        f1, thresholds[k] = _best_cut(score[:, k], truth[:, k])
+        per_obs[obs] = {"val_crop_f1": round(f1, 3), "crop_threshold": float(thresholds[k]), "val_positive_crops": int(truth[:, k].sum())}
     return thresholds, per_obs
 
 
 @dataclass
 class LookHeadsConfig:
-    """`medr2 fit-look-heads`: fit the look heads on a model's frozen vision tower."""
+    """`medr2 fit-look-heads`: fit the look heads on a model's vision tower (frozen), and optionally tune a copy of
+    the tower at the look scale (the look reader)."""
 
     model: str = field(default="assets/model", metadata={"help": "model folder whose vision tower the heads read"})
     output_dir: str | None = field(default=None, metadata={"help": "where look_heads.npz goes (default: the model folder)", "aliases": ["--out"]})
@@ -185,48 +250,98 @@ class LookHeadsConfig:
     n_val: int = field(default=400, metadata={"help": "validation studies (thresholds)"})
     val_seed: int = field(default=2, metadata={"help": "validation seed"})
     film_size: int = field(default=512, metadata={"help": "phantom film side in px (crops keep the extra detail)"})
-    steps: int = field(default=600, metadata={"help": "full-batch optimizer steps"})
+    random_crops: int = field(default=1, metadata={"help": "crops of random regions per study besides its findings' regions (normal looks must read as normal)"})
+    steps: int = field(default=600, metadata={"help": "full-batch optimizer steps of the linear heads on the frozen tower"})
+    tune_tower: bool = field(default=False, metadata={"help": "then tune a copy of the tower with the heads on films and crops: a look reader that reads each crop itself"})
+    tune_steps: int = field(default=800, metadata={"help": "optimizer steps of the look reader (batches of batch_size views)"})
+    batch_size: int = field(default=32, metadata={"help": "views per look-reader step"})
+    tower_lr: float = field(default=3e-4, metadata={"help": "peak learning rate of the look reader's tower (the heads take 3x; warm-up 50 steps, cosine decay)"})
     thresholds_only: bool = field(default=False, metadata={"help": "keep the heads in output_dir (or the model folder) and only choose their thresholds again"})
     seed: int = field(default=0, metadata={"help": "random seed"})
 
 
-def _views_dataset(tower, n: int, seed: int, film_size: int, rng: random.Random, desc: str):
+def _study_views(args) -> list[tuple[np.ndarray, np.ndarray]]:
+    from medr2.phantom.generator import PhantomConfig, generate_study
+
+    study_seed, film_size, random_crops = args
+    study = generate_study(study_seed, PhantomConfig(size=film_size))
+    return [(to_input(image), target) for image, target in study_views(study, random.Random(study_seed), random_crops)]
+
+
+def view_images(n: int, seed: int, film_size: int, random_crops: int = 1, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Every view (film and region crops) of `n` phantom studies of `seed` at the tower's input size: uint8
+    [V, 224, 224] and their per-patch truth [V, 64, 13]."""
+    from multiprocessing import Pool
+
     from tqdm import tqdm
 
-    from medr2.phantom.generator import PhantomConfig, generate_studies
+    from medr2.phantom.generator import study_seeds
 
-    feats, targets, films = [], [], []
-    studies = []
-    for study in tqdm(generate_studies(n, seed, PhantomConfig(size=film_size)), total=n, desc=desc, mininterval=10):
-        views = study_views(study, rng)
-        feats.append(tower_features(tower, np.stack([to_input(v[0]) for v in views])))
-        targets.append(torch.from_numpy(np.stack([v[1] for v in views])))
-        films.append(len(views))
-        studies.append([(f.observation, f.side, f.zone) for f in study.findings])
-    return torch.cat(feats), torch.cat(targets), films, studies
+    images, targets = [], []
+    with Pool(workers) as pool:
+        jobs = [(s, film_size, random_crops) for s in study_seeds(n, seed)]
+        for views in tqdm(pool.imap(_study_views, jobs, chunksize=8), total=n, desc="look heads: views", mininterval=10):
+            for image, target in views:
+                images.append(image)
+                targets.append(target)
+    return np.stack(images), np.stack(targets).astype(np.float32)
+
+
+def _pos_weight(targets: torch.Tensor) -> torch.Tensor:
+    positive = (targets.reshape(-1, targets.shape[-1]) > 0.5).float().mean(0).clamp_min(1e-4)
+    return ((1 - positive) / positive).clamp(1.0, 50.0)  # rare, small findings must count
+
+
+def tune_reader(tower: torch.nn.Module, head: torch.nn.Linear, images: np.ndarray, targets: np.ndarray,
+                config: LookHeadsConfig) -> torch.nn.Module:
+    """A copy of `tower` tuned with `head` (in place) on the views' per-patch truth: the look reader."""
+    import math
+
+    from tqdm import tqdm
+
+    from medr2.training.perception import to_pixels
+
+    reader = copy.deepcopy(tower).float().train()
+    y = torch.from_numpy(targets)
+    pos_weight = _pos_weight(y)
+    optimizer = torch.optim.AdamW([{"params": reader.parameters(), "lr": config.tower_lr},
+                                   {"params": head.parameters(), "lr": 3 * config.tower_lr}], weight_decay=0.01)
+    warmup = min(50, config.tune_steps // 10 + 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup)
+                                                 * 0.5 * (1 + math.cos(math.pi * step / config.tune_steps)))
+    rng = np.random.default_rng(config.seed)
+    for step in tqdm(range(config.tune_steps), desc="look reader", mininterval=30):
+        batch = rng.integers(0, len(images), config.batch_size)
+        features = reader(pixel_values=to_pixels(images[batch]), output_hidden_states=True).hidden_states[-1]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(features), y[batch], pos_weight=pos_weight)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0:
+            logger.info("look reader step %d loss %.4f", step, loss.item())
+    return reader.eval()
 
 
 def fit_look_heads(config: LookHeadsConfig) -> dict:
     from medr2.modeling.loading import load_model
 
     torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
     model, _ = load_model(config.model)
     tower = tower_of(model).float().eval()
+    out = Path(config.output_dir or config.model)
     if config.thresholds_only:
-        heads = LookHeads.load(config.output_dir or config.model, tower)
+        heads = LookHeads.load(out, tower)
         if heads is None:
-            raise FileNotFoundError(f"no look heads for this tower in {config.output_dir or config.model}")
-        heads.thresholds, per_obs = choose_thresholds(heads, tower, config.n_val, config.val_seed, config.film_size)
-        heads.meta.update(thresholds_from=f"validation seed {config.val_seed}, n={config.n_val}: F1-best of the whole-film maximum",
-                          per_observation=per_obs)
-        return {"path": str(heads.save(Path(config.output_dir or config.model))), **heads.meta}
-    x, y, _, _ = _views_dataset(tower, config.n_train, config.train_seed, config.film_size, rng, "look heads: fitting films")
+            raise FileNotFoundError(f"no look heads for this tower in {out}")
+        _choose_thresholds(heads, tower, config)
+        return {"path": str(heads.save(out)), **heads.meta}
+    images, targets = view_images(config.n_train, config.train_seed, config.film_size, config.random_crops)
+    x, y = tower_features(tower, images), torch.from_numpy(targets)
     d = x.shape[-1]
     head = torch.nn.Linear(d, len(OBSERVATIONS))
     flat_x, flat_y = x.reshape(-1, d), y.reshape(-1, len(OBSERVATIONS))
-    positive = (flat_y > 0.5).float().mean(0).clamp_min(1e-4)
-    pos_weight = ((1 - positive) / positive).clamp(1.0, 50.0)  # rare, small findings must count
+    pos_weight = _pos_weight(flat_y)
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
     for step in range(config.steps):
         loss = torch.nn.functional.binary_cross_entropy_with_logits(head(flat_x), flat_y, pos_weight=pos_weight)
@@ -235,16 +350,31 @@ def fit_look_heads(config: LookHeadsConfig) -> dict:
         optimizer.step()
         if step % 100 == 0:
             logger.info("look heads step %d loss %.4f", step, loss.item())
+    del x, flat_x
+    reader = tune_reader(tower, head, images, targets, config) if config.tune_tower else None
     heads = LookHeads(head.weight.detach().numpy(), head.bias.detach().numpy(), np.full(len(OBSERVATIONS), 0.5, np.float32),
-                      tower_checksum(tower), {})
-    thresholds, per_obs = choose_thresholds(heads, tower, config.n_val, config.val_seed, config.film_size)
-    heads.thresholds = thresholds
+                      tower_checksum(tower), {}, reader=reader)
     heads.meta = {"fitted_on": f"phantom films {config.film_size} px, seed {config.train_seed}, n={config.n_train}, whole films and region crops",
-                  "thresholds_from": f"validation seed {config.val_seed}, n={config.n_val}: F1-best of the whole-film maximum",
-                  "observations": list(OBSERVATIONS), "per_observation": per_obs}
-    path = heads.save(Path(config.output_dir or config.model))
+                  "observations": list(OBSERVATIONS)}
+    if reader is not None:
+        heads.meta["look_reader"] = (f"a copy of the model's vision tower tuned {config.tune_steps} steps of {config.batch_size} views "
+                                     f"(films and region crops, per-patch mask truth): the heads read each crop itself")
+    _choose_thresholds(heads, tower, config)
+    path = heads.save(out)
     logger.info("look heads written to %s", path)
     return {"path": str(path), **heads.meta}
+
+
+def _choose_thresholds(heads: LookHeads, tower, config: LookHeadsConfig) -> None:
+    heads.thresholds, per_obs = choose_thresholds(heads, tower, config.n_val, config.val_seed, config.film_size)
+    heads.meta.update(thresholds_from=f"validation seed {config.val_seed}, n={config.n_val}: F1-best of the whole-film maximum",
+                      per_observation=per_obs)
+    if heads.reader is not None:
+        heads.crop_thresholds, per_crop = choose_crop_thresholds(heads, tower, config.n_val, config.val_seed, config.film_size)
+        heads.meta["crop_thresholds_from"] = (f"validation seed {config.val_seed}, n={config.n_val}: F1-best of a region crop's "
+                                              "maximum against the crop's mask truth, every look region")
+        for obs, row in per_crop.items():
+            per_obs[obs].update(row)
 
 
 def cli_fit_look_heads(argv: list[str]) -> int:
@@ -259,6 +389,7 @@ def cli_fit_look_heads(argv: list[str]) -> int:
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     result = fit_look_heads(config)
     for obs, row in result["per_observation"].items():
-        print(f"{obs:28s} val F1 {row['val_film_f1']:.3f} at {row['threshold']:.3f} ({row['val_positive_films']} positive films)")
+        crop = f" | crops F1 {row['val_crop_f1']:.3f} at {row['crop_threshold']:.3f}" if "val_crop_f1" in row else ""
+        print(f"{obs:28s} films F1 {row['val_film_f1']:.3f} at {row['threshold']:.3f} ({row['val_positive_films']} positive){crop}")
     print(result["path"])
     return 0

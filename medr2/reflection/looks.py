@@ -11,7 +11,7 @@ A look is a chat turn, so the same loop serves the embedded model and any chat L
     assistant: ... </reflection>\n</think>\n<report> ... </report>
 
 The full trace is the assistant turns joined by newlines, which `medr2.report.schema.parse` reads (each item knows
-its look). The evidence line states the look heads' reading of the crop in words calibrated on validation
+its look). The evidence line states the look heads' reading of the region in words calibrated on validation
 ("likely" at or above an observation's threshold, "possible" above half of it), never raw logits.
 
 Hands on: `evidence_text`, `look_turn`, `join_turns`, `propose_looks`, `look_conversation`.
@@ -29,10 +29,11 @@ MAGNIFICATION = f"{1 / WINDOW:.1f}x"
 
 def evidence_text(region: str, region_probs: np.ndarray | None = None, thresholds: np.ndarray | None = None,
                   observations: Sequence[str] = ()) -> str:
-    """The text beside a look's crop: the region and magnification, and (with heads) what the look heads read in
-    that region of the whole film. `region_probs` is the per-observation maximum over the region's patches [13];
-    the whole film, not the crop, because the tower was trained at the film's scale and its heads read crops far
-    worse (docs/reflection.md)."""
+    """The text beside a look's crop: the region and magnification, and (with heads) what the look heads read
+    there. `region_probs` is the per-observation maximum [13] with its `thresholds`, from
+    `LookHeads.region_reading`: the crop itself when the heads have a look reader (a tower tuned at the look
+    scale), else the region's patches of the whole film (the model's own tower reads crops far worse than films:
+    docs/reflection.md)."""
     text = f"magnified {region} ({MAGNIFICATION})"
     if region_probs is None or thresholds is None:
         return text + "."

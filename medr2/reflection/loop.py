@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from medr2.reflection.heads import OBSERVATIONS, LookHeads, region_max, tower_of
+from medr2.reflection.heads import OBSERVATIONS, LookHeads, tower_of
 from medr2.reflection.looks import evidence_text, join_turns, look_conversation, propose_looks
 from medr2.reflection.regions import crop_region, normalise_region, region_box
 from medr2.report.schema import LOOK_CLOSE, LOOK_OPEN, LOOK_RE
@@ -113,7 +113,8 @@ class LookRunner:
         """End the assistant turn at the look request and add the crop + evidence turn."""
         crop = crop_region(study.film, region)
         if self.heads is not None and study.film_probs is not None:
-            evidence = evidence_text(region, region_max(study.film_probs, region), self.heads.thresholds, OBSERVATIONS)
+            evidence = evidence_text(region, *self.heads.region_reading(self.tower, study.film, study.film_probs, region),
+                                     OBSERVATIONS)
         else:
             evidence = evidence_text(region)
         study.turns.append(study.current)

@@ -52,15 +52,22 @@ def look_row(study, heads: LookHeads | None, tower, trace_config, normal_look_ra
     rng = random.Random(f"normal-look:{trace_config.seed}:{study.study_id}")
     film_probs = heads.read(tower, [study.image])[0] if heads is not None else None
     normal = _normal_look(study, film_probs, heads, rng) if rng.random() < normal_look_rate else ""
-    output, _ = build_look_trace(study, trace_config, normal_look=normal or None, max_looks=max_looks)
+    output, error_kind = build_look_trace(study, trace_config, normal_look=normal or None, max_looks=max_looks)
     looks = [item.look for item in output.reflection if item.look]
     crops = [crop_region(study.image, r) for r in looks]
     if film_probs is not None:
-        evidences = [evidence_text(r, region_max(film_probs, r), heads.thresholds, OBSERVATIONS) for r in looks]
+        evidences = [evidence_text(r, *heads.region_reading(tower, study.image, film_probs, r), OBSERVATIONS) for r in looks]
     else:
         evidences = [evidence_text(r) for r in looks]
     turns = split_at_looks(render(output))
     messages = look_conversation(build_chat(MEDR2_PROMPT), turns, evidences)
+    if error_kind is not None:
+        # the draft carries the injected error: context for the reflection, no loss (the model must not learn to
+        # write it); every message gets the key so the rows share one schema
+        first = next(m for m in messages if m["role"] == "assistant")
+        first["context_only"] = True
+    for message in messages:
+        message.setdefault("context_only", False)
     # Stored at the model's input size: the processor would resize them to exactly this anyway.
     images = [Image.fromarray(to_input(im)) for im in (study.image, *crops)]
     return {"messages": messages, "images": images}

@@ -9,13 +9,18 @@ perception and the draft carry one realistic error — a missed (preferably subt
 hallucinated finding, the wrong side, or the wrong severity — and the reflection re-inspects that
 region, names the error and fixes it, so the final report is always the ground-truth report. Otherwise
 the reflection confirms each finding.
+
+Real datasets have no image ground truth: `build_report_trace` / `report_target` write a study's trace from its
+reference report (the labeler's mentions and the location reader's side / zone / severity words), with the reference
+as draft and report and every finding kept.
 """
 from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -62,10 +67,36 @@ class TraceConfig:
 
     error_rate: float = 0.2  # fraction of traces whose draft carries one error that reflection fixes
     seed: int = 0
+    # Look traces: the error kinds in given proportions ('missed:0.52,hallucinated:0.30,...'), drawn before asking
+    # whether the study allows the kind (a study that does not gets no error); empty = a uniform choice among the
+    # kinds the study allows.
+    look_error_weights: str = ""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.error_rate <= 1.0:
             raise ValueError(f"error_rate must be in [0, 1], got {self.error_rate}")
+        parse_look_error_weights(self.look_error_weights)
+
+
+LOOK_ERROR_KINDS = ("missed", "hallucinated", "wrong_side", "wrong_zone", "wrong_severity")
+
+
+def parse_look_error_weights(spec: str) -> dict[str, float]:
+    """'missed:0.52,hallucinated:0.3' -> {'missed': 0.52, 'hallucinated': 0.3}; unknown kinds and bad weights are errors."""
+    out = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        kind, _, weight = item.partition(":")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = -1.0
+        if kind not in LOOK_ERROR_KINDS or value < 0:
+            raise ValueError(f"look_error_weights: expected 'kind:weight' with kind in {', '.join(LOOK_ERROR_KINDS)} "
+                             f"and a weight >= 0, got {item!r}")
+        out[kind] = value
+    if spec.strip() and not sum(out.values()):
+        raise ValueError("look_error_weights: at least one weight must be above 0")
+    return out
 
 
 def _sign(f, which: int = 0) -> str:
@@ -274,9 +305,10 @@ def look_region(f, side: str | None = None, zone: str | None = None) -> str | No
     return regions[0] if regions else None
 
 
-def inject_look_error(findings: list, rng: random.Random):
+def inject_look_error(findings: list, rng: random.Random, weights: dict[str, float] | None = None):
     """One error a first look plausibly makes and a magnified look shows: `inject_error`'s kinds plus the wrong
-    lung zone. Returns (draft findings, error kind, the true finding or None, the draft's version or None)."""
+    lung zone. Returns (draft findings, error kind, the true finding or None, the draft's version or None); with
+    `weights` the kind is drawn by weight first and a study that does not allow it keeps its draft right (kind None)."""
     options = ["hallucinated"]
     focal = [f for f in findings if f.kind not in DEVICE_KINDS]
     if focal:
@@ -287,7 +319,12 @@ def inject_look_error(findings: list, rng: random.Random):
         options.append("wrong_severity")
     if any(f.kind in LUNG_KINDS and f.zone in ("upper", "mid", "lower") for f in findings):
         options.append("wrong_zone")
-    kind = rng.choice(options)
+    if weights:
+        kind = rng.choices(list(weights), weights=list(weights.values()))[0]
+        if kind not in options:
+            return list(findings), None, None, None
+    else:
+        kind = rng.choice(options)
     draft = list(findings)
     if kind == "missed":
         pool = [f for f in focal if f.subtle] or focal  # subtle findings are the ones a first look misses
@@ -330,7 +367,7 @@ def build_look_trace(study, config: TraceConfig | None = None, normal_look: str 
     error_kind, truth_f, wrong_f = None, None, None
     draft_findings = findings
     if rng.random() < config.error_rate:
-        draft_findings, error_kind, truth_f, wrong_f = inject_look_error(findings, rng)
+        draft_findings, error_kind, truth_f, wrong_f = inject_look_error(findings, rng, parse_look_error_weights(config.look_error_weights))
     looks: list[ReflectionItem] = []
     plain: list[ReflectionItem] = []
     for f in draft_findings:
@@ -362,3 +399,222 @@ def build_look_trace(study, config: TraceConfig | None = None, normal_look: str 
     if not reflection:
         reflection = _confirmations([])
     return _trace_output(study, draft_findings, reflection, final, error_kind, rng), error_kind
+
+
+# ---------------------------------------------------------------- traces from real reports
+# A real dataset (IU X-Ray, MIMIC-CXR) has a reference report but no image ground truth, so its Med-R2 trace is read
+# from the report text: the labeler's mentions (`medr2.labeler.findings`) and the side / zone / severity words the
+# evaluation's location reader takes from the same sentences (`medr2.evaluation.evaluate.stated_location`). Perception
+# states what the reference says region by region; reasoning cites the knowledge rule of each labelled finding; the
+# draft and the final report are the reference, and reflection keeps every finding (no taught error: an erroneous
+# draft would need a second report of the same film). Such traces teach the format and the report, not what the film
+# shows: a model card says so (`medr2.training.export.REPORT_TRACES`).
+REPORT_REGION_ORDER = ("heart", "mediastinum", "both lungs", "lungs", "right lung", "left lung", "hila", "pleura",
+                       "bones", "devices", "other findings")
+# observation -> the phantom kind whose sign, noun and knowledge rule it takes (Lung Lesion: nodule or mass by wording;
+# Support Devices: the device as the report names it).
+OBSERVATION_KIND = {"Cardiomegaly": "cardiomegaly", "Enlarged Cardiomediastinum": "widened_mediastinum",
+                    "Lung Opacity": "opacity", "Edema": "edema", "Consolidation": "consolidation", "Pneumonia": "pneumonia",
+                    "Atelectasis": "atelectasis", "Pneumothorax": "pneumothorax", "Pleural Effusion": "effusion",
+                    "Pleural Other": "pleural_thickening", "Fracture": "fracture", "Lung Lesion": "nodule",
+                    "Support Devices": "pacemaker"}
+LUNG_OBSERVATIONS = ("Lung Opacity", "Consolidation", "Pneumonia", "Atelectasis", "Lung Lesion")
+PLEURAL_OBSERVATIONS = ("Pleural Effusion", "Pneumothorax", "Pleural Other")
+# Sentences with no labelled mention ("The lungs are clear.", "Mild degenerative changes of the spine.") are placed
+# by the anatomy they name, first match wins.
+_REGION_WORDS = (("devices", r"\b(?:tube|(?<!pleural )(?<!septal )(?<!kerley )line|catheter|pacemaker|pacer|wires?|clips?|stent|port|device|hardware)s?\b"),
+                 ("bones", r"\b(?:bon[ey]|bony|osseous|skelet\w*|spine|spinal|vertebra\w*|rib|ribs|clavicle\w*|sternum|thoracic spine|osteo\w*|degenerative|scoliosis)\b"),
+                 ("pleura", r"\b(?:pleura\w*|costophrenic|effusions?)\b"),
+                 ("hila", r"\b(?:hila|hilar|hilum|perihilar|pulmonary vascula\w*)\b"),
+                 ("heart", r"\b(?:heart|cardiac|cardio\w*)\b"),
+                 ("mediastinum", r"\b(?:mediastin\w*|aort\w*|trachea)\b"),
+                 ("lungs", r"\b(?:lungs?|pulmonary|airspace|parenchym\w*|interstiti\w*|granulom\w*|emphysem\w*|hyperinflat\w*|nodul\w*)\b"))
+_DEFAULT_LINES = {"heart": "no abnormality described.", "mediastinum": "no abnormality described.",
+                  "lungs": "no abnormality described.", "hila": "no abnormality described.",
+                  "pleura": "no abnormality described.", "bones": "no abnormality described.", "devices": "none described."}
+_NO_ABNORMALITY = "normal study"
+
+
+def _side_word(sides: frozenset[str]) -> str | None:
+    return next(iter(sides)) if len(sides) == 1 else None
+
+
+def _zone_phrase(zones: frozenset[str]) -> str:
+    ordered = [z for z in ("upper", "mid", "lower") if z in zones]
+    if not ordered:
+        return ""
+    return f"{ordered[0]} zone" if len(ordered) == 1 else f"{', '.join(ordered[:-1])} and {ordered[-1]} zones"
+
+
+def _observation_region(observation: str, sides: frozenset[str], zones: frozenset[str]) -> str:
+    """The perception region (with side and zone when stated) where the reference places an observation."""
+    side = _side_word(sides)
+    if observation == "Cardiomegaly":
+        return "heart"
+    if observation == "Enlarged Cardiomediastinum":
+        return "mediastinum"
+    if observation == "Edema":
+        return "hila"
+    if observation == "Fracture":
+        return "bones"
+    if observation == "Support Devices":
+        return "devices"
+    if observation in PLEURAL_OBSERVATIONS:
+        return f"{side} pleura" if side in ("right", "left") else "pleura"
+    lung = {"right": "right lung", "left": "left lung", "bilateral": "both lungs"}.get(side or "", "lungs")
+    zone = _zone_phrase(zones)
+    return f"{lung}, {zone}" if zone else lung
+
+
+def _region_order(region: str) -> int:
+    head = region.split(",")[0]
+    head = "pleura" if head.endswith("pleura") else head
+    return REPORT_REGION_ORDER.index(head) if head in REPORT_REGION_ORDER else len(REPORT_REGION_ORDER)
+
+
+def _sentence_regions(sentence: str, mentions: list) -> tuple[str, set[str]]:
+    """The region of one report sentence and every region it speaks of. Its region is that of its first abnormal
+    mention, else of its first mention (in reading order), else the anatomy it names; a sentence that names several
+    regions ("Heart size and mediastinum are normal.") speaks for all of them, so none gets a default line."""
+    from medr2.evaluation.evaluate import stated_location
+
+    known = [m for m in mentions if m.observation in OBSERVATION_KIND]
+    regions = {}
+    for m in known:
+        sides, zones = stated_location(sentence, m.observation) if m.value != 0 else (frozenset(), frozenset())
+        regions.setdefault(_observation_region(m.observation, sides, zones), m.value != 0)
+    low = sentence.lower()
+    named = {region for region, words in _REGION_WORDS if re.search(words, low)}
+    if regions:
+        abnormal = [r for r, stated in regions.items() if stated] or list(regions)
+        region = min(abnormal, key=_region_order)
+    else:
+        region = next((region for region, words in _REGION_WORDS if re.search(words, low)), "other findings")
+    return region, {_region_head(r) for r in regions} | named | {_region_head(region)}
+
+
+def _region_head(region: str) -> str:
+    """'right lung, lower zone' -> 'lungs', 'left pleura' -> 'pleura': the slot a default line fills."""
+    head = region.split(",")[0]
+    return "pleura" if head.endswith("pleura") else "lungs" if head.endswith(("lung", "lungs")) else head
+
+
+def report_perception(report: Report) -> list[PerceptionItem]:
+    """What the reference report says, region by region in reading order: each sentence of its findings (and each
+    impression sentence that adds an abnormal observation the findings do not state) under the region of its first
+    mention; a region the report does not describe gets "no abnormality described." (or "none described." for
+    devices)."""
+    from medr2.labeler.findings import find_mentions, split_sentences
+
+    findings_text = report.findings or report.impression
+    sentences = [(findings_text, s) for s in split_sentences(findings_text)]
+    stated = {m.observation for m in find_mentions(findings_text) if m.value != 0}
+    if report.findings and report.impression:
+        for s in split_sentences(report.impression):
+            if {m.observation for m in find_mentions(report.impression[s[0]:s[1]]) if m.value != 0} - stated:
+                sentences.append((report.impression, s))
+    by_region: dict[str, list[str]] = {}
+    covered: set[str] = set()
+    for text, (start, end) in sentences:
+        sentence = " ".join(text[start:end].split())
+        if not any(c.isalnum() for c in sentence):
+            continue
+        region, spoken_of = _sentence_regions(sentence, find_mentions(sentence))
+        by_region.setdefault(region, []).append(sentence)
+        covered |= spoken_of
+    for region, line in _DEFAULT_LINES.items():
+        if region not in covered:
+            by_region[region] = [line]
+    return [PerceptionItem(region, " ".join(lines)) for region, lines in sorted(by_region.items(), key=lambda kv: _region_order(kv[0]))]
+
+
+def _report_noun(observation: str, sentences_text: str, mention_text: str) -> str:
+    if observation == "Lung Lesion":
+        return SIGNS["mass" if "mass" in sentences_text else "nodule"][2]
+    if observation == "Support Devices":
+        return " ".join(mention_text.lower().split())  # the device as the report names it
+    if observation == "Fracture":
+        return "rib fracture" if re.search(r"\bribs?\b", sentences_text) else "fracture"
+    return SIGNS[OBSERVATION_KIND[observation]][2]
+
+
+class ReportFinding(NamedTuple):
+    """One abnormal observation of a reference report, as the report states it."""
+
+    observation: str
+    value: int  # 1 positive, -1 hedged (the labeler's value)
+    region: str  # perception region with the stated side and zone: "left lung, lower zone"
+    phrase: str  # finding with the stated severity, side and zone: "small right pleural effusion"
+    noun: str  # the finding alone: "pleural effusion"
+
+
+def report_findings(report: Report) -> list[ReportFinding]:
+    """The reference's abnormal observations (the labeler's positive and hedged ones), in reading order."""
+    from medr2.evaluation.evaluate import stated_details
+    from medr2.labeler.findings import find_mentions, label_report, split_sentences
+
+    text = report.text
+    labels = label_report(text)
+    details = stated_details(text)
+    spans = split_sentences(text)
+    out = []
+    for observation, value in labels.items():
+        if value not in (1, -1) or observation not in OBSERVATION_KIND:
+            continue
+        sides, zones, severities = details.get(observation, (frozenset(), frozenset(), frozenset()))
+        mentions = [m for m in find_mentions(text) if m.observation == observation and m.value == value]
+        sentences = " ".join(text[spans[m.sentence_index][0]:spans[m.sentence_index][1]] for m in mentions
+                             if m.sentence_index < len(spans)).lower()
+        noun = _report_noun(observation, sentences, text[mentions[0].start:mentions[0].end] if mentions else observation)
+        severity = next(iter(severities)) if len(severities) == 1 else None
+        # the heart, the mediastinum and edema have no side: a side word in their sentences belongs to another finding
+        side = None if observation in ("Cardiomegaly", "Enlarged Cardiomediastinum", "Edema") else _side_word(sides)
+        if observation in LUNG_OBSERVATIONS:
+            where = " ".join(p for p in (side, _zone_phrase(zones)) if p)
+            phrase = f"{severity + ' ' if severity else ''}{noun}" + (f", {where}" if where else "")
+        elif observation == "Support Devices":
+            phrase = noun
+        else:
+            phrase = " ".join(p for p in (severity, side, noun) if p)
+        out.append(ReportFinding(observation, value, _observation_region(observation, sides, zones), phrase, noun))
+    return sorted(out, key=lambda f: _region_order(f.region))
+
+
+def report_reasoning(findings: list[ReportFinding]) -> list[ReasoningStep]:
+    """One step per abnormal observation: the knowledge rule's sign -> the finding as the reference states it (hedged
+    with "possible" where the report hedges) [rule]; a report with none gets the normal-study step."""
+    if not findings:
+        return [ReasoningStep("no abnormal sign described in any region", "no acute cardiopulmonary abnormality", "normal_study")]
+    steps = []
+    for f in findings:
+        kind = "mass" if f.noun == SIGNS["mass"][2] else OBSERVATION_KIND[f.observation]
+        sign = "tubular or metallic density" if f.observation == "Support Devices" else SIGNS[kind][1]
+        if f.observation == "Fracture" and f.noun != "rib fracture":
+            sign = "cortical break"
+        steps.append(ReasoningStep(sign, f"possible {f.phrase}" if f.value == -1 else f.phrase, SIGNS[kind][3]))
+    return steps
+
+
+def build_report_trace(report: Report | str) -> MedR2Output:
+    """The Med-R2 output for a real study, read from its reference report (a `Report`, or text with or without
+    "Findings:" / "Impression:" headers): perception per region from the report's sentences, reasoning from the
+    knowledge rules of its labelled findings, draft = report = the reference, reflection keeps every finding."""
+    # the reference as the schema carries it: a section holding a second "FINDINGS:" header (a few IU reports repeat
+    # the whole report inside IMPRESSION) reads back split at that header, so the target is written that way
+    final = Report.parse(report.text if isinstance(report, Report) else report)
+    if not (final.findings or final.impression).strip():
+        raise ValueError("an empty reference report gives no Med-R2 trace")
+    findings = report_findings(final)
+    reflection = [ReflectionItem("kept", f.noun, f"re-checked the {f.region}, as described.") for f in findings]
+    return MedR2Output(
+        perception=report_perception(final),
+        reasoning=report_reasoning(findings),
+        draft=final,
+        reflection=reflection or [ReflectionItem("kept", _NO_ABNORMALITY, "re-checked every region; no abnormality described.")],
+        report=final,
+    )
+
+
+def report_target(report: Report | str) -> str:
+    """Tagged Med-R2 target text for SFT on a real study (`build_report_trace`, rendered)."""
+    return render(build_report_trace(report))

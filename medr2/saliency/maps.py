@@ -105,8 +105,12 @@ def token_logprobs(model, inputs, new_ids: torch.Tensor, pixel_values: torch.Ten
     kwargs = {"input_ids": torch.cat([inputs["input_ids"][:1], new_ids[:1]], 1).expand(b, -1),
               "attention_mask": torch.cat([inputs["attention_mask"][:1], torch.ones_like(new_ids[:1])], 1).expand(b, -1),
               "pixel_values": pv.to(vlm_base(model).dtype)}
-    if "mm_token_type_ids" in inputs:  # Qwen-VL (transformers 5) builds M-RoPE positions from it
-        kwargs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"][:1], torch.zeros_like(new_ids[:1])], 1).expand(b, -1)
+    # Qwen-VL (transformers 5) builds M-RoPE positions from mm_token_type_ids; Gemma 3 lets image tokens attend to each
+    # other both ways where token_type_ids marks them (without it the image rows attend causally: other log-probs
+    # than the generation's). The generated tokens are text (0) in both.
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in inputs:
+            kwargs[key] = torch.cat([inputs[key][:1], torch.zeros_like(new_ids[:1])], 1).expand(b, -1)
     if "image_grid_thw" in inputs:
         kwargs["image_grid_thw"] = inputs["image_grid_thw"][:1].expand(b, -1)
     logits = model(**kwargs, logits_to_keep=t + 1).logits[:, :t].float()  # [B, T, V]: position P-1+j predicts token j

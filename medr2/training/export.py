@@ -52,10 +52,16 @@ def phantom_source(seed: int | None = None, n: int | None = None) -> dict:
             "description": f"{PHANTOMS} (medr2.phantom.generator{' ' + detail if detail else ''})"}
 
 
-def dataset_source(dataset_dir: str | Path, split: str = "train") -> dict:
+# Med-R2 SFT on a real dataset: what its traces are, on the card (a reader must not take them for image ground truth).
+REPORT_TRACES = ("Med-R2 traces derived from the reference report text (medr2 labeler and location reader): perception, "
+                 "reasoning and reflection restate the report, not image ground truth")
+
+
+def dataset_source(dataset_dir: str | Path, split: str = "train", traces: str | None = None) -> dict:
     """Training source: a split of an R2Gen-layout folder. Its name and licence come from the `dataset.json` that
     `medr2 convert-iu` writes; a folder written by `medr2 phantom` (it holds ground_truth.jsonl) is phantoms; any
-    other folder is taken to be real patient data and named by its folder (MIMIC-CXR's R2Gen release, for one)."""
+    other folder is taken to be real patient data and named by its folder (MIMIC-CXR's R2Gen release, for one).
+    `traces` says how training targets were made from it (`REPORT_TRACES`): kept as `traces` and in the description."""
     root = Path(dataset_dir)
     meta = {}
     if (root / "dataset.json").is_file():
@@ -67,9 +73,13 @@ def dataset_source(dataset_dir: str | Path, split: str = "train") -> dict:
     name = PHANTOMS if phantom else meta.get("name") or root.resolve().name
     licence = None if phantom else meta.get("licence") or "see the dataset's own terms"
     size = f"{split} split: {splits[split]} of {sum(splits.values())} studies" if split in splits else f"{split} split"
-    return {"name": name, "kind": "phantom" if phantom else "real", "folder": root.resolve().name, "split": split,
-            "splits": splits, "licence": licence,
-            "description": f"{name} ({'; '.join(x for x in (licence, f'folder {root.resolve().name}', size) if x)})"}
+    source = {"name": name, "kind": "phantom" if phantom else "real", "folder": root.resolve().name, "split": split,
+              "splits": splits, "licence": licence,
+              "description": f"{name} ({'; '.join(x for x in (licence, f'folder {root.resolve().name}', size) if x)})"}
+    if traces:
+        source["traces"] = traces
+        source["description"] += f"; {traces}"
+    return source
 
 
 def read_card(model_dir: str | Path | None) -> dict:

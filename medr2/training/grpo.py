@@ -42,6 +42,7 @@ class MedR2GRPOConfig(GRPOConfig):
     n_prompts: int = field(default=2000, metadata={"help": "studies used as GRPO prompts (phantoms, or the first of the dataset's train split)"})
     dataset_dir: str | None = field(default=None, metadata={"help": "R2Gen-layout dataset (IU X-Ray via `medr2 convert-iu`, MIMIC-CXR) whose train split gives the prompts and reference reports instead of phantoms: MRG-R1 on real reports (docs/datasets.md)",
                                                             "aliases": ["--data_dir"]})
+    max_images: int = field(default=1, metadata={"help": "with dataset_dir: images per study in each prompt, frontal first (IU X-Ray: 2 = frontal + lateral); keep 1 for models the single-image pipeline serves"})
     prompt_seed: int = field(default=6, metadata={"help": "phantom seed of the GRPO prompts (unseen by SFT, not the test seed)"})
     focal_only_fraction: float = field(default=0.0, metadata={"help": "at least this fraction of prompts are studies with a focal finding "
                                                                     "(the hard cases; 0 = the generator's own mix)"})
@@ -57,6 +58,8 @@ class MedR2GRPOConfig(GRPOConfig):
         if len(names) != len(weights):
             raise ValueError(f"{len(names)} rewards ({names}) but {len(weights)} weights ({weights})")
         self.reward_weights = weights
+        if self.max_images < 1:
+            raise ValueError(f"max_images must be >= 1, got {self.max_images}")
         if not 0.0 <= self.focal_only_fraction <= 1.0:
             raise ValueError(f"focal_only_fraction must be in [0, 1], got {self.focal_only_fraction}")
         super().__post_init__()
@@ -94,12 +97,13 @@ def build_prompts(config: MedR2GRPOConfig, prompt_text: str):
     if config.dataset_dir:
         from PIL import Image
 
-        from medr2.data.datasets import image_file, read_r2gen
+        from medr2.data.datasets import image_files, read_r2gen
 
         records = read_r2gen(config.dataset_dir, splits=("train",))[: config.n_prompts]
         if not records:
             raise ValueError(f"no train studies in {config.dataset_dir} (see docs/datasets.md)")
-        return to_grpo_dataset(records, prompt_text, image_fn=lambda r: Image.open(image_file(config.dataset_dir, r)).convert("L"))
+        return to_grpo_dataset(records, prompt_text, image_fn=lambda r: [
+            Image.open(p).convert("L") for p in image_files(config.dataset_dir, r)[: config.max_images]])
     return to_grpo_dataset(prompt_studies(config.n_prompts, config.prompt_seed, config.focal_only_fraction), prompt_text)
 
 
@@ -151,6 +155,8 @@ def train(config: MedR2GRPOConfig) -> Path:
     grpo_card = training_card(card.get("target", "medr2"), source, init=config.init)
     if card.get("reflection"):
         grpo_card["reflection"] = card["reflection"]
+    if config.dataset_dir and config.max_images > 1:  # prompts with several views a study; the pipeline sends one
+        grpo_card["images_per_study"] = config.max_images
     (out / "medr2_model.json").write_text(json.dumps(grpo_card, indent=2))
     logs = [h for h in trainer.state.log_history if "reward" in h]
     fmt_key = next((f"rewards/{n}/mean" for n in ("format_reward", "medr2_format_reward") if logs and f"rewards/{n}/mean" in logs[-1]), None)

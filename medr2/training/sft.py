@@ -2,7 +2,9 @@
 
 Load -> build -> train -> save:
 1. phantom studies (same seeds as stage 0) -> prompt/completion rows with the image
-   (`target=medr2`: perceive -> reason -> draft -> reflect -> report; `target=direct`: report only);
+   (`target=medr2`: perceive -> reason -> draft -> reflect -> report; `target=direct`: report only); or an R2Gen-layout
+   dataset's train split (`dataset_dir`), whose Med-R2 traces are read from each reference report
+   (`medr2.report.traces.build_report_trace`), with up to `max_images` views a study;
 2. the embedded tiny LLaVA (own tokenizer trained on the targets, stage-0 tower loaded and frozen) or any
    image-text-to-text model by path/hub id, with LoRA for large ones;
 3. TRL SFTTrainer with completion-only loss; focal studies oversampled;
@@ -37,7 +39,9 @@ class MedR2SFTConfig(SFTConfig):
     perception_dir: str | None = field(default=None, metadata={"help": "stage-0 output folder whose vision_tower.safetensors initialises the tiny model's tower"})
     freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen (train projector + language model)"})
     vision_learning_rate: float = field(default=0.0, metadata={"help": "with freeze_vision false: the tower's own (lower) learning rate, so the stage-0 features adapt to the language model without being overwritten; 0 = learning_rate"})
-    dataset_dir: str | None = field(default=None, metadata={"help": "R2Gen-layout dataset (IU X-Ray / MIMIC-CXR) to train on instead of phantoms; real data has no ground-truth masks, so only target=direct is supported there"})
+    dataset_dir: str | None = field(default=None, metadata={"help": "R2Gen-layout dataset (IU X-Ray / MIMIC-CXR) whose train split is trained on instead of phantoms; target=medr2 there writes each trace from the reference report (no image ground truth: the model card says so)",
+                                                            "aliases": ["--data_dir"]})
+    max_images: int = field(default=1, metadata={"help": "with dataset_dir: images per study in each row, frontal first (IU X-Ray: 2 = frontal + lateral); the inference pipeline sends one image, so keep 1 for models it serves"})
     n_train: int = field(default=6000, metadata={"help": "phantom training studies"})
     train_seed: int = field(default=1, metadata={"help": "phantom seed (same as stage 0 so the tower saw these images)"})
     focal_oversample: int = field(default=2, metadata={"help": "studies with focal findings appear this many times"})
@@ -46,6 +50,7 @@ class MedR2SFTConfig(SFTConfig):
     looks: bool = field(default=False, metadata={"help": "Med-R2 traces whose reflection looks again (magnified crops as extra images, the look heads' reading beside them; medr2.reflection); loss on every assistant turn"})
     look_heads: str | None = field(default=None, metadata={"help": "folder with look_heads.npz fitted on this model's tower (default: model_name_or_path); none found = looks without the heads' words"})
     film_size: int = field(default=256, metadata={"help": "phantom film side in px; looks need the detail of 512"})
+    look_error_weights: str = field(default="", metadata={"help": "with looks: the draft error kinds in these proportions, e.g. 'missed:0.52,hallucinated:0.30,wrong_zone:0.13,wrong_side:0.04' (as the model's own drafts err on validation); empty = uniform over the kinds a study allows"})
     normal_look_rate: float = field(default=0.5, metadata={"help": "with looks: share of traces with one extra look at a region the draft calls normal"})
     max_looks: int = field(default=4, metadata={"help": "with looks: most looks per trace"})
     vocab_size: int = field(default=2000, metadata={"help": "tokenizer vocabulary of the tiny model"})
@@ -62,9 +67,8 @@ class MedR2SFTConfig(SFTConfig):
 
         if self.target not in ("medr2", "direct"):
             raise ValueError(f"target must be 'medr2' or 'direct', got {self.target!r}")
-        if self.dataset_dir and self.target == "medr2":
-            raise ValueError("Med-R2 traces are built from phantom ground truth; on a real dataset use target=direct "
-                             "(or first write traces with a teacher LVLM in prompted mode)")
+        if self.max_images < 1:
+            raise ValueError(f"max_images must be >= 1, got {self.max_images}")
         parse_kind_oversample(self.kind_oversample)  # fail on a bad spec before any data is built
         if self.looks:
             if self.target != "medr2" or self.dataset_dir:
@@ -113,7 +117,8 @@ def _look_rows(config: MedR2SFTConfig, model) -> list[dict]:
     logger.info("look traces %s the look heads' reading", "with" if heads is not None else "WITHOUT")
     kind_repeats = parse_kind_oversample(config.kind_oversample)
     rows = []
-    for row, study in look_rows(config.n_train, config.train_seed, heads, tower, TraceConfig(error_rate=config.error_rate, seed=config.seed),
+    trace_config = TraceConfig(error_rate=config.error_rate, seed=config.seed, look_error_weights=config.look_error_weights)
+    for row, study in look_rows(config.n_train, config.train_seed, heads, tower, trace_config,
                                 film_size=config.film_size, normal_look_rate=config.normal_look_rate, max_looks=config.max_looks):
         rows += [row] * study_repeats(study, config.focal_oversample, kind_repeats)
     random.Random(config.seed).shuffle(rows)
@@ -146,29 +151,46 @@ def study_repeats(study, focal_oversample: int, kind_repeats: dict[str, int]) ->
 
 
 def _dataset_rows(config: MedR2SFTConfig) -> list[dict]:
-    """Prompt/completion rows (direct target) from an R2Gen-layout dataset's train split."""
+    """Prompt/completion rows from an R2Gen-layout dataset's train split: the reference report alone (direct), or the
+    Med-R2 trace read from it (`medr2.report.traces.build_report_trace`: no image ground truth exists, so perception,
+    reasoning and reflection restate the reference). Each row carries the study's first `max_images` images, frontal
+    first."""
     from PIL import Image
 
-    from medr2.data.datasets import image_file, read_r2gen
-    from medr2.report.schema import Report, render_direct
-    from medr2.report.traces import DIRECT_PROMPT
+    from medr2.data.datasets import DatasetError, image_files, read_r2gen, record_report
+    from medr2.report.schema import render_direct
+    from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT, report_target
 
-    rows = []
+    medr2 = config.target == "medr2"
+    rows, skipped = [], 0
     for record in read_r2gen(config.dataset_dir, splits=("train",)):
-        rows.append(sft_row(DIRECT_PROMPT, render_direct(Report.parse(record["report"])),
-                            Image.open(image_file(config.dataset_dir, record)).convert("L")))
+        report = record_report(record)
+        if not (report.findings or report.impression):
+            skipped += 1  # nothing to learn from, and no trace to write
+            continue
+        paths = image_files(config.dataset_dir, record)[: config.max_images]
+        if not paths:
+            raise DatasetError(f"study {record['id']!r} has no image (a reports-only dataset?)")
+        rows.append(sft_row(MEDR2_PROMPT if medr2 else DIRECT_PROMPT, report_target(report) if medr2 else render_direct(report),
+                            [Image.open(p).convert("L") for p in paths]))
+    if skipped:
+        logger.info("skipped %d train studies with an empty report", skipped)
+    if not rows:
+        raise DatasetError(f"no train studies with a report in {config.dataset_dir} (see docs/datasets.md)")
     return rows
 
 
 def sft_row(prompt_text: str, target_text: str, image) -> dict:
     """One prompt/completion row as TRL's SFTTrainer reads it: the user turn is the one the pipeline sends at
     inference (`build_chat`), so the model is trained on exactly the prompt it will see; the loss covers the
-    assistant turn only (`completion_only_loss`)."""
-    from medr2.modeling.model import build_chat
+    assistant turn only (`completion_only_loss`). `image` may be a list (several views of one study): the user turn
+    then holds one image placeholder per image, in order, before the text."""
+    from medr2.data.datasets import study_chat
 
-    return {"prompt": build_chat(prompt_text),
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    return {"prompt": study_chat(prompt_text, len(images)),
             "completion": [{"role": "assistant", "content": [{"type": "text", "text": target_text}]}],
-            "images": [image]}
+            "images": images}
 
 
 def _corpus(rows: list[dict]) -> list[str]:
@@ -278,6 +300,10 @@ def train(config: MedR2SFTConfig) -> Path:
 
         if add_look_tokens(model, processor.tokenizer):
             logger.info("added the look tags to the tokenizer (%d tokens)", len(processor.tokenizer))
+        from medr2.modeling.tokenizer import with_context_turns
+
+        # a draft that holds an injected error is context for the reflection, never a draft to imitate
+        processor.chat_template = processor.tokenizer.chat_template = with_context_turns(processor.chat_template)
         rows = _look_rows(config, model)
     else:
         rows = _dataset_rows(config) if config.dataset_dir else _phantom_rows(config)
@@ -301,12 +327,17 @@ def train(config: MedR2SFTConfig) -> Path:
         heads_file = Path(config.look_heads or config.model_name_or_path) / HEADS_FILE
         if heads_file.is_file():
             shutil.copy(heads_file, out / HEADS_FILE)
-    from medr2.training.export import dataset_source, phantom_source, training_card
+    from medr2.training.export import REPORT_TRACES, dataset_source, phantom_source, training_card
 
-    source = dataset_source(config.dataset_dir) if config.dataset_dir else phantom_source(config.train_seed, config.n_train)
+    if config.dataset_dir:
+        source = dataset_source(config.dataset_dir, traces=REPORT_TRACES if config.target == "medr2" else None)
+    else:
+        source = phantom_source(config.train_seed, config.n_train)
     card = training_card(config.target, source, init=config.model_name_or_path)
     if config.looks:
         card["reflection"] = "looks"  # the pipeline runs the look loop for this model (medr2.reflection)
+    if config.dataset_dir and config.max_images > 1:  # trained on several views a study; the pipeline sends one
+        card["images_per_study"] = config.max_images
     (out / "medr2_model.json").write_text(json.dumps(card, indent=2))
     (out / "training_summary.json").write_text(json.dumps({
         "target": config.target, "rows": len(rows), "steps": trainer.state.global_step,
@@ -332,8 +363,10 @@ def cli_train_sft(argv: list[str]) -> int:
         config = parse_config(argv)
     except UsageError as exc:
         return fail("medr2 train-sft", exc)
+    from medr2.data.datasets import DatasetError
+
     try:
         print(train(config))
-    except FileNotFoundError as exc:  # an input of the recipe (a previous stage's folder) is missing
+    except (FileNotFoundError, DatasetError) as exc:  # a missing input of the recipe, or a bad dataset folder
         return fail("medr2 train-sft", exc)
     return 0
