@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "score": ("medr2.evaluation.metrics", "cli_score", "clinical-efficacy and NLG metrics of predictions vs references"),
     "inspect": ("medr2.imaging.loader", "cli_inspect", "load a DICOM/PNG/JPEG, print safe metadata + warnings, optionally write PNG"),
     "phantom": ("medr2.phantom.generator", "cli_phantom", "generate synthetic chest radiographs with ground truth (R2Gen layout)"),
+    "traces": ("medr2.data.traces_export", "cli_traces", "write a real dataset's Med-R2 training traces (read from its reference reports) as JSONL"),
     "convert-iu": ("medr2.data.iu_xray", "cli_convert_iu", "convert the IU X-Ray release (OpenI XML + images) to the R2Gen layout with splits"),
     "build-tiny": ("medr2.modeling.model", "cli_build_tiny", "build an untrained tiny VLM (LLaVA / Qwen2-VL / Qwen2.5-VL) from config"),
     "train-perception": ("medr2.training.perception", "cli_train_perception", "stage 0: pretrain the vision tower on phantom masks"),

@@ -249,3 +249,22 @@ def test_evaluate_cli_with_device_map_auto_on_a_dataset_folder_records_the_place
     assert json.loads((tmp_path / "plain" / "eval.json").read_text())["device_map"] == {
         "requested": None, "devices": ["cpu"], "placement": None}
     assert not re.search(r"torch.float32 on auto", plain.stderr)
+
+
+def test_traces_cli_writes_one_target_per_study_of_the_split_and_refuses_a_bad_folder(tmp_path, capsys):
+    from medr2.cli import main
+
+    root = write_views_folder(tmp_path / "ds")
+    out = tmp_path / "traces.jsonl"
+    assert main(["traces", "--dataset_dir", str(root), "--split", "train", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    records = read_r2gen(root, splits=("train",))
+    assert [r["id"] for r in rows] == [r["id"] for r in records]
+    for row, record in zip(rows, records):
+        assert row["target"] == report_target(record_report(record))
+        assert row["labels"] == label_report(record_report(record).text)
+        assert parse(row["target"]).missing == []
+    assert f"{len(rows)} traces written" in capsys.readouterr().out
+    assert main(["traces", "--dataset_dir", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "annotation.json" in err

@@ -238,3 +238,116 @@ def test_the_loop_runs_on_stop_strings_where_the_tags_are_not_single_tokens(look
     assert [lk.region for lk in looks] == ["left lower zone"]
     assert text.startswith(draft + "\n<reflection>\n<look>left lower zone</look>")
     assert "</reflection>" in text  # the loop closed the reflection after its one look
+
+
+# ---------------------------------------------------------------- teaching the reflection honestly
+def test_a_context_only_draft_carries_no_loss_and_renders_the_same():
+    from medr2.modeling.tokenizer import CHAT_TEMPLATE, train_tokenizer, with_context_turns
+
+    tok = train_tokenizer(["read the film draft final look report"] * 20, vocab_size=300)
+    assert tok.chat_template == CHAT_TEMPLATE and with_context_turns(CHAT_TEMPLATE) == CHAT_TEMPLATE
+    older = CHAT_TEMPLATE.replace("message.role == 'assistant' and not message.context_only", "message.role == 'assistant'")
+    assert with_context_turns(older) == CHAT_TEMPLATE  # an older model's template gains the switch
+    messages = [{"role": "user", "content": [{"type": "text", "text": "read"}], "context_only": False},
+                {"role": "assistant", "content": [{"type": "text", "text": "draft"}], "context_only": True},
+                {"role": "user", "content": [{"type": "text", "text": "look"}], "context_only": False},
+                {"role": "assistant", "content": [{"type": "text", "text": "final"}], "context_only": False}]
+    out = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    trained = tok.decode([i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m])
+    assert trained == "final<|im_end|>"
+    plain = [{k: v for k, v in m.items() if k != "context_only"} for m in messages]
+    assert tok.apply_chat_template(messages, tokenize=False) == tok.apply_chat_template(plain, tokenize=False)
+
+
+def test_look_rows_hide_only_a_draft_that_holds_an_injected_error():
+    from medr2.phantom.generator import PhantomConfig, generate_study, study_seeds
+    from medr2.reflection.traces import look_row
+    from medr2.report.traces import TraceConfig, build_look_trace
+
+    seen = set()
+    for seed in study_seeds(12, 13):
+        study = generate_study(seed, PhantomConfig(size=256))
+        config = TraceConfig(error_rate=0.5, seed=1)
+        row = look_row(study, None, None, config, normal_look_rate=0.0, max_looks=3)
+        _, error = build_look_trace(study, config, max_looks=3)
+        assistants = [m for m in row["messages"] if m["role"] == "assistant"]
+        assert assistants[0]["context_only"] is (error is not None)
+        assert not any(m["context_only"] for m in assistants[1:])  # the reflection and the report are always taught
+        seen.add(error is None)
+    assert seen == {True, False}
+
+
+def test_look_error_kinds_follow_the_given_proportions():
+    import random
+
+    from medr2.phantom.generator import generate_studies
+    from medr2.report.traces import DEVICE_KINDS, TraceConfig, inject_look_error, parse_look_error_weights
+
+    assert parse_look_error_weights("missed:0.5, wrong_zone:0.25") == {"missed": 0.5, "wrong_zone": 0.25}
+    for bad in ("missed", "missed:-1", "misread:0.2", "missed:0"):
+        with pytest.raises(ValueError, match="look_error_weights"):
+            TraceConfig(look_error_weights=bad)
+    studies = [s for s in generate_studies(30, 12) if any(f.kind not in DEVICE_KINDS for f in s.findings)]
+    rng = random.Random(0)
+    kinds = [inject_look_error(s.findings, rng, {"missed": 3.0, "hallucinated": 1.0})[1] for s in studies * 20]
+    assert set(kinds) == {"missed", "hallucinated"}
+    assert 0.65 < kinds.count("missed") / len(kinds) < 0.85
+    # a kind the study cannot carry leaves its draft right
+    draft, kind, _, _ = inject_look_error([], random.Random(0), {"wrong_side": 1.0})
+    assert (draft, kind) == ([], None)
+
+
+def test_look_heads_with_a_reader_read_the_crop_and_round_trip(tmp_path):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from medr2.reflection.heads import OBSERVATIONS, LookHeads, region_max, tower_checksum
+
+    torch.manual_seed(0)
+    tower = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, image_size=224, patch_size=28)).eval()
+    reader = SiglipVisionModel(tower.config).eval()  # other weights: what tuning at the look scale gives
+    k = len(OBSERVATIONS)
+    weight, bias = np.random.default_rng(0).normal(size=(k, 32)), np.zeros(k)
+    heads = LookHeads(weight, bias, np.full(k, 0.5), tower_checksum(tower), {"fitted_on": "test"}, reader=reader,
+                      crop_thresholds=np.full(k, 0.4))
+    film = np.random.default_rng(1).integers(0, 255, size=(512, 512), dtype=np.uint8)
+    crop = crop_region(film, "left lower zone")
+    film_probs = heads.read(tower, [film])[0]
+    probs, thresholds = heads.region_reading(tower, film, film_probs, "left lower zone")
+    with torch.no_grad():  # the crop's reading goes through the reader, not the model's tower
+        by_reader = LookHeads(weight, bias, np.full(k, 0.5), "", {}).read(reader, [crop])[0].max(axis=0)
+    assert np.allclose(probs, by_reader, atol=1e-5) and np.allclose(thresholds, 0.4)
+    path = heads.save(tmp_path)
+    with pytest.raises(ValueError, match="vision tower"):
+        LookHeads.load(tmp_path)
+    again = LookHeads.load(tmp_path, tower)
+    assert again.reads_crops and np.allclose(again.crop_thresholds, 0.4)
+    assert np.allclose(again.region_reading(tower, film, film_probs, "left lower zone")[0], probs, atol=2e-3)  # float16 copy
+    # without a reader the heads read the region of the whole film, at the film thresholds
+    plain = LookHeads(weight, bias, np.full(k, 0.5), tower_checksum(tower), {})
+    plain_probs, plain_t = plain.region_reading(tower, film, film_probs, "left lower zone")
+    assert np.allclose(plain_probs, region_max(film_probs, "left lower zone")) and np.allclose(plain_t, 0.5)
+    assert path.stat().st_size > 0
+
+
+def test_fit_look_heads_with_a_look_reader_leaves_the_models_tower_alone(tmp_path, capsys):
+    from medr2.cli import main
+    from medr2.modeling.loading import load_model
+    from medr2.modeling.model import cli_build_tiny
+    from medr2.reflection.heads import LookHeads, tower_checksum, tower_of
+
+    model_dir, out = tmp_path / "micro", tmp_path / "heads"
+    assert cli_build_tiny(["--micro", "--out", str(model_dir)]) == 0
+    before = tower_checksum(tower_of(load_model(str(model_dir))[0]))
+    assert main(["fit-look-heads", "--model", str(model_dir), "--out", str(out), "--n_train", "6", "--n_val", "3",
+                 "--film_size", "256", "--steps", "3", "--tune_tower", "true", "--tune_steps", "2", "--batch_size", "4"]) == 0
+    assert "crops F1" in capsys.readouterr().out  # the crop thresholds were chosen on validation crops
+    tower = tower_of(load_model(str(model_dir))[0])
+    assert tower_checksum(tower) == before
+    heads = LookHeads.load(out, tower)
+    assert heads.reads_crops and heads.crop_thresholds.shape == heads.thresholds.shape
+    assert tower_checksum(heads.reader) != before  # the reader is a tuned copy
+    assert "look_reader" in heads.meta and "crop_thresholds_from" in heads.meta
+    film = np.random.default_rng(0).integers(0, 255, size=(256, 256), dtype=np.uint8)
+    probs, thresholds = heads.region_reading(tower, film, heads.read(tower, [film])[0], "right mid zone")
+    assert probs.shape == thresholds.shape and np.all((probs >= 0) & (probs <= 1))
