@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean_s": round(sum(times) / len(times), 4), "p95_s": round(sorted(times)[int(0.95 * (len(times) - 1))], 4),
         "warm_up_s": round(warm, 1),
         "extra_s_by_kind": {k: round(sum(v) / len(v) - base, 4) for k, v in sorted(per_kind.items())},
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus (shared)", "command": "python benchmarks/bench_drr.py --n %d" % args.n,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus (shared)", "command": "OMP_NUM_THREADS=1 python benchmarks/bench_drr.py --n %d" % args.n,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

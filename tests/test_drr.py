@@ -173,3 +173,79 @@ def test_rendered_reports_agree_with_the_labeler_and_anatomy_is_radiological(ct)
             assert a.ctr < 0.5
     assert np.array_equal(studies[0].image, generate_studies(1, 2, PhantomConfig(renderer="drr")).__next__().image)
     assert len({s.image.tobytes() for s in studies}) == len(studies)
+
+
+def test_film_sampler_matches_scipy_bilinear_sampling_inside_and_outside_the_detector():
+    """The per-film sampler (weights computed once) gives map_coordinates' values in both edge modes."""
+    from medr2.phantom.drr import _Sampler
+
+    rng = np.random.default_rng(3)
+    det = rng.random((g.DET_N, g.DET_N)).astype(np.float32)
+    rows, cols = rng.uniform(-4, g.DET_N + 3, (2, 64, 64))
+    rows[0, :4], cols[0, :4] = [-0.5, 0.0, g.DET_N - 1, g.DET_N - 0.5], 7.0  # just outside, on and inside the edge
+    sample = _Sampler(rows, cols)
+    for edge, mode in ((False, "constant"), (True, "nearest")):
+        ref = ndimage.map_coordinates(det, [rows, cols], order=1, mode=mode, cval=0.0, prefilter=False)
+        out = sample(det, edge)
+        assert out.dtype == ref.dtype and out.shape == ref.shape
+        np.testing.assert_allclose(out, ref, atol=1e-6)
+    assert sample(det)[0, 0] == 0.0 and sample(det, edge=True)[0, 0] > 0  # outside: 0, or the edge value
+
+
+def test_elastic_knots_zoom_as_a_separable_spline():
+    from medr2.phantom.drr import _knot_spline
+
+    knots = np.random.default_rng(4).normal(0, 3.5, (5, 5))
+    for size in (256, 300):
+        spline = _knot_spline(size)
+        ref = ndimage.zoom(knots, size / 5, order=3, mode="nearest")[:size, :size]
+        np.testing.assert_allclose(spline @ knots @ spline.T, ref, atol=1e-9)
+
+
+def test_splatter_reuses_one_projection_for_every_map_and_subset():
+    geo = g.Geometry(centre=(48.0, 48.0, 48.0), y_det=150.0)
+    rng = np.random.default_rng(5)
+    pts = rng.uniform(10, 90, (500, 3))
+    weight, subset = rng.random(500), rng.random(500) < 0.3
+    proj = g.Splatter(geo, pts, 1.3, 0.05)
+    assert np.array_equal(proj(weight), g.splat(geo, pts, weight, 1.3, 0.05))
+    assert np.array_equal(proj(weight[subset], subset), g.splat(geo, pts[subset], weight[subset], 1.3, 0.05))
+
+
+def test_cached_lung_points_select_what_filtering_every_point_would(ct):
+    """The builders look at an x range or a wall-distance band of the cached lung points: the same points, in the same
+    order, as filtering the whole lung (so films stay identical)."""
+    from medr2.phantom import drr_findings as f3
+
+    sc = f3.scene()
+    for key in (("right", 1, True), ("left", 2, False)):
+        pts = sc.points(*key)
+        xyz, idx, vol = f3._lung_points(sc, *key)
+        assert np.array_equal(pts.xyz, xyz) and np.array_equal(pts.i, sc.index(xyz)) and pts.vol == vol
+        lo, hi = np.percentile(xyz[:, 0], [30, 45])
+        assert np.array_equal(pts.x_between(lo, hi), np.flatnonzero((xyz[:, 0] >= lo) & (xyz[:, 0] <= hi)))
+        wall = sc.wall_dist[key[0]][idx[:, 0], idx[:, 1], idx[:, 2]]
+        assert np.array_equal(pts.wall_below(7.5), np.flatnonzero(wall < 7.5))
+        assert (pts.z_min, pts.z_max, pts.x_median) == (xyz[:, 2].min(), xyz[:, 2].max(), np.median(xyz[:, 0]))
+
+
+def test_film_measurements_match_a_row_by_row_scan():
+    """describe_film and the mediastinum mask (vectorised) agree with scanning each row and column of the lung fields."""
+    from medr2.phantom.drr import describe_film, mediastinum_film_mask
+
+    size = 64
+    yy, xx = np.mgrid[:size, :size]
+    right = ((xx - 18) / 12.0) ** 2 + ((yy - 30) / 22.0) ** 2 < 1
+    left = ((xx - 46) / 11.0) ** 2 + ((yy - 31) / 23.0) ** 2 < 1
+    heart = ((xx - 34) / 9.0) ** 2 + ((yy - 44) / 7.0) ** 2 < 1
+    trachea = (np.abs(xx - 32) < 2) & (yy < 20)
+    a = describe_film({"right": right, "left": left}, heart, trachea)
+    assert a.dome_y["right"] == min(np.nonzero(right[:, c])[0].max() for c in range(12, 25))
+    gaps = [np.nonzero(left[y])[0].min() - np.nonzero(right[y])[0].max()
+            for y in range(int(a.apex_y + 0.15 * (a.heart_box[1] - a.apex_y)), a.heart_box[1]) if right[y].any() and left[y].any()]
+    assert a.mediastinum_ratio == pytest.approx(np.percentile(gaps, 75) / a.thoracic_width_px)
+    m = mediastinum_film_mask(a)
+    for y in range(size):
+        r, le = np.nonzero(right[y])[0], np.nonzero(left[y])[0]
+        between = int(le.min() - r.max() - 1) if a.apex_y <= y <= a.heart_box[1] and len(r) and len(le) else 0
+        assert m[y].sum() == between and (between == 0 or m[y, r.max() + 1] and m[y, le.min() - 1])

@@ -50,6 +50,10 @@ class Scene:
         self._lung_idx: dict = {}
         self._centrelines: dict = {}
         self._heart_growth: tuple[np.ndarray, np.ndarray] | None = None
+        self._points: dict = {}
+        self._label_idx: dict = {}
+        self._tops: dict = {}
+        self._medial: dict = {}
 
     def xyz(self, idx: np.ndarray) -> np.ndarray:
         return (idx + 0.5) * self.sp
@@ -71,6 +75,44 @@ class Scene:
             self._lung_idx[key] = np.argwhere(self.lung[side][::stride, ::stride]) * np.array([stride, stride, 1])
         return self._lung_idx[key]
 
+    def points(self, side: str, stride: int, sub_z: bool) -> LungPoints:
+        """`_lung_points` with the voxel index and wall distance of every point, computed once per process (the
+        builders used to recompute them for every finding: most of their time)."""
+        key = (side, stride, sub_z)
+        if key not in self._points:
+            self._points[key] = LungPoints(self, side, sub_z, *_lung_points(self, side, stride, sub_z))
+        return self._points[key]
+
+    def label_idx(self, label: int) -> np.ndarray:
+        """Voxel indices of one label (cached: a full-volume scan each time otherwise)."""
+        if label not in self._label_idx:
+            self._label_idx[label] = np.argwhere(self.ct.labels == label)
+        return self._label_idx[label]
+
+    def top_z(self, what: str) -> float:
+        """Height (mm) of the highest voxel centre of the heart or of either lung."""
+        if what not in self._tops:
+            m = self.heart if what == "heart" else self.lung["right"] | self.lung["left"]
+            self._tops[what] = float((np.nonzero(m.any(axis=(0, 1)))[0].max() + 0.5) * self.sp[2])
+        return self._tops[what]
+
+    def lungs_mid_x(self) -> float:
+        """Mean x (mm) of all lung voxel centres: the midline the rib builder measures lateral reach from."""
+        if "mid_x" not in self._medial:
+            self._medial["mid_x"] = self.xyz(np.argwhere(self.lung["right"] | self.lung["left"]))[:, 0].mean()
+        return self._medial["mid_x"]
+
+    def mediastinal_rows(self) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Per (y, z) row the right lung's most medial x index and the left lung's, and each lung's voxel indices."""
+        if "rows" not in self._medial:
+            r, left = self.lung["right"], self.lung["left"]
+            X = r.shape[0]
+            xs = np.arange(X)[:, None, None]
+            r_edge = np.where(r.any(axis=0), np.max(np.where(r, xs, -1), axis=0), -1)
+            l_edge = np.where(left.any(axis=0), np.min(np.where(left, xs, X), axis=0), X)
+            self._medial["rows"] = (r_edge, l_edge, {"right": np.argwhere(r), "left": np.argwhere(left)})
+        return self._medial["rows"]
+
     def centreline(self, name: str) -> dict[int, tuple[float, float]]:
         """Slice k -> (x, y) centroid of a tubular structure's label."""
         if name in self._centrelines:
@@ -82,6 +124,37 @@ class Scene:
             out[int(k)] = tuple(float(v) for v in (ij.mean(axis=0) + 0.5) * self.sp[:2])
         self._centrelines[name] = out
         return out
+
+
+class LungPoints:
+    """One lung's sample points (`_lung_points`) with what the builders look up at each: the voxel under each point
+    (`Scene.index`), the distance to the lung surface, and lookups by x range and by wall distance that return the
+    same points in the same order as filtering the whole set would (so films are unchanged, only faster)."""
+
+    def __init__(self, sc: Scene, side: str, sub_z: bool, xyz: np.ndarray, idx: np.ndarray, vol: float):
+        self.xyz, self.vol = xyz, vol  # (the voxel indices themselves are not kept: ~24 bytes a point)
+        self.i = sc.index(xyz)
+        self.wall = sc.wall_dist[side][idx[:, 0], idx[:, 1], idx[:, 2]]
+        # argwhere order is x-major, so x is non-decreasing within each z half (two halves when sub-sampled in z)
+        n = len(xyz)
+        self.halves = [(0, n // 2), (n // 2, n)] if sub_z else [(0, n)]
+        if not all(np.all(np.diff(xyz[a:b, 0]) >= 0) for a, b in self.halves):
+            raise RuntimeError("lung points are not in x-major order")
+        self.z_min, self.z_max = (float(xyz[:, 2].min()), float(xyz[:, 2].max())) if n else (0.0, 0.0)
+        self.x_median = float(np.median(xyz[:, 0])) if n else 0.0
+        self.x_min, self.x_max = (float(xyz[:, 0].min()), float(xyz[:, 0].max())) if n else (0.0, 0.0)
+
+    def x_between(self, lo: float, hi: float) -> np.ndarray:
+        """Indices (ascending) of the points with lo <= x <= hi."""
+        parts = []
+        for a, b in self.halves:
+            x = self.xyz[a:b, 0]
+            parts.append(np.arange(a + np.searchsorted(x, lo, "left"), a + np.searchsorted(x, hi, "right")))
+        return np.concatenate(parts)
+
+    def wall_below(self, limit: float) -> np.ndarray:
+        """Indices (ascending) of the points less than `limit` mm from the lung surface."""
+        return np.flatnonzero(self.wall < limit)
 
 
 @lru_cache(maxsize=1)
@@ -115,9 +188,9 @@ def _lung_points(sc: Scene, side: str, stride: int = 1, sub_z: bool = True) -> t
     return xyz, idx, vol
 
 
-def _fill_lung(sc: Scene, xyz: np.ndarray, amount: np.ndarray, keep_airways: bool) -> np.ndarray:
-    """Density change turning lung at `xyz` toward fluid by `amount` (0..1)."""
-    i = sc.index(xyz)
+def _fill_lung(sc: Scene, xyz: np.ndarray, amount: np.ndarray, keep_airways: bool, i: np.ndarray | None = None) -> np.ndarray:
+    """Density change turning lung at `xyz` (voxels `i`, looked up when not given) toward fluid by `amount` (0..1)."""
+    i = sc.index(xyz) if i is None else i
     rho = sc.rho[i[:, 0], i[:, 1], i[:, 2]]
     dw = amount * np.clip(FLUID - rho, 0, None)
     if keep_airways:
@@ -161,7 +234,8 @@ def lesion(sc: Scene, rng: np.random.Generator, centre: np.ndarray, diameter: fl
 def airspace(sc: Scene, rng: np.random.Generator, side: str, centre: np.ndarray, radius: float, density: float,
              patchy: float, keep_airways: bool = True) -> Lesion3D:
     """Lung within an irregular sphere around `centre`, restricted to its lobe, filled toward fluid by `density`."""
-    xyz, _, vol = _lung_points(sc, side, stride=1, sub_z=False)
+    pts = sc.points(side, 1, False)
+    xyz, vol = pts.xyz[pts.x_between(centre[0] - radius * 1.4, centre[0] + radius * 1.4)], pts.vol
     near = np.linalg.norm(xyz - centre, axis=1) < radius * 1.4
     xyz = xyz[near]
     lobe = sc.label_at(centre[None])[0]
@@ -178,16 +252,19 @@ def airspace(sc: Scene, rng: np.random.Generator, side: str, centre: np.ndarray,
 
 def plate(sc: Scene, rng: np.random.Generator, side: str, centre: np.ndarray, strength: float) -> Lesion3D:
     """Plate-like atelectasis: a 3-6 mm thick, roughly horizontal disc of collapsed lung, 3-5 cm across."""
-    xyz, _, vol = _lung_points(sc, side, stride=1, sub_z=True)
+    pts = sc.points(side, 1, True)
     normal = np.array([rng.normal(0, 0.12), rng.normal(0, 0.25), 1.0])
     normal /= np.linalg.norm(normal)
+    half_t, reach = rng.uniform(2.5, 4.0), rng.uniform(30, 50)
+    # only points within hypot(half_t + 0.75, reach) of the centre can be inside the plate: look at that x range only
+    near = pts.x_between(centre[0] - 52.0, centre[0] + 52.0)
+    xyz, vol = pts.xyz[near], pts.vol
     d = xyz - centre
     h = d @ normal
     radial = np.linalg.norm(d - h[:, None] * normal, axis=1)
-    half_t, reach = rng.uniform(2.5, 4.0), rng.uniform(30, 50)
     amount = np.clip((half_t - np.abs(h)) / 1.5 + 0.5, 0, 1) * np.clip((reach - radial) / 10, 0, 1)
     keep = amount > 0.02
-    dw = _fill_lung(sc, xyz[keep], amount[keep] * strength, keep_airways=False)
+    dw = _fill_lung(sc, xyz[keep], amount[keep] * strength, keep_airways=False, i=pts.i[near][keep])
     return Lesion3D(xyz[keep], dw, np.zeros_like(dw), vol, amount[keep] > 0.4)
 
 
@@ -195,13 +272,13 @@ def effusion(sc: Scene, rng: np.random.Generator, side: str, level_mm: float) ->
     """Free pleural fluid of an erect patient: it fills the dependent hemithorax up to `level_mm` above the lowest
     point of the lung (the posterior costophrenic recess) and climbs the chest wall in a thin layer above that, so
     rays tangent to the lateral wall cross more fluid: the meniscus comes from the geometry."""
-    xyz, idx, vol = _lung_points(sc, side, stride=2, sub_z=False)
-    z0 = xyz[:, 2].min() + level_mm
-    wall = sc.wall_dist[side][idx[:, 0], idx[:, 1], idx[:, 2]]
+    pts = sc.points(side, 2, False)
+    xyz, vol, wall = pts.xyz, pts.vol, pts.wall
+    z0 = pts.z_min + level_mm
     rise = rng.uniform(25, 45) * np.clip(1 - wall / rng.uniform(8, 12), 0, 1)
     amount = np.clip((z0 + rise - xyz[:, 2]) / 4.0, 0, 1)
     keep = amount > 0.02
-    dw = _fill_lung(sc, xyz[keep], amount[keep], keep_airways=False)
+    dw = _fill_lung(sc, xyz[keep], amount[keep], keep_airways=False, i=pts.i[keep])
     return Lesion3D(xyz[keep], dw, np.zeros_like(dw), vol, amount[keep] > 0.5)
 
 
@@ -209,16 +286,16 @@ def pneumothorax(sc: Scene, side: str, rim_mm: float, apical_only: bool) -> Lesi
     """Air between the chest wall and the retracted lung: lung within `rim_mm` of the wall (widest at the apex, where
     air rises in an erect patient) loses all its density, vessels included; the visceral pleura at the new lung
     surface is a 1.5 mm denser shell (the pleural line)."""
-    xyz, idx, vol = _lung_points(sc, side, stride=1, sub_z=True)
-    wall = sc.wall_dist[side][idx[:, 0], idx[:, 1], idx[:, 2]]
+    pts = sc.points(side, 1, True)
+    near = pts.wall_below(rim_mm + 1.5)  # the rim is at most `rim_mm`: deeper points are neither air nor line
+    xyz, vol, wall, i = pts.xyz[near], pts.vol, pts.wall[near], pts.i[near]
     z = xyz[:, 2]
-    zt, zb = z.max(), z.min()
+    zt, zb = pts.z_max, pts.z_min
     rim = rim_mm * (0.45 + 0.55 * np.clip((z - zb) / (zt - zb), 0, 1) ** 1.5)
     if apical_only:
         rim = np.where(z > zt - 70, rim, 0.0)
     air = wall < rim
     line = (wall >= rim) & (wall < rim + 1.5) & (rim > 0)
-    i = sc.index(xyz)
     rho = sc.rho[i[:, 0], i[:, 1], i[:, 2]]
     dw = np.where(air, -rho, np.where(line, 0.6, 0.0))
     keep = air | line
@@ -229,12 +306,12 @@ def edema(sc: Scene, rng: np.random.Generator, hila: dict[str, np.ndarray], amou
     """Perihilar airspace haze fading to the periphery, plus interstitial (Kerley B) septal lines at the lateral bases."""
     parts = []
     for side in ("right", "left"):
-        xyz, idx, vol = _lung_points(sc, side, stride=2, sub_z=False)
+        pts = sc.points(side, 2, False)
+        xyz, vol, wall = pts.xyz, pts.vol, pts.wall
         d = np.linalg.norm((xyz - hila[side]) / np.array([1.0, 1.3, 0.8]), axis=1)
         haze = amount * np.exp(-((d / 75.0) ** 2)) * (0.75 + 0.25 * _smooth_noise(rng, xyz, 20.0))
-        dw = _fill_lung(sc, xyz, np.clip(haze, 0, 1), keep_airways=True)
+        dw = _fill_lung(sc, xyz, np.clip(haze, 0, 1), keep_airways=True, i=pts.i)
         parts.append((xyz, dw, vol, haze > 0.28))
-        wall = sc.wall_dist[side][idx[:, 0], idx[:, 1], idx[:, 2]]
         z = xyz[:, 2]
         base = z.min() + np.percentile(z - z.min(), 8)
         reach = np.abs(xyz[:, 0] - np.median(xyz[:, 0]))
@@ -253,9 +330,8 @@ def rib_fracture(sc: Scene, rng: np.random.Generator, side: str, rib: int, s: fl
     gap across the rib and, when healing, a fusiform callus of new bone around it."""
     ct = sc.ct
     lab = ct.structures[f"rib_{side}_{rib}"]
-    idx = np.argwhere(ct.labels == lab)
-    xyz = sc.xyz(idx)
-    mid_x = sc.xyz(np.argwhere(sc.lung["right"] | sc.lung["left"]))[:, 0].mean()
+    xyz = sc.xyz(sc.label_idx(lab))
+    mid_x = sc.lungs_mid_x()
     lateral = np.abs(xyz[:, 0] - mid_x)
     posterior = xyz[:, 1] < np.median(xyz[:, 1]) + 10
     target = s * lateral.max()
@@ -285,17 +361,20 @@ def rib_fracture(sc: Scene, rng: np.random.Generator, side: str, rib: int, s: fl
 
 def pleural_thickening(sc: Scene, side: str, z_lo: float, z_hi: float, apical: bool, rng: np.random.Generator) -> Lesion3D:
     """Smooth soft tissue 3-6 mm thick lining the lateral chest wall between heights z_lo..z_hi (or an apical cap)."""
-    xyz, idx, vol = _lung_points(sc, side, stride=1, sub_z=True)
-    wall = sc.wall_dist[side][idx[:, 0], idx[:, 1], idx[:, 2]]
-    z = xyz[:, 2]
+    pts = sc.points(side, 1, True)
     thick = rng.uniform(3.5, 6.0)
-    mid = np.median(xyz[:, 0])
-    out = (xyz[:, 0] - mid) * (-1.0 if side == "right" else 1.0)  # > 0 toward the lateral chest wall
-    lateral = out > 0.45 * out.max() if not apical else z > z.max() - 25
+    near = pts.wall_below(thick + 0.75)  # deeper points get no thickening
+    xyz, vol, wall = pts.xyz[near], pts.vol, pts.wall[near]
+    z = xyz[:, 2]
+    mid = pts.x_median
+    sign = -1.0 if side == "right" else 1.0
+    out = (xyz[:, 0] - mid) * sign  # > 0 toward the lateral chest wall
+    out_max = max((pts.x_min - mid) * sign, (pts.x_max - mid) * sign)  # over the whole lung
+    lateral = out > 0.45 * out_max if not apical else z > pts.z_max - 25
     band = (z >= z_lo) & (z <= z_hi) if not apical else np.ones(len(z), bool)
     amount = np.clip((thick - wall) / 1.5, 0, 1) * lateral * band
     keep = amount > 0.02
-    dw = _fill_lung(sc, xyz[keep], amount[keep], keep_airways=False)
+    dw = _fill_lung(sc, xyz[keep], amount[keep], keep_airways=False, i=pts.i[near][keep])
     return Lesion3D(xyz[keep], dw, np.zeros_like(dw), vol, amount[keep] > 0.5)
 
 
@@ -339,14 +418,11 @@ def dilated_heart(sc: Scene, s: float) -> Lesion3D:
 def widened_mediastinum(sc: Scene, scale: float, z_lo: float, z_hi: float) -> Lesion3D:
     """Upper mediastinum widened by `scale` about its own centre line (each row between the two lungs' medial
     edges): the lung it now occupies becomes soft tissue."""
-    r, left = sc.lung["right"], sc.lung["left"]
-    X = r.shape[0]
-    xs = np.arange(X)[:, None, None]
-    r_edge = np.where(r.any(axis=0), np.max(np.where(r, xs, -1), axis=0), -1)  # [Y, Z] most medial right-lung voxel
-    l_edge = np.where(left.any(axis=0), np.min(np.where(left, xs, X), axis=0), X)
-    parts, sx = [], sc.sp[0]
-    for side, lung in (("right", r), ("left", left)):
-        idx = np.argwhere(lung)
+    r_edge, l_edge, lung_idx = sc.mediastinal_rows()  # [Y, Z] most medial voxel of each lung; each lung's voxels
+    X = sc.lung["right"].shape[0]
+    parts = []
+    for side in ("right", "left"):
+        idx = lung_idx[side]
         z = (idx[:, 2] + 0.5) * sc.sp[2]
         idx = idx[(z >= z_lo) & (z <= z_hi)]
         re, le = r_edge[idx[:, 1], idx[:, 2]], l_edge[idx[:, 1], idx[:, 2]]
@@ -359,7 +435,6 @@ def widened_mediastinum(sc: Scene, scale: float, z_lo: float, z_hi: float) -> Le
     idx = np.concatenate(parts)
     xyz = sc.xyz(idx)
     dw = _fill_lung(sc, xyz, np.ones(len(xyz)), keep_airways=False)
-    del sx
     return Lesion3D(xyz, dw, np.zeros_like(dw), float(np.prod(sc.sp)), np.ones(len(xyz), bool))
 
 

@@ -74,17 +74,33 @@ def det_index(u: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def splat(geo: Geometry, xyz: np.ndarray, weight: np.ndarray, voxel_mm3: float, theta: float) -> np.ndarray:
     """Line integrals (detector map) of a density given at points: each point carries `weight` x `voxel_mm3` of
     material, spread bilinearly; the ray bundle through a pixel is M^2 narrower at the point than at the detector."""
-    u, w, m = project_points(geo, xyz, theta)
-    r, c = det_index(u, w)
-    r0, c0 = np.floor(r).astype(np.int64), np.floor(c).astype(np.int64)
-    fr, fc = r - r0, c - c0
-    amount = weight * voxel_mm3 * m**2 / DET_PITCH_MM**2
-    out = np.zeros(DET_N * DET_N, dtype=np.float64)
-    for dr, dc, wt in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
-        rr, cc = r0 + dr, c0 + dc
-        ok = (rr >= 0) & (rr < DET_N) & (cc >= 0) & (cc < DET_N)
-        out += np.bincount(rr[ok] * DET_N + cc[ok], weights=(amount * wt)[ok], minlength=DET_N * DET_N)
-    return out.reshape(DET_N, DET_N).astype(np.float32)
+    return Splatter(geo, xyz, voxel_mm3, theta)(weight)
+
+
+class Splatter:
+    """`splat` with the points projected once: a finding splats its water, bone and sign maps from the same points."""
+
+    def __init__(self, geo: Geometry, xyz: np.ndarray, voxel_mm3: float, theta: float):
+        u, w, m = project_points(geo, xyz, theta)
+        r, c = det_index(u, w)
+        r0, c0 = np.floor(r).astype(np.int64), np.floor(c).astype(np.int64)
+        fr, fc = r - r0, c - c0
+        self.voxel_mm3, self.m2 = voxel_mm3, m**2
+        self.corners = []
+        for dr, dc, wt in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+            rr, cc = r0 + dr, c0 + dc
+            self.corners.append(((rr >= 0) & (rr < DET_N) & (cc >= 0) & (cc < DET_N), rr * DET_N + cc, wt))
+
+    def __call__(self, weight: np.ndarray, subset: np.ndarray | None = None) -> np.ndarray:
+        """The detector map of `weight` at the points (or at the points of the boolean `subset`)."""
+        m2 = self.m2 if subset is None else self.m2[subset]
+        amount = weight * self.voxel_mm3 * m2 / DET_PITCH_MM**2
+        out = np.zeros(DET_N * DET_N, dtype=np.float64)
+        for ok, flat, wt in self.corners:
+            if subset is not None:
+                ok, flat, wt = ok[subset], flat[subset], wt[subset]
+            out += np.bincount(flat[ok], weights=(amount * wt)[ok], minlength=DET_N * DET_N)
+        return out.reshape(DET_N, DET_N).astype(np.float32)
 
 
 def geometry_of(ct: ChestCT) -> Geometry:
