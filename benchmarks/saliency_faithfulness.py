@@ -161,8 +161,23 @@ def resolve_layer(pipe, layer: str) -> tuple[str, dict | None]:
     return layer, (pipe.saliency_config.get("depth_weights") if layer == "blocks" else None)
 
 
-def evaluate(pipe, studies, results, methods, variants, seed: int) -> tuple[list[dict], list[dict]]:
+def heads_maps(pipe, heads: dict, study, found) -> dict[str, np.ndarray]:
+    """Each look-heads folder's per-patch probability map [targets, 8, 8] of each target's observation, read on the
+    film (an independent localisation: it does not pass through the language model)."""
+    from medr2.reflection.heads import OBSERVATIONS, tower_of
+
+    out = {}
+    for name, h in heads.items():
+        probs = h.read(tower_of(pipe.model), [study.image])[0]  # [64, 13]
+        grid = int(round(np.sqrt(probs.shape[0])))
+        out[name] = np.stack([probs[:, OBSERVATIONS.index(t.name)].reshape(grid, grid) if t.name in OBSERVATIONS
+                              else np.zeros((grid, grid)) for t, _, _ in found])
+    return out
+
+
+def evaluate(pipe, studies, results, methods, variants, seed: int, heads: dict | None = None) -> tuple[list[dict], list[dict]]:
     rng = np.random.default_rng(seed)
+    heads = heads or {}
     rows, shown = [], []
     tok = pipe.processor.tokenizer
     for i, (study, res) in enumerate(zip(studies, results)):
@@ -179,6 +194,9 @@ def evaluate(pipe, studies, results, methods, variants, seed: int) -> tuple[list
             explained, depth = resolve_layer(pipe, layer)
             grids, _ = S.attribute(pipe.model, inputs, new_ids, [t for t, _, _ in found], offsets, methods=run,
                                    layer=explained, depth_weights=depth)
+            if vi == 0 and heads:
+                grids.update(heads_maps(pipe, heads, study, found))
+                run = [*run, *heads]
             patch_px = study.image.shape[1] / next(iter(grids.values())).shape[2]
             for k, (t, kind, mask) in enumerate(found):
                 drops = deletion(pipe, inputs, new_ids, weights, grids, k, rng, explained) if vi == 0 else {}
@@ -328,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=25, help="generation batch size")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--source", default="generated", choices=("generated", "reference"))
+    parser.add_argument("--look_heads", default="", help="look-heads folders (comma-separated) whose per-patch maps are "
+                                                         "scored as methods 'heads:<folder name>' beside the others")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--figure", type=lambda v: Path(v) if v else None, default=FIGURE, help="overlay figure ('' for none)")
     args = parser.parse_args(argv)
@@ -348,7 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     results = (generate(pipe, studies, args.batch) if args.source == "generated"
                else [reference_result(pipe, s) for s in studies])
     t_gen = time.perf_counter() - t0
-    rows, shown = evaluate(pipe, studies, results, methods, variants, args.seed)
+    from medr2.reflection.heads import LookHeads, tower_of
+
+    heads = {f"heads:{Path(d).name}": LookHeads.load(d, tower_of(pipe.model)) for d in args.look_heads.split(",") if d}
+    if any(h is None for h in heads.values()):
+        print(f"saliency_faithfulness: {args.look_heads}: look heads missing or fitted on another tower", file=sys.stderr)
+        return 2
+    rows, shown = evaluate(pipe, studies, results, methods, variants, args.seed, heads)
     summary, cover = summarise(rows), coverage(studies, results)
     print(f"saliency faithfulness: {args.n} held-out phantoms (seed {args.seed}), {args.source} text, model {args.model}")
     print_table(summary, cover)

@@ -24,6 +24,11 @@ def _parser_for(recipe: Path):
 
     if recipe.name.startswith("stage0"):
         return perception.parse_config
+    if recipe.name.startswith("look_reader"):  # medr2 fit-look-heads
+        from medr2.cli import parse_config
+        from medr2.reflection.heads import LookHeadsConfig
+
+        return lambda argv: parse_config("medr2 fit-look-heads", LookHeadsConfig, argv)
     return grpo.parse_config if recipe.name.startswith("grpo") else sft.parse_config
 
 

@@ -351,3 +351,40 @@ def test_fit_look_heads_with_a_look_reader_leaves_the_models_tower_alone(tmp_pat
     film = np.random.default_rng(0).integers(0, 255, size=(256, 256), dtype=np.uint8)
     probs, thresholds = heads.region_reading(tower, film, heads.read(tower, [film])[0], "right mid zone")
     assert probs.shape == thresholds.shape and np.all((probs >= 0) & (probs <= 1))
+
+
+def test_look_heads_maps_come_first_for_findings_and_read_the_film(tmp_path):
+    from medr2.app.views import default_overlay, overlay_choices
+    from medr2.inference.pipeline import HEADS_MAP_METHOD, Pipeline, PipelineConfig
+    from medr2.modeling.model import cli_build_tiny
+    from medr2.reflection.heads import OBSERVATIONS, LookHeads, tower_checksum, tower_of
+    from medr2.saliency import DEFAULT_METHOD, normalise
+
+    folder = tmp_path / "micro"
+    assert cli_build_tiny(["--micro", "--out", str(folder)]) == 0
+    y, x = np.mgrid[0:240, 0:256]
+    film = ((np.sin(x / 9.0) * np.cos(y / 13.0) + 1) * 120).astype(np.uint8)
+    plain = Pipeline(PipelineConfig(model=str(folder)))
+    without = plain.saliency(plain.forced_result(film, GENERATED)).maps
+    assert {m.method for m in without} == {DEFAULT_METHOD}
+    k, dim = len(OBSERVATIONS), plain.model.config.vision_config.hidden_size
+    heads = LookHeads(np.random.default_rng(0).normal(size=(k, dim)), np.zeros(k), np.full(k, 0.5),
+                      tower_checksum(tower_of(plain.model)), {"fitted_on": "test"})
+    heads.save(folder)
+    pipe = Pipeline(PipelineConfig(model=str(folder)))
+    assert pipe.look_mode == "off" and pipe.look_heads is not None  # loaded for the maps, not for looks
+    maps = pipe.saliency(pipe.forced_result(film, GENERATED)).maps
+    findings = [m for m in without if m.kind == "finding"]
+    assert findings and len(maps) == len(without) + len(findings)
+    probs = heads.read(tower_of(pipe.model), [film])[0]
+    for m in findings:
+        i = next(j for j, n in enumerate(maps) if n.target == m.target and n.method == HEADS_MAP_METHOD)
+        assert maps[i + 1].target == m.target and maps[i + 1].method == DEFAULT_METHOD  # heads first, then gradients
+        expected = normalise(probs[:, OBSERVATIONS.index(m.target)].reshape(8, 8))
+        assert np.allclose(maps[i].grid, expected, atol=1e-6) and maps[i].heatmap.shape == film.shape
+    labels = [label for label, _ in overlay_choices(maps)]
+    first = int(default_overlay(maps))
+    assert maps[first].method == HEADS_MAP_METHOD and "(finding heads)" in labels[first + 1]
+    assert any("(model gradients)" in label for label in labels)
+    # another method asked for by name: the heads' maps are not mixed in
+    assert {m.method for m in pipe.saliency(pipe.forced_result(film, GENERATED), method="gradcam").maps} == {"gradcam"}

@@ -19,7 +19,7 @@ from medr2.evaluation.evaluate import stated_details
 from medr2.inference.pipeline import Pipeline, PipelineConfig, read_model_card
 from medr2.labeler.findings import POSITIVE, UNCERTAIN
 from medr2.report.schema import SECTIONS
-from medr2.saliency import DEPTH_FILE, EVIDENCE_MIN, layers_for
+from medr2.saliency import DEFAULT_METHOD, DEPTH_FILE, EVIDENCE_MIN, layers_for
 
 pytestmark = pytest.mark.slow  # loads the 13 MB model and generates six reports (~15 s on two CPU cores)
 
@@ -140,15 +140,20 @@ def test_saliency_json_is_read_and_fits_the_vision_tower(pipe, results, monkeypa
     from medr2 import saliency as maps  # the stage's public face, which the pipeline calls
 
     seen = []
-    monkeypatch.setattr(maps, "explain", lambda *args, **kwargs: seen.append(kwargs["depth_weights"]))
+    def explain(*args, **kwargs):
+        seen.append(kwargs["depth_weights"])
+        return maps.SaliencyResult([], maps.DEFAULT_METHOD, 0.0)
+
+    monkeypatch.setattr(maps, "explain", explain)
     pipe.saliency(results["pneumothorax"])
     pipe.saliency(results["pneumothorax"], depth_weights={"Pneumothorax": [1.0] * 6})
     assert seen == [weights, {"Pneumothorax": [1.0] * 6}]
 
 
-# finding -> (example, the side of the image its map's energy must mostly lie on, weak visual evidence?)
-# Patient left is image right on a frontal film. The nodule's map falls outside the right upper zone the
-# report names (and off the real nodule), so the app marks it weak evidence: pinned as it is.
+# finding -> (example, the side of the image its map's energy must mostly lie on, weak visual evidence of the
+# gradient map?) Patient left is image right on a frontal film. The nodule's gradient map falls outside the right
+# upper zone the report names (and off the real nodule), so the app marks it weak evidence: pinned as it is. Its look
+# heads' map, listed first, lies on the nodule's side and is not weak.
 SALIENCY = {"Pneumothorax": ("pneumothorax", "image right", False),
             "Pleural Effusion": ("effusion", "image right", False),
             "Consolidation": ("consolidation", "image right", False),
@@ -157,10 +162,17 @@ SALIENCY = {"Pneumothorax": ("pneumothorax", "image right", False),
 
 @pytest.mark.parametrize("finding", sorted(SALIENCY))
 def test_saliency_of_lateral_findings(pipe, results, finding):
+    from medr2.inference.pipeline import HEADS_MAP_METHOD
+
     name, side, weak = SALIENCY[finding]
-    heat = pipe.saliency(results[name], targets=[finding]).for_target(finding)
-    assert heat is not None, f"no map for {finding}"
-    w = heat.heatmap.shape[1]
-    right_share = float(heat.heatmap[:, w // 2:].sum() / heat.heatmap.sum())
+    found = pipe.saliency(results[name], targets=[finding]).maps
+    assert [m.method for m in found] == [HEADS_MAP_METHOD, DEFAULT_METHOD], f"maps for {finding}: {found}"
+    heads, gradients = found
+    w = heads.heatmap.shape[1]
+    right_share = float(heads.heatmap[:, w // 2:].sum() / heads.heatmap.sum())
     assert (right_share > 0.5) if side == "image right" else (right_share < 0.5), right_share
-    assert heat.weak_evidence is weak and (heat.evidence < EVIDENCE_MIN) is weak, heat.evidence
+    assert not heads.weak_evidence and heads.evidence >= EVIDENCE_MIN
+    right_share = float(gradients.heatmap[:, w // 2:].sum() / gradients.heatmap.sum())
+    if not weak:
+        assert (right_share > 0.5) if side == "image right" else (right_share < 0.5), right_share
+    assert gradients.weak_evidence is weak and (gradients.evidence < EVIDENCE_MIN) is weak, gradients.evidence

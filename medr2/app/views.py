@@ -293,6 +293,11 @@ def provenance_markdown(prov: dict, metadata: dict | None = None, warnings: Sequ
     return "  \n".join(lines)
 
 
+# Where a finding's map comes from: the look heads' per-patch reading of the film (first where the model has them:
+# it points at the finding more often, docs/saliency.md), or the language model's gradients (gradient x activation).
+MAP_SOURCES = {"look heads": "finding heads", "gradxact": "model gradients"}
+
+
 def overlay_choices(maps: Sequence[Any]) -> list[tuple[str, str]]:
     """Dropdown (label, value) pairs: 'none' first, then one per saliency map (value = its index)."""
     choices = [("No overlay (image only)", NO_OVERLAY)]
@@ -301,7 +306,7 @@ def overlay_choices(maps: Sequence[Any]) -> list[tuple[str, str]]:
         quote = f": “{text[:60]}{'…' if len(text) > 60 else ''}”" if text else ""
         kind = getattr(m, "kind", "")
         head = ("Whole report" if kind == "report" else f"Region · {m.target}" if kind == "perception"
-                else f"Finding · {m.target}")
+                else f"Finding · {m.target} ({MAP_SOURCES.get(getattr(m, 'method', ''), 'model gradients')})")
         choices.append((head + ("" if kind == "report" else quote), str(i)))
     return choices
 

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_MODEL = REPO_ROOT / "assets" / "model"
 MODEL_CARD_FILE = "medr2_model.json"  # written by our training: target, demo flag, data provenance
+HEADS_MAP_METHOD = "look heads"  # the saliency method name of a finding map read by the look heads
 
 
 def default_model() -> str:
@@ -251,8 +252,8 @@ class Pipeline:
 
         trained_to_look = self.card.get("reflection") == "looks"
         self.look_mode = ("proposed" if trained_to_look else "off") if self.config.looks == "auto" else self.config.looks
-        self.look_heads = (LookHeads.load(self.config.model, tower_of(self.model))
-                           if self.look_mode != "off" and Path(self.config.model).is_dir() else None)
+        # the look heads serve the looks and, for every model that has them, the findings' localisation maps
+        self.look_heads = LookHeads.load(self.config.model, tower_of(self.model)) if Path(self.config.model).is_dir() else None
         tok = self.processor.tokenizer
         # Chat/padding markers only: the schema tags may be special tokens too and must stay in the text.
         self._strip = [t for t in {tok.eos_token, tok.pad_token, getattr(tok, "bos_token", None), "<|im_end|>", "<|im_start|>", "<|endoftext|>", "<end_of_turn>"} if t]
@@ -382,7 +383,8 @@ class Pipeline:
         from medr2.reflection.loop import LookRunner
 
         t0 = time.perf_counter()
-        runs = LookRunner(self, self.look_heads).run(loaded_images, self.look_mode, self.config.max_looks)
+        runs = LookRunner(self, self.look_heads if self.look_mode != "off" else None).run(loaded_images, self.look_mode,
+                                                                                          self.config.max_looks)
         per_study = (time.perf_counter() - t0) / max(len(loaded_images), 1)
         tok = self.processor.tokenizer
         results = []
@@ -496,7 +498,32 @@ class Pipeline:
         if result.saliency_inputs is None:
             raise ValueError("saliency needs a result from Pipeline.run/stream (batched results keep no inputs)")
         kwargs.setdefault("depth_weights", self.saliency_config.get("depth_weights"))
-        return saliency.explain(self.model, self.processor, result, **kwargs)
+        explained = saliency.explain(self.model, self.processor, result, **kwargs)
+        if self.look_heads is None or kwargs.get("method", saliency.DEFAULT_METHOD) != saliency.DEFAULT_METHOD:
+            return explained
+        return self._with_heads_maps(result, explained)
+
+    def _with_heads_maps(self, result: StudyResult, explained):
+        """Each finding's look-heads map (the per-patch probability of its observation, read on the film) placed
+        before its gradient x activation map: on held-out phantoms the heads' maps point at the finding more often
+        (docs/saliency.md), and they do not pass through the language model."""
+        import numpy as np
+
+        from medr2 import saliency
+        from medr2.reflection.heads import OBSERVATIONS, tower_of
+
+        pixels = np.asarray(result.image.pixels)
+        film = pixels if pixels.ndim == 2 else pixels[..., :3].mean(-1)
+        probs = self.look_heads.read(tower_of(self.model), [film.astype(np.uint8)])[0]
+        grid = int(round(np.sqrt(probs.shape[0])))
+        maps = []
+        for m in explained.maps:
+            if m.kind == "finding" and m.target in OBSERVATIONS:
+                raw = probs[:, OBSERVATIONS.index(m.target)].reshape(grid, grid)
+                maps.append(saliency.grid_map(m.target, m.kind, m.text, m.value, raw, pixels.shape[:2], HEADS_MAP_METHOD))
+            maps.append(m)
+        explained.maps = maps
+        return explained
 
 
 def make_pipeline(config: PipelineConfig | None = None):

@@ -327,15 +327,20 @@ def explain(model, processor, result, *, method: str = DEFAULT_METHOD, targets: 
         return SaliencyResult([], method, time.perf_counter() - t0)
     grids, scores = attribute(model, saved["inputs"], new_ids, found, offsets, methods=(method,), layer=layer,
                               depth_weights=depth_weights)
-    maps = []
-    for t, raw, score in zip(found, grids[method], scores):
-        grid = normalise(raw)
-        heat = upsample(grid, pixels.shape[:2])
-        region = plausible_region(t.name, t.text, heat.shape) if t.kind == "finding" else None
-        share = None if region is None else evidence_share(heat, region)
-        maps.append(SaliencyMap(t.name, t.kind, t.text, t.value, heat, grid, method, float(score), share,
-                                share is not None and share < EVIDENCE_MIN))
+    maps = [grid_map(t.name, t.kind, t.text, t.value, raw, pixels.shape[:2], method, float(score))
+            for t, raw, score in zip(found, grids[method], scores)]
     return SaliencyResult(maps, method, time.perf_counter() - t0)
+
+
+def grid_map(target: str, kind: str, text: str, value: int | None, raw_grid: np.ndarray, shape: tuple[int, int],
+             method: str, score: float = 0.0) -> SaliencyMap:
+    """A `SaliencyMap` from any per-patch grid (an attribution, or another stage's per-patch finding map):
+    normalised, upsampled to the image and checked against the finding's plausible region."""
+    grid = normalise(raw_grid)
+    heat = upsample(grid, shape)
+    region = plausible_region(target, text, heat.shape) if kind == "finding" else None
+    share = None if region is None else evidence_share(heat, region)
+    return SaliencyMap(target, kind, text, value, heat, grid, method, score, share, share is not None and share < EVIDENCE_MIN)
 
 
 # ------------------------------------------------------------------------------------------ render
