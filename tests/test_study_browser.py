@@ -5,6 +5,10 @@ calls every film normal); one pastes a correction with Ctrl+V and gives the chan
 unblinds (source names, the report file's name, the cases' file names, captions and ground-truth words).
 The coordinator then computes the results in the admin tab, and `medr2 study report` is checked against
 statistics computed by hand for the ratings the test entered.
+
+A second study uses the multi design (three sources on two cases: the reference, the normal-calling file and a
+terse report file kept in a checkpoint-like folder): one reader rates every report, picks the best one (then "no
+clear best"), saves and locks, and the stored reviews and the 'best' counts are checked against those clicks.
 """
 from __future__ import annotations
 
@@ -60,7 +64,7 @@ def served(tmp_path_factory):
     demo.close()
 
 
-def sign_in(browser, url: str, name: str):
+def sign_in(browser, url: str, name: str, total: int = 6):
     context = browser.new_context(viewport={"width": 1500, "height": 1100})
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url.rstrip("/"))
     page = context.new_page()
@@ -68,7 +72,7 @@ def sign_in(browser, url: str, name: str):
     page.get_by_label("username").fill(name)
     page.get_by_label("password").fill("password-" + name)
     page.get_by_role("button", name="Login").click()
-    page.wait_for_function("document.querySelector('#progress')?.innerText.includes('/ 6')", timeout=30_000)
+    page.wait_for_function(f"document.querySelector('#progress')?.innerText.includes('/ {total}')", timeout=30_000)
     return page
 
 
@@ -202,3 +206,129 @@ def test_two_readers_complete_a_blinded_ab_study_and_the_report_matches_hand_com
     assert result["edit_reasons"]["S2"]["content"] == 1 and result["edit_reasons"]["S2"]["style"] == 0
     rows = (study_dir / "results" / "responses_long.csv").read_text().splitlines()
     assert rows[0].startswith("study_id,reader,case_id,source") and len(rows) > 24 * 10
+
+
+TERSE = "No acute cardiopulmonary findings."
+MULTI_CASES = ("phantom_effusion", "phantom_cardiomegaly")
+# a report file under a folder named like a model checkpoint: the page must show neither
+CHECKPOINT = ("runs", "medr2-ft-step1200")
+MULTI_OVERALL = {"S1": "5 excellent", "S2": "2", "S3": "3"}  # reference, normal-calling file, terse file
+
+
+def make_multi_study(tmp: Path) -> Path:
+    from medr2.study.create import create_study
+    from medr2.study.session import add_reader
+
+    cases = tmp / "cases"
+    cases.mkdir()
+    for stem in MULTI_CASES:
+        for suffix in (".png", ".json"):
+            (cases / (stem + suffix)).write_bytes((EXAMPLES / (stem + suffix)).read_bytes())
+    (tmp / "normal_reader.jsonl").write_text("".join(
+        json.dumps({"image": stem + ".png", "report": NORMAL}) + "\n" for stem in MULTI_CASES))
+    ckpt = tmp.joinpath(*CHECKPOINT)
+    ckpt.mkdir(parents=True)
+    (ckpt / "terse_reports.jsonl").write_text("".join(
+        json.dumps({"image": stem + ".png", "report": TERSE}) + "\n" for stem in MULTI_CASES))
+    study = create_study(cases, ["reference", str(tmp / "normal_reader.jsonl"), str(ckpt / "terse_reports.jsonl")],
+                         "multi", tmp / "study", seed=11, study_id="multi-demo")
+    add_reader(study, "carol", "password-carol")
+    return study
+
+
+@pytest.fixture(scope="module")
+def served_multi(tmp_path_factory):
+    sys.path.insert(0, str(ROOT))  # app.py lives at the repository root
+    import app
+    from medr2.app.study_views import build_study_demo, study_auth
+
+    study_dir = make_multi_study(tmp_path_factory.mktemp("multi"))
+    demo = build_study_demo(study_dir)
+    demo.queue(default_concurrency_limit=None)
+    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                auth=study_auth(study_dir), **app.launch_settings())
+    yield demo.local_url, study_dir
+    demo.close()
+
+
+def test_one_reader_rates_three_blinded_reports_picks_the_best_and_the_stored_counts_match(served_multi):
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    from medr2.feedback.record import ITEM_NA
+    from medr2.study.cli import cli_study
+    from medr2.study.manifest import StudyFolder
+    from medr2.study.session import ReviewStore, ab_sides, reader_order
+
+    url, study_dir = served_multi
+    study = StudyFolder.open(study_dir)
+    order = reader_order(study, "carol")
+    sides = {case: ab_sides(study, "carol", case) for case in order}
+    # the reference is best on the first case shown, no report is clearly best on the second
+    picks = {order[0]: "ABC"[sides[order[0]].index("S1")], order[1]: "equal"}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = sign_in(browser, url, "carol", total=2)
+        texts = []
+        for pos, case in enumerate(order):
+            page.wait_for_function(f"document.querySelector('#progress').innerText.startsWith('Case {pos + 1} / 2')")
+            shown, markup = page_outside_reports(page)
+            texts.append(shown + markup)
+            assert [page.input_value(f"#correction_{side} textarea") for side in "ABC"] == \
+                [study.reports[(case, s)] for s in sides[case]]  # each column shows its source's report
+            assert not page.locator("#correction_D").count()
+            for side, source in zip("ABC", sides[case]):
+                pick(page, f"overall_{side}", MULTI_OVERALL[source])
+                for item in ("accuracy", "completeness", "clarity"):
+                    pick(page, f"{item}_{side}", "4" if source == "S1" else "N/A")
+                if source != "S1":
+                    pick(page, f"errors_{side}", "omission")
+            choice = picks[case]
+            pick(page, "preference", "No clear best" if choice == "equal" else f"{choice} is best")
+            if pos == 0:  # save first (still revisable), then lock
+                page.locator("#save").click()
+                page.wait_for_function("document.querySelector('#status').innerText.includes('Saved')", timeout=20_000)
+                assert "1 saved · 0 locked" in page.inner_text("#progress")
+            page.locator("#lock").click()
+            page.wait_for_function("document.querySelector('#status').innerText.includes('Locked')", timeout=20_000)
+            assert f"{pos + 1} saved · {pos + 1} locked" in page.inner_text("#progress")
+            if pos == 0:
+                page.locator("#next").click()
+        texts.append(json.dumps(page.request.get(url + "config").json()))
+        browser.close()
+
+    # blinded: no source name, report file, checkpoint folder or study folder anywhere outside the report boxes
+    seen = "\n".join(texts).lower()
+    assert "report c" in seen and "no clear best" in seen  # the page text was read, all three columns included
+    words = ["normal_reader", "terse_reports", ".jsonl", CHECKPOINT[1], str(study_dir.parent.joinpath(*CHECKPOINT)),
+             str(study_dir), "phantom", *MULTI_CASES]
+    assert [w for w in words if w.lower() in seen] == []
+    assert re.search(r"\breference\b", seen) is None  # ('preference' is a property name)
+    assert [w for w in ("S1", "S2", "S3") if re.search(rf"\b{w}\b", "\n".join(texts))] == []
+
+    store = ReviewStore(study)
+    reviews = {(r.study["case_id"], r.study["source"]): r for _, r in store.reviews()}
+    store.close()
+    assert sorted(reviews) == sorted((c, s) for c in order for s in study.sources)  # 2 cases x 3 sources, once each
+    for (case, source), r in reviews.items():
+        side = "ABC"[sides[case].index(source)]
+        choice = picks[case]
+        want_pref = "equal" if choice == "equal" else "this" if choice == side else "other"
+        assert (r.reviewer, r.study["side"], r.study["preference"], r.study["locked"]) == ("carol", side, want_pref, True)
+        assert r.study["items"]["overall"] == int(MULTI_OVERALL[source][0]) == r.rating
+        assert r.study["items"]["accuracy"] == (4 if source == "S1" else ITEM_NA)
+        assert [t["tag"] for t in r.error_tags] == ([] if source == "S1" else ["omission"])
+        assert r.corrected_report == study.reports[(case, source)] and r.study["edit_reasons"] == []
+    assert [reviews[(order[0], s)].study["revision"] for s in study.sources] == [2, 2, 2]  # saved, then locked
+    assert [reviews[(order[1], s)].study["revision"] for s in study.sources] == [1, 1, 1]
+
+    assert cli_study(["report", str(study_dir)]) == 0
+    result = json.loads((study_dir / "results" / "report.json").read_text())
+    best = result["best"]
+    assert (best["reference"], best["normal_reader.jsonl"], best["terse_reports.jsonl"], best["equal"]) == (1, 0, 0, 1)
+    # one choice among three sources: every outcome (1, 0, 0), (0, 1, 0), (0, 0, 1) is as likely as the one seen
+    assert best["equal_shares_p"] == pytest.approx(1.0)
+    assert "preference" not in result and (study_dir / "results" / "best.png").is_file()
+    assert [result["ratings"][s]["overall"]["mean"] for s in ("S1", "S2", "S3")] == [5.0, 2.0, 3.0]
+    assert result["ratings"]["S2"]["accuracy"]["na"] == 2 and result["ratings"]["S1"]["accuracy"]["mean"] == 4.0
