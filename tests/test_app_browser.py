@@ -1,7 +1,8 @@
 """The reviewer app in a real headless browser (Debian's chromium, driven by Playwright).
 
 Upload an extension-less DICOM, wait for the final report, switch the saliency overlay to another finding,
-edit the report, rate it, submit the review and check it is in the feedback store. Screenshots go to
+edit the report, rate it, submit the review and check it is in the feedback store. On an example, tick
+Delete on one sentence of the per-sentence table (stored as 'reject'; with edited text too, refused). Screenshots go to
 test-artifacts/ (gitignored; CI keeps them as artefacts). Chromium comes from apt (`apt-get install -y
 chromium`): Playwright's own browser download does not work offline.
 """
@@ -121,3 +122,62 @@ def test_review_a_dicom_end_to_end_in_the_browser(served, page, tmp_path):
     assert "Stored review" not in page.inner_text("#status"), "the feedback form must reset for a new study"
     assert page.locator("#rating input:checked").count() == 0
     shot(page, "04_phantom_truth")
+
+
+def test_delete_tick_box_rejects_one_sentence_in_the_browser(served, page):
+    """Ticking Delete on one row of the per-sentence table stores that sentence as 'reject', the rest as 'accept';
+    ticking Delete and writing edited text on the same row is refused with one line and stores nothing."""
+    from playwright.sync_api import expect
+
+    url, service = served
+    page.goto(url)  # a fresh page: this test must not depend on what another test left on it
+    page.wait_for_selector("#upload")
+    page.get_by_text("Moderate left pleural effusion.", exact=False).first.click()
+    page.wait_for_function("document.querySelector('#stages').innerText.includes('✓ saliency')", timeout=60_000)
+    table = page.locator("#verdicts")  # scoped: the findings table's cells carry the same test ids
+    expect(table.get_by_test_id("cell-0-0")).not_to_be_empty(timeout=20_000)
+    n_rows = int(table.get_by_role("grid").get_attribute("aria-rowcount")) - 1  # minus the header row
+    sentences = [table.get_by_test_id(f"cell-{r}-0").inner_text().strip() for r in range(n_rows)]
+    assert "No pneumothorax." in sentences and len(sentences) >= 3, sentences
+    row = sentences.index("No pneumothorax.")
+    tick = table.get_by_test_id(f"cell-{row}-1").locator("input[type=checkbox]")
+    assert not tick.is_checked(), "an unedited report must prefill every row as accept"
+    tick.click()
+    assert tick.is_checked()
+
+    page.locator("#rating label", has_text="2").first.click()
+    page.locator("#errors label", has_text="omission").click()
+    page.locator("#significant label", has_text="omission").click()
+    page.locator("#reviewer textarea").fill("dr-browser")
+    before_count = service.store.count()
+
+    # Ticked and rewritten at once: refused with the one-line message naming the row, nothing stored.
+    edited_cell = table.get_by_test_id(f"cell-{row}-2")
+    edited_cell.dblclick()
+    edited_cell.locator("textarea, input").first.fill("Small right pneumothorax.")
+    edited_cell.locator("textarea, input").first.press("Enter")
+    expect(edited_cell).to_contain_text("Small right pneumothorax.")
+    page.locator("#submit").click()
+    refusal = f"sentence {row + 1}: tick “Delete” or write the edited text, not both"
+    page.get_by_text(refusal).first.wait_for(timeout=20_000)
+    shot(page, "05_delete_and_edit_refused")
+    assert service.store.count() == before_count
+    assert "Stored review" not in page.inner_text("#status")
+
+    # Edited text cleared, Delete still ticked: the sentence is rejected, every other one accepted.
+    edited_cell.dblclick()
+    edited_cell.locator("textarea, input").first.fill("")
+    edited_cell.locator("textarea, input").first.press("Enter")
+    expect(edited_cell).not_to_contain_text("pneumothorax")
+    assert tick.is_checked()
+    page.locator("#submit").click()
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Stored review')", timeout=20_000)
+    shot(page, "06_delete_stored")
+
+    assert service.store.count() == before_count + 1
+    _, record = list(service.store.iter_records())[-1]
+    assert [(v["sentence"], v["verdict"]) for v in record.sentence_verdicts] == \
+        [(s, "reject" if s == "No pneumothorax." else "accept") for s in sentences]
+    assert "No pneumothorax." not in record.corrected_report
+    assert all(s in record.corrected_report for s in sentences if s != "No pneumothorax.")
+    assert record.rating == 2 and record.reviewer == "dr-browser"
