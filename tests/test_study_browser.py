@@ -49,19 +49,23 @@ def make_study(tmp: Path) -> Path:
     return study
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def serve_study(study_dir: Path):
+    """The study page on loopback, as `python app.py --study DIR` serves it; yields (url, study_dir)."""
     sys.path.insert(0, str(ROOT))  # app.py lives at the repository root
     import app
     from medr2.app.study_views import build_study_demo, study_auth
 
-    study_dir = make_study(tmp_path_factory.mktemp("study"))
     demo = build_study_demo(study_dir)
     demo.queue(default_concurrency_limit=None)
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
                 auth=study_auth(study_dir), **app.launch_settings())
     yield demo.local_url, study_dir
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    yield from serve_study(make_study(tmp_path_factory.mktemp("study")))
 
 
 def sign_in(browser, url: str, name: str, total: int = 6):
@@ -238,17 +242,7 @@ def make_multi_study(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def served_multi(tmp_path_factory):
-    sys.path.insert(0, str(ROOT))  # app.py lives at the repository root
-    import app
-    from medr2.app.study_views import build_study_demo, study_auth
-
-    study_dir = make_multi_study(tmp_path_factory.mktemp("multi"))
-    demo = build_study_demo(study_dir)
-    demo.queue(default_concurrency_limit=None)
-    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                auth=study_auth(study_dir), **app.launch_settings())
-    yield demo.local_url, study_dir
-    demo.close()
+    yield from serve_study(make_multi_study(tmp_path_factory.mktemp("multi")))
 
 
 def test_one_reader_rates_three_blinded_reports_picks_the_best_and_the_stored_counts_match(served_multi):
