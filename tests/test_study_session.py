@@ -134,5 +134,6 @@ def test_create_generates_model_reports_once_and_keeps_the_model_in_the_key_only
     assert len(study.reports) == 3 and study.sources == ["S1"]
     key = study.key()["sources"]["S1"]
     assert key["kind"] == "model" and key["model"] == str(app_model) and len(key["provenance"]["weights_sha256"]) == 64
+    assert key["label"] == "micro"  # the folder's name (no other source to tell it from)
     public = (out / "study.json").read_text() + (out / "reports.jsonl").read_text()
     assert str(app_model) not in public and key["provenance"]["weights_sha256"] not in public

@@ -1,9 +1,13 @@
 """The reader-study pages: a signed-in reader reviews frozen reports case by case; admins see the results.
 
-`build_study_demo(study_dir)` returns the gradio Blocks that `app.py --study STUDY_DIR` serves with
-`study_auth(study_dir)` as gradio's `auth=` (the study's readers file, hashed passwords). Every event reads the
-signed-in name from the request, never from the page, so a reader can neither act as another nor read another
-reader's reviews; the results tab is filled only for admins and its handler refuses everyone else.
+`build_study_demo(study_dir, sign_in)` returns the gradio Blocks that `app.py --study STUDY_DIR` serves. Readers
+sign in one of two ways (`SIGN_IN`):
+- `password`: gradio's sign-in page, with `study_auth(study_dir)` as `auth=` (the readers file, hashed passwords);
+- `hf`: "Sign in with Hugging Face" (`gr.LoginButton`) on a Space whose README sets `hf_oauth: true`; no `auth=`,
+  and `hf_reader` maps the signed-in account (`gr.OAuthProfile`) to the reader allow-listed for it.
+Every event resolves the reader from the request or the OAuth profile, never from the page, and refuses (one
+line) anyone who is not a reader, so a reader can neither act as another nor read another reader's reviews; the
+results tab is filled only for admins (the readers file's admin flag) and its handler refuses everyone else.
 
 Blinding: the page draws only on `study.json` and `reports.jsonl` (neutral case ids, the image decoded to pixels,
 the indication, report text); sources appear as "Report A" / "Report B" on sides drawn per reader and case
@@ -26,8 +30,9 @@ from medr2.app import views as ui  # noqa: E402
 from medr2.feedback.record import ERROR_TAGS, ITEM_NA  # noqa: E402
 from medr2.feedback.store import FeedbackError  # noqa: E402
 from medr2.study.manifest import StudyError, StudyFolder  # noqa: E402
-from medr2.study.session import ReviewStore, ab_sides, check_password, is_admin, reader_order  # noqa: E402
+from medr2.study.session import ReviewStore, ab_sides, check_password, hf_user_reader, is_admin, reader_order  # noqa: E402
 
+SIGN_IN = ("password", "hf")  # gradio's sign-in page with the readers file, or Sign in with Hugging Face
 SIDES = tuple("ABCDEF")  # one letter per report shown (MAX_SOURCES in medr2.study.manifest)
 LIKERT_NA = [("1 poor", 1), ("2", 2), ("3", 3), ("4", 4), ("5 excellent", 5), ("N/A", ITEM_NA)]
 TAG_CHOICES = [(t.replace("_", " "), t) for t in ERROR_TAGS]
@@ -94,6 +99,17 @@ def study_auth(study_dir: str | Path):
     return lambda name, password: check_password(study_dir, name, password)
 
 
+def missing_oauth_packages() -> list[str]:
+    """What `sign_in="hf"` lacks of gradio's `oauth` extra (installed with the gradio SDK on Spaces): the signed
+    session cookie (itsdangerous) and, on a Space, the OAuth client that talks to the Hub (authlib)."""
+    import importlib.util
+
+    from gradio.utils import get_space
+
+    needed = ["itsdangerous"] + (["authlib"] if get_space() else [])
+    return [m for m in needed if importlib.util.find_spec(m) is None]
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -105,13 +121,27 @@ def _reader(request: gr.Request | None) -> str:
     return name
 
 
+def hf_reader(study_dir: str | Path, profile: gr.OAuthProfile | None) -> str:
+    """The reader handle of a Hugging Face account signed in on the page; gr.Error (one line) for a visitor not
+    signed in or an account the coordinator has not allow-listed (`medr2 study readers add --hf_users`)."""
+    if profile is None:
+        raise gr.Error("Sign in with Hugging Face first (the button at the top of the page).")
+    name = hf_user_reader(study_dir, profile.username)
+    if name is None:
+        raise gr.Error(f"The Hugging Face account {profile.username} is not a reader of this study; ask the study "
+                       "coordinator to add it.")
+    return name
+
+
 def _pixels(path: Path) -> np.ndarray:
     from medr2.imaging.loader import load_image
 
     return np.stack([load_image(path).pixels] * 3, axis=-1)
 
 
-def build_study_demo(study_dir: str | Path) -> gr.Blocks:
+def build_study_demo(study_dir: str | Path, sign_in: str = "password") -> gr.Blocks:
+    if sign_in not in SIGN_IN:
+        raise StudyError(f"--sign_in must be one of {', '.join(SIGN_IN)}, got {sign_in!r}")
     study = StudyFolder.open(study_dir)
     reviews = ReviewStore(study)
     n_sides = min(len(study.sources), len(SIDES))
@@ -153,34 +183,50 @@ def build_study_demo(study_dir: str | Path) -> gr.Blocks:
                       ("Saved earlier: you can revise it until you lock it." if stored[0] else ""))
         return values
 
-    def start(request: gr.Request):
-        reader = _reader(request)
+    def who(request: gr.Request | None, profile: gr.OAuthProfile | None) -> str:
+        """The reader of an event: the password sign-in's name, or the allow-listed Hugging Face account's."""
+        return hf_reader(study.root, profile) if sign_in == "hf" else _reader(request)
+
+    def signed_out(message: str) -> list:
+        """The page for a visitor who is not (yet) a reader: no case, no report, the reason on top."""
+        values: list[Any] = [None, None, "", f"**{message}**"]
+        for _ in range(n_sides):
+            values += [gr.update(value="", interactive=False), *[None] * len(items), [], [], [],
+                       *[gr.update(visible=False, value=None)] * EDIT_SLOTS]
+        return [*values, None, "", "", gr.update(visible=False)]
+
+    def start(request: gr.Request, profile: gr.OAuthProfile | None):
+        try:
+            reader = who(request, profile)
+        except gr.Error as exc:
+            return signed_out(exc.message)
         order = reader_order(study, reader)
         states = [reviews.case_state(reader, c) for c in order]
         pos = states.index("new") if "new" in states else (states.index("saved") if "saved" in states else 0)
         return [*show({"reader": reader, "order": order, "pos": pos}), gr.update(visible=is_admin(study.root, reader))]
 
-    def check(state: dict | None, request: gr.Request) -> str:
-        reader = _reader(request)
+    def check(state: dict | None, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+        reader = who(request, profile)
         if not state or state["reader"] != reader:
             raise gr.Error("Reload the page: it belongs to another sign-in.")
         return reader
 
-    def move(state: dict, step: int, request: gr.Request):
-        check(state, request)
+    def move(state: dict, step: int, request: gr.Request, profile: gr.OAuthProfile | None):
+        check(state, request, profile)
         state = {**state, "pos": max(0, min(len(state["order"]) - 1, state["pos"] + step))}
         return show(state)
 
-    def refresh_edits(i: int, state: dict, correction: str, shown: list, request: gr.Request, *values):
+    def refresh_edits(i: int, state: dict, correction: str, shown: list, request: gr.Request,
+                      profile: gr.OAuthProfile | None, *values):
         """One report's reason slots after its correction changed (typed, pasted): reasons given are kept."""
-        reader = check(state, request)
+        reader = check(state, request, profile)
         case_id = state["order"][state["pos"]]
         report = study.reports[(case_id, ab_sides(study, reader, case_id)[i])]
         edits = ui.sentence_edits(report, correction or "")
         return [edits, *reason_slots(edits, match_reasons(edits, shown, slot_reasons(shown, list(values))))]
 
-    def save(state: dict, lock: bool, request: gr.Request, *answers):
-        reader = check(state, request)
+    def save(state: dict, lock: bool, request: gr.Request, profile: gr.OAuthProfile | None, *answers):
+        reader = check(state, request, profile)
         case_id = state["order"][state["pos"]]
         sides = ab_sides(study, reader, case_id)
         pref, comment = answers[n_sides * per], answers[n_sides * per + 1]
@@ -219,8 +265,8 @@ def build_study_demo(study_dir: str | Path) -> gr.Blocks:
         values[-1] = "Locked: this case can no longer be changed." if lock else "✓ Saved. You can revise it until you lock it."
         return values
 
-    def results(request: gr.Request):
-        if not is_admin(study.root, _reader(request)):
+    def results(request: gr.Request, profile: gr.OAuthProfile | None):
+        if not is_admin(study.root, who(request, profile)):
             raise gr.Error("Only the study's coordinators can see the results.")
         import json
 
@@ -233,6 +279,10 @@ def build_study_demo(study_dir: str | Path) -> gr.Blocks:
     with gr.Blocks(title="medr2 — reader study", analytics_enabled=False) as demo:
         state = gr.State(None, time_to_live=8 * 3600)
         gr.Markdown("## medr2 · reader study")
+        if sign_in == "hf":
+            with gr.Row():
+                # Signing in (or out) reloads the page, and `start` then resolves the reader again.
+                gr.LoginButton(elem_id="hf_login", scale=0, min_width=280)
         with gr.Tabs():
             with gr.Tab("Cases", id="cases"):
                 progress = gr.Markdown(elem_id="progress")
@@ -278,22 +328,23 @@ def build_study_demo(study_dir: str | Path) -> gr.Blocks:
         private = dict(api_visibility="private", concurrency_limit=None)
         demo.load(start, None, [*outputs, results_tab], **private)
 
-        # gradio hands the request (the signed-in name) to parameters annotated gr.Request
-        def go_back(request: gr.Request, s):
-            return move(s, -1, request)
+        # gradio hands the request (the password sign-in's name) to parameters annotated gr.Request, and the
+        # Hugging Face account signed in (None if none) to those annotated gr.OAuthProfile | None
+        def go_back(request: gr.Request, profile: gr.OAuthProfile | None, s):
+            return move(s, -1, request, profile)
 
-        def go_on(request: gr.Request, s):
-            return move(s, 1, request)
+        def go_on(request: gr.Request, profile: gr.OAuthProfile | None, s):
+            return move(s, 1, request, profile)
 
-        def save_case(request: gr.Request, s, *answers):
-            return save(s, False, request, *answers)
+        def save_case(request: gr.Request, profile: gr.OAuthProfile | None, s, *answers):
+            return save(s, False, request, profile, *answers)
 
-        def lock_case(request: gr.Request, s, *answers):
-            return save(s, True, request, *answers)
+        def lock_case(request: gr.Request, profile: gr.OAuthProfile | None, s, *answers):
+            return save(s, True, request, profile, *answers)
 
         for i, (correction, shown, slots) in enumerate(per_side):
-            def edits_of(request: gr.Request, s, text, seen, *values, i=i):
-                return refresh_edits(i, s, text, seen, request, *values)
+            def edits_of(request: gr.Request, profile: gr.OAuthProfile | None, s, text, seen, *values, i=i):
+                return refresh_edits(i, s, text, seen, request, profile, *values)
 
             # `input` follows typing; `blur` also catches a paste the browser reported no keystroke for. Save
             # recomputes the edits from the submitted text whichever ran last.

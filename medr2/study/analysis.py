@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from medr2.feedback.record import ERROR_TAGS, ITEM_NA
-from medr2.study.manifest import StudyFolder
+from medr2.study.manifest import StudyFolder, distinct_labels
 from medr2.study.session import ReviewStore
 
 VERDICT_CATEGORIES = ("accept", "edit", "reject")
@@ -36,7 +36,8 @@ DICTIONARY = [
     ("reader", "reader handle (readers.json); never a person's name"),
     ("case_id", "neutral case id (case-001 …); key.json maps it to the original file"),
     ("source", "blinded source id (S1, S2 …) as stored with the review"),
-    ("source_label", "what the source is, from key.json (model folder name, 'reference' or a report file)"),
+    ("source_label", "what the source is, from key.json (model folder name, 'reference' or a report file; unique "
+                     "within the study: a longer path suffix or a number tells two same-named sources apart)"),
     ("side", "where the reader saw this report: A or B (A/B design), A-F (multi design, shuffled per reader and "
              "case); empty for single-report studies"),
     ("order_index", "position of the case in this reader's randomised order (0-based)"),
@@ -169,11 +170,22 @@ def best_counts(study: StudyFolder, readers: list[str], by: dict, labels: dict) 
             "equal_shares_p": equal_shares_p([best[s] for s in study.sources]), "source_ids": list(study.sources)}
 
 
-def _label(key: dict, source: str) -> str:
-    entry = key.get("sources", {}).get(source, {})
-    if entry.get("kind") == "model":
-        return Path(entry.get("model", source)).name or source
-    return entry.get("file") or entry.get("kind") or source
+def study_labels(study: StudyFolder, key: dict | None = None) -> dict[str, str]:
+    """Source id -> label, unique within the study: the labels `create` recorded in key.json; for a key without
+    them (a study frozen before labels were recorded), from its model paths and file names. Either way passed
+    through `distinct_labels`, so two sources never share a label (the tables below are keyed by label)."""
+    key = study.key() if key is None else key
+    entries = [key.get("sources", {}).get(s, {}) for s in study.sources]
+    paths = []
+    for s, entry in zip(study.sources, entries):
+        if entry.get("label"):
+            paths.append((entry["label"],))
+        elif entry.get("kind") == "model":
+            model = Path(entry.get("model", s))
+            paths.append((model.parts[1:] if model.is_absolute() else model.parts) or (s,))
+        else:
+            paths.append((entry.get("file") or entry.get("kind") or s,))
+    return dict(zip(study.sources, distinct_labels(paths)))
 
 
 def analyse(study: StudyFolder, reviews=None) -> dict:
@@ -185,7 +197,7 @@ def analyse(study: StudyFolder, reviews=None) -> dict:
         store.close()
     by = {(r.reviewer, r.study["case_id"], r.study["source"]): r for r in reviews}
     readers = sorted({r.reviewer for r in reviews})
-    labels = {s: _label(key, s) for s in study.sources}
+    labels = study_labels(study, key)
     out: dict[str, Any] = {"study_id": study.study_id, "design": study.design, "readers": readers,
                            "n_reviews": len(reviews), "sources": labels}
 
@@ -288,12 +300,12 @@ def analyse(study: StudyFolder, reviews=None) -> dict:
 
 # ---------------------------------------------------------------- outputs
 def long_rows(study: StudyFolder, reviews) -> list[dict]:
-    key = study.key()
+    labels = study_labels(study)
     rows = []
     for r in reviews:
         st = r.study
         base = {"study_id": study.study_id, "reader": r.reviewer, "case_id": st["case_id"], "source": st["source"],
-                "source_label": _label(key, st["source"]), "side": st.get("side") or "",
+                "source_label": labels.get(st["source"], st["source"]), "side": st.get("side") or "",
                 "order_index": st.get("order_index"), "revision": st.get("revision")}
         items = [(f"rating:{k}", st.get("items", {}).get(k, "")) for k, _ in study.items]
         if study.design in ("ab", "multi"):

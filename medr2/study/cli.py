@@ -27,9 +27,14 @@ def cli_study(argv: list[str]) -> int:
     create.add_argument("--study_id", default=None, help="study identifier (default: study-<UTC time>)")
     readers = sub.add_parser("readers", help="add or list the readers who may sign in")
     readers.add_argument("what", choices=("add", "list"))
-    readers.add_argument("name", nargs="?", help="reader handle (add)")
+    readers.add_argument("name", nargs="?", help="reader handle (add; optional with --hf_users)")
     readers.add_argument("--study_dir", required=True, help="the study folder")
-    readers.add_argument("--password", default=None, help="the password (default: asked without echo)")
+    readers.add_argument("--password", default=None, help="the password (default: asked without echo, unless "
+                                                           "--hf_users is given)")
+    readers.add_argument("--hf_users", default=None,
+                         help="comma-separated Hugging Face usernames allowed to sign in with Hugging Face (a Space "
+                              "served with `app.py --sign_in hf`); with NAME, the one account that signs in as NAME, "
+                              "else each account is a reader under its own username")
     readers.add_argument("--admin", action="store_true", help="may see the results tab")
     report = sub.add_parser("report", help="statistics, agreement, plots and the long export")
     report.add_argument("study_dir")
@@ -54,13 +59,26 @@ def cli_study(argv: list[str]) -> int:
             StudyFolder.open(args.study_dir)
             if args.what == "list":
                 for name, entry in sorted(load_readers(args.study_dir).items()):
-                    print(name + (" (admin)" if entry.get("admin") else ""))
+                    ways = (["password"] if "hash" in entry else []) + (
+                        [f"Hugging Face {entry['hf_user']}"] if entry.get("hf_user") else [])
+                    print(name + (" (admin)" if entry.get("admin") else "") + ": " + ", ".join(ways))
+                return 0
+            role = "(admin) " if args.admin else ""
+            if args.hf_users is not None:
+                users = [u.strip() for u in args.hf_users.split(",") if u.strip()]
+                if not users:
+                    raise UsageError("--hf_users needs at least one Hugging Face username")
+                if args.name and len(users) != 1:
+                    raise UsageError(f"reader {args.name} signs in with one Hugging Face account, got {len(users)}")
+                for user in users:
+                    add_reader(args.study_dir, args.name or user, args.password, admin=args.admin, hf_user=user)
+                    print(f"reader {args.name or user} {role}can sign in with Hugging Face as {user}")
                 return 0
             if not args.name:
-                raise UsageError("readers add needs a NAME")
+                raise UsageError("readers add needs a NAME (or --hf_users)")
             password = args.password or getpass.getpass(f"password for {args.name}: ")
             add_reader(args.study_dir, args.name, password, admin=args.admin)
-            print(f"reader {args.name} {'(admin) ' if args.admin else ''}can sign in")
+            print(f"reader {args.name} {role}can sign in")
             return 0
         study = StudyFolder.open(args.study_dir)
         if args.action == "report":

@@ -2,8 +2,9 @@
 
 Reads the case list and sources (`medr2.study.manifest`), copies the images under neutral names, runs each model
 source over all cases with `Pipeline.run_batch` (batched, one progress bar per model), takes reference and JSONL
-reports as given, and writes `study.json`, `reports.jsonl` and `key.json`. Readers then never wait for a model,
-and every reader sees the same text. Hands on the study folder to `medr2.study.session` and the app.
+reports as given, and writes `study.json`, `reports.jsonl` and `key.json` (with each source's label, unique within
+the study: `medr2.study.manifest.source_labels`). Readers then never wait for a model, and every reader sees the
+same text. Hands on the study folder to `medr2.study.session` and the app.
 """
 from __future__ import annotations
 
@@ -16,17 +17,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from medr2 import __version__
-from medr2.study.manifest import DESIGNS, ITEMS, MAX_SOURCES, Case, Source, StudyError, load_cases, parse_sources
+from medr2.study.manifest import DESIGNS, ITEMS, MAX_SOURCES, Case, Source, StudyError, load_cases, parse_sources, source_labels
 
 
-def _model_reports(source: Source, cases: list[Case], batch_size: int, max_new_tokens: int) -> tuple[list[str], dict]:
+def _model_reports(source: Source, label: str, cases: list[Case], batch_size: int,
+                   max_new_tokens: int) -> tuple[list[str], dict]:
     from tqdm.auto import tqdm
 
     from medr2.inference.pipeline import Pipeline, PipelineConfig
 
     pipeline = Pipeline(PipelineConfig(model=source.spec, max_new_tokens=max_new_tokens))
     texts: list[str] = []
-    with tqdm(total=len(cases), desc=f"reports of {Path(source.spec).name or source.spec}", unit="case") as bar:
+    with tqdm(total=len(cases), desc=f"reports of {label}", unit="case") as bar:
         for i in range(0, len(cases), batch_size):
             chunk = [c.image for c in cases[i:i + batch_size]]
             for result in pipeline.run_batch(chunk, batch_size=batch_size):
@@ -80,11 +82,14 @@ def create_study(cases_path: str | Path, source_specs: list[str], design: str, o
     case_ids = [f"case-{i:03d}" for i in range(1, len(cases) + 1)]
     source_ids = [f"S{i}" for i in range(1, len(sources) + 1)]
 
+    # unique per study (two folders both named `model`, two report files with the same name): the report keys by it
+    labels = source_labels(sources)
+
     texts: dict[str, list[str]] = {}
     key_sources = {}
-    for sid, source in zip(source_ids, sources):
+    for sid, source, label in zip(source_ids, sources, labels):
         if source.kind == "model":
-            texts[sid], prov = _model_reports(source, cases, batch_size, max_new_tokens)
+            texts[sid], prov = _model_reports(source, label, cases, batch_size, max_new_tokens)
             key_sources[sid] = {"kind": "model", "model": source.spec, "provenance": prov}
         elif source.kind == "reference":
             texts[sid] = [c.reference or "" for c in cases]
@@ -92,6 +97,7 @@ def create_study(cases_path: str | Path, source_specs: list[str], design: str, o
         else:
             texts[sid] = _jsonl_reports(source, cases, case_ids)
             key_sources[sid] = {"kind": "jsonl", "file": Path(source.spec).name}
+        key_sources[sid]["label"] = label
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # written whole, then renamed into place
     shutil.rmtree(tmp, ignore_errors=True)

@@ -14,7 +14,8 @@ The frozen study folder (`StudyFolder`) is portable (plain files, images copied)
 - `reports.jsonl`: the frozen report text per case and source id;
 - `images/`: the images under neutral names (a file name like `phantom_pneumothorax.png` names the diagnosis);
 - `key.json`: what the source ids and cases really are (model paths, weights hashes, original file names, ground
-  truth) — for the coordinator and the analysis only, never read by the reader page;
+  truth, and each source's label, unique within the study: `source_labels`) — for the coordinator and the
+  analysis only, never read by the reader page;
 - `readers.json` (hashed passwords, `medr2.study.session`) and `responses/feedback.sqlite3` (the reviews).
 """
 from __future__ import annotations
@@ -106,6 +107,59 @@ def parse_sources(specs: list[str]) -> list[Source]:
     if not out:
         raise StudyError("give at least one --sources entry (a model, 'reference' or a .jsonl of reports)")
     return out
+
+
+# Keys that the report's preference / best tables hold beside the source labels: no source may be labelled so.
+RESERVED_LABELS = ("equal", "sign_test_p", "equal_shares_p", "source_ids")
+
+
+def distinct_labels(paths: list[tuple[str, ...]], reserved: tuple[str, ...] = RESERVED_LABELS) -> list[str]:
+    """One label per source, unique within the study, from each source's path parts (outermost first).
+
+    A source is labelled by its last part (the model folder or report file name); where two differ only further
+    up, each grows to the shortest path suffix that tells it from the others (`a/model`, `b/model`). Sources that
+    still clash (the same path given twice) or whose label is a key of the report's tables get `name (2)`, `(3)` …
+    in study order. The report keys its tables by these labels, so it never merges two sources."""
+    paths = [tuple(p) or ("source",) for p in paths]
+    depth = [1] * len(paths)
+
+    def label(i: int) -> str:
+        return "/".join(paths[i][-depth[i]:])
+
+    grew = True
+    while grew:  # depths only grow and are bounded by the path lengths: this ends
+        grew = False
+        labels = [label(i) for i in range(len(paths))]
+        for i, lab in enumerate(labels):
+            clash = lab in reserved or any(labels[j] == lab and paths[j] != paths[i] for j in range(len(paths)) if j != i)
+            if clash and depth[i] < len(paths[i]):
+                depth[i] += 1
+                grew = True
+    labels = [label(i) for i in range(len(paths))]
+    out: list[str] = []
+    for lab in labels:
+        if lab in out or lab in reserved:
+            n = 2
+            while f"{lab} ({n})" in out or f"{lab} ({n})" in labels:
+                n += 1
+            lab = f"{lab} ({n})"
+        out.append(lab)
+    return out
+
+
+def source_labels(sources: list[Source]) -> list[str]:
+    """The labels `medr2 study create` records in key.json: 'reference', a model folder / hub id's last part, a
+    report file's name; grown to a path suffix or numbered where two would be the same (`distinct_labels`)."""
+    paths = []
+    for source in sources:
+        if source.kind == "reference":
+            paths.append(("reference",))
+            continue
+        path = Path(source.spec)
+        # a local folder or file by its absolute path (two relative specs may name the same file); a hub id as given
+        parts = path.resolve().parts[1:] if path.exists() else path.parts
+        paths.append(tuple(parts) or (source.spec,))
+    return distinct_labels(paths)
 
 
 @dataclass

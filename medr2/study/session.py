@@ -1,7 +1,9 @@
 """Readers of a study: sign-in, their own randomised case order, resume, revise until locked, timing.
 
-- `readers.json` in the study folder maps a reader name to a salted PBKDF2-SHA256 password hash (and an admin
-  flag); `check_password` is what gradio's `auth=` calls. Plain passwords are never stored.
+- `readers.json` in the study folder maps a reader name (a handle) to how that reader signs in: a salted
+  PBKDF2-SHA256 password hash (`check_password` is what gradio's `auth=` calls; plain passwords are never stored)
+  and / or a Hugging Face username allowed in through "Sign in with Hugging Face" on a Space (`hf_user_reader`) — and
+  an admin flag. Either way the reviews are stored under the handle.
 - `reader_order`: every reader gets the whole case list, shuffled by `random.Random(f"{seed}/{reader}")` with the
   seed recorded in `study.json`, so the order is reproducible from the study folder; `ab_sides` likewise puts the
   two sources of an A/B study left / right, and shuffles the N sources of a multi study, per reader and case.
@@ -41,16 +43,12 @@ def load_readers(study_dir: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def add_reader(study_dir: str | Path, name: str, password: str, admin: bool = False) -> None:
-    """Add or replace a reader (a handle, not a person's name) with a hashed password."""
+def _check_handle(name: str, what: str) -> None:
     if not name or len(name) > 64 or set(name) - _NAME_OK:
-        raise StudyError("a reader name is 1-64 letters, digits, '.', '_' or '-' (a handle, not a person's name)")
-    if len(password) < 8:
-        raise StudyError("a password needs at least 8 characters")
-    readers = load_readers(study_dir)
-    salt = secrets.token_bytes(16)
-    readers[name] = {"salt": salt.hex(), "iterations": PBKDF2_ITERATIONS, "hash": _hash(password, salt),
-                     "admin": bool(admin)}
+        raise StudyError(f"{what} is 1-64 letters, digits, '.', '_' or '-', got {name!r}")
+
+
+def _write_readers(study_dir: str | Path, readers: dict) -> None:
     path = Path(study_dir) / "readers.json"
     tmp = path.with_name(f".readers.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(readers, indent=1), encoding="utf-8")
@@ -58,13 +56,50 @@ def add_reader(study_dir: str | Path, name: str, password: str, admin: bool = Fa
     os.replace(tmp, path)
 
 
+def add_reader(study_dir: str | Path, name: str, password: str | None = None, admin: bool = False,
+               hf_user: str | None = None) -> None:
+    """Add a reader (a handle, not a person's name) who signs in with a password (hashed here) and / or the
+    Hugging Face account `hf_user` (a Space served with `--sign_in hf`). For a reader already in the file, the
+    sign-in given is set or replaced, the other one kept, and the admin flag set as given."""
+    _check_handle(name, "a reader name (a handle, not a person's name)")
+    if password is None and hf_user is None:
+        raise StudyError("give the reader a password or a Hugging Face username (--hf_users)")
+    if password is not None and len(password) < 8:
+        raise StudyError("a password needs at least 8 characters")
+    readers = load_readers(study_dir)
+    entry: dict = {**readers.get(name, {}), "admin": bool(admin)}
+    if password is not None:
+        salt = secrets.token_bytes(16)
+        entry.update(salt=salt.hex(), iterations=PBKDF2_ITERATIONS, hash=_hash(password, salt))
+    if hf_user is not None:
+        _check_handle(hf_user, "a Hugging Face username")
+        taken = hf_user_reader(study_dir, hf_user)
+        if taken not in (None, name):  # one account, one reader: else whose reviews would it write?
+            raise StudyError(f"Hugging Face user {hf_user} already signs in as reader {taken}")
+        entry["hf_user"] = hf_user
+    readers[name] = entry
+    _write_readers(study_dir, readers)
+
+
 def check_password(study_dir: str | Path, name: str, password: str) -> bool:
     entry = load_readers(study_dir).get(name)
-    if entry is None:
+    if entry is None or "hash" not in entry:  # unknown, or a reader who signs in with Hugging Face only
         _hash(password or "", b"0" * 16)  # same work for unknown names: no timing hint of who is a reader
         return False
     good = _hash(password or "", bytes.fromhex(entry["salt"]), int(entry["iterations"]))
     return hmac.compare_digest(good, entry["hash"])
+
+
+def hf_user_reader(study_dir: str | Path, username: str | None) -> str | None:
+    """The reader handle allow-listed for this Hugging Face username (usernames compare case-insensitively, as
+    the Hub treats them), or None."""
+    if not username:
+        return None
+    want = username.casefold()
+    for name, entry in load_readers(study_dir).items():
+        if (entry.get("hf_user") or "").casefold() == want:
+            return name
+    return None
 
 
 def is_admin(study_dir: str | Path, name: str | None) -> bool:
@@ -188,5 +223,5 @@ class ReviewStore:
         self.store.close()
 
 
-__all__ = ["FeedbackError", "ReviewStore", "ab_sides", "add_reader", "check_password", "is_admin", "load_readers",
-           "reader_order", "word_edit_distance"]
+__all__ = ["FeedbackError", "ReviewStore", "ab_sides", "add_reader", "check_password", "hf_user_reader", "is_admin",
+           "load_readers", "reader_order", "word_edit_distance"]
