@@ -168,42 +168,6 @@ class AppConfig:
                 "Space whose README sets hf_oauth: true; docs/studies.md) (default: $MEDR2_SIGN_IN, else password)"})
 
 
-def serve_study(study_dir: str, sign_in: str, args: AppConfig) -> int:
-    """Serve a reader study: behind gradio's sign-in page (`password`, the readers file's hashes) or with Sign in
-    with Hugging Face (`hf`: no `auth=`, every event maps the OAuth account to an allow-listed reader)."""
-    from medr2.app.study_views import SIGN_IN, build_study_demo, missing_oauth_packages, study_auth
-    from medr2.feedback.store import FeedbackError
-    from medr2.study.manifest import StudyError, StudyFolder
-    from medr2.study.session import load_readers
-
-    try:
-        StudyFolder.open(study_dir)
-        if sign_in not in SIGN_IN:
-            raise StudyError(f"--sign_in (or $MEDR2_SIGN_IN) must be one of {', '.join(SIGN_IN)}, got {sign_in!r}")
-        readers = load_readers(study_dir)
-        if sign_in == "hf" and not any(e.get("hf_user") for e in readers.values()):
-            raise StudyError(f"no Hugging Face readers yet: `medr2 study readers add --hf_users USER --study_dir {study_dir}`")
-        if sign_in == "password" and not any("hash" in e for e in readers.values()):
-            raise StudyError(f"no readers with a password yet: `medr2 study readers add NAME --study_dir {study_dir}`")
-        if sign_in == "hf" and missing_oauth_packages():
-            raise StudyError(f"--sign_in hf needs gradio's oauth extra ({', '.join(missing_oauth_packages())} "
-                             "missing): pip install 'gradio[oauth]'")
-        # with a LoginButton, gradio sets up OAuth as the page is built: a Space without `hf_oauth: true`, or a
-        # machine off Spaces not logged in to the Hub (gradio then signs in as that login), is a ValueError
-        demo = build_study_demo(study_dir, sign_in)
-    except (ValueError, FeedbackError, OSError) as exc:  # StudyError is a ValueError
-        print(f"app.py: {exc}", file=sys.stderr)
-        return 2
-    demo.queue(default_concurrency_limit=None, max_size=args.queue_size * 4)
-    if sign_in == "hf":
-        demo.launch(server_name=args.host, server_port=args.port, **launch_settings())
-    else:
-        demo.launch(server_name=args.host, server_port=args.port, auth=study_auth(study_dir),
-                    auth_message="Sign in with the reader name and password the study coordinator gave you.",
-                    **launch_settings())
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     from medr2.cli import UsageError, fail, parse_config
 
@@ -218,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
 
     study_dir = args.study or os.environ.get("MEDR2_STUDY")
     if study_dir:  # a reader study serves frozen reports: no model is loaded
-        return serve_study(study_dir, args.sign_in or os.environ.get("MEDR2_SIGN_IN") or "password", args)
+        from medr2.app.study_views import serve_study
+
+        return serve_study(study_dir, args.sign_in or os.environ.get("MEDR2_SIGN_IN") or "password",
+                           host=args.host, port=args.port, queue_size=args.queue_size, launch_settings=launch_settings())
     if args.sign_in:
         print("app.py: --sign_in applies to reader studies only (give --study)", file=sys.stderr)
         return 2

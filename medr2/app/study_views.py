@@ -17,6 +17,7 @@ the indication, report text); sources appear as "Report A" / "Report B" on sides
 from __future__ import annotations
 
 import os
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -358,3 +359,36 @@ def build_study_demo(study_dir: str | Path, sign_in: str = "password") -> gr.Blo
         lock_btn.click(lock_case, [state, *answers], outputs, **private)
         refresh.click(results, None, [summary, figures, download], **private)
     return demo
+
+
+def serve_study(study_dir: str, sign_in: str, host: str, port: int, queue_size: int, launch_settings: dict) -> int:
+    """Serve a reader study: behind gradio's sign-in page (`password`, the readers file's hashes) or with Sign in
+    with Hugging Face (`hf`: no `auth=`, every event maps the OAuth account to an allow-listed reader)."""
+    from medr2.study.session import load_readers
+
+    try:
+        StudyFolder.open(study_dir)
+        if sign_in not in SIGN_IN:
+            raise StudyError(f"--sign_in (or $MEDR2_SIGN_IN) must be one of {', '.join(SIGN_IN)}, got {sign_in!r}")
+        readers = load_readers(study_dir)
+        if sign_in == "hf" and not any(e.get("hf_user") for e in readers.values()):
+            raise StudyError(f"no Hugging Face readers yet: `medr2 study readers add --hf_users USER --study_dir {study_dir}`")
+        if sign_in == "password" and not any("hash" in e for e in readers.values()):
+            raise StudyError(f"no readers with a password yet: `medr2 study readers add NAME --study_dir {study_dir}`")
+        if sign_in == "hf" and missing_oauth_packages():
+            raise StudyError(f"--sign_in hf needs gradio's oauth extra ({', '.join(missing_oauth_packages())} "
+                             "missing): pip install 'gradio[oauth]'")
+        # with a LoginButton, gradio sets up OAuth as the page is built: a Space without `hf_oauth: true`, or a
+        # machine off Spaces not logged in to the Hub (gradio then signs in as that login), is a ValueError
+        demo = build_study_demo(study_dir, sign_in)
+    except (ValueError, FeedbackError, OSError) as exc:  # StudyError is a ValueError
+        print(f"app.py: {exc}", file=sys.stderr)
+        return 2
+    demo.queue(default_concurrency_limit=None, max_size=queue_size * 4)
+    if sign_in == "hf":
+        demo.launch(server_name=host, server_port=port, **launch_settings)
+    else:
+        demo.launch(server_name=host, server_port=port, auth=study_auth(study_dir),
+                    auth_message="Sign in with the reader name and password the study coordinator gave you.",
+                    **launch_settings)
+    return 0
