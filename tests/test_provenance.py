@@ -108,3 +108,18 @@ def test_export_of_a_phantom_run_stays_a_demo_and_a_run_without_a_card_is_not_ca
     card = json.loads((export(bare, tmp_path / "b", target="medr2", recipe=[]) / "medr2_model.json").read_text())
     assert card["demo"] is False and card["training_data"].startswith("unknown")
     assert provenance({})["demo"] is False
+
+
+def test_export_carries_the_views_per_study_a_model_was_trained_on(tmp_path, iu_folder):
+    from medr2.app.views import provenance_markdown
+
+    run = tmp_path / "run"
+    run.mkdir()
+    # what `medr2 train-sft --dataset_dir … --max_images 2` writes
+    (run / "medr2_model.json").write_text(json.dumps({**training_card("medr2", dataset_source(iu_folder)), "images_per_study": 2}))
+    card = json.loads((export(run, tmp_path / "model", target="medr2", recipe=[]) / "medr2_model.json").read_text())
+    assert card["images_per_study"] == 2 and provenance(card)["images_per_study"] == 2
+    shown = provenance_markdown({"model": "m", "weights_sha256": "0" * 64, **card})
+    assert "**Views per study** 2, frontal first" in shown
+    one_view = provenance(training_card("medr2", dataset_source(iu_folder)))  # the single-image default is not shown
+    assert "images_per_study" not in one_view and "Views per study" not in provenance_markdown({**one_view, "images_per_study": 1})

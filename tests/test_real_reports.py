@@ -264,6 +264,7 @@ def test_traces_cli_writes_one_target_per_study_of_the_split_and_refuses_a_bad_f
         assert row["target"] == report_target(record_report(record))
         assert row["labels"] == label_report(record_report(record).text)
         assert parse(row["target"]).missing == []
+        assert row["source"] == "labeler" and row["draft_error"] is None  # no teacher, no taught error: the default
     assert f"{len(rows)} traces written" in capsys.readouterr().out
     assert main(["traces", "--dataset_dir", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     err = capsys.readouterr().err

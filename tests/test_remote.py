@@ -107,10 +107,173 @@ def test_garbage_answer_is_one_line_error():
         assert "\n" not in str(info.value)
         with pytest.raises(SaliencyUnavailable, match="weights are not given locally"):
             pipe.saliency(None)
-        with pytest.raises(ValueError, match="looks"):
-            RemotePipeline(PipelineConfig(model="", base_url=f"http://127.0.0.1:{server.server_port}", looks="proposed"))
+        assert pipe.look_mode == "off"  # 'auto': no card saying the model was trained with looks
+        looking = RemotePipeline(PipelineConfig(model="", base_url=f"http://127.0.0.1:{server.server_port}", looks="proposed"))
+        with pytest.raises(RemoteError, match="not a chat-completions stream") as info:
+            looking.run(phantom())
+        assert "\n" not in str(info.value)
     finally:
         server.shutdown()
+
+
+# --------------------------------------------------------------- looks against a scripted server
+DRAFT_TRACE = ("<think>\n<perception>\npleura: blunted right costophrenic angle with a meniscus.\n</perception>\n"
+               "<reasoning>\nmeniscus -> pleural effusion [rule: effusion]\n</reasoning>\n<draft>\n"
+               "Findings: Small right pleural effusion. Impression: Small right pleural effusion.\n</draft>\n"
+               "<reflection>\nkept: written past the stop tag, never read\n")
+ITEM = "kept: pleural effusion - magnified right lower zone: meniscus confirmed.\n</reflection>\n</think>\nnever read"
+REST = "\n</think>\n<report>\nFindings: Small right pleural effusion. Impression: Small right pleural effusion.\n</report>"
+
+
+def image_parts(body: dict) -> list[str]:
+    return [part["image_url"]["url"] for m in body["messages"] if isinstance(m["content"], list)
+            for part in m["content"] if part.get("type") == "image_url"]
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    """A chat-completions server with scripted answers that records every request: the film alone gets a draft,
+    a look (film + crop) an item, a continued assistant turn the report. `mode`: 'vllm' (takes the
+    continue-final-message switch), 'one_image' (refuses a second image as vLLM does at --limit-mm-per-prompt 1),
+    'no_continue' (refuses the switch's fields as `transformers serve` does)."""
+
+    mode = "vllm"
+    bodies: list[dict] = []
+
+    def do_GET(self):
+        self._send(200, b'{"object": "list", "data": [{"id": "scripted"}]}', "application/json")
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        type(self).bodies.append(body)
+        continued = body["messages"][-1]["role"] == "assistant"
+        if self.mode == "no_continue" and "continue_final_message" in body:
+            return self._send(422, b'{"detail": "Unexpected fields in the request: {\'continue_final_message\', '
+                                   b'\'add_generation_prompt\'}"}', "application/json")
+        if len(image_parts(body)) > 1 and self.mode == "one_image":
+            return self._send(400, b'{"object": "error", "message": "At most 1 image(s) may be provided in one request.", '
+                                   b'"type": "BadRequestError", "code": 400}', "application/json")
+        answer = REST if continued else ITEM if len(image_parts(body)) > 1 else DRAFT_TRACE
+        chunks = [{"choices": [{"delta": {"content": line}}]} for line in answer.splitlines(keepends=True)]
+        events = [f"data: {json.dumps(c)}\n\n" for c in chunks]
+        events += ['data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n', "data: [DONE]\n\n"]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        try:
+            for event in events:
+                self.wfile.write(event.encode())
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the client stops reading at its stop tag
+            pass
+
+    def _send(self, code: int, body: bytes, kind: str):
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def scripted():
+    _Scripted.bodies = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def decode_image(url: str):
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("L"))
+
+
+def test_served_looks_send_the_crop_and_continue_the_turn(scripted, monkeypatch):
+    import numpy as np
+
+    from medr2.inference.pipeline import as_loaded
+    from medr2.reflection.regions import crop_region
+
+    server, url = scripted
+    monkeypatch.setattr(_Scripted, "mode", "vllm")
+    pipe = RemotePipeline(PipelineConfig(model="", base_url=url, looks="proposed"))
+    film = phantom(0)
+    result = pipe.run(film)
+    draft, look, rest = _Scripted.bodies
+    # the draft: the film alone, read up to </draft> (what the server wrote past it is not in the trace)
+    assert len(image_parts(draft)) == 1 and "never read" not in result.raw_text
+    # the look: a follow-up user turn with the crop of the draft finding's region as the second image
+    assert [lk.region for lk in result.looks] == ["right lower zone"] and result.looks[0].chosen_by == "pipeline"
+    assert look["messages"][-2]["content"].endswith("</draft>\n<reflection>\n<look>right lower zone</look>")
+    assert look["messages"][-1]["content"][1] == {"type": "text", "text": "magnified right lower zone (2.2x)."}
+    pixels = np.asarray(as_loaded(film).to_pil().convert("L"))
+    assert np.array_equal(decode_image(image_parts(look)[1]), crop_region(pixels, "right lower zone"))
+    assert np.array_equal(decode_image(image_parts(look)[0]), pixels)
+    # the loop closed the reflection itself: the server continues that assistant turn (vLLM's switch)
+    assert rest["continue_final_message"] is True and rest["add_generation_prompt"] is False
+    assert rest["messages"][-1] == {"role": "assistant", "content": "kept: pleural effusion - magnified right lower zone: "
+                                                                   "meniscus confirmed.\n</reflection>"}
+    assert pipe.continuation == "fields"
+    item = result.output.reflection[0]
+    assert (item.action, item.look) == ("kept", "right lower zone")
+    assert result.output.report.text and not result.parsed.problems and result.consistency.holds
+    assert result.raw_text.count("<look>") == 1 and result.raw_text.endswith("</report>")
+
+
+@pytest.mark.slow
+def test_app_shows_a_served_models_look_as_it_streams(scripted, monkeypatch, tmp_path):
+    from medr2.app.service import ANALYZE_OUTPUTS, AppService
+    from medr2.feedback.store import FeedbackStore
+    from medr2.inference.pipeline import as_loaded
+
+    server, url = scripted
+    monkeypatch.setattr(_Scripted, "mode", "vllm")
+    pipe = RemotePipeline(PipelineConfig(model="", base_url=url, looks="proposed"))
+    service = AppService(pipe, FeedbackStore(tmp_path / "data"), [], upload_root=tmp_path / "up", stream_interval_s=0.0)
+    png = tmp_path / "film.png"
+    as_loaded(phantom(0)).to_pil().save(png)
+    updates = [dict(zip(ANALYZE_OUTPUTS, u)) for u in service.analyze(str(png))]
+    assert updates[-1]["study"].final.startswith("Findings: Small right pleural effusion.")
+    panel = next(u["reflection"] for u in reversed(updates) if isinstance(u["reflection"], str) and u["reflection"])
+    assert 'alt="look at the right lower zone"' in panel and "chosen by the pipeline" in panel
+    assert "Every draft → final change is explained" in panel
+
+
+def test_a_server_refusing_the_second_image_is_one_line_with_the_fix(scripted, monkeypatch, capsys):
+    from medr2.cli import main
+
+    server, url = scripted
+    monkeypatch.setattr(_Scripted, "mode", "one_image")
+    pipe = RemotePipeline(PipelineConfig(model="", base_url=url, looks="proposed"))
+    with pytest.raises(RemoteError, match="answered HTTP 400") as info:
+        pipe.run(phantom(0))
+    message = str(info.value)
+    assert "\n" not in message and "image 2" in message and "--limit-mm-per-prompt" in message and "--looks off" in message
+    assert "At most 1 image(s)" in message  # the server's own words
+    assert info.value.partial_text.endswith("</draft>\n<reflection>\n<look>right lower zone</look>")
+    png = ROOT / "assets" / "examples" / "phantom_effusion.png"
+    assert main(["generate", str(png), "--base_url", url, "--looks", "proposed"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "image 2" in err and "Traceback" not in err
+
+
+def test_a_server_that_cannot_continue_a_turn_needs_the_local_template(scripted, monkeypatch):
+    server, url = scripted
+    monkeypatch.setattr(_Scripted, "mode", "no_continue")
+    pipe = RemotePipeline(PipelineConfig(model="", base_url=url, looks="proposed"))
+    with pytest.raises(RemoteError, match="cannot continue a partial answer") as info:
+        pipe.run(phantom(0))
+    assert "\n" not in str(info.value) and "--looks off" in str(info.value)
+    assert "continue_final_message" in _Scripted.bodies[-1]  # tried the switch first
 
 
 # ------------------------------------------------------------------------------- a real server
@@ -230,6 +393,57 @@ def test_app_event_path_on_a_served_model_with_local_saliency(remote, streamed, 
     assert study.final and study.final == streamed[-1].output.report.text
     assert study.maps, "saliency through the local copy of the served weights"
     assert "served by" in study.provenance["model"]
+
+
+@pytest.mark.slow
+def test_served_looks_write_what_the_local_look_loop_writes(served, monkeypatch):
+    """The served embedded model with looks forced on: the same trace, looks and evidence as the local loop (greedy,
+    same pixels), each look's crop sent as a further image, streamed as it is written."""
+    import numpy as np
+
+    from medr2.inference.pipeline import Pipeline, format_result
+    from medr2.inference.remote import ChatClient
+
+    bodies = []
+    real_request = ChatClient._request
+
+    def recording(self, path, body=None):
+        if body is not None:
+            bodies.append(body)
+        return real_request(self, path, body)
+
+    monkeypatch.setattr(ChatClient, "_request", recording)
+    remote = RemotePipeline(PipelineConfig(model=str(MODEL), base_url=served[1], looks="proposed"))
+    film = phantom(3)  # its draft states effusions on both sides: two looks, a request with three images
+    *events, result = list(remote.stream(film))
+    local = Pipeline(PipelineConfig(model=str(MODEL), looks="proposed")).run(film)
+    assert len(local.looks) == 2
+    assert result.raw_text == local.raw_text
+    assert [(lk.region, lk.box, lk.evidence, lk.chosen_by) for lk in result.looks] == \
+           [(lk.region, lk.box, lk.evidence, lk.chosen_by) for lk in local.looks]
+    assert all(np.array_equal(a.crop, b.crop) for a, b in zip(result.looks, local.looks))
+    assert "finding heads here" in result.looks[0].evidence  # the local copy's look heads joined in
+    # the server really received the crops: 1 image (the film) for the draft, then 1 + the looks taken so far
+    counts = [len(image_parts(b)) for b in bodies if b.get("messages")]
+    assert counts[0] == 1 and max(counts) == 3 and set(counts) == {1, 2, 3}
+    for body in bodies:
+        for k, url in enumerate(image_parts(body)[1:]):
+            assert np.array_equal(decode_image(url), result.looks[k].crop)
+    assert remote.continuation == "template"  # transformers serve refuses continue_final_message
+    kinds = [e.kind for e in events]
+    assert kinds.count("token") > 20 and kinds[-1] == "done"
+    assert [e.section for e in events if e.kind == "section"][:3] == ["perception", "reasoning", "draft"]
+    assert result.consistency is not None and result.final_labels is not None
+    # the consistency check and the printed shown work (reflection with its looks, report) as locally
+    assert result.consistency == local.consistency
+    assert (result.draft_labels, result.final_labels) == (local.draft_labels, local.final_labels)
+
+    def shown(r):
+        text = format_result(r)
+        warnings = [line for line in text.splitlines() if line.startswith("WARNING: reflection")]
+        return warnings, text[text.index("PERCEPTION"):text.index("FINDINGS")]  # confidence: local only
+
+    assert shown(result) == shown(local)
 
 
 @pytest.mark.slow

@@ -273,6 +273,8 @@ def provenance_markdown(prov: dict, metadata: dict | None = None, warnings: Sequ
     lines = [f"**Model** `{prov.get('model', '?')}` · weights `{str(prov.get('weights_sha256', '?'))[:12]}` · "
              f"medr2 {prov.get('medr2_version', '?')}",
              f"**Training data** {prov.get('training_data', 'unknown')}"]
+    if int(prov.get("images_per_study") or 1) > 1:  # a model trained on several views reads each study's views
+        lines.append(f"**Views per study** {int(prov['images_per_study'])}, frontal first")
     if prov.get("decoding"):
         lines.append(f"**Reproduce** {stamp(prov)}")
     if prov.get("demo"):

@@ -273,12 +273,15 @@ def _pil(image) -> Image.Image:
     return image.convert("RGB")
 
 
-def study_chat(prompt: str, n_images: int = 1) -> list[dict]:
-    """The pipeline's user turn (`build_chat`) with one image placeholder per image of a study, in order, before the
-    text: what training rows carry when a study brings several views (frontal first)."""
+def study_chat(prompt: str, n_images: int = 1, system: str | None = None) -> list[dict]:
+    """The pipeline's chat (`build_chat`, with the optional system turn) whose user turn holds one image placeholder
+    per image of a study, in order, before the text: what training rows carry when a study brings several views
+    (frontal first), and what `medr2.inference.pipeline.Pipeline` sends for such a study."""
     from medr2.modeling.model import build_chat
 
-    chat = build_chat(prompt)
+    if n_images < 1:
+        raise ValueError(f"a study needs at least one image, got n_images={n_images}")
+    chat = build_chat(prompt, system=system)
     if n_images > 1:
         user = chat[-1]
         chat[-1] = {**user, "content": [{"type": "image"}] * (n_images - 1) + list(user["content"])}

@@ -10,7 +10,9 @@ and a printed table.
 
 Run: `medr2 evaluate --model assets/model --n 500 --output_dir runs/eval/medr2` (phantom test set) or
 `medr2 evaluate --model M --dataset_dir DIR --split test` (an R2Gen-layout dataset); `--config eval.yaml` sets the same
-options from a file. Two evaluations of the same set compare with `medr2 compare`.
+options from a file. Two evaluations of the same set compare with `medr2 compare`. On a dataset the model reads up to
+`--max_images` views of each study, frontal first (default: its card's `images_per_study`, else 1); `eval.json` records
+`images_per_study` and how many images were read.
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ class EvalConfig:
     dataset_dir: str | None = field(default=None, metadata={"help": "R2Gen-layout dataset folder; empty = phantom test set",
                                                             "aliases": ["--data_dir", "--data"]})
     split: str = field(default="test", metadata={"help": "split of the R2Gen dataset"})
+    max_images: int | None = field(default=None, metadata={"help": "with --dataset_dir: images per study sent to the model, "
+                                                                   "frontal first (IU X-Ray: 2 = frontal + lateral); default: "
+                                                                   "the model card's images_per_study, else 1"})
     n: int = field(default=500, metadata={"help": "number of studies (phantoms generated; datasets truncated)"})
     seed: int = field(default=PHANTOM_TEST_SEED, metadata={"help": "phantom seed of the test set"})
     batch_size: int = field(default=16, metadata={"help": "generation batch size"})
@@ -140,17 +145,27 @@ def location_scores(references: list[str], reports: list[str]) -> dict:
             "zone_accuracy": counts["zone_correct"] / counts["zone_total"] if counts["zone_total"] else None}
 
 
-def load_eval_set(config: EvalConfig):
-    """(ids, PIL images, reference reports)."""
+def load_eval_set(config: EvalConfig, max_images: int | None = None):
+    """(ids, studies, reference reports): each study one PIL image, or with `max_images` > 1 (default:
+    `config.max_images`, else 1) a list of up to that many, frontal first (dataset studies; phantoms have one film)."""
     from PIL import Image
 
+    max_images = max_images or config.max_images or 1
     if config.dataset_dir:
-        from medr2.data.datasets import image_file, read_r2gen
+        from medr2.data.datasets import DatasetError, image_file, image_files, read_r2gen
 
         records = read_r2gen(config.dataset_dir, splits=(config.split,))[: config.n]
         if not records:
             raise ValueError(f"no {config.split!r} studies in {config.dataset_dir}")
-        images = [Image.open(image_file(config.dataset_dir, r)).convert("L") for r in records]
+        if max_images == 1:
+            images = [Image.open(image_file(config.dataset_dir, r)).convert("L") for r in records]
+        else:
+            images = []
+            for r in records:
+                paths = image_files(config.dataset_dir, r)[:max_images]
+                if not paths:
+                    raise DatasetError(f"study {r['id']!r} has no image (a reports-only dataset?)")
+                images.append([Image.open(path).convert("L") for path in paths])
         return [r["id"] for r in records], images, [r["report"] for r in records]
     from medr2.phantom.generator import PhantomConfig, generate_studies
 
@@ -273,15 +288,38 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def images_per_study(config: EvalConfig, model: str) -> int:
+    """Images per study the evaluation sends: `--max_images`, else the model card's `images_per_study`, else 1
+    (phantom studies have one film: more is refused there)."""
+    from medr2.inference.pipeline import read_model_card
+
+    if config.max_images is not None:
+        if config.max_images < 1:
+            raise ValueError(f"--max_images must be >= 1, got {config.max_images}")
+        if config.max_images > 1 and not config.dataset_dir:
+            raise ValueError("--max_images > 1 needs --dataset_dir: phantom studies have one film")
+        return config.max_images
+    if not config.dataset_dir or not model or not Path(model).is_dir():
+        return 1
+    return max(1, int(read_model_card(model).get("images_per_study", 1)))
+
+
 def run(config: EvalConfig) -> dict:
     from medr2.inference.pipeline import PipelineConfig, default_model, make_pipeline
 
-    ids, images, references = load_eval_set(config)  # first: a bad data option fails before a model loads
     served = config.base_url or config.model.startswith(("http://", "https://"))
-    pipe = make_pipeline(PipelineConfig(model=config.model or ("" if served else default_model()),
+    model = config.model or ("" if served else default_model())
+    n_images = images_per_study(config, "" if str(model).startswith(("http://", "https://")) else model)
+    ids, images, references = load_eval_set(config, n_images)  # first: a bad data option fails before a model loads
+    pipe = make_pipeline(PipelineConfig(model=model,
                                         max_new_tokens=config.max_new_tokens, looks=config.looks, max_looks=config.max_looks,
                                         device_map=config.device_map, base_url=config.base_url,
                                         served_model=config.served_model, api_key=config.api_key))
+    if n_images > 1 and not getattr(pipe, "multi_image", False):
+        if config.max_images is not None:
+            raise ValueError(f"{type(pipe).__name__} takes one image a study: evaluate with --max_images 1")
+        logger.info("%s takes one image a study: evaluating on the frontal images only", type(pipe).__name__)
+        n_images, images = 1, [study[0] for study in images]
     from tqdm import tqdm
 
     results = []
@@ -291,7 +329,10 @@ def run(config: EvalConfig) -> dict:
     summary["input_check"] = count_input_checks(results)
     if pipe.calibration is not None:
         summary["confidence"] = confidence_summary(results, references)
-    summary["config"] = asdict(config)
+    summary["config"] = {**asdict(config), "max_images": n_images}
+    # what the model read: the most images a study could bring, and how many it did bring in all
+    summary["images_per_study"] = n_images
+    summary["images_read"] = sum(len(s) if isinstance(s, list) else 1 for s in images)
     if not config.dataset_dir:  # the same phantom seed draws different films across generator versions
         from medr2.phantom.generator import GENERATOR_VERSION
 
@@ -310,7 +351,8 @@ def run(config: EvalConfig) -> dict:
     with (out / "predictions.jsonl").open("w") as fh:
         for i, r in zip(ids, results):
             fh.write(json.dumps({"id": i, "text": r.raw_text, "looks": [lk.to_json() for lk in r.looks],
-                                 "consistency": r.consistency.to_json() if r.consistency is not None else None}) + "\n")
+                                 "consistency": r.consistency.to_json() if r.consistency is not None else None,
+                                 **({"images": len(r.images)} if n_images > 1 else {})}) + "\n")
     plot_per_observation(summary, out / "per_observation.png", f"{Path(pipe.config.model).name or pipe.provenance.model}: per-observation F1")
     return summary
 

@@ -1,9 +1,14 @@
 """One call from image to shown work: the pipeline every front end uses (CLI, evaluation, app).
 
-image (path / bytes / PIL / LoadedImage) -> `medr2.imaging.loader` -> processor + prompt -> `generate` (streamed)
+study -> `medr2.imaging.loader` -> processor + prompt -> `generate` (streamed)
 -> `medr2.report.schema.parse` (sections as soon as they close) -> `medr2.labeler.findings` labels of draft and final
 report -> a `StudyResult` with timings and provenance. Saliency is computed lazily on request
 (`Pipeline.saliency`), so text appears before maps.
+
+A study is one image (path / bytes / PIL / array / LoadedImage) or a list of them: several views of one study,
+frontal first (`as_study`). Several images go to the model as one chat with one image placeholder each, the user
+turn the training rows carry (`medr2.data.datasets.study_chat`); the input gate checks each image, while saliency,
+confidence and the look loop read the first (frontal) one only, which the result's warnings say.
 
 Hands on: a stream of `Event`s (tokens, then each completed section), then the `StudyResult`.
 """
@@ -90,6 +95,8 @@ class Provenance:
     # How the text was decoded: greedy decoding of the same file gives the same text; a sampled one is reproduced
     # by the same seed, temperature and top-p.
     decoding: dict = field(default_factory=dict)
+    # views per study the model was trained on (its card's `images_per_study`); 1 for single-image models
+    images_per_study: int = 1
 
     def stamp(self) -> str:
         """One line that lets anyone reproduce a report: medr2 version, weights hash, decoding settings."""
@@ -136,6 +143,10 @@ class StudyResult:
     # consistency check (medr2.reflection.consistency.Consistency); empty / None for models without looks
     looks: list = field(default_factory=list)
     consistency: Any = None
+    # every LoadedImage of the study, frontal first (`image` is the first), and one line per part of the pipeline
+    # that read fewer of them than the model did (shown with the warnings)
+    images: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def output(self) -> MedR2Output:
@@ -143,8 +154,11 @@ class StudyResult:
 
     @property
     def warnings(self) -> list[str]:
-        """The image's warnings, then the input gate's verdict when it flags the film."""
+        """The images' warnings, what read the frontal image only, then the input gate's verdict when it flags."""
         warnings = list(getattr(self.image, "warnings", []) or [])
+        for k, other in enumerate(self.images[1:], start=2):
+            warnings += [f"image {k}: {w}" for w in getattr(other, "warnings", []) or []]
+        warnings += self.notes
         if self.input_check is not None and self.input_check.flagged:
             warnings.append("input outside the model's training distribution: " + "; ".join(self.input_check.reasons))
         if self.consistency is not None and not self.consistency.holds:
@@ -187,6 +201,42 @@ def as_loaded(image):
     return imaging.load_image(image)
 
 
+def as_study(study) -> list:
+    """One study's images as LoadedImages, frontal first: one image (anything `as_loaded` takes) or a list / tuple of
+    them (several views of one study, as `medr2.data.datasets.image_files` lists them)."""
+    if isinstance(study, (list, tuple)):
+        if not study:
+            raise ValueError("a study needs at least one image")
+        return [as_loaded(im) for im in study]
+    return [as_loaded(study)]
+
+
+# What a result of a study with several images says about the parts that read its frontal image only (one line).
+FRONTAL_ONLY = ("this study has {n} images: the model read all {n}; saliency and confidence read the first "
+                "(frontal) only")
+FRONTAL_ONLY_LOOKS = ("this study has {n} images: the look loop reads the first (frontal) only, so its report, "
+                      "saliency and confidence come from that image alone")
+
+
+def merge_checks(checks: list):
+    """One input-gate verdict for a study from its images' verdicts: flagged when any image is, unknown when any is
+    unknown, the largest distance; reasons of the second and later images are prefixed with their number."""
+    from medr2.trust.gate import InputCheck
+
+    if len(checks) == 1:
+        return checks[0]
+    verdicts = [c.in_distribution for c in checks]
+    verdict = False if False in verdicts else None if None in verdicts else True
+    scores = [c.score for c in checks if c.score is not None]
+    reasons: list[str] = []
+    for k, check in enumerate(checks, start=1):
+        for reason in check.reasons:
+            line = reason if k == 1 or reason in checks[0].reasons else f"image {k}: {reason}"
+            if line not in reasons:
+                reasons.append(line)
+    return InputCheck(verdict, max(scores) if scores else None, checks[0].threshold, reasons)
+
+
 def _model_label(model: str) -> str:
     """What provenance shows: a hub id as given, a folder inside this repo relative to it, else the folder name.
 
@@ -210,6 +260,9 @@ def clean_text(text: str, special: list[str]) -> str:
 
 class Pipeline:
     """Loads a model once; `stream(image)` / `run(image)` / `run_batch(images)` produce reports with shown work."""
+
+    # takes studies of several images (`as_study`); a pipeline without this attribute takes one image a study
+    multi_image = True
 
     def __init__(self, config: PipelineConfig | None = None):
         import torch
@@ -247,6 +300,7 @@ class Pipeline:
             decoding={"greedy": self.config.greedy, "max_new_tokens": self.config.max_new_tokens,
                       **({} if self.config.greedy else {"temperature": self.config.temperature, "top_p": self.config.top_p,
                                                          "seed": self.config.seed})},
+            images_per_study=int(self.card.get("images_per_study", 1)),
         )
         from medr2.reflection.heads import LookHeads, tower_of
 
@@ -258,23 +312,49 @@ class Pipeline:
         # Chat/padding markers only: the schema tags may be special tokens too and must stay in the text.
         self._strip = [t for t in {tok.eos_token, tok.pad_token, getattr(tok, "bos_token", None), "<|im_end|>", "<|im_start|>", "<|endoftext|>", "<end_of_turn>"} if t]
 
-    def messages(self) -> list[dict]:
-        """The chat for this model: our trained prompt, or the prompted-mode system prompt for general LVLMs."""
-        from medr2.modeling.model import build_chat
+    def messages(self, n_images: int = 1) -> list[dict]:
+        """The chat for this model (one image placeholder per image of the study): our trained prompt, or the
+        prompted-mode system prompt for general LVLMs."""
+        from medr2.data.datasets import study_chat
         from medr2.report.knowledge import prompted_system_prompt
         from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT
 
         if self.card.get("target") == "direct":
-            return build_chat(DIRECT_PROMPT)
+            return study_chat(DIRECT_PROMPT, n_images)
         if self.card:
-            return build_chat(MEDR2_PROMPT)
-        return build_chat(MEDR2_PROMPT, system=prompted_system_prompt())
+            return study_chat(MEDR2_PROMPT, n_images)
+        return study_chat(MEDR2_PROMPT, n_images, system=prompted_system_prompt())
 
     def _inputs(self, pil_images: list[Image.Image], prefixes: list[str] | None = None):
+        """Model inputs for a batch of one-image studies (one conversation each)."""
         from medr2.modeling.model import prepare_inputs
 
         inputs = prepare_inputs(self.processor, pil_images, self.messages(), assistant_prefixes=prefixes)
         return inputs.to(self.model.device)
+
+    def study_inputs(self, studies: list[list], prefixes: list[str] | None = None):
+        """Model inputs for a batch of studies (lists of LoadedImages, frontal first), left-padded: each study's chat
+        holds one image placeholder per image, its images follow in order (nested per study for Gemma 3)."""
+        if all(len(study) == 1 for study in studies):
+            return self._inputs([study[0].to_pil() for study in studies], prefixes)
+        from medr2.modeling.model import per_study_images, to_pil_rgb
+
+        conversations = [self.messages(len(study)) for study in studies]
+        texts = [self.processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+        if prefixes is not None:
+            texts = [text + prefix for text, prefix in zip(texts, prefixes)]
+        # `prepare_inputs` pairs one image with each conversation; the processor itself takes any number per prompt
+        images = per_study_images(self.processor, [to_pil_rgb(im.to_pil()) for study in studies for im in study],
+                                  conversations)
+        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True, padding_side="left")
+        return inputs.to(self.model.device)
+
+    def check_study(self, study: list, inputs=None):
+        """The input gate on every image of a study (one verdict, `merge_checks`); `inputs` = the pipeline's inputs
+        of a one-image study, reused for its content check."""
+        if len(study) == 1:
+            return self.check_input(study[0], inputs)
+        return merge_checks([self.check_input(loaded) for loaded in study])
 
     def _gen_kwargs(self) -> dict:
         from medr2.modeling.model import generation_kwargs
@@ -286,7 +366,7 @@ class Pipeline:
         """The input gate (DICOM tags, then distance from the training films in the vision tower's feature space)."""
         from medr2.trust.gate import check_input
 
-        if inputs is None:
+        if inputs is None and self.gate_stats is not None:  # without statistics only the tags are read
             inputs = self._inputs([loaded.to_pil()])
         return check_input(loaded, self.model, self.processor, self.gate_stats, inputs=inputs)
 
@@ -307,6 +387,10 @@ class Pipeline:
             torch.manual_seed(self.config.seed)
 
     def _finish(self, text: str, loaded, n_tokens: int, timings: dict, inputs=None, new_ids=None) -> StudyResult:
+        """The result of `text` for one study: `loaded` is its LoadedImage or the list of them (frontal first);
+        `inputs` / `new_ids` are what saliency and confidence re-read (a one-image pass over the frontal)."""
+        study = loaded if isinstance(loaded, list) else [loaded]
+        loaded = study[0]
         t0 = time.perf_counter()
         parsed = parse(text)
         out = parsed.output
@@ -318,10 +402,14 @@ class Pipeline:
 
         result = StudyResult(text, parsed, draft_labels, final_labels, timings, self.provenance, n_tokens, loaded, sal)
         result.consistency = check_consistency(out)  # every model: a reflection must explain the diff it makes
+        result.images = study
+        if len(study) > 1:
+            result.notes.append(FRONTAL_ONLY.format(n=len(study)))
         return result
 
     def stream(self, image) -> Iterator[Event | StudyResult]:
-        """Yield token events and section events as generation proceeds, then the StudyResult."""
+        """Yield token events and section events as generation proceeds, then the StudyResult. `image`: one image
+        or a list of them (one study, frontal first)."""
         import torch
         from transformers import TextIteratorStreamer
 
@@ -330,11 +418,12 @@ class Pipeline:
             return
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        loaded = as_loaded(image)
-        inputs = self._inputs([loaded.to_pil()])
+        study = as_study(image)
+        loaded = study[0]
+        inputs = self.study_inputs([study])
         timings["preprocess_s"] = time.perf_counter() - t0
         t_gate = time.perf_counter()
-        input_check = self.check_input(loaded, inputs)
+        input_check = self.check_study(study, inputs if len(study) == 1 else None)
         timings["input_check_s"] = time.perf_counter() - t_gate
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=False)
         result: dict = {}
@@ -368,7 +457,9 @@ class Pipeline:
         timings["first_token_s"] = first_token or 0.0
         timings["generate_s"] = time.perf_counter() - t1
         new_ids = result["ids"][:, inputs["input_ids"].shape[1]:]
-        final = self._finish(clean_text(text, self._strip), loaded, int(new_ids.shape[1]), timings, inputs, new_ids)
+        # saliency and confidence read one image's tokens: a study of several re-reads its answer on the frontal
+        own_inputs = inputs if len(study) == 1 else self._inputs([loaded.to_pil()])
+        final = self._finish(clean_text(text, self._strip), study, int(new_ids.shape[1]), timings, own_inputs, new_ids)
         final.input_check = input_check
         t_conf = time.perf_counter()
         self.add_confidence(final)
@@ -398,13 +489,21 @@ class Pipeline:
             results.append(result)
         return results
 
+    @staticmethod
+    def _frontal_only_looks(result: StudyResult, study: list) -> None:
+        """A look-loop result of a study with several images: it read the frontal alone, which its warnings say."""
+        if len(study) > 1:
+            result.images = study
+            result.notes = [FRONTAL_ONLY_LOOKS.format(n=len(study))]
+
     def _stream_with_looks(self, image) -> Iterator[Event | StudyResult]:
         """The look loop runs in rounds, not token by token: events come per finished study (sections at once)."""
         t0 = time.perf_counter()
-        loaded = as_loaded(image)
-        input_check = self.check_input(loaded)
+        study = as_study(image)
+        input_check = self.check_study(study)
         timings = {"input_check_s": time.perf_counter() - t0}
-        final = self._look_results([loaded])[0]
+        final = self._look_results([study[0]])[0]
+        self._frontal_only_looks(final, study)
         final.timings.update(timings)
         final.input_check = input_check
         yield Event("token", final.raw_text)
@@ -417,13 +516,14 @@ class Pipeline:
         yield final
 
     def run(self, image) -> StudyResult:
-        """Generate for one image without streaming events."""
+        """Generate for one study (an image or a list of them, frontal first) without streaming events."""
         *_, result = self.stream(image)
         return result
 
     def run_batch(self, images: list, batch_size: int = 16, prefixes: list[str] | None = None,
                   keep_saliency_inputs: bool = False, confidence: bool = False) -> list[StudyResult]:
-        """Batched generation for evaluation (left padding); results in input order.
+        """Batched generation for evaluation (left padding); results in input order. Each item of `images` is one
+        study: an image, or a list of images (several views, frontal first; `as_study`).
 
         `prefixes` (one per image) are forced as the start of each answer and generation continues from them;
         each result's text is prefix + continuation (how `benchmarks/reflection_probe.py` hands the model a
@@ -439,12 +539,13 @@ class Pipeline:
         tok.padding_side = "left"  # decoder-only batch generation needs the prompt flush right
         results = []
         for i in range(0, len(images), batch_size):
-            chunk = [as_loaded(im) for im in images[i:i + batch_size]]
+            chunk = [as_study(im) for im in images[i:i + batch_size]]
             chunk_prefixes = prefixes[i:i + batch_size] if prefixes is not None else None
-            checks = [self.check_input(c) for c in chunk]  # one tower forward each: evaluation counts flagged films
+            checks = [self.check_study(c) for c in chunk]  # one tower forward each: evaluation counts flagged films
             if self.look_mode != "off" and chunk_prefixes is None:
                 keep = keep_saliency_inputs or (confidence and self.calibration is not None)
-                for result, check in zip(self._look_results(chunk, keep), checks):
+                for result, check, study in zip(self._look_results([c[0] for c in chunk], keep), checks, chunk):
+                    self._frontal_only_looks(result, study)
                     result.input_check = check
                     if confidence:
                         self.add_confidence(result)
@@ -453,26 +554,26 @@ class Pipeline:
                     results.append(result)
                 continue
             t0 = time.perf_counter()
-            inputs = self._inputs([c.to_pil() for c in chunk], chunk_prefixes)
+            inputs = self.study_inputs(chunk, chunk_prefixes)
             self._seed()
             with torch.no_grad():
                 ids = self.model.generate(**inputs, **self._gen_kwargs())
             per_study = (time.perf_counter() - t0) / len(chunk)
             new = ids[:, inputs["input_ids"].shape[1]:]
-            for j, (loaded, row) in enumerate(zip(chunk, new)):
+            for j, (study, row) in enumerate(zip(chunk, new)):
                 text = clean_text(tok.decode(row, skip_special_tokens=False), self._strip)
                 if chunk_prefixes is not None:
                     text = chunk_prefixes[j] + text
                 n = int((row != tok.pad_token_id).sum())
                 if not (keep_saliency_inputs or (confidence and self.calibration is not None)):
-                    results.append(self._finish(text, loaded, n, {"generate_s": per_study}))
+                    results.append(self._finish(text, study, n, {"generate_s": per_study}))
                 else:
                     own = row.tolist()
                     if tok.eos_token_id in own:
                         own = own[:own.index(tok.eos_token_id) + 1]
                     own = [t for t in own if t != tok.pad_token_id]
-                    results.append(self._finish(text, loaded, len(own), {"generate_s": per_study},
-                                                self._inputs([loaded.to_pil()]), torch.tensor([own])))
+                    results.append(self._finish(text, study, len(own), {"generate_s": per_study},
+                                                self._inputs([study[0].to_pil()]), torch.tensor([own])))
                     if confidence:
                         self.add_confidence(results[-1])
                     if not keep_saliency_inputs:  # an evaluation holds hundreds of results: drop the tensors
@@ -482,10 +583,10 @@ class Pipeline:
 
     def forced_result(self, image, text: str) -> StudyResult:
         """The result of this model 'answering' `text` (e.g. a reference trace), teacher-forced, with the inputs
-        saliency needs: where would the model look if it wrote exactly this?"""
+        saliency needs: where would the model look if it wrote exactly this? (A study of several images: its frontal.)"""
         import torch
 
-        loaded = as_loaded(image)
+        loaded = as_study(image)[0]
         tok = self.processor.tokenizer
         new_ids = torch.tensor([tok.encode(text + tok.eos_token, add_special_tokens=False)])
         return self._finish(text, loaded, new_ids.shape[1], {}, self._inputs([loaded.to_pil()]), new_ids)
@@ -551,7 +652,8 @@ SERVED_HELP = {
 class GenerateConfig:
     """`medr2 generate` options (flags or a `--config` YAML file)."""
 
-    image: str | None = field(default=None, metadata={"help": "DICOM (any extension), PNG or JPEG"})
+    image: list[str] | None = field(default=None, metadata={"help": "DICOM (any extension), PNG or JPEG; several files are "
+                                                                  "several views of one study, frontal first"})
     model: str = field(default="", metadata={"help": "local path or hub id (default: $MEDR2_MODEL or the embedded demo model); "
                                                      "with --base_url: the same weights locally, if at all (model card, saliency)"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder"})
@@ -571,10 +673,18 @@ def cli_generate(argv: list[str]) -> int:
     from medr2.cli import UsageError, fail, parse_config
 
     prog = "medr2 generate"
+    argv = list(argv)
+    lead = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    if lead > 1:  # `medr2 generate frontal.png lateral.png ...`: the leading files are one study's views
+        argv = ["--image", *argv[:lead], *argv[lead:]]
     try:
-        args = parse_config(prog, GenerateConfig, argv, description="Perceive, reason, reflect and report on one chest radiograph.",
-                            positionals=(("image", "DICOM (any extension), PNG or JPEG"),))
-        if not args.image:
+        args = parse_config(prog, GenerateConfig, argv,
+                            description="Perceive, reason, reflect and report on one chest radiograph study "
+                                        "(one image, or several views of the study, frontal first).",
+                            positionals=(("image", "DICOM (any extension), PNG or JPEG; several files (before any "
+                                                   "option, or after --image) are one study's views, frontal first"),))
+        images = [args.image] if isinstance(args.image, str) else list(args.image or [])
+        if not images:
             raise UsageError(f"the following arguments are required: IMAGE (see `{prog} --help`)")
     except UsageError as exc:
         return fail(prog, exc)
@@ -587,7 +697,9 @@ def cli_generate(argv: list[str]) -> int:
                                             max_new_tokens=args.max_new_tokens, greedy=not args.sample, seed=args.seed,
                                             looks=args.looks, max_looks=args.max_looks, device_map=args.device_map,
                                             base_url=args.base_url, served_model=args.served_model, api_key=args.api_key))
-        result = pipe.run(args.image)
+        if len(images) > 1 and not getattr(pipe, "multi_image", False):
+            raise ValueError(f"{type(pipe).__name__} takes one image a study: pass the frontal image only")
+        result = pipe.run(images[0] if len(images) == 1 else images)
     except (ImageLoadError, ModelLoadError, ValueError) as exc:
         return fail(prog, exc)
     if args.json:

@@ -6,11 +6,18 @@ when the same weights are also given locally, else the prompted-mode system prom
 and hands the answer to the same parser, labeler and `StudyResult` as `medr2.inference.pipeline.Pipeline`, so the
 CLI, evaluation and app need no second path. Only the Python standard library talks to the server.
 
-What a served model lacks here: the reflection's looks (they need the model in this process: looks are 'off'),
-forced answer prefixes, the content half of the input gate and calibrated confidence (no vision features, no token
-probabilities: the gate checks DICOM tags only). Saliency needs the weights: given locally (`model` = the same
-weights' folder) it is computed by teacher-forcing the served answer through them; otherwise it is unavailable,
-with the reason (`SaliencyUnavailable`).
+The reflection's looks run here too (`RemoteLookRunner`, the state machine of `medr2.reflection.loop`): the answer
+is read up to `</draft>`, then each look is a follow-up user turn with the magnified crop as a further image (a PNG
+data URL like the film) and the evidence line, and the server continues the answer. Where the loop must continue a
+turn it has added to (a forced `</reflection>`), the request asks the server to continue the final assistant
+message (`continue_final_message`, vLLM and SGLang); a server that refuses that field (`transformers serve`) gets
+the prompt rendered here by the same weights' template, given locally, as its chat template. The look heads need
+the vision tower: they join in where the same weights, with their `look_heads.npz`, are given locally.
+
+What a served model lacks here: forced answer prefixes, the content half of the input gate and calibrated confidence
+(no vision features, no token probabilities: the gate checks DICOM tags only). Saliency needs the weights: given
+locally (`model` = the same weights' folder) it is computed by teacher-forcing the served answer through them;
+otherwise it is unavailable, with the reason (`SaliencyUnavailable`).
 
 Hands on: `RemotePipeline(config).stream(image)` -> token / section events, then a `StudyResult`; server problems
 are one-line `RemoteError`s (a `ModelLoadError`, which every entry point already reports in one line).
@@ -23,6 +30,8 @@ import io
 import json
 import logging
 import os
+import queue
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -42,6 +51,9 @@ from medr2.inference.pipeline import (
 )
 from medr2.labeler.findings import label_report
 from medr2.modeling.loading import ModelLoadError
+from medr2.reflection.heads import HEADS_FILE
+from medr2.reflection.looks import assistant_turn, join_turns
+from medr2.reflection.loop import ITEM_TOKENS, LookLoop, LookStudy, prompt_text
 from medr2.report.schema import parse
 from medr2.saliency.layers import SaliencyUnavailable
 
@@ -50,16 +62,20 @@ log = logging.getLogger(__name__)
 API_KEY_ENV = ("MEDR2_API_KEY", "OPENAI_API_KEY")  # read in this order when no key is passed
 CHAT_MARKERS = ["<|im_end|>", "<|im_start|>", "<|endoftext|>", "<end_of_turn>", "<eos>", "</s>"]
 MAX_ERROR_CHARS = 200  # a server's error body is quoted this far: one line, never a page of HTML
+# vLLM's and SGLang's switch for "continue the final assistant message" (instead of closing it and opening a new one)
+CONTINUE_FIELDS = {"continue_final_message": True, "add_generation_prompt": False}
+TEMPLATE_VARIABLE = "medr2_prompt"  # the chat-template variable that carries a prompt rendered here
 
 
 class RemoteError(ModelLoadError):
     """The model server could not be reached or answered something unusable; one line naming the server and the fix.
 
-    `partial_text` keeps what had arrived before a stream broke off."""
+    `partial_text` keeps what had arrived before a stream broke off; `status` is the HTTP status of a refusal."""
 
-    def __init__(self, message: str, partial_text: str = ""):
+    def __init__(self, message: str, partial_text: str = "", status: int | None = None):
         super().__init__(message)
         self.partial_text = partial_text
+        self.status = status
 
 
 def is_url(text: str | None) -> bool:
@@ -136,7 +152,8 @@ class ChatClient:
         except urllib.error.HTTPError as exc:
             detail = " ".join(exc.read(4096).decode("utf-8", "replace").split())[:MAX_ERROR_CHARS]
             hint = " (check --api_key or $MEDR2_API_KEY)" if exc.code in (401, 403) else ""
-            raise RemoteError(f"the model server at {self.label} answered HTTP {exc.code} to {path}{hint}: {detail}") from None
+            raise RemoteError(f"the model server at {self.label} answered HTTP {exc.code} to {path}{hint}: {detail}",
+                              status=exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise RemoteError(f"cannot reach the model server at {self.label} ({reason}): is it running, and is "
@@ -152,8 +169,9 @@ class ChatClient:
             raise RemoteError(f"{self.label} answered /v1/models with something that is not an OpenAI model list: "
                               f"{raw[:80]!r}") from None
 
-    def stream_chat(self, body: dict) -> Iterator[tuple[str, dict | None]]:
-        """Yield (text delta, usage or None) from a streamed chat completion; RemoteError on a broken stream."""
+    def stream_chat(self, body: dict, allow_empty: bool = False) -> Iterator[tuple[str, dict | None]]:
+        """Yield (text delta, usage or None) from a streamed chat completion; RemoteError on a broken stream (and on
+        an empty answer unless `allow_empty`: a look round may rightly end at once)."""
         try:  # the token count comes with the last chunk where the server supports stream_options
             response = self._request("/chat/completions", {**body, "stream": True, "stream_options": {"include_usage": True}})
         except RemoteError as exc:
@@ -199,23 +217,117 @@ class ChatClient:
         if not finished:  # a connection closed without the end marker: the answer is cut short
             raise RemoteError(f"the model server at {self.label} closed the connection mid-answer after "
                               f"{len(received)} characters", received)
-        if not received:
+        if not received and not allow_empty:
             raise RemoteError(f"the model server at {self.label} ended the stream without an answer")
+
+
+def stop_at(text: str, tags: list[str]) -> int | None:
+    """Where a round's text ends: just after the first of `tags` in it (None when none has arrived yet)."""
+    ends = [text.index(tag) + len(tag) for tag in tags if tag in text]
+    return min(ends) if ends else None
+
+
+class RemoteLookRunner(LookLoop):
+    """The look loop (`medr2.reflection.loop.LookLoop`) over a served model: each round is one chat-completions
+    request per unfinished study (sent concurrently; the server batches them), streamed and read up to the phase's
+    stop tag. The stop tags are found here rather than sent as `stop`: servers differ in whether the matched string
+    comes back (and `transformers serve` fails on `stop` for image-text models), and closing the stream ends the
+    server's generation as well."""
+
+    def __init__(self, pipeline: RemotePipeline, heads=None, tower=None, on_text=None):
+        super().__init__(heads, tower)
+        self.pipeline = pipeline
+        self.on_text = on_text  # on_text(study, trace so far) as text arrives: the stream's token events
+        self.pieces: dict[int, int] = {}  # id(study) -> streamed pieces (its token count: usage ends the stream)
+        self._urls: dict[int, list[str]] = {}  # id(study) -> data URLs of its film and crops, encoded once
+
+    def generate(self, studies: list[LookStudy], phase: str) -> list[str]:
+        if len(studies) == 1:
+            return [self._round(studies[0], phase)]
+        with ThreadPoolExecutor(max_workers=len(studies)) as pool:
+            return list(pool.map(lambda study: self._round(study, phase), studies))
+
+    def _round(self, study: LookStudy, phase: str) -> str:
+        """One round of one study: the conversation so far (the film, then each crop with its evidence line), the
+        turn written so far continued where there is one."""
+        pipe = self.pipeline
+        urls = self._urls.setdefault(id(study), [])
+        for image in study.images()[len(urls):]:
+            urls.append(image_data_url(image))
+        conversation = study.conversation(pipe.messages())
+        partial = [assistant_turn(study.current)] if study.current else []
+        max_tokens = min(pipe.config.max_new_tokens, ITEM_TOKENS) if phase == "reflect" else pipe.config.max_new_tokens
+        body = pipe.sampling({"model": pipe.served_model, "messages": openai_messages(conversation + partial, urls),
+                              "max_tokens": max_tokens})
+        try:
+            if not study.current:
+                return self._read(body, study, phase)
+            return self._continue(body, study, phase, conversation)
+        except RemoteError as exc:
+            # the trace so far, up to the look request when the failing round had not started its turn
+            exc.partial_text = study.text(exc.partial_text) if study.current + exc.partial_text else join_turns(study.turns)
+            if exc.status is not None and 400 <= exc.status < 500 and len(urls) > 1:
+                limit = 1 + pipe.config.max_looks
+                raise RemoteError(f"{exc} (this request carried a look's crop as image {len(urls)}: a server limited "
+                                  f"to one image per prompt refuses it; let it take {limit} (vLLM: "
+                                  f"--limit-mm-per-prompt '{{\"image\": {limit}}}') or run with --looks off)",
+                                  exc.partial_text, exc.status) from None
+            raise
+
+    def _continue(self, body: dict, study: LookStudy, phase: str, conversation: list[dict]) -> str:
+        """A round that continues the assistant turn the loop has written into: the server's continue-final-message
+        switch, else (a server that refuses the field) the prompt rendered here as the request's chat template."""
+        pipe = self.pipeline
+        if pipe.continuation in (None, "fields"):
+            try:
+                text = self._read({**body, **CONTINUE_FIELDS}, study, phase)
+                pipe.continuation = "fields"
+                return text
+            except RemoteError as exc:
+                refused = exc.status in (400, 422) and any(name in str(exc) for name in CONTINUE_FIELDS)
+                if pipe.continuation == "fields" or not refused:
+                    raise
+                pipe.continuation = "template"
+        rendered = prompt_text(pipe.look_processor(), conversation, study.current)
+        kwargs = {"chat_template": "{{ " + TEMPLATE_VARIABLE + " }}", TEMPLATE_VARIABLE: rendered}
+        return self._read({**body, "chat_template_kwargs": kwargs}, study, phase)
+
+    def _read(self, body: dict, study: LookStudy, phase: str) -> str:
+        """Stream one round's answer up to the first stop tag of the phase (kept), then close the stream."""
+        tags = self.stop_tags[phase]
+        received = ""
+        stream = self.pipeline.client.stream_chat(body, allow_empty=True)
+        try:
+            for delta, _ in stream:
+                if not delta:
+                    continue
+                received += delta
+                self.pieces[id(study)] = self.pieces.get(id(study), 0) + 1
+                end = stop_at(received, tags)
+                if end is not None:
+                    received = received[:end]
+                if self.on_text is not None:
+                    self.on_text(study, study.text(clean_text(received, CHAT_MARKERS)))
+                if end is not None:
+                    break
+        except RemoteError as exc:
+            exc.partial_text = received
+            raise
+        finally:
+            stream.close()
+        return clean_text(received, CHAT_MARKERS)
 
 
 class RemotePipeline:
     """`Pipeline`'s surface (`stream`, `run`, `run_batch`, `messages`, `provenance`, `check_input`, `saliency`) for a
     model served by an OpenAI-compatible server at `config.base_url`."""
 
-    look_mode = "off"  # the look loop needs the model's tokens and vision tower in this process
     calibration = None  # calibrated confidence needs token probabilities of the answer
     gate_stats = None  # the content check needs the vision tower's features: DICOM tags only
 
     def __init__(self, config: PipelineConfig):
         if not config.base_url:
             raise ValueError("RemotePipeline needs base_url (the server's address, e.g. http://127.0.0.1:8000/v1)")
-        if config.looks not in ("auto", "off"):
-            raise ValueError(f"looks={config.looks!r} needs the model in this process; a served model runs with looks off")
         self.config = config
         api_key = config.api_key or next((os.environ[k] for k in API_KEY_ENV if os.environ.get(k)), None)
         self.client = ChatClient(config.base_url, api_key, timeout_s=config.request_timeout_s)
@@ -234,8 +346,15 @@ class RemotePipeline:
         # The same weights given locally: their card decides the prompt and provenance, and saliency can run on them.
         self.local_model = config.model if config.model and Path(config.model).is_dir() else None
         self.card = read_model_card(self.local_model) if self.local_model else {}
+        # as for the local pipeline: 'auto' looks for a model whose card says it was trained with them
+        trained_to_look = self.card.get("reflection") == "looks"
+        self.look_mode = ("proposed" if trained_to_look else "off") if config.looks == "auto" else config.looks
+        # how a look round continues a turn the loop wrote into: None (untried), "fields" (the server's
+        # continue-final-message switch) or "template" (the prompt rendered here, sent as the chat template)
+        self.continuation: str | None = None
+        self._processor = None  # the local copy's processor, loaded when the template route needs it
         self.saliency_config: dict = {}
-        self._local = None  # the local Pipeline, loaded on the first saliency request
+        self._local = None  # the local Pipeline, loaded on the first saliency request (or for the look heads)
         weights = "served"
         if self.local_model:
             from medr2.modeling.loading import weights_sha256
@@ -271,14 +390,43 @@ class RemotePipeline:
 
     def request_body(self, loaded) -> dict:
         """One study's chat-completions request (without the stream flags)."""
-        body = {"model": self.served_model,
-                "messages": openai_messages(self.messages(), [image_data_url(loaded.to_pil())]),
-                "max_tokens": self.config.max_new_tokens}
+        return self.sampling({"model": self.served_model,
+                              "messages": openai_messages(self.messages(), [image_data_url(loaded.to_pil())]),
+                              "max_tokens": self.config.max_new_tokens})
+
+    def sampling(self, body: dict) -> dict:
+        """`body` with the decoding settings: greedy (temperature 0) unless sampling was asked for."""
         if self.config.greedy:
-            body.update(temperature=0.0, top_p=1.0)
-        else:
-            body.update(temperature=self.config.temperature, top_p=self.config.top_p, seed=self.config.seed)
-        return body
+            return {**body, "temperature": 0.0, "top_p": 1.0}
+        return {**body, "temperature": self.config.temperature, "top_p": self.config.top_p, "seed": self.config.seed}
+
+    def look_processor(self):
+        """The processor of the same weights given locally: renders a look round's prompt for a server that cannot
+        continue a turn itself."""
+        if self._processor is None:
+            if self.local_model is None:
+                raise RemoteError(f"the model server at {self.client.label} cannot continue a partial answer (it "
+                                  "refuses continue_final_message), which the looks need: serve the model with vLLM "
+                                  "or SGLang, give the same weights locally as --model, or run with --looks off")
+            if self._local is not None:
+                self._processor = self._local.processor
+            else:
+                from medr2.modeling.loading import _load_processor
+
+                self._processor = _load_processor(self.local_model)
+        return self._processor
+
+    def look_runner(self, on_text=None) -> RemoteLookRunner:
+        """The look loop for this server, with the look heads of the same weights where they are given locally
+        (their `look_heads.npz` and vision tower): the same proposals and evidence lines as the local loop."""
+        heads = tower = None
+        if self.local_model and (Path(self.local_model) / HEADS_FILE).is_file():
+            from medr2.reflection.heads import tower_of
+
+            local = self._local_pipeline()
+            if local.look_heads is not None:
+                heads, tower = local.look_heads, tower_of(local.model)
+        return RemoteLookRunner(self, heads, tower, on_text)
 
     # ------------------------------------------------------------ the pipeline's surface
     def check_input(self, loaded, inputs=None):
@@ -303,8 +451,61 @@ class RemotePipeline:
         result.consistency = check_consistency(out)
         return result
 
+    def _look_results(self, loaded_images: list, on_text=None) -> list[StudyResult]:
+        """Results of the look loop over the server for a batch of loaded films (the rounds' requests concurrent)."""
+        runner = self.look_runner(on_text)
+        t0 = time.perf_counter()
+        runs = runner.run(loaded_images, self.look_mode, self.config.max_looks)
+        per_study = (time.perf_counter() - t0) / max(len(loaded_images), 1)
+        results = []
+        for loaded, study, (text, looks) in zip(loaded_images, runner.studies, runs):
+            result = self._finish(text, loaded, runner.pieces.get(id(study), 0), {"generate_s": per_study})
+            result.looks = looks
+            results.append(result)
+        return results
+
+    def _stream_with_looks(self, image) -> Iterator[Event | StudyResult]:
+        """The look loop with live token events: the rounds run in a worker thread, the trace so far comes back."""
+        t0 = time.perf_counter()
+        loaded = as_loaded(image)
+        input_check = self.check_input(loaded)
+        timings = {"preprocess_s": time.perf_counter() - t0}
+        updates: queue.Queue = queue.Queue()
+        done: dict = {}
+
+        def _run():
+            try:
+                done["result"] = self._look_results([loaded], on_text=lambda study, text: updates.put(text))[0]
+            except BaseException as exc:  # surfaced to the caller below
+                done["error"] = exc
+            updates.put(None)
+
+        t1 = time.perf_counter()
+        worker = threading.Thread(target=_run, daemon=True)
+        worker.start()
+        seen_sections, first_token = 0, None
+        while (text := updates.get()) is not None:
+            if first_token is None:
+                first_token = time.perf_counter() - t1
+            yield Event("token", text)
+            parsed = parse(text)
+            for name in parsed.complete_sections[seen_sections:]:
+                yield Event("section", text, section=name, parsed=parsed)
+            seen_sections = max(seen_sections, len(parsed.complete_sections))
+        worker.join()
+        if "error" in done:
+            raise done["error"]
+        final = done["result"]
+        final.timings.update(timings, first_token_s=first_token or 0.0, generate_s=time.perf_counter() - t1)
+        final.input_check = input_check
+        yield Event("done", final.raw_text, parsed=final.parsed)
+        yield final
+
     def stream(self, image) -> Iterator[Event | StudyResult]:
         """Yield token and section events as the server streams, then the StudyResult (RemoteError on failure)."""
+        if self.look_mode != "off":
+            yield from self._stream_with_looks(image)
+            return
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         loaded = as_loaded(image)
@@ -347,6 +548,14 @@ class RemotePipeline:
             raise ValueError("forced answer prefixes need the model in this process, not a served model")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if self.look_mode != "off":  # the loop's rounds carry `batch_size` studies each
+            results = []
+            for i in range(0, len(images), batch_size):
+                chunk = [as_loaded(im) for im in images[i:i + batch_size]]
+                for loaded, result in zip(chunk, self._look_results(chunk)):
+                    result.input_check = self.check_input(loaded)
+                    results.append(result)
+            return results
         with ThreadPoolExecutor(max_workers=batch_size) as pool:
             return list(pool.map(self.run, images))
 

@@ -4,14 +4,21 @@ look, then the report — batched, for the embedded model and any chat LVLM alik
 Each study advances through: draft (generation stops at `</draft>`) -> looks (the pipeline forces `<look>region</look>`
 for each proposed region; the model may also ask for one itself; each look ends the assistant turn and a user turn
 brings the crop and the heads' reading) -> the rest (generation to the end of the answer). Generation stops at the
-look and section tags: as token ids where they are single tokens (the embedded model), as stop strings otherwise.
+look and section tags: as token ids where they are single tokens (the embedded model), as stop strings otherwise
+(a served model: read from the stream).
 Every round re-prefills the conversation (the embedded model's prompt is short; a KV cache across turns with new
 images is not worth its complexity at this size).
 
 Modes: `proposed` (default; the pipeline's regions, plus any the model asks for while room is left), `model` (only
 where the model asks), `off` (one pass, no looks: what older models do).
 
-Hands on: `Look` records and `run_looks(pipeline, loaded_images, mode, max_looks)` -> (raw text, looks) per study.
+The state machine (`LookLoop`) does not care what generates: `LookRunner` runs the model in this process (batched,
+left-padded); `medr2.inference.remote.RemoteLookRunner` sends each round to an OpenAI-compatible server (the crop as
+a second image of a follow-up user turn). Both get the same `LookStudy` state and return the same text and `Look`s.
+
+Hands on: `Look` records, `LookStudy` (one study's conversation so far), `LookLoop` (the state machine; a backend
+implements `generate`), `LookRunner(pipeline, heads).run(loaded_images, mode, max_looks)` -> (raw text, looks) per
+study.
 """
 from __future__ import annotations
 
@@ -27,6 +34,9 @@ from medr2.report.schema import LOOK_CLOSE, LOOK_OPEN, LOOK_RE
 
 MODES = ("proposed", "model", "off")
 ITEM_TOKENS = 120  # most new tokens for one reflection item (with its look request)
+# where each phase's generation stops (the tag is kept in the text): the draft's end, a look request or the
+# reflection's end, nothing (the end of the answer)
+STOP_TAGS = {"draft": ["</draft>"], "reflect": [LOOK_CLOSE, "</reflection>"], "rest": []}
 
 
 @dataclass
@@ -45,7 +55,10 @@ class Look:
 
 
 @dataclass
-class _Study:
+class LookStudy:
+    """One study in the loop: the finished assistant turns (each ends with a look request), the turn being written
+    (`current`, which the next generation continues), the looks taken, the regions still to look at and the phase."""
+
     film: np.ndarray  # full-resolution grayscale uint8
     pil: Image.Image
     turns: list[str] = field(default_factory=list)
@@ -54,6 +67,21 @@ class _Study:
     queue: list[str] = field(default_factory=list)
     phase: str = "draft"  # draft -> reflect -> rest -> done
     film_probs: np.ndarray | None = None
+
+    def conversation(self, prompt_messages: list[dict]) -> list[dict]:
+        """The chat up to the turn being written: the prompt, then assistant turn / look turn alternating (the last
+        message is the user turn the next generation answers; `current` is the start of that answer)."""
+        return look_conversation(prompt_messages, [*self.turns, ""], [lk.evidence for lk in self.looks])[:-1]
+
+    def images(self) -> list[Image.Image]:
+        """The conversation's images in order: the film, then each look's crop."""
+        return [self.pil, *(Image.fromarray(lk.crop).convert("RGB") for lk in self.looks)]
+
+    def text(self, pending: str = "") -> str:
+        """The trace so far (with `pending`, text of the turn still arriving, after `current`)."""
+        return join_turns([*self.turns, self.current + pending])
+
+
 
 
 def _film_array(loaded) -> np.ndarray:
@@ -66,50 +94,28 @@ def _line_start(text: str) -> str:
     return text if not text or text.endswith("\n") else text + "\n"
 
 
-class LookRunner:
-    """Runs the look loop with one pipeline's model, processor and (optional) look heads."""
+def prompt_text(processor, conversation: list[dict], current: str) -> str:
+    """The text a round generates from: the chat template of the conversation with the assistant's generation
+    prompt, then the turn written so far (the model continues it)."""
+    return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False) + current
 
-    def __init__(self, pipeline, heads: LookHeads | None):
-        self.pipeline = pipeline
+
+class LookLoop:
+    """The look loop's state machine, whatever generates. A backend implements `generate(studies, phase)`: the new
+    text of each study's turn, continuing `study.current` after `study.conversation(...)` with its `images()`, and
+    stopping at the first of `STOP_TAGS[phase]` (kept in the text) or the end of the answer."""
+
+    def __init__(self, heads: LookHeads | None = None, tower=None):
         self.heads = heads
-        self.tower = tower_of(pipeline.model) if heads is not None else None
-        tok = pipeline.processor.tokenizer
-        vocab = tok.get_vocab()
-        self.stop_tags = {"draft": ["</draft>"], "reflect": [LOOK_CLOSE, "</reflection>"], "rest": []}
-        self.single_tokens = all(t in vocab for t in ("</draft>", LOOK_CLOSE, "</reflection>"))
-        self.eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        self.tower = tower
+        self.stop_tags = STOP_TAGS
+        self.studies: list[LookStudy] = []  # the last run's studies, for backends that report on them
 
-    # -------------------------------------------------------------- generation
-    def _generate(self, studies: list[_Study], phase: str) -> list[str]:
-        import torch
-
-        pipe, proc = self.pipeline, self.pipeline.processor
-        convs = [look_conversation(pipe.messages(), [*s.turns, ""], [lk.evidence for lk in s.looks])[:-1] for s in studies]
-        texts = [proc.apply_chat_template(c, add_generation_prompt=True, tokenize=False) + s.current
-                 for c, s in zip(convs, studies)]
-        images = [im for s in studies for im in (s.pil, *(Image.fromarray(lk.crop).convert("RGB") for lk in s.looks))]
-        from medr2.modeling.model import per_study_images
-
-        inputs = proc(images=per_study_images(proc, images, convs), text=texts, return_tensors="pt", padding=True,
-                      padding_side="left").to(pipe.model.device)
-        kwargs = pipe._gen_kwargs()
-        if phase == "reflect":  # one item (~30 tokens) per call: a runaway item must not eat the whole budget
-            kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], ITEM_TOKENS)
-        tags = self.stop_tags[phase]
-        if tags and self.single_tokens:
-            kwargs["eos_token_id"] = self.eos + [proc.tokenizer.convert_tokens_to_ids(t) for t in tags]
-        elif tags:
-            kwargs.update(stop_strings=tags, tokenizer=proc.tokenizer)
-        pipe._seed()
-        with torch.no_grad():
-            ids = pipe.model.generate(**inputs, **kwargs)
-        new = ids[:, inputs["input_ids"].shape[1]:]
-        from medr2.inference.pipeline import clean_text
-
-        return [clean_text(proc.tokenizer.decode(row, skip_special_tokens=False), pipe._strip) for row in new]
+    def generate(self, studies: list[LookStudy], phase: str) -> list[str]:
+        raise NotImplementedError
 
     # -------------------------------------------------------------- looks
-    def _look(self, study: _Study, region: str, chosen_by: str) -> None:
+    def _look(self, study: LookStudy, region: str, chosen_by: str) -> None:
         """End the assistant turn at the look request and add the crop + evidence turn."""
         crop = crop_region(study.film, region)
         if self.heads is not None and study.film_probs is not None:
@@ -121,7 +127,7 @@ class LookRunner:
         study.current = ""
         study.looks.append(Look(region, region_box(region, study.film.shape), crop, evidence, chosen_by))
 
-    def _force_next(self, study: _Study, max_looks: int) -> bool:
+    def _force_next(self, study: LookStudy, max_looks: int) -> bool:
         """Force the next proposed look; False when none is left or the budget is spent."""
         looked = {lk.region for lk in study.looks}
         while study.queue and len(study.looks) < max_looks:
@@ -140,7 +146,8 @@ class LookRunner:
             raise ValueError(f"look mode must be one of {', '.join(MODES)}, got {mode!r}")
         if drafts is not None and (len(drafts) != len(loaded_images) or not all(d.rstrip().endswith("</draft>") for d in drafts)):
             raise ValueError("drafts: one per study, each ending with </draft>")
-        studies = [_Study(_film_array(li), li.to_pil()) for li in loaded_images]
+        studies = [LookStudy(_film_array(li), li.to_pil()) for li in loaded_images]
+        self.studies = studies
         if self.heads is not None:
             probs = self.heads.read(self.tower, [s.film for s in studies])
             for s, p in zip(studies, probs):
@@ -153,14 +160,14 @@ class LookRunner:
                 active = [s for s in studies if s.phase == phase]
                 if not active:
                     continue
-                for s, piece in zip(active, self._generate(active, phase)):
+                for s, piece in zip(active, self.generate(active, phase)):
                     s.current += piece
                     self._advance(s, piece, mode, max_looks)
             if all(s.phase == "done" for s in studies):
                 break
-        return [(join_turns([*s.turns, s.current]), s.looks) for s in studies]
+        return [(s.text(), s.looks) for s in studies]
 
-    def _advance(self, s: _Study, piece: str, mode: str, max_looks: int) -> None:
+    def _advance(self, s: LookStudy, piece: str, mode: str, max_looks: int) -> None:
         if s.phase == "draft":
             if not s.current.rstrip().endswith("</draft>"):
                 s.phase = "done"  # stopped at the end of the answer or the token budget: nothing to reflect on
@@ -205,3 +212,43 @@ class LookRunner:
             s.phase = "done"
             return
         s.phase = "done"
+
+
+class LookRunner(LookLoop):
+    """Runs the look loop with one pipeline's model, processor and (optional) look heads, in this process."""
+
+    def __init__(self, pipeline, heads: LookHeads | None):
+        super().__init__(heads, tower_of(pipeline.model) if heads is not None else None)
+        self.pipeline = pipeline
+        tok = pipeline.processor.tokenizer
+        vocab = tok.get_vocab()
+        self.single_tokens = all(t in vocab for t in ("</draft>", LOOK_CLOSE, "</reflection>"))
+        self.eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+
+    def generate(self, studies: list[LookStudy], phase: str) -> list[str]:
+        """One batched, left-padded `generate` over the studies' conversations (re-prefilled each round)."""
+        import torch
+
+        pipe, proc = self.pipeline, self.pipeline.processor
+        convs = [s.conversation(pipe.messages()) for s in studies]
+        texts = [prompt_text(proc, c, s.current) for c, s in zip(convs, studies)]
+        images = [im for s in studies for im in s.images()]
+        from medr2.modeling.model import per_study_images
+
+        inputs = proc(images=per_study_images(proc, images, convs), text=texts, return_tensors="pt", padding=True,
+                      padding_side="left").to(pipe.model.device)
+        kwargs = pipe._gen_kwargs()
+        if phase == "reflect":  # one item (~30 tokens) per call: a runaway item must not eat the whole budget
+            kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], ITEM_TOKENS)
+        tags = self.stop_tags[phase]
+        if tags and self.single_tokens:
+            kwargs["eos_token_id"] = self.eos + [proc.tokenizer.convert_tokens_to_ids(t) for t in tags]
+        elif tags:
+            kwargs.update(stop_strings=tags, tokenizer=proc.tokenizer)
+        pipe._seed()
+        with torch.no_grad():
+            ids = pipe.model.generate(**inputs, **kwargs)
+        new = ids[:, inputs["input_ids"].shape[1]:]
+        from medr2.inference.pipeline import clean_text
+
+        return [clean_text(proc.tokenizer.decode(row, skip_special_tokens=False), pipe._strip) for row in new]

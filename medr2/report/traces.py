@@ -12,7 +12,8 @@ the reflection confirms each finding.
 
 Real datasets have no image ground truth: `build_report_trace` / `report_target` write a study's trace from its
 reference report (the labeler's mentions and the location reader's side / zone / severity words), with the reference
-as draft and report and every finding kept.
+as draft and report and every finding kept; with a `draft_error_rate` a share of drafts carry one error made from
+the reference's own findings (`draft_errors`), which the reflection fixes (`report_trace` says which).
 """
 from __future__ import annotations
 
@@ -406,9 +407,10 @@ def build_look_trace(study, config: TraceConfig | None = None, normal_look: str 
 # from the report text: the labeler's mentions (`medr2.labeler.findings`) and the side / zone / severity words the
 # evaluation's location reader takes from the same sentences (`medr2.evaluation.evaluate.stated_location`). Perception
 # states what the reference says region by region; reasoning cites the knowledge rule of each labelled finding; the
-# draft and the final report are the reference, and reflection keeps every finding (no taught error: an erroneous
-# draft would need a second report of the same film). Such traces teach the format and the report, not what the film
-# shows: a model card says so (`medr2.training.export.REPORT_TRACES`).
+# draft and the final report are the reference, and reflection keeps every finding — unless the study draws a taught
+# error (`draft_error_rate`): then the draft is the reference with one error in it (see "taught errors" below), and
+# perception, reasoning and reflection follow that draft. Such traces teach the format and the report, not what the
+# film shows: a model card says so (`medr2.training.export.REPORT_TRACES`).
 REPORT_REGION_ORDER = ("heart", "mediastinum", "both lungs", "lungs", "right lung", "left lung", "hila", "pleura",
                        "bones", "devices", "other findings")
 # observation -> the phantom kind whose sign, noun and knowledge rule it takes (Lung Lesion: nodule or mass by wording;
@@ -595,26 +597,220 @@ def report_reasoning(findings: list[ReportFinding]) -> list[ReasoningStep]:
     return steps
 
 
-def build_report_trace(report: Report | str) -> MedR2Output:
+def build_report_trace(report: Report | str, draft_error_rate: float = 0.0, seed: int = 0, study_id: str = "") -> MedR2Output:
     """The Med-R2 output for a real study, read from its reference report (a `Report`, or text with or without
     "Findings:" / "Impression:" headers): perception per region from the report's sentences, reasoning from the
-    knowledge rules of its labelled findings, draft = report = the reference, reflection keeps every finding."""
+    knowledge rules of its labelled findings, draft = report = the reference, reflection keeps every finding. With
+    `draft_error_rate` > 0 a share of drafts carry a taught error that the reflection fixes (`report_trace`)."""
+    return report_trace(report, draft_error_rate, seed, study_id)[0]
+
+
+def report_trace(report: Report | str, draft_error_rate: float = 0.0, seed: int = 0,
+                 study_id: str = "") -> tuple[MedR2Output, DraftError | None]:
+    """`build_report_trace` with the error its draft carries (None: the draft is the reference).
+
+    In a `draft_error_rate` share of studies (drawn from `seed` and `study_id`, so the same study always gets the same
+    draft) the draft carries one error read off the reference's own labelled findings (`draft_errors`); perception
+    and reasoning follow that draft, as on phantoms, and the reflection item that fixes it comes after the findings it
+    keeps. The final report is the reference either way."""
+    if not 0.0 <= draft_error_rate <= 1.0:
+        raise ValueError(f"draft_error_rate must be in [0, 1], got {draft_error_rate}")
     # the reference as the schema carries it: a section holding a second "FINDINGS:" header (a few IU reports repeat
     # the whole report inside IMPRESSION) reads back split at that header, so the target is written that way
     final = Report.parse(report.text if isinstance(report, Report) else report)
     if not (final.findings or final.impression).strip():
         raise ValueError("an empty reference report gives no Med-R2 trace")
     findings = report_findings(final)
-    reflection = [ReflectionItem("kept", f.noun, f"re-checked the {f.region}, as described.") for f in findings]
+    if draft_error_rate > 0:
+        rng = random.Random(f"report:{seed}:{study_id}")
+        if rng.random() < draft_error_rate:
+            options = draft_errors(final, rng)
+            if options:
+                kind = rng.choice(sorted(options, key=ERROR_KINDS.index))
+                draft, error, item = rng.choice(options[kind])
+                kept = [_kept_item(f) for f in report_findings(draft) if f.observation != error.observation]
+                return MedR2Output(perception=report_perception(draft), reasoning=report_reasoning(report_findings(draft)),
+                                   draft=draft, reflection=[*kept, item], report=final), error
+    reflection = [_kept_item(f) for f in findings]
     return MedR2Output(
         perception=report_perception(final),
         reasoning=report_reasoning(findings),
         draft=final,
         reflection=reflection or [ReflectionItem("kept", _NO_ABNORMALITY, "re-checked every region; no abnormality described.")],
         report=final,
-    )
+    ), None
 
 
-def report_target(report: Report | str) -> str:
+def report_target(report: Report | str, draft_error_rate: float = 0.0, seed: int = 0, study_id: str = "") -> str:
     """Tagged Med-R2 target text for SFT on a real study (`build_report_trace`, rendered)."""
-    return render(build_report_trace(report))
+    return render(build_report_trace(report, draft_error_rate, seed, study_id))
+
+
+def _kept_item(f: ReportFinding) -> ReflectionItem:
+    return ReflectionItem("kept", f.noun, f"re-checked the {f.region}, as described.")
+
+
+# ---------------------------------------------------------------- taught errors in report traces
+# A real study has one report, so an erroneous draft is written from the reference itself: one of the phantom error
+# kinds (ERROR_KINDS), made only where the report's own structure supports it — a finding dropped (its sentences
+# state nothing else abnormal), its side swapped (it states one side), its severity word changed (it states one), or
+# a finding the report does not mention at all added, of the kinds a reader imagines in overlapping normal structures
+# (the phantom's HALLUCINATION_KINDS). Every candidate draft is read back by the labeler and the location reader: it
+# must differ from the reference in exactly that observation, in exactly that way, or it is not offered.
+class DraftError(NamedTuple):
+    """The error a taught draft carries: its kind (one of ERROR_KINDS) and the observation it concerns."""
+
+    kind: str
+    observation: str
+
+
+# observation -> the sentence a hallucinated finding is written as (side, zone, size drawn per study)
+HALLUCINATED_SENTENCES = {"Lung Lesion": "{size} mm nodule in the {side} {zone} lung zone.",
+                          "Pleural Effusion": "Small {side} pleural effusion.",
+                          "Lung Opacity": "Patchy opacity in the {side} {zone} lung zone.",
+                          "Atelectasis": "Subsegmental atelectasis in the {side} {zone} lung zone."}
+# A stated severity word -> the wrong one a draft writes (the phantom's SEVERITY_SWAP, word by word; "moderate" is
+# overcalled to "large" where it is a size, to "severe" elsewhere).
+_SEVERITY_WORD_SWAP = {"small": "moderate", "large": "moderate", "mild": "moderate", "severe": "moderate",
+                       "mildly": "moderately", "severely": "moderately", "moderately": "severely"}
+_SIZED_OBSERVATIONS = ("Pleural Effusion", "Pneumothorax", "Lung Lesion")
+_SIDELESS_OBSERVATIONS = ("Cardiomegaly", "Enlarged Cardiomediastinum", "Edema", "Support Devices")
+
+
+def _reading(report: Report) -> dict[str, tuple]:
+    """observation -> (label, sides, zones, severities) of every positive or hedged observation the report states."""
+    from medr2.evaluation.evaluate import stated_details
+    from medr2.labeler.findings import label_report
+
+    empty = (frozenset(), frozenset(), frozenset())
+    details = stated_details(report.text)
+    return {o: (v, *details.get(o, empty)) for o, v in label_report(report.text).items()
+            if o in OBSERVATION_KIND and v in (1, -1)}
+
+
+class _Sentence(NamedTuple):
+    section: str  # "findings" | "impression"
+    start: int
+    end: int
+    abnormal: frozenset[str]  # observations it states positive or hedged
+
+
+def _sentences(report: Report) -> list[_Sentence]:
+    from medr2.labeler.findings import find_mentions, split_sentences
+
+    out = []
+    for section in ("findings", "impression"):
+        text = getattr(report, section)
+        spans = split_sentences(text)
+        abnormal: dict[int, set[str]] = {}
+        for m in find_mentions(text):
+            if m.value in (1, -1):
+                abnormal.setdefault(m.sentence_index, set()).add(m.observation)
+        out += [_Sentence(section, a, b, frozenset(abnormal.get(i, ()))) for i, (a, b) in enumerate(spans)]
+    return out
+
+
+def _edit(report: Report, sentences: list[_Sentence], change) -> Report:
+    """`report` with each of `sentences` replaced by `change(sentence text)` ("" drops it)."""
+    sections = {"findings": report.findings, "impression": report.impression}
+    for s in sorted(sentences, key=lambda s: s.start, reverse=True):
+        text = sections[s.section]
+        sections[s.section] = text[:s.start] + change(text[s.start:s.end]) + text[s.end:]
+    return Report(*(" ".join(sections[k].split()) for k in ("findings", "impression")))
+
+
+def _swap_words(text: str, swap: dict[str, str]) -> str:
+    """Every whole word of `swap` replaced by its partner, its capital kept."""
+    def one(m: re.Match) -> str:
+        word = swap[m.group(0).lower()]
+        return word.capitalize() if m.group(0)[0].isupper() else word
+
+    return re.sub(r"\b(?:" + "|".join(swap) + r")\b", one, text, flags=re.IGNORECASE)
+
+
+def draft_errors(final: Report, rng: random.Random) -> dict[str, list[tuple[Report, DraftError, ReflectionItem]]]:
+    """Every taught error the reference supports, by kind: (erroneous draft, the error, the reflection item that fixes
+    it). Each draft differs from `final`, as read by the labeler and the location reader, in its error alone."""
+    truth = _reading(final)
+    by_observation = {f.observation: f for f in report_findings(final)}
+    sentences = _sentences(final)
+    options: dict[str, list] = {}
+
+    def offer(kind: str, observation: str, draft: Report, item: ReflectionItem, expected: tuple | None) -> None:
+        reading = _reading(draft)
+        want = {**truth, observation: expected} if expected is not None else {k: v for k, v in truth.items() if k != observation}
+        if reading == want and (draft.findings or draft.impression):
+            options.setdefault(kind, []).append((draft, DraftError(kind, observation), item))
+
+    for observation, f in by_observation.items():
+        own = [s for s in sentences if observation in s.abnormal]
+        if not own or any(s.abnormal != {observation} for s in own):
+            continue  # a sentence that states another finding too cannot be changed for this one alone
+        value, sides, zones, severities = truth[observation]
+        phrase = f"possible {f.phrase}" if value == -1 else f.phrase
+        missed = _edit(final, own, lambda _: "")
+        if not (missed.findings or missed.impression):  # the only finding of the report: the draft calls it normal
+            missed = Report("", "No acute cardiopulmonary abnormality.")
+        offer("missed", observation, missed,
+              ReflectionItem("added", f.noun, f"re-inspected {_the(f.region)}: {phrase}, missed in the draft."), None)
+        if observation not in _SIDELESS_OBSERVATIONS and sides in ({"right"}, {"left"}):
+            side = next(iter(sides))
+            wrong = "left" if side == "right" else "right"
+            offer("wrong_side", observation, _edit(final, own, lambda t: _swap_words(t, {"right": "left", "left": "right"})),
+                  ReflectionItem("revised", f.noun, f"re-inspected both sides: the {f.noun} is on the {side}, not the {wrong}."),
+                  (value, frozenset({wrong}), zones, severities))
+        if len(severities) == 1:
+            severity = next(iter(severities))
+            swap = {**_SEVERITY_WORD_SWAP, "moderate": "large" if observation in _SIZED_OBSERVATIONS else "severe"}
+            said = {w.lower() for s in own for w in re.findall(r"[A-Za-z]+", _section_text(final, s))} & set(_severity_forms(severity))
+            wrong = {_severity_of_word(swap[w]) for w in said if w in swap}
+            if len(wrong) == 1:
+                wrong_word = next(iter(wrong))
+                offer("wrong_severity", observation, _edit(final, own, lambda t: _swap_words(t, {w: swap[w] for w in said})),
+                      ReflectionItem("revised", f.noun, f"re-measured {_the(f.region)}: {severity}, not {wrong_word}."),
+                      (value, sides, zones, frozenset(wrong)))
+    from medr2.labeler.findings import label_report
+
+    labels = label_report(final.text)
+    for observation, sentence in HALLUCINATED_SENTENCES.items():
+        if labels.get(observation) is not None:
+            continue  # the report speaks of it (even to say it is absent): adding it would contradict the report
+        side, zone = rng.choice(("right", "left")), rng.choice(("upper", "mid", "lower"))
+        added = sentence.format(size=rng.randint(5, 18), side=side, zone=zone)
+        section = "findings" if final.findings else "impression"
+        text = getattr(final, section).rstrip()
+        text = f"{text}{'' if text.endswith(('.', '!')) else '.'} {added}"
+        draft = dataclasses.replace(final, **{section: text})
+        noun = SIGNS[OBSERVATION_KIND[observation]][2]
+        region = _observation_region(observation, frozenset({side}), frozenset() if observation == "Pleural Effusion" else frozenset({zone}))
+        offer("hallucinated", observation, draft,
+              ReflectionItem("removed", noun, f"re-inspected {_the(region)}: no {noun}, overlapping normal structures."),
+              _reading(Report(added)).get(observation))
+    return options
+
+
+def _the(region: str) -> str:
+    return region if region.startswith("both") else f"the {region}"
+
+
+def _section_text(report: Report, s: _Sentence) -> str:
+    return getattr(report, s.section)[s.start:s.end]
+
+
+def _severity_forms(severity: str) -> tuple[str, ...]:
+    from medr2.evaluation.evaluate import SEVERITY_WORDS
+
+    return SEVERITY_WORDS[severity]
+
+
+def _severity_of_word(word: str) -> str:
+    from medr2.evaluation.evaluate import SEVERITY_WORDS
+
+    return next(k for k, words in SEVERITY_WORDS.items() if word in words)
+
+
+def split_at_draft(target: str) -> tuple[str, str]:
+    """A rendered trace -> (the turn that ends with `</draft>`, the rest from `<reflection>`): a training draft that
+    holds a taught error is context for the reflection, not an answer to imitate, so it goes in a turn of its own."""
+    end = target.index("</draft>") + len("</draft>")
+    return target[:end], target[end:].lstrip("\n")

@@ -118,7 +118,8 @@ def training_card(target: str, source: dict, *, init: str | Path | None = None) 
 
 
 def provenance(run_card: dict) -> dict:
-    """The provenance fields an export carries from its run's card (demo, training data, sources, base model)."""
+    """The provenance fields an export carries from its run's card (demo, training data, sources, base model, and the
+    views per study it was trained on when more than one: the pipeline then sends each study's views)."""
     if not run_card:
         return {"demo": False, "training_data": f"unknown: the run folder has no {CARD_FILE}"}
     sources = _sources_of(run_card)
@@ -130,6 +131,8 @@ def provenance(run_card: dict) -> dict:
         out["training_datasets"] = run_card["training_datasets"]
     if "base_model" in run_card:
         out["base_model"] = run_card["base_model"]
+    if int(run_card.get("images_per_study", 1)) > 1:
+        out["images_per_study"] = int(run_card["images_per_study"])
     return out
 
 

@@ -4,7 +4,8 @@ Load -> build -> train -> save:
 1. phantom studies (same seeds as stage 0) -> prompt/completion rows with the image
    (`target=medr2`: perceive -> reason -> draft -> reflect -> report; `target=direct`: report only); or an R2Gen-layout
    dataset's train split (`dataset_dir`), whose Med-R2 traces are read from each reference report
-   (`medr2.report.traces.build_report_trace`), with up to `max_images` views a study;
+   (`medr2.report.traces.build_report_trace`; `draft_error_rate`: a share of drafts carry a taught error, in a
+   context-only turn), with up to `max_images` views a study;
 2. the embedded tiny LLaVA (own tokenizer trained on the targets, stage-0 tower loaded and frozen) or any
    image-text-to-text model by path/hub id, with LoRA for large ones;
 3. TRL SFTTrainer with completion-only loss; focal studies oversampled;
@@ -47,6 +48,7 @@ class MedR2SFTConfig(SFTConfig):
     focal_oversample: int = field(default=2, metadata={"help": "studies with focal findings appear this many times"})
     kind_oversample: str = field(default="", metadata={"help": "per-kind repeats that override focal_oversample, e.g. 'opacity:3,pneumonia:3' (the findings still below the bar)"})
     error_rate: float = field(default=0.2, metadata={"help": "fraction of Med-R2 traces whose draft carries an error that reflection fixes"})
+    draft_error_rate: float = field(default=0.0, metadata={"help": "with dataset_dir and target=medr2: fraction of report traces whose draft carries one error made from the reference's own findings (dropped, wrong side, wrong severity, or an added finding the report does not mention) that the reflection fixes; such a draft is a context-only turn (no loss); 0 = every draft is the reference"})
     looks: bool = field(default=False, metadata={"help": "Med-R2 traces whose reflection looks again (magnified crops as extra images, the look heads' reading beside them; medr2.reflection); loss on every assistant turn"})
     look_heads: str | None = field(default=None, metadata={"help": "folder with look_heads.npz fitted on this model's tower (default: model_name_or_path); none found = looks without the heads' words"})
     film_size: int = field(default=256, metadata={"help": "phantom film side in px; looks need the detail of 512"})
@@ -70,6 +72,15 @@ class MedR2SFTConfig(SFTConfig):
         if self.max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {self.max_images}")
         parse_kind_oversample(self.kind_oversample)  # fail on a bad spec before any data is built
+        if not 0.0 <= self.draft_error_rate <= 1.0:
+            raise ValueError(f"draft_error_rate must be in [0, 1], got {self.draft_error_rate}")
+        if self.draft_error_rate > 0:
+            if not self.dataset_dir or self.target != "medr2" or self.looks:
+                raise ValueError("draft_error_rate is for Med-R2 traces read from real reports: use target=medr2 with "
+                                 "dataset_dir (phantom traces use error_rate)")
+            # a row whose draft holds a taught error is a chat with the draft in a context-only turn: the loss covers
+            # the assistant turns that carry it (every row, so the dataset has one format)
+            self.assistant_only_loss, self.completion_only_loss = True, False
         if self.looks:
             if self.target != "medr2" or self.dataset_dir:
                 raise ValueError("looks are part of the Med-R2 trace on phantoms: use target=medr2 without dataset_dir")
@@ -154,15 +165,17 @@ def _dataset_rows(config: MedR2SFTConfig) -> list[dict]:
     """Prompt/completion rows from an R2Gen-layout dataset's train split: the reference report alone (direct), or the
     Med-R2 trace read from it (`medr2.report.traces.build_report_trace`: no image ground truth exists, so perception,
     reasoning and reflection restate the reference). Each row carries the study's first `max_images` images, frontal
-    first."""
+    first. With `draft_error_rate` the rows are chats (`report_trace_row`) and a share of drafts carry a taught error."""
+    from collections import Counter
+
     from PIL import Image
 
     from medr2.data.datasets import DatasetError, image_files, read_r2gen, record_report
     from medr2.report.schema import render_direct
-    from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT, report_target
+    from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT, report_target, report_trace
 
     medr2 = config.target == "medr2"
-    rows, skipped = [], 0
+    rows, skipped, errors = [], 0, Counter()
     for record in read_r2gen(config.dataset_dir, splits=("train",)):
         report = record_report(record)
         if not (report.findings or report.impression):
@@ -171,10 +184,19 @@ def _dataset_rows(config: MedR2SFTConfig) -> list[dict]:
         paths = image_files(config.dataset_dir, record)[: config.max_images]
         if not paths:
             raise DatasetError(f"study {record['id']!r} has no image (a reports-only dataset?)")
+        images = [Image.open(p).convert("L") for p in paths]
+        if config.draft_error_rate > 0:
+            output, error = report_trace(report, config.draft_error_rate, config.seed, record["id"])
+            errors[error.kind if error else "none"] += 1
+            rows.append(report_trace_row(MEDR2_PROMPT, output, error is not None, images))
+            continue
         rows.append(sft_row(MEDR2_PROMPT if medr2 else DIRECT_PROMPT, report_target(report) if medr2 else render_direct(report),
-                            [Image.open(p).convert("L") for p in paths]))
+                            images))
     if skipped:
         logger.info("skipped %d train studies with an empty report", skipped)
+    if errors:
+        logger.info("report traces: %d of %d drafts carry a taught error (%s)", len(rows) - errors["none"], len(rows),
+                    ", ".join(f"{k} {v}" for k, v in sorted(errors.items()) if k != "none") or "none")
     if not rows:
         raise DatasetError(f"no train studies with a report in {config.dataset_dir} (see docs/datasets.md)")
     return rows
@@ -191,6 +213,24 @@ def sft_row(prompt_text: str, target_text: str, image) -> dict:
     return {"prompt": study_chat(prompt_text, len(images)),
             "completion": [{"role": "assistant", "content": [{"type": "text", "text": target_text}]}],
             "images": images}
+
+
+def report_trace_row(prompt_text: str, output, context_draft: bool, image) -> dict:
+    """One chat row ("messages") of a report trace: the user turn the pipeline sends, then the trace. When the draft
+    holds a taught error (`context_draft`) the trace is two assistant turns, the one up to `</draft>` context-only
+    (no loss: the model must not learn to write the error, only to revise it), as look traces mark theirs; the
+    assistant turns joined by a newline are the rendered trace."""
+    from medr2.data.datasets import study_chat
+    from medr2.report.schema import render
+    from medr2.report.traces import split_at_draft
+
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    text = render(output)
+    turns = [(part, i == 0) for i, part in enumerate(split_at_draft(text))] if context_draft else [(text, False)]
+    messages = [{**m, "context_only": False} for m in study_chat(prompt_text, len(images))]
+    messages += [{"role": "assistant", "content": [{"type": "text", "text": part}], "context_only": context}
+                 for part, context in turns]
+    return {"messages": messages, "images": images}
 
 
 def _corpus(rows: list[dict]) -> list[str]:
@@ -308,6 +348,15 @@ def train(config: MedR2SFTConfig) -> Path:
     else:
         rows = _dataset_rows(config) if config.dataset_dir else _phantom_rows(config)
         model, processor = build_model(config, rows)
+        if config.draft_error_rate > 0:
+            from medr2.cli import UsageError
+            from medr2.modeling.tokenizer import with_context_turns
+
+            template = with_context_turns(processor.chat_template or "")
+            if "context_only" not in template:  # a foreign model's template would train on the erroneous drafts
+                raise UsageError(f"draft_error_rate needs medr2's chat template (context-only assistant turns); "
+                                 f"{config.model_name_or_path} has its own: train with draft_error_rate 0")
+            processor.chat_template = processor.tokenizer.chat_template = template
     dataset = Dataset.from_list(rows)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("SFT %s: %d rows, %.2fM trainable parameters", config.target, len(rows), n_trainable / 1e6)
@@ -330,7 +379,10 @@ def train(config: MedR2SFTConfig) -> Path:
     from medr2.training.export import REPORT_TRACES, dataset_source, phantom_source, training_card
 
     if config.dataset_dir:
-        source = dataset_source(config.dataset_dir, traces=REPORT_TRACES if config.target == "medr2" else None)
+        traces = REPORT_TRACES if config.target == "medr2" else None
+        if traces and config.draft_error_rate > 0:
+            traces += f"; {config.draft_error_rate:.0%} of drafts drawn to carry a taught error that the reflection fixes"
+        source = dataset_source(config.dataset_dir, traces=traces)
     else:
         source = phantom_source(config.train_seed, config.n_train)
     card = training_card(config.target, source, init=config.model_name_or_path)
@@ -367,6 +419,6 @@ def cli_train_sft(argv: list[str]) -> int:
 
     try:
         print(train(config))
-    except (FileNotFoundError, DatasetError) as exc:  # a missing input of the recipe, or a bad dataset folder
+    except (FileNotFoundError, DatasetError, UsageError) as exc:  # a missing input, a bad dataset folder, a model that cannot take the rows
         return fail("medr2 train-sft", exc)
     return 0
