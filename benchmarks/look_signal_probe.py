@@ -5,7 +5,8 @@ held-out phantoms (the `predictions.jsonl` of a `medr2 evaluate` run) and a look
 
 1. How well do the heads read each look region? Region-level F1 per observation of the heads' reading — on the
    whole film (`region_max` of the film's patches) and, when the heads carry a look reader (`fit-look-heads
-   --tune_tower`), on the region's magnified crop — against the phantom masks inside the region's window.
+   --tune_tower`), on the region's magnified crop, and, with a region classifier (`--region_classifier`), from the
+   crop and the film together — against the phantom masks inside the region's window.
 2. What would a reflection that follows them do? On the pipeline's proposed looks (every draft finding, then the
    regions where the heads disagree), a rule adds an observation the draft does not state when the region reading
    p is at least t + add x (1 - t) (t its threshold: add 0 = the threshold, 0.9 = nine tenths of the way to
@@ -71,13 +72,15 @@ def main() -> int:
         raise SystemExit("the predictions are not the studies of this seed and size: pass the evaluate run's --seed")
     regions = list(LOOK_REGIONS)
     n, k = len(studies), len(OBSERVATIONS)
-    film_read, crop_read = np.zeros((n, len(regions), k)), np.zeros((n, len(regions), k))
+    film_read, crop_read, region_read = (np.zeros((n, len(regions), k)) for _ in range(3))
     truth = np.zeros((n, len(regions), k), dtype=bool)
     film_probs = []
     for i, study in enumerate(studies):
         probs = heads.read(tower, [study.image])[0]
         film_probs.append(probs)
         crops = heads.read(tower, [crop_region(study.image, r) for r in regions]) if heads.reads_crops else None
+        if heads.reads_regions:
+            region_read[i] = heads.read_regions(tower, study.image, regions)
         for j, region in enumerate(regions):
             film_read[i, j] = region_max(probs, region)
             if crops is not None:
@@ -87,6 +90,8 @@ def main() -> int:
     reading = {"film": (film_read, heads.thresholds)}
     if heads.reads_crops:
         reading["crop"] = (crop_read, heads.crop_thresholds)
+    if heads.reads_regions:
+        reading["region"] = (region_read, heads.region_thresholds)
     region_f1 = {obs: {name: round(_f1(r[..., c] >= t[c], truth[..., c]), 3) for name, (r, t) in reading.items()}
                  | {"positive_regions": int(truth[..., c].sum())} for c, obs in enumerate(OBSERVATIONS)}
 
@@ -97,7 +102,8 @@ def main() -> int:
     wrong = draft != ref
     no_finding = LABELS.index("No Finding")
     rules = []
-    name, (read, thresholds) = list(reading.items())[-1]  # the reading the reflection is shown: the crop when there is one
+    # the reading the reflection is shown: the region classifier's, else the crop's, else the film's
+    name, (read, thresholds) = list(reading.items())[-1]
     for add, remove in RULES:
         new = draft.copy()
         for i in range(n):
@@ -132,7 +138,7 @@ def main() -> int:
                 swap = c in lung and any(o in lung for o in others)
                 key = f"{kind} {'as a sibling' if swap else 'plain'}: {LABELS[c]}"
                 errors[key] = errors.get(key, 0) + 1
-    result = {"predictions": args.predictions, "draft_errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])), "heads": args.heads, "reads_crops": heads.reads_crops, "seed": args.seed,
+    result = {"predictions": args.predictions, "draft_errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])), "heads": args.heads, "reads_crops": heads.reads_crops, "reads_regions": heads.reads_regions, "seed": args.seed,
               "n": n, "film_size": args.film_size, "draft_example_f1": round(float(base.mean()), 4),
               "draft_wrong_presence_cells": int(wrong.sum()), "region_f1": region_f1, "rules": rules,
               "seconds": round(time.time() - t0, 1)}

@@ -28,8 +28,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("medr2.imaging.loader", "cli_inspect", "load a DICOM/PNG/JPEG, print safe metadata + warnings, optionally write PNG"),
     "phantom": ("medr2.phantom.generator", "cli_phantom", "generate synthetic chest radiographs with ground truth (R2Gen layout)"),
     "traces": ("medr2.data.traces_export", "cli_traces", "write a real dataset's Med-R2 training traces (read from its reference reports) as JSONL"),
-    "convert-iu": ("medr2.data.iu_xray", "cli_convert_iu", "convert the IU X-Ray release (OpenI XML + images) to the R2Gen layout with splits"),
-    "build-tiny": ("medr2.modeling.model", "cli_build_tiny", "build an untrained tiny VLM (LLaVA / Qwen2-VL / Qwen2.5-VL) from config"),
+    "data": ("medr2.cli", "cli_data", "convert a dataset release to the R2Gen layout: `medr2 data iu-xray` (docs/datasets.md)"),
+    "convert-iu": ("medr2.data.iu_xray", "cli_convert_iu", "the older name of `medr2 data iu-xray` (same options)"),
+    "build-tiny": ("medr2.modeling.model", "cli_build_tiny", "build an untrained tiny VLM (LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, LLaVA-OneVision) from config"),
     "train-perception": ("medr2.training.perception", "cli_train_perception", "stage 0: pretrain the vision tower on phantom masks"),
     "train-sft": ("medr2.training.sft", "cli_train_sft", "supervised fine-tuning on Med-R2 traces or direct reports (TRL SFTTrainer)"),
     "train-grpo": ("medr2.training.grpo", "cli_train_grpo", "GRPO with MCCS + format rewards (TRL GRPOTrainer)"),
@@ -42,6 +43,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "fit-look-heads": ("medr2.reflection.heads", "cli_fit_look_heads", "fit the reflection's look heads (per-patch finding heads) on a model's frozen vision tower"),
     "feedback": ("medr2.feedback.store", "cli_feedback", "export reviewer feedback (jsonl/csv, or as SFT/DPO data)"),
     "study": ("medr2.study.cli", "cli_study", "reader studies: freeze cases and reports, readers, statistics and exports"),
+}
+
+# `medr2 data <dataset>`: dataset name -> ("module", "function", one-line help) of its converter.
+DATA_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "iu-xray": ("medr2.data.iu_xray", "cli_convert_iu",
+                "IU X-Ray (Open-i ecgen XML reports + PNGs) -> R2Gen layout, seeded 7:1:2 splits, a folder per study"),
 }
 
 BOOL_STRINGS = {"true", "false", "yes", "no", "y", "n", "t", "f", "1", "0"}
@@ -128,6 +135,28 @@ def _usage() -> str:
     lines += ["", "Run `medr2 <command> --help` for the options of one command; flags are spelled with underscores",
               "(--max_new_tokens; --max-new-tokens works too) and `--config FILE.yaml` sets options from a file."]
     return "\n".join(lines)
+
+
+def cli_data(argv: list[str]) -> int:
+    """`medr2 data <dataset> [options]`: one converter per dataset release (MIMIC-CXR's R2Gen annotation.json is read
+    as it is and needs none). `--out DIR` is accepted for `--output_dir DIR`, the spelling `medr2 traces` uses."""
+    if not argv:
+        return fail("medr2 data", f"name a dataset: {', '.join(DATA_COMMANDS)} (see `medr2 data --help`)")
+    if argv[0] in {"-h", "--help", "help"}:
+        width = max(map(len, DATA_COMMANDS))
+        print("\n".join(["usage: medr2 data <dataset> [options]", "", "datasets:",
+                         *[f"  {n.ljust(width)}  {h}" for n, (_, _, h) in DATA_COMMANDS.items()], "",
+                         "e.g. medr2 data iu-xray --reports NLMCXR_reports.tgz --images NLMCXR_png --output_dir data/iu_xray",
+                         "Run `medr2 data <dataset> --help` for its options. MIMIC-CXR needs no conversion: R2Gen's",
+                         "annotation.json with its images/ is read as it is (docs/datasets.md)."]))
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in DATA_COMMANDS:
+        return fail("medr2 data", f"unknown dataset {name!r}: use one of {', '.join(DATA_COMMANDS)} (MIMIC-CXR needs no "
+                                  "conversion: point --dataset_dir at the folder of R2Gen's annotation.json)")
+    rest = ["--output_dir" + a[len("--out"):] if a == "--out" or a.startswith("--out=") else a for a in rest]
+    module_name, func_name, _ = DATA_COMMANDS[name]
+    return int(getattr(importlib.import_module(module_name), func_name)(rest) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,9 @@
-"""Architectures beyond the embedded LLaVA: Qwen3-VL, Gemma 3 (MedGemma's architecture) and LLaVA-OneVision, each a
-micro random model built from config by `medr2 build-tiny --arch` (nothing downloaded), saved, loaded through
-`load_model` without torchvision, run through the pipeline (streamed and batched, as evaluation runs it) and explained
-by saliency where the architecture has a layer entry; and `device_map` reaching `from_pretrained` from every entry.
+"""Every architecture `medr2 build-tiny --arch` offers (LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3 = MedGemma's,
+LLaVA-OneVision), each a micro random model built from config (nothing downloaded), saved, loaded through `load_model`
+without torchvision, run through the pipeline (streamed and batched, as evaluation runs it), explained by saliency where
+the architecture has a layer entry (one line saying it is unavailable where not), and taken through the app's event
+path (stream -> parse -> labels -> findings table -> saliency); and `device_map` reaching `from_pretrained` from every
+entry.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import transformers
 from answers import GENERATED
 
 from medr2.inference.pipeline import Pipeline, PipelineConfig
-from medr2.modeling.model import cli_build_tiny, load_model
+from medr2.modeling.model import ARCHS, cli_build_tiny, load_model
+from medr2.report.schema import parse
+from medr2.saliency.layers import SUPPORTED_ARCHS
 
 NEW_ARCHS = ("qwen3_vl", "gemma3", "llava_onevision")
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +32,7 @@ STOCK_PROCESSORS = {"qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
 def built(tmp_path_factory) -> dict[str, Path]:
     """arch -> a micro model folder with a card naming our trained prompt (short enough for 512 positions)."""
     out = {}
-    for arch in (*NEW_ARCHS, "llava"):
+    for arch in ARCHS:
         folder = tmp_path_factory.mktemp(arch) / "model"
         assert cli_build_tiny(["--arch", arch, "--micro", "--out", str(folder)]) == 0
         (folder / "medr2_model.json").write_text(json.dumps({"target": "medr2", "demo": True}))
@@ -42,8 +46,8 @@ def films() -> list[np.ndarray]:
     return [first, np.ascontiguousarray(first[::-1, ::-1])]
 
 
-@pytest.mark.parametrize("arch", NEW_ARCHS)
-def test_new_architecture_streams_and_batches_through_the_pipeline(built, arch):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_architecture_streams_and_batches_through_the_pipeline(built, arch):
     pipe = Pipeline(PipelineConfig(model=str(built[arch]), max_new_tokens=6, looks="off", device="cpu"))
     assert pipe.model.config.model_type == arch
     assert getattr(pipe.processor, "video_processor", None) is None  # the part that needs torchvision is not built
@@ -88,6 +92,29 @@ def test_saliency_on_an_architecture_without_a_layer_entry_is_one_line(built):
     with pytest.raises(SaliencyUnavailable, match="saliency unavailable for this architecture") as info:
         pipe.saliency(pipe.forced_result(films()[0], GENERATED))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_apps_event_path_on_every_architecture(built, arch, tmp_path):
+    """A study through the app as a reviewer sees it: the answer streams, parses into the panels, its labels fill the
+    findings table, and saliency maps follow, or one line says saliency is unavailable for this architecture."""
+    from test_app import EXAMPLES, as_dict, frame_rows, make_service, upload
+
+    service = make_service(built[arch], tmp_path / "data", tmp_path / "up", script=GENERATED)
+    merged: dict = {}
+    for update in service.analyze(str(upload(EXAMPLES / "phantom_effusion.png", service.upload_root))):
+        merged.update(as_dict(update))
+    assert merged["report"]["value"] == parse(GENERATED).output.report.text
+    assert "right lung, lower zone" in merged["perception"] and "effusion_meniscus" in merged["reasoning"]
+    rows = {r[0].rstrip(" ≠"): r[1:] for r in frame_rows(merged["findings"])}
+    assert rows["Pleural Effusion"][:2] == ["+", "+"]  # draft and final
+    if arch in SUPPORTED_ARCHS:
+        assert [m.target for m in merged["study"].maps][:2] == ["Pleural Effusion", "Pneumothorax"]
+        assert merged["overlay"]["interactive"] is True and "✓ saliency" in merged["stages"]
+    else:
+        assert merged["study"].maps == [] and merged["overlay"]["interactive"] is False
+        assert "saliency unavailable for this architecture" in merged["stages"] and "Traceback" not in merged["stages"]
 
 
 @pytest.fixture()

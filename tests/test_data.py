@@ -125,3 +125,35 @@ def test_grpo_dataset_sends_the_pipelines_prompt_with_the_film_and_its_reference
     assert image.mode == "RGB" and np.array_equal(np.asarray(image)[..., 0], studies[1].image)
     with pytest.raises(DatasetError, match="image_fn"):
         to_grpo_dataset([{"id": "x", "report": "r"}], prompt="Read.")
+
+
+def test_mimic_cxr_r2gen_annotation_is_read_as_it_is(tmp_path, capsys):
+    """R2Gen's MIMIC-CXR release: records keyed by dicom id with study_id / subject_id, one JPG each under
+    images/pNN/pSUBJECT/sSTUDY/, findings-only reports without headers. Our own text on random pixels (MIMIC-CXR is
+    credentialed data): the readers, the trace export and the GRPO rows take it without conversion."""
+    from medr2.cli import main
+    from medr2.data.datasets import image_files, record_report
+
+    ann: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    rng = np.random.default_rng(0)
+    for k, split in enumerate(["train", "train", "train", "val", "test"]):
+        subject, study, dicom = f"1000{k:04d}", f"5{k:07d}", f"{k:08x}-0a1b2c3d-4e5f6a7b-8c9d0e1f-2a3b4c5d"
+        path = f"p10/p{subject}/s{study}/{dicom}.jpg"
+        (tmp_path / "images" / path).parent.mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "images" / path)
+        ann[split].append({"id": dicom, "study_id": int(study), "subject_id": int(subject),
+                           "report": "the lungs are clear. there is a small right pleural effusion. no pneumothorax.",
+                           "image_path": [path], "split": split})
+    (tmp_path / "annotation.json").write_text(json.dumps(ann))
+
+    records = read_r2gen(tmp_path)
+    assert [r["split"] for r in records] == ["train"] * 3 + ["val", "test"]
+    assert image_files(tmp_path, records[0]) == [tmp_path / "images" / ann["train"][0]["image_path"][0]]
+    report = record_report(records[0])
+    assert report.findings.startswith("the lungs are clear") and report.impression == ""
+    out = tmp_path / "traces.jsonl"
+    assert main(["traces", "--dataset_dir", str(tmp_path), "--split", "train", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in ann["train"]]
+    assert all(r["labels"]["Pleural Effusion"] == 1 and r["labels"]["Pneumothorax"] == 0 for r in rows)
+    assert "3 traces written" in capsys.readouterr().out

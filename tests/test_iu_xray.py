@@ -145,6 +145,27 @@ def test_the_release_as_a_tgz_with_images_elsewhere(tmp_path):
     assert card["seed"] == 7 and sum(card["splits"].values()) == 5
 
 
+def test_medr2_data_iu_xray_is_the_documented_spelling_and_convert_iu_its_alias(tmp_path, capsys):
+    """The issue's spelling, `medr2 data iu-xray --reports TGZ --images DIR --out DIR`, writes what `convert-iu` writes
+    (same studies, splits, image folders); a missing or unknown dataset name is one line with exit code 2."""
+    release = write_release(tmp_path / "release", n_studies=6, as_tgz=True)
+    sources = ["--reports", str(release / "NLMCXR_reports.tgz"), "--images", str(release / "NLMCXR_png")]
+    assert main(["data", "iu-xray", *sources, "--out", str(tmp_path / "data")]) == 0
+    assert "train" in capsys.readouterr().out
+    assert main(["convert-iu", *sources, "--output_dir", str(tmp_path / "alias")]) == 0
+    new, old = read_r2gen(tmp_path / "data"), read_r2gen(tmp_path / "alias")
+    assert new == old and len(new) == 6 and {r["split"] for r in new} == {"train", "val", "test"}
+    assert all(p == f"{r['id']}/{k}.png" for r in new for k, p in enumerate(r["image_path"]))
+    assert (tmp_path / "data" / "images" / new[0]["id"] / "1.png").read_bytes() == \
+        (tmp_path / "alias" / "images" / new[0]["id"] / "1.png").read_bytes()
+    assert main(["data", "--help"]) == 0 and "iu-xray" in capsys.readouterr().out
+    for argv, message in ((["data"], "name a dataset: iu-xray"), (["data", "mimic-cxr"], "needs no conversion"),
+                          (["data", "iu-xray", *sources, "--out", str(tmp_path / "data")], "choose an empty --output_dir")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
 def test_user_errors_are_one_line_and_never_overwrite(tmp_path, capsys, converted):
     release, out, _ = converted
     before = (out / "annotation.json").read_text()

@@ -6,9 +6,14 @@ SHA-1 of its text (so a changed archive is caught, not silently mis-scored) and 
 observations; a missing key = not mentioned; No Finding is a report-level rule and not scored on sentences). The text
 is read from the torchxrayvision wheel at test time.
 
-The sample: 72 sentences drawn for the phrasing the labeler got wrong ("no visualized", "not well-seen", "suspicious
-appearing", chest-wall masses, non-calcified nodules, resolved / prior findings, XXXX anonymisation, hemothorax, typos
-and markup), 78 drawn at random from the unique sentences (seed 24), 9 named by the issue that asked for this check.
+The sample, 294 sentences in two draws, each labelled by reading it (CheXpert conventions: 1 positive, 0 negated or
+resolved, -1 hedged, "X or Y" / "X versus Y" or a finding stated only as stable; a sentence whose deciding word is an
+XXXX was left out):
+- draw 1 (159): 72 drawn for the phrasing the labeler got wrong ("no visualized", "not well-seen", "suspicious
+  appearing", chest-wall masses, non-calcified nodules, resolved / prior findings, XXXX anonymisation, hemothorax, typos
+  and markup), 78 drawn at random from the unique sentences (seed 24), 9 named by the issue that asked for this check;
+- draw 2 (135, `"draw": 2`): 95 more at random (seed 2027) and 40 drawn for hedges ("versus", "differential", "question
+  of"), costophrenic blunting, borderline / top-normal heart size, low lung volumes and stable or chronic findings.
 
     python tests/test_labeler_real.py      # accuracy on the sample and each sentence the labeler still gets wrong
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,20 +62,24 @@ def sentences(iu_reports):
 
 
 def test_sample_is_large_and_covers_the_phrasing_it_was_drawn_for():
-    assert len(SAMPLE) >= 150
+    assert len(SAMPLE) >= 290 and len({(c["uid"], c["section"], c["start"]) for c in SAMPLE}) == len(SAMPLE)
     categories = {case["category"] for case in SAMPLE}
-    assert {"no_visualized", "not_well_seen", "resolved", "prior", "xxxx", "random", "issue"} <= categories
-    assert all(set(case["labels"]) <= set(SCORED) for case in SAMPLE)
+    assert {"no_visualized", "not_well_seen", "resolved", "prior", "xxxx", "random", "issue", "hedge", "blunting",
+            "borderline", "low_volume", "chronic"} <= categories
+    assert all(set(case["labels"]) <= set(SCORED) and set(case["labels"].values()) <= {1, 0, -1} for case in SAMPLE)
 
 
 def test_labeler_accuracy_on_hand_labelled_real_sentences(sentences):
-    # 131/159 sentences (82.4 %, cells 98.55 %) before the fixes for real IU phrasing; 152/159 (95.6 %, 99.66 %) after.
+    # Draw 1: 131/159 sentences (82.4 %, cells 98.55 %) before the fixes for real IU phrasing; 152/159 (95.6 %, 99.66 %)
+    # after. Draw 2 read 126/135 before its fixes ("in the differential", "is a possibility", "favored to represent",
+    # "near top normal", "monitor leads", "increased lung markings") and 132/135 after: 284/294 (96.6 %, 99.74 %).
     sentence_acc, cell_acc, misses = accuracy(sentences)
-    assert sentence_acc >= 0.95, [(c["uid"], c["labels"], got) for c, _, got in misses]
-    assert cell_acc >= 0.995
+    assert sentence_acc >= 0.96, [(c["uid"], c["labels"], got) for c, _, got in misses]
+    assert cell_acc >= 0.997
 
 
-@pytest.mark.parametrize("category", ["no_visualized", "not_well_seen", "appearing", "noncalcified"])
+@pytest.mark.parametrize("category", ["no_visualized", "not_well_seen", "appearing", "noncalcified", "blunting",
+                                      "borderline", "low_volume", "chronic"])
 def test_every_sampled_sentence_of_a_fixed_phrasing_is_right(sentences, category):
     wrong = [(case["uid"], text, case["labels"], got) for case, text in sentences
              if case["category"] == category and (got := predicted(text)) != case["labels"]]
@@ -86,6 +96,22 @@ def test_the_errors_named_by_the_issue_are_fixed(sentences):
     found = {(c["uid"], c["section"], c["start"]): text for c, text in sentences}
     for key, expected in ISSUE_CASES.items():
         assert predicted(found[key]) == expected, key
+
+
+def test_labeling_every_iu_report_stays_above_5000_reports_per_second(iu_reports):
+    """The issue's speed floor, on the 3,955 real reports with the sentence cache emptied before each pass (sentences
+    repeated inside the corpus still hit it, as in any real batch); best of three passes on a shared machine.
+    `python benchmarks/bench_labeler.py` measures it in full (about 9,000-14,000 reports/s on two shared cores)."""
+    from medr2.labeler import findings
+
+    texts = [r.text for r in iu_reports]
+    rates = []
+    for _ in range(3):
+        findings._sentence_mentions.cache_clear()
+        t0 = time.perf_counter()
+        findings.label_reports(texts)
+        rates.append(len(texts) / (time.perf_counter() - t0))
+    assert max(rates) >= 5000, rates
 
 
 if __name__ == "__main__":

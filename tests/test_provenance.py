@@ -23,6 +23,14 @@ from medr2.training.export import (
 )
 
 
+def _weights(run) -> None:
+    """A run folder holds weights (export refuses one without): a one-tensor stand-in."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(run / "model.safetensors"))
+
+
 def r2gen_folder(root, n_train=7, n_val=1, n_test=2, dataset_json: dict | None = None):
     records = [{"id": f"s{i}", "report": "Findings: Clear lungs.", "image_path": [f"s{i}/0.png"], "split": split}
                for i, split in enumerate(["train"] * n_train + ["val"] * n_val + ["test"] * n_test)]
@@ -80,6 +88,7 @@ def test_dataset_folders_without_a_dataset_json(tmp_path):
 def test_export_carries_the_runs_provenance_to_the_model_folder_and_card(tmp_path, iu_folder):
     run = tmp_path / "run"
     run.mkdir()
+    _weights(run)
     (run / "medr2_model.json").write_text(json.dumps(training_card("direct", dataset_source(iu_folder), init="base/vlm")))
     metrics = {"n": 2, "config": {"dataset_dir": str(iu_folder), "split": "test"},
                "final": {"example-14": {"f1": 0.5}, "per_observation": []}}
@@ -98,6 +107,7 @@ def test_export_carries_the_runs_provenance_to_the_model_folder_and_card(tmp_pat
 def test_export_of_a_phantom_run_stays_a_demo_and_a_run_without_a_card_is_not_called_one(tmp_path):
     legacy = tmp_path / "legacy"  # a card written before sources were recorded (the SFT stage's old text)
     legacy.mkdir()
+    _weights(legacy)
     (legacy / "medr2_model.json").write_text(json.dumps(
         {"target": "medr2", "demo": False, "training_data": "synthetic chest-radiograph phantoms (medr2.phantom.generator seed 1, n=6000)"}))
     card = json.loads((export(legacy, tmp_path / "a", target="medr2", recipe=[]) / "medr2_model.json").read_text())
@@ -105,6 +115,7 @@ def test_export_of_a_phantom_run_stays_a_demo_and_a_run_without_a_card_is_not_ca
     assert (tmp_path / "a" / "README.md").read_text().startswith("# medr2 embedded demo model")
     bare = tmp_path / "bare"
     bare.mkdir()
+    _weights(bare)
     card = json.loads((export(bare, tmp_path / "b", target="medr2", recipe=[]) / "medr2_model.json").read_text())
     assert card["demo"] is False and card["training_data"].startswith("unknown")
     assert provenance({})["demo"] is False
@@ -115,6 +126,7 @@ def test_export_carries_the_views_per_study_a_model_was_trained_on(tmp_path, iu_
 
     run = tmp_path / "run"
     run.mkdir()
+    _weights(run)
     # what `medr2 train-sft --dataset_dir … --max_images 2` writes
     (run / "medr2_model.json").write_text(json.dumps({**training_card("medr2", dataset_source(iu_folder)), "images_per_study": 2}))
     card = json.loads((export(run, tmp_path / "model", target="medr2", recipe=[]) / "medr2_model.json").read_text())

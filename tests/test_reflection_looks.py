@@ -388,3 +388,66 @@ def test_look_heads_maps_come_first_for_findings_and_read_the_film(tmp_path):
     assert any("(model gradients)" in label for label in labels)
     # another method asked for by name: the heads' maps are not mixed in
     assert {m.method for m in pipe.saliency(pipe.forced_result(film, GENERATED), method="gradcam").maps} == {"gradcam"}
+
+
+def test_a_region_classifier_reads_crop_and_film_together_and_round_trips(tmp_path):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from medr2.reflection.heads import OBSERVATIONS, LookHeads, RegionClassifier, to_input, tower_checksum, tower_features
+
+    torch.manual_seed(0)
+    tower = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, image_size=224, patch_size=28)).eval()
+    reader = SiglipVisionModel(tower.config).eval()
+    k = len(OBSERVATIONS)
+    classifier = RegionClassifier(32).eval()
+    heads = LookHeads(np.zeros((k, 32)), np.zeros(k), np.full(k, 0.5), tower_checksum(tower), {}, reader=reader,
+                      crop_thresholds=np.full(k, 0.4), region_classifier=classifier, region_thresholds=np.full(k, 0.3))
+    assert heads.reads_regions
+    film = np.random.default_rng(1).integers(0, 255, size=(512, 512), dtype=np.uint8)
+    probs, thresholds = heads.region_reading(tower, film, heads.read(tower, [film])[0], "left lower zone")
+    assert np.allclose(thresholds, 0.3)
+    with torch.no_grad():  # the crop through the reader, the film through the model's own tower, the region's index
+        crop = tower_features(reader, to_input(crop_region(film, "left lower zone"))[None])
+        whole = tower_features(tower, to_input(film)[None])
+        index = torch.tensor([list(LOOK_REGIONS).index("left lower zone")])
+        expected = torch.sigmoid(classifier(crop, whole, index)).numpy()[0]
+        other_film = torch.sigmoid(classifier(crop, whole.flip(1), index)).numpy()[0]
+    assert np.allclose(probs, expected, atol=1e-5)
+    assert not np.allclose(expected, other_film, atol=1e-4)  # the film's patches inside the window take part
+    heads.save(tmp_path)
+    again = LookHeads.load(tmp_path, tower)
+    assert again.reads_regions and np.allclose(again.region_thresholds, 0.3)
+    assert np.allclose(again.read_regions(tower, film, ["left lower zone"])[0], probs, atol=2e-3)  # float16 copy
+
+
+def test_fit_look_heads_adds_a_region_classifier_to_an_existing_reader(tmp_path, capsys):
+    from medr2.cli import main
+    from medr2.modeling.loading import load_model
+    from medr2.modeling.model import cli_build_tiny
+    from medr2.reflection.heads import LookHeads, tower_checksum, tower_of
+
+    model_dir, out = tmp_path / "micro", tmp_path / "heads"
+    assert cli_build_tiny(["--micro", "--out", str(model_dir)]) == 0
+    common = ["--model", str(model_dir), "--out", str(out), "--n_train", "6", "--n_val", "3", "--film_size", "256"]
+    assert main(["fit-look-heads", *common, "--steps", "3", "--tune_tower", "true", "--tune_steps", "2", "--batch_size", "4"]) == 0
+    tower = tower_of(load_model(str(model_dir))[0])
+    reader_before = tower_checksum(LookHeads.load(out, tower).reader)
+    capsys.readouterr()
+    assert main(["fit-look-heads", *common, "--region_classifier", "true", "--region_epochs", "2"]) == 0
+    assert "regions F1" in capsys.readouterr().out
+    heads = LookHeads.load(out, tower)
+    assert heads.reads_regions and tower_checksum(heads.reader) == reader_before  # added beside the reader it reads
+    assert "region_classifier" in heads.meta
+    assert {"val_region_f1", "val_crop_max_f1"} <= set(heads.meta["per_observation"]["Lung Opacity"])
+    film = np.random.default_rng(0).integers(0, 255, size=(256, 256), dtype=np.uint8)
+    probs, thresholds = heads.region_reading(tower, film, heads.read(tower, [film])[0], "right mid zone")
+    assert np.allclose(thresholds, heads.region_thresholds) and np.all((probs >= 0) & (probs <= 1))
+    plain = tmp_path / "plain"
+    assert main(["fit-look-heads", "--model", str(model_dir), "--out", str(plain), "--n_train", "4", "--n_val", "2",
+                 "--film_size", "256", "--steps", "2"]) == 0
+    capsys.readouterr()
+    assert main(["fit-look-heads", "--model", str(model_dir), "--out", str(plain), "--n_train", "4", "--n_val", "2",
+                 "--film_size", "256", "--region_classifier", "true", "--region_epochs", "1"]) != 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the INFO log lines: one error line
+    assert last.startswith("medr2 fit-look-heads: ") and "fit the reader first" in last

@@ -200,3 +200,100 @@ def test_render_parse_round_trip(output):
     parsed = parse(text).output
     assert parsed == output
     assert render(parsed) == text
+
+
+# ---------------------------------------------------------------- prompted mode: off-schema answers of real models
+# What general instruct models answer when asked for the schema, written in their styles (MedGemma and Qwen-VL answer
+# with markdown, LLaVA-Med with plain prose, reasoning models with their own <think> block or a \boxed{} answer):
+# (answer, findings, impression, positive observations of the report, lines of the reasoning panel).
+OFF_SCHEMA = [
+    ("The heart size is normal. There is a small right pleural effusion. No pneumothorax is seen.",  # report only
+     "The heart size is normal. There is a small right pleural effusion. No pneumothorax is seen.", "",
+     {"Pleural Effusion"}, 0),
+    ("## Chest X-ray Report\n\n### Findings\n- The cardiac silhouette is enlarged.\n- Small left pleural effusion\n\n"
+     "### Impression\nCardiomegaly with a small left pleural effusion.",  # markdown headings and bullets
+     "The cardiac silhouette is enlarged. Small left pleural effusion.",
+     "Cardiomegaly with a small left pleural effusion.", {"Cardiomegaly", "Pleural Effusion"}, 0),
+    ("**Technique:** PA and lateral views of the chest.\n\n**Findings:**\n* Lungs: Right lower lobe consolidation.\n"
+     "* Heart: Normal size.\n\n**Impression:** Right lower lobe pneumonia.",  # bold headings; technique left out
+     "Lungs: Right lower lobe consolidation. Heart: Normal size.", "Right lower lobe pneumonia.",
+     {"Consolidation", "Pneumonia"}, 0),
+    ("FINDINGS:\n1. Right lower lobe consolidation\n2. No pleural effusion\n3. No pneumothorax\n\nIMPRESSION:\n"
+     "1. Right lower lobe pneumonia.",  # upper-case headers, numbered lists
+     "Right lower lobe consolidation. No pleural effusion. No pneumothorax.", "Right lower lobe pneumonia.",
+     {"Consolidation", "Pneumonia"}, 0),
+    ("FINDINGS: The lungs are clear. No pleural effusion or pneumothorax. IMPRESSION: No acute cardiopulmonary "
+     "abnormality.",  # one line, upper case
+     "The lungs are clear. No pleural effusion or pneumothorax.", "No acute cardiopulmonary abnormality.", set(), 0),
+    ("<report>\nFindings: Moderate cardiomegaly. Mild pulmonary edema.\nImpression: Cardiomegaly with mild edema.",
+     "Moderate cardiomegaly. Mild pulmonary edema.", "Cardiomegaly with mild edema.",  # closing tag missing
+     {"Cardiomegaly", "Edema"}, 0),
+    ("<think>\n<report>\nFindings: Left apical pneumothorax.\nImpression: Left pneumothorax.\n</think>",
+     "Left apical pneumothorax.", "Left pneumothorax.", {"Pneumothorax"}, 0),  # </report> never written
+    ("<think>\nOkay, let me look at this radiograph. The right costophrenic angle is blunted with a meniscus.\n"
+     "That suggests a small effusion. The heart is not enlarged.\n</think>\n\nFindings: Small right pleural "
+     "effusion. Normal heart size.\nImpression: Small right pleural effusion.",  # another model's thinking
+     "Small right pleural effusion. Normal heart size.", "Small right pleural effusion.", {"Pleural Effusion"}, 2),
+    ("The film shows a thin pleural line at the left apex with no lung markings beyond it.\n\nFinal answer: "
+     "$\\boxed{\\text{Findings: Left apical pneumothorax. Impression: Left pneumothorax.}}$",  # \boxed{} answer
+     "Left apical pneumothorax.", "Left pneumothorax.", {"Pneumothorax"}, 1),
+    ("Here is the radiology report:\n\nThe lungs are hyperinflated. There is a 1 cm nodule in the right upper lobe.\n"
+     "Conclusion: Right upper lobe nodule; CT recommended.",  # a lead-in line, "Conclusion" as the impression
+     "The lungs are hyperinflated. There is a 1 cm nodule in the right upper lobe.",
+     "Right upper lobe nodule; CT recommended.", {"Lung Lesion"}, 0),
+]
+
+
+def test_off_schema_answers_of_real_models_reach_the_right_panels():
+    from medr2.evaluation.rewards import format_reward, medr2_format_reward
+    from medr2.labeler.findings import label_report
+
+    for text, findings, impression, positives, n_reasoning in OFF_SCHEMA:
+        result = parse(text)
+        assert result.output.report == Report(findings, impression), text
+        labels = label_report(result.output.report.text)
+        assert {k for k, v in labels.items() if v == 1 and k != "No Finding"} == positives, (text, labels)
+        assert len(result.output.reasoning) == n_reasoning and all(s.conclusion is None for s in result.output.reasoning)
+        assert result.output.perception == [] and result.output.draft is None and result.output.reflection == []
+        # still a format failure: the strict readers refuse it, so rewards and the failure rate do not change
+        assert "report" in result.missing and any("no closed <report>" in p for p in result.problems)
+        assert extract_report(text)[0] is None
+        assert format_reward([text]) == [0.0] and medr2_format_reward([text]) == [0.0]
+
+
+def test_a_refusal_or_chatter_is_not_read_as_a_normal_report():
+    """The labeler calls a text with no finding "No Finding": a refusal read as a report would be a normal study."""
+    for text in ("I'm sorry, but I cannot provide a diagnosis from this chest X-ray. Please consult a radiologist.",
+                 "As an AI, I am unable to interpret medical images.", "Hello! How can I help you today?",
+                 "<think>\nThe user wants a report.\n</think>\nI can't help with that.", "Findings: nothing"):
+        result = parse(text)
+        assert result.output.report is None and "report" in result.missing, text
+        assert any("not a chest radiograph report" in p for p in result.problems)
+
+
+def test_a_med_r2_trace_is_never_read_as_off_schema_text():
+    """Truncated inside <report> or still streaming, a trace keeps its draft as the fallback and its prefixes grow."""
+    truncated = EXAMPLE[: EXAMPLE.index("Small left apical")]
+    result = parse(truncated)
+    assert result.output.report is None and result.output.final_report_or_draft() == Report(
+        "Small right pleural effusion.", "Small right effusion.")
+    assert parse("<think>\nOkay, let me look at the right base").output.report is None  # another model, still thinking
+
+
+def test_evaluation_scores_off_schema_reports_and_reports_each_models_format_failure_rate():
+    from types import SimpleNamespace
+
+    from medr2.evaluation.evaluate import summarize
+    from medr2.labeler.findings import label_report
+
+    def result(text):
+        out = parse(text).output
+        return SimpleNamespace(output=out, raw_text=text, n_tokens=10, timings={"generate_s": 0.1},
+                               final_labels=label_report(out.report.text) if out.report else None, draft_labels=None)
+
+    references = [Report(f, i).text for _, f, i, _, _ in OFF_SCHEMA]
+    prompted = summarize([result(t) for t, *_ in OFF_SCHEMA], references, nlg=False)
+    assert prompted["format"]["medr2_format_failure_rate"] == 1.0 and prompted["format"]["missing_report_rate"] == 0.0
+    assert prompted["final"]["example-14"]["f1"] == 1.0  # every report read, so it is scored against its reference
+    trained = summarize([result(f"<think>read.</think><report>{r}</report>") for r in references], references, nlg=False)
+    assert trained["format"]["mrg_r1_format_failure_rate"] == 0.0 and prompted["format"]["mrg_r1_format_failure_rate"] == 1.0

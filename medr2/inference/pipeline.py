@@ -218,6 +218,28 @@ FRONTAL_ONLY_LOOKS = ("this study has {n} images: the look loop reads the first 
                       "saliency and confidence come from that image alone")
 
 
+def note_frontal_only_looks(result, study: list) -> None:
+    """A look-loop result of a study with several images: it read the frontal alone, which its warnings say."""
+    if len(study) > 1:
+        result.images = study
+        result.notes = [FRONTAL_ONLY_LOOKS.format(n=len(study))]
+
+
+def study_messages(card: dict, n_images: int = 1) -> list[dict]:
+    """The chat a model with this card gets for a study of `n_images` images (one placeholder each, frontal first):
+    our trained prompt for our own weights (direct or Med-R2), else the prompted-mode system prompt for general
+    LVLMs. The local and the served pipeline send the same chat."""
+    from medr2.data.datasets import study_chat
+    from medr2.report.knowledge import prompted_system_prompt
+    from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT
+
+    if card.get("target") == "direct":
+        return study_chat(DIRECT_PROMPT, n_images)
+    if card:
+        return study_chat(MEDR2_PROMPT, n_images)
+    return study_chat(MEDR2_PROMPT, n_images, system=prompted_system_prompt())
+
+
 def merge_checks(checks: list):
     """One input-gate verdict for a study from its images' verdicts: flagged when any image is, unknown when any is
     unknown, the largest distance; reasons of the second and later images are prefixed with their number."""
@@ -313,17 +335,8 @@ class Pipeline:
         self._strip = [t for t in {tok.eos_token, tok.pad_token, getattr(tok, "bos_token", None), "<|im_end|>", "<|im_start|>", "<|endoftext|>", "<end_of_turn>"} if t]
 
     def messages(self, n_images: int = 1) -> list[dict]:
-        """The chat for this model (one image placeholder per image of the study): our trained prompt, or the
-        prompted-mode system prompt for general LVLMs."""
-        from medr2.data.datasets import study_chat
-        from medr2.report.knowledge import prompted_system_prompt
-        from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT
-
-        if self.card.get("target") == "direct":
-            return study_chat(DIRECT_PROMPT, n_images)
-        if self.card:
-            return study_chat(MEDR2_PROMPT, n_images)
-        return study_chat(MEDR2_PROMPT, n_images, system=prompted_system_prompt())
+        """The chat for this model (one image placeholder per image of the study): `study_messages`."""
+        return study_messages(self.card, n_images)
 
     def _inputs(self, pil_images: list[Image.Image], prefixes: list[str] | None = None):
         """Model inputs for a batch of one-image studies (one conversation each)."""
@@ -489,13 +502,6 @@ class Pipeline:
             results.append(result)
         return results
 
-    @staticmethod
-    def _frontal_only_looks(result: StudyResult, study: list) -> None:
-        """A look-loop result of a study with several images: it read the frontal alone, which its warnings say."""
-        if len(study) > 1:
-            result.images = study
-            result.notes = [FRONTAL_ONLY_LOOKS.format(n=len(study))]
-
     def _stream_with_looks(self, image) -> Iterator[Event | StudyResult]:
         """The look loop runs in rounds, not token by token: events come per finished study (sections at once)."""
         t0 = time.perf_counter()
@@ -503,7 +509,7 @@ class Pipeline:
         input_check = self.check_study(study)
         timings = {"input_check_s": time.perf_counter() - t0}
         final = self._look_results([study[0]])[0]
-        self._frontal_only_looks(final, study)
+        note_frontal_only_looks(final, study)
         final.timings.update(timings)
         final.input_check = input_check
         yield Event("token", final.raw_text)
@@ -545,7 +551,7 @@ class Pipeline:
             if self.look_mode != "off" and chunk_prefixes is None:
                 keep = keep_saliency_inputs or (confidence and self.calibration is not None)
                 for result, check, study in zip(self._look_results([c[0] for c in chunk], keep), checks, chunk):
-                    self._frontal_only_looks(result, study)
+                    note_frontal_only_looks(result, study)
                     result.input_check = check
                     if confidence:
                         self.add_confidence(result)

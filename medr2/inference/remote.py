@@ -45,9 +45,12 @@ from medr2.inference.pipeline import (
     PipelineConfig,
     Provenance,
     StudyResult,
-    as_loaded,
+    as_study,
     clean_text,
+    merge_checks,
+    note_frontal_only_looks,
     read_model_card,
+    study_messages,
 )
 from medr2.labeler.findings import label_report
 from medr2.modeling.loading import ModelLoadError
@@ -323,6 +326,7 @@ class RemotePipeline:
     model served by an OpenAI-compatible server at `config.base_url`."""
 
     calibration = None  # calibrated confidence needs token probabilities of the answer
+    multi_image = True  # a study's views go as one image each in the request (the look loop reads the frontal)
     gate_stats = None  # the content check needs the vision tower's features: DICOM tags only
 
     def __init__(self, config: PipelineConfig):
@@ -376,22 +380,16 @@ class RemotePipeline:
         log.info("using %s served by %s (%.2f s to list models)", self.served_model, self.client.label, self.load_seconds)
 
     # ------------------------------------------------------------ what is sent
-    def messages(self) -> list[dict]:
-        """The chat for this model: our trained prompt for our own weights, else the prompted-mode system prompt."""
-        from medr2.modeling.model import build_chat
-        from medr2.report.knowledge import prompted_system_prompt
-        from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT
+    def messages(self, n_images: int = 1) -> list[dict]:
+        """The chat for this model, as the local pipeline sends it (`medr2.inference.pipeline.study_messages`)."""
+        return study_messages(self.card, n_images)
 
-        if self.card.get("target") == "direct":
-            return build_chat(DIRECT_PROMPT)
-        if self.card:
-            return build_chat(MEDR2_PROMPT)
-        return build_chat(MEDR2_PROMPT, system=prompted_system_prompt())
-
-    def request_body(self, loaded) -> dict:
-        """One study's chat-completions request (without the stream flags)."""
+    def request_body(self, study) -> dict:
+        """One study's chat-completions request (without the stream flags): every image of the study (a LoadedImage
+        or a list of them, frontal first) as a data URL."""
+        study = study if isinstance(study, list) else [study]
         return self.sampling({"model": self.served_model,
-                              "messages": openai_messages(self.messages(), [image_data_url(loaded.to_pil())]),
+                              "messages": openai_messages(self.messages(len(study)), [image_data_url(im.to_pil()) for im in study]),
                               "max_tokens": self.config.max_new_tokens})
 
     def sampling(self, body: dict) -> dict:
@@ -467,8 +465,9 @@ class RemotePipeline:
     def _stream_with_looks(self, image) -> Iterator[Event | StudyResult]:
         """The look loop with live token events: the rounds run in a worker thread, the trace so far comes back."""
         t0 = time.perf_counter()
-        loaded = as_loaded(image)
-        input_check = self.check_input(loaded)
+        study = as_study(image)
+        loaded = study[0]  # the look loop reads the frontal only
+        input_check = merge_checks([self.check_input(im) for im in study])
         timings = {"preprocess_s": time.perf_counter() - t0}
         updates: queue.Queue = queue.Queue()
         done: dict = {}
@@ -498,6 +497,7 @@ class RemotePipeline:
         final = done["result"]
         final.timings.update(timings, first_token_s=first_token or 0.0, generate_s=time.perf_counter() - t1)
         final.input_check = input_check
+        note_frontal_only_looks(final, study)
         yield Event("done", final.raw_text, parsed=final.parsed)
         yield final
 
@@ -508,10 +508,11 @@ class RemotePipeline:
             return
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        loaded = as_loaded(image)
-        body = self.request_body(loaded)
+        study = as_study(image)
+        loaded = study[0]
+        body = self.request_body(study)
         timings["preprocess_s"] = time.perf_counter() - t0
-        input_check = self.check_input(loaded)
+        input_check = merge_checks([self.check_input(im) for im in study])
         t1 = time.perf_counter()
         text, seen_sections, first_token, usage, pieces = "", 0, None, None, 0
         clean = ""
@@ -534,6 +535,7 @@ class RemotePipeline:
         n_tokens = int(usage["completion_tokens"]) if usage and usage.get("completion_tokens") else pieces
         final = self._finish(clean_text(text, CHAT_MARKERS), loaded, n_tokens, timings)
         final.input_check = input_check
+        final.images = study
         yield Event("done", final.raw_text, parsed=final.parsed)
         yield final
 
@@ -551,9 +553,10 @@ class RemotePipeline:
         if self.look_mode != "off":  # the loop's rounds carry `batch_size` studies each
             results = []
             for i in range(0, len(images), batch_size):
-                chunk = [as_loaded(im) for im in images[i:i + batch_size]]
-                for loaded, result in zip(chunk, self._look_results(chunk)):
-                    result.input_check = self.check_input(loaded)
+                studies = [as_study(im) for im in images[i:i + batch_size]]
+                for study, result in zip(studies, self._look_results([st[0] for st in studies])):
+                    result.input_check = merge_checks([self.check_input(im) for im in study])
+                    note_frontal_only_looks(result, study)
                     results.append(result)
             return results
         with ThreadPoolExecutor(max_workers=batch_size) as pool:

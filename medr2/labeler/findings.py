@@ -199,7 +199,7 @@ def phrase_tables() -> _Tables:
     cues = {name: _cue_regex(phrases) for name, phrases in spec["cues"].items() if not name.startswith("descriptor_")}
     copula = (r"(?:(?:is|are|was|were|appears?|appearing|remains?|looks?|seems?|measures?|has been|have been|"
               r"(?:has|have) become|becomes?|became)\s+)?"
-              r"(?:(?:now|otherwise|again|still|grossly|overall|also|probably|likely|currently|essentially|\w+ly)\s+)*")
+              r"(?:(?:now|otherwise|again|still|grossly|overall|also|probably|likely|currently|essentially|near|\w+ly)\s+)*")
     descriptor_re = re.compile(copula + "(?:" + "|".join(
         f"(?P<{k}>" + "|".join(_bounded(p) for p in spec["cues"]["descriptor_" + k]) + ")"
         for k in ("negative", "positive", "uncertain", "stable")) + ")")

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 HEADS_FILE = "look_heads.npz"
 READER_PREFIX = "reader::"  # npz keys of the look reader's tower weights
+REGION_PREFIX = "region::"  # npz keys of the region classifier's weights
 OBSERVATIONS = ('Enlarged Cardiomediastinum', 'Cardiomegaly', 'Lung Lesion', 'Lung Opacity', 'Edema', 'Consolidation',
                 'Pneumonia', 'Atelectasis', 'Pneumothorax', 'Pleural Effusion', 'Pleural Other', 'Fracture',
                 'Support Devices')  # the 13 finding observations of stage 0 (CheXpert order, no "No Finding")
@@ -81,11 +82,42 @@ def tower_features(tower: torch.nn.Module, images_224: np.ndarray, batch_size: i
     return torch.cat(out)
 
 
+class RegionClassifier(torch.nn.Module):
+    """What a look region holds, read from both scales at once: the look reader's patch features of the region's
+    magnified crop (pooled three ways: mean, max and a learned attention) beside the model's own patch features of the
+    same region on the whole film (mean and max) and the region's identity -> one logit per observation.
+
+    Why not the per-patch heads' maximum: a lung finding is told from its siblings by its shape and extent over
+    several patches (a round, sharp nodule; a pleura-based consolidation with air bronchograms; a faint patch that
+    keeps the markings), which no single patch's linear reading holds. Measured on validation regions: opacity F1
+    0.41 -> 0.70, pneumonia 0.57 -> 0.80, fracture 0.53 -> 0.84 (docs/reflection.md)."""
+
+    def __init__(self, dim: int, hidden: int = 256, n_regions: int = len(LOOK_REGIONS)):
+        super().__init__()
+        self.attention = torch.nn.Linear(dim, len(OBSERVATIONS))
+        self.region = torch.nn.Embedding(n_regions, 32)
+        width = dim * 5 + 32
+        self.mlp = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, hidden), torch.nn.GELU(),
+                                       torch.nn.Dropout(0.1), torch.nn.Linear(hidden, len(OBSERVATIONS)))
+        self.register_buffer("patches", torch.from_numpy(np.stack([region_patches(r, 8) for r in LOOK_REGIONS])).float(),
+                             persistent=False)
+
+    def forward(self, crop: torch.Tensor, film: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """crop, film: patch features [B, 64, D]; region: index into LOOK_REGIONS [B] -> logits [B, 13]."""
+        weights = torch.softmax(self.attention(crop).mean(-1, keepdim=True), dim=1)
+        inside = self.patches[region].unsqueeze(-1)  # the film's patches inside the region's window
+        film_mean = (film * inside).sum(1) / inside.sum(1)
+        film_max = (film * inside + (inside - 1) * 1e4).max(1).values
+        parts = [crop.mean(1), crop.max(1).values, (weights * crop).sum(1), film_mean, film_max, self.region(region)]
+        return self.mlp(torch.cat(parts, -1))
+
+
 class LookHeads:
     """One linear head per observation over patch features; probabilities per patch."""
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray, thresholds: np.ndarray, checksum: str, meta: dict,
-                 reader: torch.nn.Module | None = None, crop_thresholds: np.ndarray | None = None):
+                 reader: torch.nn.Module | None = None, crop_thresholds: np.ndarray | None = None,
+                 region_classifier: RegionClassifier | None = None, region_thresholds: np.ndarray | None = None):
         self.weight = torch.from_numpy(weight.astype(np.float32))  # [13, D]
         self.bias = torch.from_numpy(bias.astype(np.float32))  # [13]
         self.thresholds = thresholds.astype(np.float32)  # cuts of the whole-film maximum (where to look)
@@ -96,10 +128,17 @@ class LookHeads:
         # reads crops far worse than films).
         self.reader = reader
         self.crop_thresholds = None if crop_thresholds is None else crop_thresholds.astype(np.float32)
+        # A region classifier (needs the reader): reads a region from the crop and the film together.
+        self.region_classifier = region_classifier
+        self.region_thresholds = None if region_thresholds is None else region_thresholds.astype(np.float32)
 
     @property
     def reads_crops(self) -> bool:
         return self.reader is not None and self.crop_thresholds is not None
+
+    @property
+    def reads_regions(self) -> bool:
+        return self.reads_crops and self.region_classifier is not None and self.region_thresholds is not None
 
     @classmethod
     def load(cls, folder: str | Path, tower: torch.nn.Module | None = None) -> LookHeads | None:
@@ -111,9 +150,12 @@ class LookHeads:
         with np.load(path) as data:
             reader_state = {k[len(READER_PREFIX):]: torch.from_numpy(data[k].astype(np.float32))
                             for k in data.files if k.startswith(READER_PREFIX)}
+            region_state = {k[len(REGION_PREFIX):]: torch.from_numpy(data[k].astype(np.float32))
+                            for k in data.files if k.startswith(REGION_PREFIX)}
             heads = cls(data["weight"], data["bias"], data["thresholds"], str(data["checksum"]),
                         json.loads(str(data["meta"])),
-                        crop_thresholds=data["crop_thresholds"] if "crop_thresholds" in data.files else None)
+                        crop_thresholds=data["crop_thresholds"] if "crop_thresholds" in data.files else None,
+                        region_thresholds=data["region_thresholds"] if "region_thresholds" in data.files else None)
         if tower is not None and tower_checksum(tower) != heads.checksum:
             logger.warning("%s was fitted on another vision tower; the reflection runs without its heads", path)
             return None
@@ -122,6 +164,9 @@ class LookHeads:
                 raise ValueError(f"{path} carries a look reader: pass the model's vision tower to load it")
             heads.reader = copy.deepcopy(tower).float().eval()
             heads.reader.load_state_dict(reader_state)
+        if region_state:
+            heads.region_classifier = RegionClassifier(heads.weight.shape[1]).eval()
+            heads.region_classifier.load_state_dict(region_state)
         return heads
 
     def save(self, folder: str | Path) -> Path:
@@ -131,6 +176,11 @@ class LookHeads:
             extra = {READER_PREFIX + k: v.detach().to(torch.float16).numpy() for k, v in self.reader.state_dict().items()}
         if self.crop_thresholds is not None:
             extra["crop_thresholds"] = self.crop_thresholds
+        if self.region_classifier is not None:
+            extra.update({REGION_PREFIX + k: v.detach().to(torch.float16).numpy()
+                          for k, v in self.region_classifier.state_dict().items()})
+        if self.region_thresholds is not None:
+            extra["region_thresholds"] = self.region_thresholds
         np.savez(path, weight=self.weight.numpy(), bias=self.bias.numpy(), thresholds=self.thresholds,
                  checksum=np.array(self.checksum), meta=np.array(json.dumps(self.meta)), **extra)
         return path
@@ -146,10 +196,21 @@ class LookHeads:
     def region_reading(self, tower: torch.nn.Module, film: np.ndarray, film_probs: np.ndarray,
                        region: str) -> tuple[np.ndarray, np.ndarray]:
         """What the heads see in a looked-at region: (probability per observation [13], the thresholds that go with
-        it) — read on the region's magnified crop when there is a look reader, else the whole film's reading."""
+        it) — read by the region classifier from the crop and the film when there is one, else on the region's
+        magnified crop when there is a look reader, else the whole film's reading."""
+        if self.reads_regions:
+            return self.read_regions(tower, film, [region])[0], self.region_thresholds
         if self.reads_crops:
             return self.read(tower, [crop_region(film, region)])[0].max(axis=0), self.crop_thresholds
         return region_max(film_probs, region), self.thresholds
+
+    @torch.no_grad()
+    def read_regions(self, tower: torch.nn.Module, film: np.ndarray, regions: list[str]) -> np.ndarray:
+        """The region classifier's probabilities [len(regions), 13] for regions of one full-resolution film."""
+        film_features = tower_features(tower, to_input(film)[None]).expand(len(regions), -1, -1)
+        crop_features = tower_features(self.reader, np.stack([to_input(crop_region(film, r)) for r in regions]))
+        index = torch.tensor([list(LOOK_REGIONS).index(r) for r in regions])
+        return torch.sigmoid(self.region_classifier(crop_features, film_features, index)).numpy()
 
 
 def region_max(probs: np.ndarray, region: str) -> np.ndarray:
@@ -256,6 +317,8 @@ class LookHeadsConfig:
     tune_steps: int = field(default=800, metadata={"help": "optimizer steps of the look reader (batches of batch_size views)"})
     batch_size: int = field(default=32, metadata={"help": "views per look-reader step"})
     tower_lr: float = field(default=3e-4, metadata={"help": "peak learning rate of the look reader's tower (the heads take 3x; warm-up 50 steps, cosine decay)"})
+    region_classifier: bool = field(default=False, metadata={"help": "fit a region classifier on the look reader in output_dir (or the one tuned now): it reads each looked-at region from the crop and the film together"})
+    region_epochs: int = field(default=25, metadata={"help": "epochs of the region classifier over its regions (n_train films x 8 regions)"})
     thresholds_only: bool = field(default=False, metadata={"help": "keep the heads in output_dir (or the model folder) and only choose their thresholds again"})
     seed: int = field(default=0, metadata={"help": "random seed"})
 
@@ -323,6 +386,93 @@ def tune_reader(tower: torch.nn.Module, head: torch.nn.Linear, images: np.ndarra
     return reader.eval()
 
 
+def _region_views(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from medr2.phantom.generator import PhantomConfig, generate_study
+    from medr2.reflection.regions import region_box
+
+    study_seed, film_size = args
+    study = generate_study(study_seed, PhantomConfig(size=film_size))
+    crops = np.stack([to_input(crop_region(study.image, r)) for r in LOOK_REGIONS])
+    truth = np.stack([(patch_targets(study.findings, study.image.shape, region_box(r, study.image.shape)) > 0.5).any(axis=0)
+                      for r in LOOK_REGIONS])
+    return to_input(study.image), crops, truth
+
+
+def region_features(heads: LookHeads, tower, n: int, seed: int, film_size: int, workers: int = 2):
+    """Every look region of `n` phantom studies of `seed`: crop features (the look reader) [N*R, 64, D], film
+    features (the model's tower) [N, 64, D], region index [N*R] and truth [N*R, 13] (mask inside the window)."""
+    from multiprocessing import Pool
+
+    from tqdm import tqdm
+
+    from medr2.phantom.generator import study_seeds
+
+    films, crops, truth = [], [], []
+    with Pool(workers) as pool:
+        jobs = [(s, film_size) for s in study_seeds(n, seed)]
+        for film, crop, t in tqdm(pool.imap(_region_views, jobs, chunksize=8), total=n, desc="region classifier: views", mininterval=10):
+            films.append(film)
+            crops.append(crop)
+            truth.append(t)
+    r = len(LOOK_REGIONS)
+    film_features = tower_features(tower, np.stack(films)).half()
+    crop_features = tower_features(heads.reader, np.concatenate(crops)).half()
+    index = torch.arange(r).repeat(n)
+    return crop_features, film_features, index, torch.from_numpy(np.concatenate(truth)).float()
+
+
+def _region_logits(classifier: RegionClassifier, crop, film, index, rows, r: int) -> torch.Tensor:
+    return classifier(crop[rows].float(), film[rows // r].float(), index[rows])
+
+
+def fit_region_classifier(heads: LookHeads, tower, config: LookHeadsConfig) -> dict:
+    """Train `heads.region_classifier` on fresh phantom films (`n_train` of `train_seed`) and choose its thresholds
+    (F1-best per observation) on the validation films' regions; per-observation validation F1 of the classifier and,
+    as its baseline, of the reader's crop maximum on the same regions."""
+    if heads.reader is None:
+        raise ValueError("a region classifier reads the look reader's crop features: fit the reader first (--tune_tower true)")
+    r = len(LOOK_REGIONS)
+    crop, film, index, truth = region_features(heads, tower, config.n_train, config.train_seed, config.film_size)
+    classifier = RegionClassifier(crop.shape[-1])
+    positive = truth.mean(0).clamp_min(1e-3)
+    pos_weight = ((1 - positive) / positive).clamp(1.0, 20.0)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=1e-3, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(config.seed)
+    from tqdm import tqdm
+
+    for _ in tqdm(range(config.region_epochs), desc="region classifier", mininterval=30):
+        classifier.train()
+        order = torch.randperm(len(truth), generator=generator)
+        for i in range(0, len(order), 256):
+            rows = order[i:i + 256]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                _region_logits(classifier, crop, film, index, rows, r), truth[rows], pos_weight=pos_weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    classifier.eval()
+    del crop, film
+    v_crop, v_film, v_index, v_truth = region_features(heads, tower, config.n_val, config.val_seed, config.film_size)
+    with torch.no_grad():
+        score = torch.sigmoid(_region_logits(classifier, v_crop, v_film, v_index, torch.arange(len(v_truth)), r)).numpy()
+        baseline = heads.probabilities(v_crop.float()).max(axis=1)
+    v_truth = v_truth.numpy() > 0.5
+    heads.region_classifier = classifier
+    heads.region_thresholds = np.full(len(OBSERVATIONS), 0.5, dtype=np.float32)
+    per_obs = {}
+    for k, obs in enumerate(OBSERVATIONS):
+        f1, heads.region_thresholds[k] = _best_cut(score[:, k], v_truth[:, k])
+        per_obs[obs] = {"val_region_f1": round(f1, 3), "region_threshold": float(heads.region_thresholds[k]),
+                        "val_crop_max_f1": round(_best_cut(baseline[:, k], v_truth[:, k])[0], 3),
+                        "val_positive_regions": int(v_truth[:, k].sum())}
+    heads.meta["region_classifier"] = (f"crop (look reader) + film (model tower) patch features of each look region, "
+                                       f"pooled, MLP; {config.n_train} phantom films of seed {config.train_seed}, "
+                                       f"{config.region_epochs} epochs; thresholds: validation seed {config.val_seed}, n={config.n_val}")
+    for obs, row in per_obs.items():
+        heads.meta.setdefault("per_observation", {}).setdefault(obs, {}).update(row)
+    return per_obs
+
+
 def fit_look_heads(config: LookHeadsConfig) -> dict:
     from medr2.modeling.loading import load_model
 
@@ -335,6 +485,12 @@ def fit_look_heads(config: LookHeadsConfig) -> dict:
         if heads is None:
             raise FileNotFoundError(f"no look heads for this tower in {out}")
         _choose_thresholds(heads, tower, config)
+        return {"path": str(heads.save(out)), **heads.meta}
+    if config.region_classifier and not config.tune_tower:  # add a classifier to the reader already in output_dir
+        heads = LookHeads.load(out, tower)
+        if heads is None:
+            raise FileNotFoundError(f"no look heads for this tower in {out}")
+        fit_region_classifier(heads, tower, config)
         return {"path": str(heads.save(out)), **heads.meta}
     images, targets = view_images(config.n_train, config.train_seed, config.film_size, config.random_crops)
     x, y = tower_features(tower, images), torch.from_numpy(targets)
@@ -360,6 +516,8 @@ def fit_look_heads(config: LookHeadsConfig) -> dict:
         heads.meta["look_reader"] = (f"a copy of the model's vision tower tuned {config.tune_steps} steps of {config.batch_size} views "
                                      f"(films and region crops, per-patch mask truth): the heads read each crop itself")
     _choose_thresholds(heads, tower, config)
+    if config.region_classifier:
+        fit_region_classifier(heads, tower, config)
     path = heads.save(out)
     logger.info("look heads written to %s", path)
     return {"path": str(path), **heads.meta}
@@ -387,9 +545,13 @@ def cli_fit_look_heads(argv: list[str]) -> int:
         return fail("medr2 fit-look-heads", exc)
     if config.output_dir:
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    result = fit_look_heads(config)
+    try:
+        result = fit_look_heads(config)
+    except (ValueError, FileNotFoundError) as exc:
+        return fail("medr2 fit-look-heads", exc)
     for obs, row in result["per_observation"].items():
         crop = f" | crops F1 {row['val_crop_f1']:.3f} at {row['crop_threshold']:.3f}" if "val_crop_f1" in row else ""
+        crop += f" | regions F1 {row['val_region_f1']:.3f} (crop max {row['val_crop_max_f1']:.3f})" if "val_region_f1" in row else ""
         print(f"{obs:28s} films F1 {row['val_film_f1']:.3f} at {row['threshold']:.3f} ({row['val_positive_films']} positive){crop}")
     print(result["path"])
     return 0

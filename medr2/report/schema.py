@@ -29,7 +29,10 @@ it never raises, it returns what it could plus `missing` and `problems`). `rende
 round-trips. Lines that do not match their section's line format are kept as *free-text* items (the
 structured fields are None), never dropped. Direct-SFT targets are only the report section
 (`render_direct`): one parser, and a truncated direct completion is still detectable by its missing
-`</report>`. Hands on: `MedR2Output` to pipeline/app/traces, `extract_report` to rewards and metrics.
+`</report>`. An answer with none of the think sections and no closed `<report>` (a general model in prompted mode:
+a plain or markdown report, a `<report>` never closed, its own `<think>`, a `\boxed{}` answer) is read into the report
+and free-text reasoning when it is a chest report (see "off-schema answers" below), still listed as missing `report`.
+Hands on: `MedR2Output` to pipeline/app/traces, `extract_report` (strict) to rewards and metrics.
 """
 from __future__ import annotations
 
@@ -319,8 +322,110 @@ def parse(text: str) -> ParseResult:
         free = sum(1 for item in getattr(output, name) if _is_free(item))
         if free:
             problems.append(f"{free} line(s) in <{name}> do not follow the line format (kept as free text)")
+    if "report" not in spans and not any(counts[n] for n in THINK_SECTIONS) and "think" not in dict(stack):
+        _read_off_schema(text, spans, output, problems)
     missing = [n for n in SECTIONS if n not in spans]
     return ParseResult(output, closed, missing, problems, partial_section, partial_text, counts, spans)
+
+
+# ---------------------------------------------------------------- off-schema answers (prompted mode)
+# Real instruct models asked for the schema often answer a plain report instead: markdown headings, bold or upper-case
+# FINDINGS / IMPRESSION, numbered lists, a <report> never closed, their own <think> block, an answer in \boxed{}.
+# Such an answer still fills the panels (report, findings table, its thinking as free-text reasoning); `missing` keeps
+# "report" and the strict readers (`extract_report`, the format rewards) still refuse it, so rewards and the
+# format-failure rate are unchanged. A Med-R2 trace (any of its think sections) is never read this way.
+_REPORT_HEADERS = {"findings": "findings", "finding": "findings", "impression": "impression", "impressions": "impression",
+                   "conclusion": "impression", "conclusions": "impression", "summary": "impression"}
+_OTHER_HEADERS = ("technique", "comparison", "comparisons", "indication", "indications", "history", "clinical history",
+                  "clinical indication", "clinical information", "examination", "exam", "procedure", "view", "views")
+_LINE_HEADER_RE = re.compile(r"^(?P<name>[a-z][a-z ]{1,24}?)\s*(?::\s*(?P<rest>.*)|$)", re.IGNORECASE)
+_LIST_MARKER_RE = re.compile(r"^(?:\d{1,2}[.)]|[-*\u2022])\s+")
+# A recovered answer is a report only if it speaks of the chest and is not a refusal: "I cannot interpret medical
+# images" read as a report would be labelled No Finding, a normal study.
+_CHEST_WORDS_RE = re.compile(
+    r"\b(lungs?|pulmonary|heart|cardiac|cardio\w*|pleura\w*|mediastin\w*|hil(?:a|um)\w*|thora\w*|chest|ribs?|osseous|"
+    r"bon(?:e|y)\w*|diaphragm\w*|costophrenic|trachea\w*|spine|aort\w*|opacit\w*|effusions?|pneumothora\w*|"
+    r"consolidation|atelecta\w*|edema|oedema|nodul\w*|mass|fractures?|pneumonia|silhouette|airspace|granuloma\w*|"
+    r"emphysema\w*|hyperinfla\w*|cardiomegaly|vascula\w*)\b", re.IGNORECASE)
+_REFUSAL_RE = re.compile(
+    r"\b(?:I\s+(?:can ?not|can't|am (?:not able|unable|sorry))|I'm (?:sorry|unable|not able)|as an AI|"
+    r"unable to (?:interpret|provide|analy[sz]e|view|see|read)|consult (?:a|your) (?:radiologist|physician|doctor))",
+    re.IGNORECASE)
+_TITLE_RE = re.compile(r"(\*\*|__)[^*_]+\1:?")  # a bold-only line: a title, not a sentence
+_BOXED = "\\boxed{"
+_ANSWER_LEAD_RE = re.compile(r"(?:\**\s*(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\s*\**\s*:?\s*)?(?:\$\$?|\\\[|\\\()?\s*$",
+                             re.IGNORECASE)
+
+
+def _boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...} (braces balanced; \\text{...} unwrapped), or None."""
+    start = text.rfind(_BOXED)
+    if start < 0:
+        return None
+    depth, i = 1, start + len(_BOXED)
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            inner = text[i:j]
+            break
+    else:
+        inner = text[i:]
+    inner = re.sub(r"\\text(?:bf)?\{([^{}]*)\}", r"\1", inner).replace("\\\\", "\n")
+    return inner.strip()
+
+
+def _plain_report(text: str) -> Report | None:
+    """A report read from free text: headings and list markers dropped, sections other than findings and impression
+    (technique, comparison, indication, ...) and title lines before the first section left out."""
+    sections: dict[str, list[str]] = {"lead": [], "findings": [], "impression": []}
+    current: str | None = "lead"
+    for raw in text.splitlines():
+        heading = raw.lstrip().startswith("#")
+        line = raw.strip().lstrip("#").strip().replace("**", "").replace("__", "").strip()
+        line = _LIST_MARKER_RE.sub("", line).strip()
+        if not line:
+            continue
+        match = _LINE_HEADER_RE.match(line)
+        name = match.group("name").strip().lower() if match else ""
+        if match and (name in _REPORT_HEADERS or name in _OTHER_HEADERS):
+            current = _REPORT_HEADERS.get(name)
+            line = (match.group("rest") or "").strip()
+            if not line:
+                continue
+        elif current == "lead" and (heading or _TITLE_RE.fullmatch(raw.strip()) or line.endswith(":")):
+            continue  # a title ("## Chest X-ray report", "**Report**") or a lead-in ("Here is the report:")
+        if current is not None:
+            sections[current].append(line if line[-1] in ".!?" else line + ".")
+    # headers again, so that Report.parse also splits one-line answers ("FINDINGS: ... IMPRESSION: ...")
+    joined = " ".join([*sections["lead"], *(["Findings:", *sections["findings"]] if sections["findings"] else []),
+                       *(["Impression:", *sections["impression"]] if sections["impression"] else [])])
+    report = Report.parse(joined)
+    return report if report.text else None
+
+
+def _read_off_schema(text: str, spans: dict[str, tuple[int, int]], output: MedR2Output, problems: list[str]) -> None:
+    rest = text
+    opened = [m.start() for m in re.finditer(r"<\s*report\s*>", text, re.IGNORECASE)]
+    if "think" in spans:  # another model's own thinking: the reasoning panel, as free text
+        start, end = spans["think"]
+        close = TAG_RE.match(text, end)
+        rest = text[close.end() if close else end:]
+        thinking = text[start:min([end, *[o for o in opened if o > start]])]
+        if not output.reasoning:
+            output.reasoning = [ReasoningStep(line) for line in _lines(TAG_RE.sub(" ", thinking))]
+    if opened:  # <report> opened and never closed (or closed by </think>): read to the end
+        rest = text[opened[-1]:]
+    boxed = _boxed(rest)
+    if boxed is not None and not output.reasoning:  # the working before the boxed answer
+        working = _ANSWER_LEAD_RE.sub("", rest[:rest.rfind(_BOXED)])  # less "Final answer: $"
+        output.reasoning = [ReasoningStep(line) for line in _lines(TAG_RE.sub(" ", working))]
+    report = _plain_report(TAG_RE.sub("\n", boxed if boxed is not None else rest))
+    if report is not None and (_REFUSAL_RE.search(report.text) or not _CHEST_WORDS_RE.search(report.text)):
+        problems.append("the answer is not a chest radiograph report (no report read)")
+    elif report is not None:
+        output.report = report
+        how = "an unclosed <report>" if opened else "\\boxed{}" if boxed is not None else "text outside the schema"
+        problems.append(f"no closed <report>: the report was read from {how}")
 
 
 def _is_free(item: PerceptionItem | ReasoningStep | ReflectionItem) -> bool:

@@ -21,9 +21,17 @@ def lora_alpha_for(r: int, alpha: int | None = None) -> int:
 
 
 def with_lora(model, r: int, alpha: int | None = None):
-    """`model` wrapped in a peft LoRA adapter on every linear layer (real LVLMs; the tiny model trains fully)."""
-    from peft import LoraConfig, get_peft_model
+    """`model` wrapped in a peft LoRA adapter on every linear layer (real LVLMs; the tiny model trains fully).
 
+    A model loaded from a LoRA run's folder is already a peft model (`load_model` puts the adapter on its base): its
+    adapter is trained on, base frozen, so GRPO from an SFT adapter yields one adapter on the same base (wrapping it
+    again would nest adapters and put one on `lm_head`, which TRL's GRPO refuses)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if isinstance(model, PeftModel):
+        for name, param in model.named_parameters():
+            param.requires_grad_("lora_" in name)
+        return model
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=lora_alpha_for(r, alpha), target_modules="all-linear",
                                             task_type="CAUSAL_LM"))
 

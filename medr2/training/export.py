@@ -28,7 +28,10 @@ KEEP = ("config.json", "generation_config.json", "model.safetensors", "processor
         # export's choice is removed (a 4-block choice would not even fit a 6-block tower).
         "saliency.json",
         # the reflection's look heads read the (frozen) tower of these weights: they travel with them
-        "look_heads.npz")
+        "look_heads.npz",
+        # a LoRA run's weights are its adapter (loaded onto the base model its config names); large models are sharded
+        "adapter_config.json", "adapter_model.safetensors", "model.safetensors.index.json")
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 
 
 def _commit() -> str:
@@ -157,14 +160,20 @@ def export(run_dir: str | Path, dest: str | Path, *, target: str, recipe: list[s
            store_dtype: str = "float32") -> Path:
     run_dir, dest = Path(run_dir), Path(dest)
     run_card = read_card(run_dir)  # before copying: the run folder may be the destination's earlier export
+    if not any((run_dir / name).is_file() for name in WEIGHTS):
+        raise ValueError(f"{run_dir} holds no weights to export (model.safetensors, its shards or a LoRA adapter)")
     dest.mkdir(parents=True, exist_ok=True)
+    for shard in sorted(run_dir.glob("model-*-of-*.safetensors")):
+        shutil.copy2(shard, dest / shard.name)
     for name in KEEP:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, dest / name)
         elif (dest / name).is_file():  # left by an earlier export (e.g. an SFT loss curve beside GRPO weights)
             (dest / name).unlink()
     if store_dtype != "float32":
-        store_weights_as(dest / "model.safetensors", store_dtype)
+        for weights in [dest / "model.safetensors", dest / "adapter_model.safetensors", *dest.glob("model-*-of-*.safetensors")]:
+            if weights.is_file():
+                store_weights_as(weights, store_dtype)
     metrics = json.loads(Path(eval_json).read_text()) if eval_json else None
     trained_on = provenance(run_card)
     card = {
@@ -302,8 +311,12 @@ def cli_export(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"medr2 export: {exc}", file=sys.stderr)
         return 2
-    print(export(config.run_dir, config.output_dir, target=config.target, recipe=config.recipe, eval_json=config.eval,
-                 notes=config.notes, store_dtype=config.store_dtype))
+    try:
+        print(export(config.run_dir, config.output_dir, target=config.target, recipe=config.recipe, eval_json=config.eval,
+                     notes=config.notes, store_dtype=config.store_dtype))
+    except (ValueError, OSError) as exc:
+        print(f"medr2 export: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -135,7 +135,9 @@ def train(config: MedR2GRPOConfig) -> Path:
     model, processor = load_model(config.init)
     card = read_model_card(config.init)
     prompt_text = DIRECT_PROMPT if card.get("target") == "direct" else MEDR2_PROMPT
-    if config.use_lora:
+    from peft import PeftModel
+
+    if config.use_lora or isinstance(model, PeftModel):  # an SFT adapter as --init is trained on, never frozen
         model = with_lora(model, config.lora_r, config.lora_alpha)
     params = {"mccs": {"margin": config.mccs_margin}} if "mccs" in config.reward_names else {}
     reward_funcs = get_reward_funcs(config.reward_names, **params)
