@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "traces": ("medr2.data.traces_export", "cli_traces", "write a real dataset's Med-R2 training traces (read from its reference reports) as JSONL"),
     "data": ("medr2.cli", "cli_data", "convert a dataset release to the R2Gen layout: `medr2 data iu-xray` (docs/datasets.md)"),
     "convert-iu": ("medr2.data.iu_xray", "cli_convert_iu", "the older name of `medr2 data iu-xray` (same options)"),
-    "build-tiny": ("medr2.modeling.model", "cli_build_tiny", "build an untrained tiny VLM (LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, LLaVA-OneVision) from config"),
+    "build-tiny": ("medr2.modeling.model", "cli_build_tiny", "build an untrained tiny VLM (LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, LLaVA-OneVision, Idefics3 / SmolVLM) from config"),
     "train-perception": ("medr2.training.perception", "cli_train_perception", "stage 0: pretrain the vision tower on phantom masks"),
     "train-sft": ("medr2.training.sft", "cli_train_sft", "supervised fine-tuning on Med-R2 traces or direct reports (TRL SFTTrainer)"),
     "train-grpo": ("medr2.training.grpo", "cli_train_grpo", "GRPO with MCCS + format rewards (TRL GRPOTrainer)"),

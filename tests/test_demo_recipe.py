@@ -24,7 +24,7 @@ def _parser_for(recipe: Path):
 
     if recipe.name.startswith("stage0"):
         return perception.parse_config
-    if recipe.name.startswith("look_reader"):  # medr2 fit-look-heads
+    if recipe.name.startswith(("look_reader", "look_region")):  # medr2 fit-look-heads
         from medr2.cli import parse_config
         from medr2.reflection.heads import LookHeadsConfig
 

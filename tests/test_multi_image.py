@@ -22,7 +22,7 @@ from medr2.inference.pipeline import FRONTAL_ONLY, FRONTAL_ONLY_LOOKS, Pipeline,
 from medr2.modeling.model import build_chat, cli_build_tiny
 
 ARCHS = ("llava", "qwen2_vl", "gemma3")
-ALL_ARCHS = (*ARCHS, "qwen2_5_vl", "qwen3_vl", "llava_onevision")  # every `medr2 build-tiny --arch`
+ALL_ARCHS = (*ARCHS, "qwen2_5_vl", "qwen3_vl", "llava_onevision", "idefics3")  # every `medr2 build-tiny --arch`
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,12 @@ def image_count(model, inputs) -> tuple[list[int], int]:
     """(image tokens per prompt row, images encoded): what the model is handed."""
     token = model.config.image_token_id
     tokens = (inputs["input_ids"] == token).sum(dim=1).tolist()
-    images = inputs["image_grid_thw"].shape[0] if "image_grid_thw" in inputs else inputs["pixel_values"].shape[0]
+    if "image_grid_thw" in inputs:
+        images = inputs["image_grid_thw"].shape[0]
+    elif model.config.model_type == "idefics3":  # [rows, views, C, H, W], padded with all-zero views
+        images = int((inputs["pixel_values"].flatten(2).abs().sum(-1) > 0).sum())
+    else:
+        images = inputs["pixel_values"].shape[0]
     return tokens, int(images)
 
 

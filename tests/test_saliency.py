@@ -219,9 +219,45 @@ def test_registry_resolves_every_arch(tokenizer):
         S.layer_for(model, "neck")
     with pytest.raises(ValueError, match="layers_for"):
         S.layer_for(model, "blocks")
-    model.config.model_type = "idefics3"
-    with pytest.raises(ValueError, match="idefics3"):
+    model.config.model_type = "paligemma"  # an architecture the registry has no entry for
+    with pytest.raises(S.SaliencyUnavailable, match="saliency unavailable for this architecture.*paligemma"):
         S.layer_for(model)
+
+
+@pytest.mark.parametrize("arch", ["llava_onevision", "idefics3"])
+def test_registry_explains_the_whole_film_view_of_llava_onevision_and_idefics3(tokenizer, film, arch):
+    """Both read a film as views [B, views, C, S, S]: the grid is the view that covers the whole film (OneVision's base
+    view, first; Idefics3's global view, last), on the tower's patches or the projector's / connector's tokens."""
+    model, processor = _micro(tokenizer, arch)
+    inputs = prepare_inputs(processor, film, build_chat("x"))
+    assert inputs["pixel_values"].dim() == 5
+    names = {id(m): n for n, m in model.named_modules()}
+    projector = "multi_modal_projector" if arch == "llava_onevision" else "connector"
+    assert names[id(S.layer_for(model))].endswith("encoder.layers.1")
+    assert names[id(S.layer_for(model, "projector"))].endswith(projector)
+    assert [names[id(m)][-1] for m in S.layers_for(model)] == ["0", "1"]
+    block, proj = S.patch_layout(model, inputs, "block"), S.patch_layout(model, inputs, "projector")
+    view = 0 if arch == "llava_onevision" else -1
+    assert block.view == proj.view == view and block.batched and block.skip == 0
+    assert (block.gh, proj.gh) == ((8, 8) if arch == "llava_onevision" else (16, 8))  # Idefics3: 14 px patches, 2 x 2 shuffle
+    with S.LayerProbe(S.layer_for(model), block) as probe, torch.no_grad():
+        S.token_logprobs(model, inputs, torch.tensor([[5, 6]]))
+    n_views = inputs["pixel_values"].shape[1]
+    assert probe.acts.shape == (n_views, model.config.vision_config.hidden_size, block.gh, block.gw)
+
+
+def test_idefics3_connector_tokens_are_row_major_2x2_blocks(tokenizer):
+    """The connector's pixel shuffle folds each 2 x 2 block of patches into one token, tokens in row-major order: the
+    projector grid's assumption, checked on patch indices."""
+    model, processor = _micro(tokenizer, "idefics3")
+    inputs = prepare_inputs(processor, np.zeros((64, 64), np.uint8) + 100, build_chat("x"))
+    layout = S.patch_layout(model, inputs, "projector")
+    side = 2 * layout.gh
+    tokens = model.model.connector.pixel_shuffle(torch.arange(side * side, dtype=torch.float32)[None, :, None], 2)[0]
+    for cell in range(layout.gh * layout.gw):
+        ty, tx = divmod(cell, layout.gw)
+        patches = {(2 * ty + dy) * side + 2 * tx + dx for dy in (0, 1) for dx in (0, 1)}
+        assert set(tokens[layout.order[cell]].long().tolist()) == patches
 
 
 def test_qwen_grid_order_follows_the_image(tokenizer):
@@ -339,7 +375,7 @@ def test_evidence_flags_a_map_away_from_the_region():
 
 
 
-@pytest.mark.parametrize("arch", ["gemma3", "qwen3_vl", "llava", "qwen2_vl"])
+@pytest.mark.parametrize("arch", ["gemma3", "qwen3_vl", "llava", "qwen2_vl", "llava_onevision", "idefics3"])
 def test_teacher_forced_logprobs_are_the_models_own(tokenizer, film, arch):
     """The score every map explains is the model's log-probability of its answer: one full forward over prompt + answer
     with every input the processor made (Gemma 3's token_type_ids included: its image tokens attend both ways)."""
@@ -358,10 +394,12 @@ def test_teacher_forced_logprobs_are_the_models_own(tokenizer, film, arch):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["gemma3", "qwen3_vl"])
-def test_pixel_methods_for_gemma3_and_qwen3_vl(tokenizer, film, arch):
+@pytest.mark.parametrize("arch", ["gemma3", "qwen3_vl", "llava_onevision", "idefics3"])
+def test_pixel_methods_for_the_newer_architectures(tokenizer, film, arch):
     """Integrated Gradients is captum's on the pixels, target by target, laid out on the patch grid (Gemma 3: LLaVA's
-    square film; Qwen3-VL: its 2 x 2 merge windows); occlusion blanks exactly the pixels under the chosen cells."""
+    square film; LLaVA-OneVision / Idefics3: the explained view of theirs; Qwen3-VL: its 2 x 2 merge windows);
+    occlusion blanks exactly the pixels under the chosen cells, in the explained view only."""
+    square = arch != "qwen3_vl"
     model, processor, result, inputs, new_ids, text, offsets = _explained(tokenizer, film, arch)
     targets = S.locate_targets(text, include_perception=False)
     grids, _ = S.attribute(model, inputs, new_ids, targets, offsets, methods=("ig",))
@@ -373,9 +411,10 @@ def test_pixel_methods_for_gemma3_and_qwen3_vl(tokenizer, film, arch):
             return (S.token_logprobs(model, inputs, new_ids, pixels) * weights[k]).sum(-1)
 
         attr = IntegratedGradients(forward).attribute(inputs["pixel_values"], baselines=0.0, n_steps=S.IG_STEPS)
-        if arch == "gemma3":  # [1, C, S, S]: sum channels, mean over each patch
+        if square:  # [1, C, S, S] or [1, views, C, S, S]: sum channels, mean over each patch of the explained view
+            pixels = attr[0, layout.view] if attr.dim() == 5 else attr[0]
             side = attr.shape[-1] // layout.gh
-            expected = attr[0].sum(0).reshape(layout.gh, side, layout.gw, side).mean(dim=(1, 3))
+            expected = pixels.sum(0).reshape(layout.gh, side, layout.gw, side).mean(dim=(1, 3))
         else:  # [patches, C * t * p * p] in merge-window order: sum each patch, put it at its grid cell
             expected = attr.sum(-1)[S.qwen_patch_order(layout.gh, layout.gw)].reshape(layout.gh, layout.gw)
         torch.testing.assert_close(torch.as_tensor(grids["ig"][k]).float(), expected.float(), rtol=1e-4, atol=1e-6)
@@ -383,9 +422,13 @@ def test_pixel_methods_for_gemma3_and_qwen3_vl(tokenizer, film, arch):
     cells = np.zeros((layout.gh, layout.gw), dtype=bool)
     cells[: layout.gh // 2, 1] = True
     pv, before = S.occlude(model, inputs, cells, "block"), inputs["pixel_values"]
-    if arch == "gemma3":
+    if square:
         side = pv.shape[-1] // layout.gh
         blank = torch.from_numpy(np.kron(cells, np.ones((side, side), dtype=bool)))
+        if pv.dim() == 5:  # the other views are untouched
+            others = [v for v in range(pv.shape[1]) if v != layout.view % pv.shape[1]]
+            assert torch.equal(pv[:, others], before[:, others])
+            pv, before = pv[:, layout.view], before[:, layout.view]
         assert (pv[..., blank] == 0).all() and torch.equal(pv[..., ~blank], before[..., ~blank])
     else:
         rows = S.qwen_patch_order(layout.gh, layout.gw)[torch.from_numpy(cells.reshape(-1))]

@@ -66,6 +66,22 @@ def test_cli_refuses_the_test_seed_and_a_missing_model_in_one_line(micro_model, 
     assert "--model must be a model folder" in capsys.readouterr().err
 
 
+def test_cli_refuses_an_architecture_without_a_layer_entry_right_after_loading(micro_model, monkeypatch, capsys):
+    """The registry without LLaVA's entry (as for any architecture it does not know): one line, and no phantom is
+    generated first."""
+    from medr2.inference.pipeline import Pipeline
+    from medr2.saliency import layers
+
+    monkeypatch.setattr(layers, "SUPPORTED_ARCHS", tuple(a for a in layers.SUPPORTED_ARCHS if a != "llava"))
+    generated: list = []
+    monkeypatch.setattr(Pipeline, "run_batch", lambda self, images, **kw: generated.append(images) or [])
+    assert main(["saliency-depth", "--model", str(micro_model), "--n", "3"]) == 2
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("medr2 saliency-depth:")]
+    assert len(said) == 1 and "saliency unavailable for this architecture (model_type='llava'" in said[0]
+    assert "Traceback" not in err and generated == []
+
+
 def test_cli_runs_on_a_micro_model_and_writes_nothing_without_true_positives(micro_model, tmp_path, capsys):
     """An untrained model names no finding: the command says so and leaves the model's saliency.json alone."""
     write = tmp_path / "saliency.json"

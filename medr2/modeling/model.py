@@ -5,13 +5,15 @@ training, saliency and evaluation never care which architecture they hold:
 - `build_tiny_vlm(tokenizer, TinyVLMConfig(...))`: the embedded demo architecture from config, nothing
   downloaded. LLaVA (SigLIP vision tower + Qwen2 text model, stock `LlavaProcessor`) by default; tiny
   Qwen2-VL / Qwen2.5-VL / Qwen3-VL and LLaVA-OneVision through the no-video processors of
-  `medr2.modeling.qwen_processor`; tiny Gemma 3 (MedGemma's architecture) with the stock `Gemma3Processor`.
+  `medr2.modeling.qwen_processor`; tiny Gemma 3 (MedGemma's architecture) with the stock `Gemma3Processor`;
+  tiny Idefics3 (SmolVLM's architecture) with the stock `Idefics3Processor`, which has no video half.
 - `load_model(path_or_hub_id)`: any image-text-to-text checkpoint; it lives in `medr2.modeling.loading` (with
   `ModelLoadError`, `check_multimodal_processor`, `weights_sha256`) and is re-exported here.
 
 Hands on: `prepare_inputs` turns (image, chat messages) into model-ready tensors for every architecture, batches
 included (Qwen-VL additionally needs `mm_token_type_ids` and `image_grid_thw`, Gemma 3 `token_type_ids`; the
-processor returns them; Gemma 3's processor takes a batch's images as one list per prompt);
+processor returns them; Gemma 3's processor takes a batch's images as one list per prompt; Idefics3 adds
+`pixel_attention_mask`);
 `build_chat`, `generation_kwargs` and `generate_text` drive `model.generate`.
 The "prompted mode" for off-the-shelf instruct LVLMs is `medr2.report.knowledge.prompted_system_prompt()`.
 CLI: `medr2 build-tiny --arch llava --output_dir DIR [--corpus FILE.txt]`.
@@ -35,6 +37,12 @@ from transformers import (
     Gemma3ImageProcessorPil,
     Gemma3Processor,
     Gemma3TextConfig,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessorPil,
+    Idefics3Processor,
+    Idefics3VisionConfig,
+    LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaOnevisionConfig,
@@ -63,11 +71,14 @@ from medr2.modeling.tokenizer import IM_END, IMAGE_TOKEN, PAD_TOKEN, VIDEO_TOKEN
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 224  # px; 224 / 28 = 8 x 8 patches = 64 image tokens for the LLaVA default
-ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "llava_onevision")
+ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "llava_onevision", "idefics3")
 QWEN_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # merged patches, M-RoPE, no-video processors
 # Qwen-VL merges 2 x 2 neighbouring patches into one token; patch_size // 2 keeps the token count equal
 # to LLaVA's at the same `patch_size` (the tower then sees 4x as many patches: slower, ~0.9 s/step).
 QWEN_MERGE = 2
+# Idefics3 (SmolVLM) folds 2 x 2 neighbouring patches into one token by pixel shuffle: the same halving of the
+# patch as for Qwen keeps the token count equal to LLaVA's.
+IDEFICS3_SCALE = 2
 
 
 @dataclass
@@ -99,7 +110,7 @@ class TinyVLMConfig:
             raise ValueError(f"arch={self.arch!r} is not supported: use one of {', '.join(ARCHS)}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
-        if self.arch in QWEN_ARCHS and self.patch_size % QWEN_MERGE:
+        if self.arch in (*QWEN_ARCHS, "idefics3") and self.patch_size % QWEN_MERGE:
             raise ValueError(f"patch_size={self.patch_size} must be even for {self.arch} (2x2 patch merging)")
         for width, heads, name in (
             (self.vision_hidden, self.vision_heads, "vision"),
@@ -116,7 +127,7 @@ class TinyVLMConfig:
     @property
     def num_image_tokens(self) -> int:
         """Image tokens in the language model's sequence per (square) image (LLaVA-OneVision: of its base view; its
-        any-resolution crop and row-end tokens come on top)."""
+        any-resolution crop and row-end tokens come on top; Idefics3: plus its wrapping tokens)."""
         return (self.image_size // self.patch_size) ** 2
 
     @classmethod
@@ -305,8 +316,49 @@ def _build_llava_onevision(cfg: TinyVLMConfig, tokenizer) -> tuple[PreTrainedMod
     return LlavaOnevisionForConditionalGeneration(config), processor
 
 
+# Idefics3's processor writes these around each image (`<fake_token_around_image><global-img><image>...`) and adds
+# `<end_of_utterance>` to any tokenizer it is given: in the vocabulary from the start, the model's embedding covers them.
+IDEFICS3_TOKENS = ("<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
+
+
+def idefics3_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
+    """Our tokenizer as Idefics3's processor reads it: its image-wrapping tokens added as special tokens (one id each,
+    dropped when decoding), and a chat template that writes only `<image>` where the image goes (the processor wraps
+    it in its own tokens, in place of our `<|vision_start|>` / `<|vision_end|>`)."""
+    image_part = VISION_START + IMAGE_TOKEN + VISION_END
+    if image_part not in tokenizer.chat_template:
+        raise ValueError("tokenizer's chat template has no image placeholder: build it with train_tokenizer")
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer, pad_token=tokenizer.pad_token,
+        eos_token=tokenizer.eos_token, chat_template=tokenizer.chat_template.replace(image_part, IMAGE_TOKEN),
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+    )
+    wrapped.add_special_tokens({"additional_special_tokens": list(IDEFICS3_TOKENS)})
+    return wrapped
+
+
+def _build_idefics3(cfg: TinyVLMConfig, tokenizer) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Idefics3 (SmolVLM's architecture): SigLIP-style tower, pixel-shuffle connector, Llama decoder. The film is read
+    as one global view (no image splitting: SmolVLM's crops would multiply the tokens of a 224 px film)."""
+    tokenizer = idefics3_tokenizer(tokenizer)
+    patch = cfg.patch_size // IDEFICS3_SCALE
+    vision = Idefics3VisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_intermediate,
+                                  num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                                  image_size=cfg.image_size, patch_size=patch)
+    text = LlamaConfig(**_text_kwargs(cfg, tokenizer, mrope=False), head_dim=cfg.text_hidden // cfg.text_heads)
+    config = Idefics3Config(vision_config=vision, text_config=text, scale_factor=IDEFICS3_SCALE,
+                            image_token_id=_token_id(tokenizer, IMAGE_TOKEN), tie_word_embeddings=cfg.tie_word_embeddings,
+                            pad_token_id=text.pad_token_id)
+    side = {"longest_edge": cfg.image_size}
+    image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size=side, max_image_size=side,
+                                                image_mean=[0.5] * 3, image_std=[0.5] * 3, do_convert_rgb=True)
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                  image_seq_len=cfg.num_image_tokens, chat_template=tokenizer.chat_template)
+    return Idefics3ForConditionalGeneration(config), processor
+
+
 _BUILDERS = {"llava": _build_llava, "qwen2_vl": _build_qwen, "qwen2_5_vl": _build_qwen, "qwen3_vl": _build_qwen3,
-             "gemma3": _build_gemma3, "llava_onevision": _build_llava_onevision}
+             "gemma3": _build_gemma3, "llava_onevision": _build_llava_onevision, "idefics3": _build_idefics3}
 
 
 def build_tiny_vlm(tokenizer, config: TinyVLMConfig | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
@@ -549,5 +601,5 @@ def cli_build_tiny(argv: list[str]) -> int:
     processor.save_pretrained(out)
     (out / "medr2_tiny_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
     print(f"built untrained {cfg.arch}: {count_parameters(model) / 1e6:.2f}M parameters, "
-          f"{len(tokenizer)} tokens, {cfg.num_image_tokens} image tokens -> {out}")
+          f"{len(processor.tokenizer)} tokens, {cfg.num_image_tokens} image tokens -> {out}")
     return 0

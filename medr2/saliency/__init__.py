@@ -14,6 +14,7 @@ from medr2.saliency.layers import (
                                    SUPPORTED_ARCHS,
                                    LayerProbe,
                                    PatchLayout,
+                                   SaliencyUnavailable,
                                    layer_for,
                                    layers_for,
                                    patch_layout,
@@ -53,7 +54,7 @@ from medr2.saliency.targets import (
                                    token_weights,
 )
 
-__all__ = ["DEFAULT_LAYER", "LAYERS", "SUPPORTED_ARCHS", "LayerProbe", "PatchLayout", "layer_for", "layers_for", "patch_layout",
+__all__ = ["DEFAULT_LAYER", "LAYERS", "SUPPORTED_ARCHS", "LayerProbe", "PatchLayout", "SaliencyUnavailable", "layer_for", "layers_for", "patch_layout",
            "qwen_patch_order", "vlm_arch", "vlm_base", "vlm_part", "DEFAULT_METHOD", "grid_map", "DEPTH_FILE", "IG_STEPS", "METHODS", "PER_LAYER",
            "SaliencyMap", "SaliencyResult", "attribute", "depth_rows", "explain", "fuse_layers", "layer_maps", "legend_image",
            "normalise", "occlude", "overlay", "token_logprobs", "upsample", "EVIDENCE_MIN", "Target", "evidence_share",

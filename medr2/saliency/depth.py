@@ -10,6 +10,7 @@ only where it beats all blocks by more than chance: a paired sign test on the fi
 Only L candidates per finding, so the choice has little room to overfit the validation set.
 
 Run: `medr2 saliency-depth --model assets/model --n 1800 --seed 2 --write assets/model/saliency.json`
+A model whose architecture saliency has no layer entry for is refused in one line right after loading.
 Hands on: a table on stdout; with `--write`, the weights where `Pipeline.saliency` reads them (the model folder's
 `saliency.json`); with `--out`, every measurement as JSON. Measure the choice on the test seed with
 `benchmarks/saliency_faithfulness.py` (which reports the model's weights and uniform fusion side by side).
@@ -136,13 +137,23 @@ def collect(model, tokenizer, studies, generations: list[Generation]) -> tuple[l
     return rows, n_layers
 
 
-def choose(config: DepthConfig, command: str) -> dict:
-    """Generate, explain, choose: every measurement plus the saliency.json `config` the model folder takes."""
+def load_explainable(config: DepthConfig):
+    """The model's pipeline, refused (`SaliencyUnavailable`, one line) when saliency has no layer entry for its
+    architecture: checked right after loading, not after generating every phantom."""
     from medr2.inference.pipeline import Pipeline, PipelineConfig
+
+    pipe = Pipeline(PipelineConfig(model=config.model, threads=config.threads, max_new_tokens=config.max_new_tokens))
+    S.vlm_arch(pipe.model)
+    return pipe
+
+
+def choose(config: DepthConfig, command: str, pipe=None) -> dict:
+    """Generate, explain, choose: every measurement plus the saliency.json `config` the model folder takes.
+    `pipe`: the model's pipeline from `load_explainable` (loaded here when not given)."""
     from medr2.phantom.generator import generate_studies
 
     t0 = time.perf_counter()
-    pipe = Pipeline(PipelineConfig(model=config.model, threads=config.threads, max_new_tokens=config.max_new_tokens))
+    pipe = pipe if pipe is not None else load_explainable(config)
     studies = list(generate_studies(config.n, config.seed))
     rows, n_layers = collect(pipe.model, pipe.processor.tokenizer, studies, generate(pipe, studies, config.batch_size))
     by_target: dict[str, list[list[float]]] = defaultdict(list)
@@ -189,12 +200,13 @@ def cli_saliency_depth(argv: list[str]) -> int:
             raise UsageError(f"--n and --batch_size must be >= 1, got {config.n} and {config.batch_size}")
     except UsageError as exc:
         return fail(prog, exc)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(config.threads)
     from medr2.modeling.model import ModelLoadError
 
     try:
-        result = choose(config, "medr2 saliency-depth " + " ".join(argv))
+        pipe = load_explainable(config)  # before the progress log starts: a refusal stays one line
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        result = choose(config, "medr2 saliency-depth " + " ".join(argv), pipe)
     except (ModelLoadError, ValueError, OSError) as exc:
         return fail(prog, exc)
     if not result["rows"]:

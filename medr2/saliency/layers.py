@@ -1,12 +1,14 @@
 """Which vision layers a saliency map explains, per architecture, and how their rows map to the image grid.
 
 The layer registry of `medr2.saliency.maps`: `layers_for` / `layer_for` name the explained modules (every vision
-block the language model reads by default, the last block alone, or the projector / patch merger) for
-LLaVA, Gemma 3 (MedGemma), Qwen2-VL, Qwen2.5-VL and Qwen3-VL (LLaVA-OneVision's any-resolution crops have no
-single grid: saliency is unavailable for it, in one line); `patch_layout` says how the layer's token rows map to the row-major patch grid
-(Qwen's 2 x 2 merge windows, Qwen2.5-VL's attention windows, LLaVA's optional CLS token); `LayerProbe` routes a
-module's output through a grid-shaped tensor whose gradient the attribution engine reads. Hands those to
-`medr2.saliency.maps`.
+block the language model reads by default, the last block alone, or the projector / patch merger / connector) for
+LLaVA, Gemma 3 (MedGemma), LLaVA-OneVision, Idefics3 (SmolVLM), Qwen2-VL, Qwen2.5-VL and Qwen3-VL; any other
+architecture gets one line, "saliency unavailable for this architecture" (`SaliencyUnavailable`). `patch_layout` says
+how the layer's token rows map to the row-major patch grid (Qwen's 2 x 2 merge windows, Qwen2.5-VL's attention
+windows, LLaVA's optional CLS token, Idefics3's pixel shuffle) and which of an image's views the grid shows: a model
+that reads a film as several views (LLaVA-OneVision's base view + any-resolution crops, SmolVLM's crops + global
+view) is explained on the one view that covers the whole film. `LayerProbe` routes a module's output through a
+grid-shaped tensor whose gradient the attribution engine reads. Hands those to `medr2.saliency.maps`.
 """
 from __future__ import annotations
 
@@ -16,11 +18,17 @@ import torch
 
 DEFAULT_LAYER = "blocks"
 LAYERS = ("blocks", "block", "projector")
-SUPPORTED_ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3")
-# Saliency (and the input gate) read a model by its vision layout. Gemma 3 has LLaVA's: a SigLIP tower on square
-# [B, C, H, W] pixels whose patch rows [B, N, D] reach the projector in grid order. The Qwen-VL types each have
-# their own (merged patches in 2 x 2 windows, `image_grid_thw`).
-LAYOUT_OF = {"gemma3": "llava"}
+SUPPORTED_ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "llava_onevision", "idefics3")
+# Saliency (and the input gate) read a model by its vision layout. Gemma 3, LLaVA-OneVision and Idefics3 have LLaVA's:
+# a SigLIP-style tower on square pixels whose patch rows [views, N, D] reach the projector in grid order (the latter two
+# take [B, views, C, H, W] pixels). The Qwen-VL types each have their own (merged patches in 2 x 2 windows,
+# `image_grid_thw`).
+LAYOUT_OF = {"gemma3": "llava", "llava_onevision": "llava", "idefics3": "llava"}
+# Idefics3 names LLaVA's parts differently.
+PART_NAMES = {"idefics3": {"vision_tower": "vision_model", "multi_modal_projector": "connector"}}
+# Which view of a film the grid shows, where a model reads several: LLaVA-OneVision puts its base view (the whole film
+# at the tower's size) first, Idefics3 / SmolVLM its global view last (after any crops). Other models: their only one.
+VIEW_OF = {"idefics3": -1}
 
 
 class SaliencyUnavailable(ValueError):
@@ -37,8 +45,8 @@ def vlm_model_type(model) -> str | None:
 
 
 def vlm_arch(model) -> str:
-    """The model's vision layout: 'llava' for LLaVA and Gemma 3, else its Qwen-VL model type; a one-line
-    ValueError for an architecture saliency has no layer entry for."""
+    """The model's vision layout: 'llava' for LLaVA, Gemma 3, LLaVA-OneVision and Idefics3, else its Qwen-VL model
+    type; a one-line `SaliencyUnavailable` (a ValueError) for an architecture saliency has no layer entry for."""
     arch = vlm_model_type(model)
     if arch not in SUPPORTED_ARCHS:
         raise SaliencyUnavailable(f"saliency unavailable for this architecture (model_type={arch!r}; supported: "
@@ -47,7 +55,9 @@ def vlm_arch(model) -> str:
 
 
 def vlm_part(model, name: str):
+    """A part of the model by LLaVA's / Qwen's name ("vision_tower", "multi_modal_projector", "visual")."""
     base = vlm_base(model)
+    name = PART_NAMES.get(vlm_model_type(model), {}).get(name, name)
     part = getattr(getattr(base, "model", base), name, None)
     return part if part is not None else getattr(base, name)
 
@@ -58,7 +68,7 @@ def _vision_blocks(model) -> list[torch.nn.Module]:
         return list(vlm_part(model, "visual").blocks)
     tower = vlm_part(model, "vision_tower")
     blocks = list(next(m for n, m in tower.named_modules() if n.endswith("encoder.layers")))
-    # Gemma 3 reads the tower's last output (no vision_feature_layer setting)
+    # Gemma 3 and Idefics3 read the tower's last output (no vision_feature_layer setting)
     feature_layer = getattr(vlm_base(model).config, "vision_feature_layer", -1)
     # hidden_states[i] for i < 0 is the output of blocks[i]: stop at the block LLaVA actually reads.
     last = len(blocks) + feature_layer if isinstance(feature_layer, int) and feature_layer < 0 else len(blocks) - 1
@@ -72,7 +82,7 @@ def _check_layer(layer: str) -> None:
 
 def layer_for(model, layer: str = "block") -> torch.nn.Module:
     """One explained vision module: "block" = the vision tower's (feature) block, "projector" = LLaVA's
-    multi_modal_projector / Qwen's patch merger."""
+    multi_modal_projector / Qwen's patch merger / Idefics3's pixel-shuffle connector."""
     vlm_arch(model)
     _check_layer(layer)
     if layer == "blocks":
@@ -99,6 +109,7 @@ class PatchLayout:
     order: torch.Tensor  # [gh * gw] long
     skip: int = 0  # leading non-patch rows (LLaVA "default" strategy: a CLS token)
     batched: bool = True  # LLaVA: [B, N, D]; Qwen: [B * N, D]
+    view: int = 0  # the row of [views, ...] the grid shows (LLaVA-OneVision's base view, Idefics3's global view)
 
 
 def qwen_patch_order(h: int, w: int) -> torch.Tensor:
@@ -112,11 +123,14 @@ def patch_layout(model, inputs, layer: str) -> PatchLayout:
     layer = "block" if layer == "blocks" else layer  # every block has the same token layout
     arch, cfg = vlm_arch(model), vlm_base(model).config
     if arch == "llava":
-        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-        if vlm_model_type(model) == "gemma3" and layer == "projector":  # the projector average-pools patches to mm_tokens_per_image
+        model_type = vlm_model_type(model)
+        side = inputs["pixel_values"].shape[-1] // cfg.vision_config.patch_size  # square views of the tower's size
+        if model_type == "gemma3" and layer == "projector":  # the projector average-pools patches to mm_tokens_per_image
             side = int(round(cfg.mm_tokens_per_image ** 0.5))
+        if model_type == "idefics3" and layer == "projector":  # pixel shuffle: scale x scale patches per token, row-major
+            side //= cfg.scale_factor
         skip = 1 if getattr(cfg, "vision_feature_select_strategy", "full") == "default" and layer == "block" else 0
-        return PatchLayout(side, side, torch.arange(side * side), skip)
+        return PatchLayout(side, side, torch.arange(side * side), skip, view=VIEW_OF.get(model_type, 0))
     t, h, w = (int(v) for v in inputs["image_grid_thw"][0])
     merge = cfg.vision_config.spatial_merge_size
     if layer == "block":

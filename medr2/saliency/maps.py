@@ -91,7 +91,7 @@ class SaliencyResult:
 
 # ------------------------------------------------------------------------------------------ engine
 def _n_images(model, inputs, pixel_values: torch.Tensor) -> int:
-    if vlm_arch(model) == "llava":
+    if vlm_arch(model) == "llava":  # [B, C, H, W], or [B, views, C, H, W] (LLaVA-OneVision, Idefics3)
         return pixel_values.shape[0]
     per_image = int(inputs["image_grid_thw"][0].prod())
     return pixel_values.shape[0] // per_image
@@ -113,6 +113,10 @@ def token_logprobs(model, inputs, new_ids: torch.Tensor, pixel_values: torch.Ten
             kwargs[key] = torch.cat([inputs[key][:1], torch.zeros_like(new_ids[:1])], 1).expand(b, -1)
     if "image_grid_thw" in inputs:
         kwargs["image_grid_thw"] = inputs["image_grid_thw"][:1].expand(b, -1)
+    # LLaVA-OneVision places its crops by the film's size; Idefics3 masks padded pixels (and drops all-zero views)
+    for key in ("image_sizes", "pixel_attention_mask"):
+        if key in inputs:
+            kwargs[key] = inputs[key][:1].expand(b, *inputs[key].shape[1:])
     logits = model(**kwargs, logits_to_keep=t + 1).logits[:, :t].float()  # [B, T, V]: position P-1+j predicts token j
     return torch.log_softmax(logits, -1).gather(-1, new_ids[:1].expand(b, -1)[..., None])[..., 0]
 
@@ -140,9 +144,10 @@ class _Context:
                 lp = token_logprobs(self.model, self.inputs, self.new_ids)[0]  # [T]
                 scores = self.weights.to(lp.device) @ lp  # [K]
                 k, acts = len(scores), [p.acts for p in probes]
-                grads = [torch.stack([g[0] for g in torch.autograd.grad(scores[i], acts, retain_graph=i < k - 1)])
+                view = self.layout.view  # the image's row in [views, D, gh, gw]: its only one, or the whole-film view
+                grads = [torch.stack([g[view] for g in torch.autograd.grad(scores[i], acts, retain_graph=i < k - 1)])
                          for i in range(k)]
-            self.cache["grads"] = (torch.stack([a[0] for a in acts]).detach(), torch.stack(grads).detach(), scores.detach())
+            self.cache["grads"] = (torch.stack([a[view] for a in acts]).detach(), torch.stack(grads).detach(), scores.detach())
         return self.cache["grads"]
 
 
@@ -188,6 +193,8 @@ def _ig(ctx: _Context) -> torch.Tensor:
         attr = IntegratedGradients(forward).attribute(torch.cat([pv] * k), baselines=0.0, n_steps=IG_STEPS,
                                                       internal_batch_size=2 * k * len(pv)).detach()  # 2 steps a chunk
     if vlm_arch(ctx.model) == "llava":  # [K, C, H, W] -> sum each patch
+        if attr.dim() == 5:  # [K, views, C, H, W]: the view the grid shows
+            attr = attr[:, ctx.layout.view]
         g = ctx.layout.gh
         return F.adaptive_avg_pool2d(attr.sum(1, keepdim=True), (g, g))[:, 0]
     per = attr.reshape(k, -1, attr.shape[-1]).sum(-1)  # [K, patches] in merge-window order
@@ -239,7 +246,8 @@ def occlude(model, inputs, cells: np.ndarray, layer: str = DEFAULT_LAYER) -> tor
         raise ValueError(f"cells shape {cells.shape} != the {layer} grid {(lay.gh, lay.gw)}")
     if vlm_arch(model) == "llava":  # [1, C, S, S]: one cell = S / gh pixels a side
         up = F.interpolate(torch.from_numpy(cells)[None, None].float(), size=pv.shape[-2:], mode="nearest")[0, 0]
-        pv[..., up > 0] = 0.0
+        view = pv[:, lay.view] if pv.dim() == 5 else pv  # [1, views, C, S, S]: blank the explained view only
+        view[..., up > 0] = 0.0
         return pv
     t, h, w = (int(v) for v in inputs["image_grid_thw"][0])
     if layer == "projector":  # a merged cell covers 2 x 2 patches

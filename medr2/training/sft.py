@@ -266,7 +266,7 @@ def vision_tower_path(model) -> str:
     """Dotted path of the vision tower inside a transformers 5 LLaVA/Qwen-VL model (or a peft LoRA model of one)."""
     if hasattr(model, "get_base_model"):  # a LoRA run's folder loads as a peft wrapper: the tower sits under it
         return "base_model.model." + vision_tower_path(model.get_base_model())
-    for name in ("model.vision_tower", "vision_tower", "model.visual", "visual"):
+    for name in ("model.vision_tower", "vision_tower", "model.visual", "visual", "model.vision_model"):
         try:
             model.get_submodule(name)
             return name
