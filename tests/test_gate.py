@@ -204,3 +204,22 @@ def test_shipped_gate_passes_bundled_phantoms_and_flags_rg1_and_a_ct():
     ct = G.check_input(load_image(pydicom_file("CT_small.dcm")), model, processor, stats)
     assert ct.in_distribution is False and ct.score > stats.threshold
     assert ct.reasons[0] == f"modality CT: {MODALITY}" and ct.reasons[1].startswith("the image is unlike")
+
+
+@pytest.mark.parametrize("arch", ["llava_onevision", "idefics3"])
+def test_fit_gate_reads_the_whole_film_view_of_multi_view_architectures(arch, tmp_path, capsys):
+    """LLaVA-OneVision and Idefics3 hand their tower several views a film ([N, views, C, H, W]); the gate reads the
+    one that shows the whole film, so `medr2 fit-gate` fits, and the pipeline's inputs give the same score."""
+    from medr2.inference.pipeline import Pipeline, PipelineConfig
+    from medr2.modeling.model import cli_build_tiny
+
+    folder = tmp_path / arch
+    assert cli_build_tiny(["--arch", arch, "--micro", "--out", str(folder)]) == 0
+    assert G.cli_fit_gate(["--model", str(folder), "--n", "8", "--val_n", "3", "--batch_size", "4"]) == 0, capsys.readouterr().err
+    stats = G.load_gate(folder)
+    assert stats is not None and np.isfinite(stats.threshold)
+    pipe = Pipeline(PipelineConfig(model=str(folder), max_new_tokens=4, looks="off"))
+    film = next(G.phantom_images(1, 11))
+    a = G.features(pipe.model, pipe.processor, [film])
+    b = G.features(pipe.model, pipe.processor, [film, next(G.phantom_images(2, 12))])[:1]
+    assert a.shape[0] == 1 and np.allclose(a, b, atol=1e-4)  # a film's features do not depend on its batch

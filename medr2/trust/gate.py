@@ -157,6 +157,8 @@ def pixel_values(processor, images: Sequence) -> dict:
     from medr2.modeling.model import to_pil_rgb
 
     pils = [to_pil_rgb(_pixels(im)) for im in images]
+    if type(processor.image_processor).__name__.startswith("Idefics3"):  # a flat list would be one sample's images
+        pils = [[p] for p in pils]
     out = processor.image_processor(images=pils, return_tensors="pt")
     return {k: out[k] for k in ("pixel_values", "image_grid_thw") if k in out}
 
@@ -184,6 +186,8 @@ def features(model, processor=None, images: Sequence = (), *, inputs: dict | Non
         if vlm_arch(model) == "llava":
             tower = vlm_part(model, "vision_tower")
             pv = inputs["pixel_values"].to(device, dtype=tower.dtype)
+            if pv.dim() == 5:  # several views a film (LLaVA-OneVision, Idefics3): the one that shows the whole film
+                pv = whole_film_view(model, pv)
             pooled = tower(pixel_values=pv).last_hidden_state.mean(dim=1)
         else:  # Qwen2(.5)-VL: the merged patch features the language model reads, split per image
             pv = inputs["pixel_values"].to(device, dtype=vlm_part(model, "visual").dtype)
@@ -191,6 +195,20 @@ def features(model, processor=None, images: Sequence = (), *, inputs: dict | Non
             per_image = getattr(out, "pooler_output", out)
             pooled = torch.stack([f.mean(dim=0) for f in per_image])
     return pooled.float().cpu().numpy()
+
+
+def whole_film_view(model, pixel_values):
+    """[N, views, C, H, W] -> [N, C, H, W]: each film's whole-film view, the one saliency draws on
+    (`medr2.saliency.layers.VIEW_OF`: LLaVA-OneVision's first; Idefics3's last real one, before its all-zero padding)."""
+    import torch
+
+    from medr2.saliency.layers import VIEW_OF, vlm_model_type
+
+    if VIEW_OF.get(vlm_model_type(model), 0) == 0:
+        return pixel_values[:, 0]
+    real = pixel_values.flatten(2).abs().sum(-1) > 0  # [N, views]
+    last = real.shape[1] - 1 - torch.flip(real, dims=[1]).int().argmax(dim=1)
+    return pixel_values[torch.arange(len(pixel_values)), last]
 
 
 def batched_features(model, processor, images: Iterable, batch_size: int = 32) -> np.ndarray:
