@@ -156,7 +156,7 @@ def cli_data(argv: list[str]) -> int:
                                   "conversion: point --dataset_dir at the folder of R2Gen's annotation.json)")
     rest = ["--output_dir" + a[len("--out"):] if a == "--out" or a.startswith("--out=") else a for a in rest]
     module_name, func_name, _ = DATA_COMMANDS[name]
-    return int(getattr(importlib.import_module(module_name), func_name)(rest) or 0)
+    return int(getattr(importlib.import_module(module_name), func_name)(rest, prog=f"medr2 data {name}") or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -164,6 +164,7 @@ def test_medr2_data_iu_xray_is_the_documented_spelling_and_convert_iu_its_alias(
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    assert err.startswith("medr2 data iu-xray: "), err  # the converter's error names the command that was typed
 
 
 def test_user_errors_are_one_line_and_never_overwrite(tmp_path, capsys, converted):

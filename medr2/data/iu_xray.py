@@ -179,11 +179,12 @@ def convert_iu_xray(dataset_dir: str | Path | None, output_dir: str | Path, *, r
     return card
 
 
-def cli_convert_iu(argv: list[str]) -> int:
-    """`medr2 convert-iu`: IU X-Ray (OpenI ecgen XML + images) -> R2Gen layout with train/val/test splits."""
+def cli_convert_iu(argv: list[str], prog: str = "medr2 convert-iu") -> int:
+    """`medr2 data iu-xray` (or its older name `medr2 convert-iu`): IU X-Ray (OpenI ecgen XML + images) -> R2Gen
+    layout with train/val/test splits."""
     from medr2.cli import FlagParser, UsageError, fail
 
-    ap = FlagParser(prog="medr2 convert-iu", description=cli_convert_iu.__doc__)
+    ap = FlagParser(prog=prog, description=cli_convert_iu.__doc__)
     ap.add_argument("--dataset_dir", help="the IU X-Ray release folder (ecgen-radiology/ or NLMCXR_reports.tgz, and "
                     "the images)")
     ap.add_argument("--output_dir", required=True, help="new R2Gen-layout folder (annotation.json, images/, dataset.json)")
@@ -200,9 +201,9 @@ def cli_convert_iu(argv: list[str]) -> int:
                                projections=args.projections, seed=args.seed, report_mode=args.report,
                                reports_only=args.reports_only)
     except (UsageError, DatasetError) as exc:
-        return fail("medr2 convert-iu", exc)
+        return fail(prog, exc)
     except OSError as exc:
-        return fail("medr2 convert-iu", f"cannot read or write: {exc}")
+        return fail(prog, f"cannot read or write: {exc}")
     splits = card["splits"]
     print(f"wrote {args.output_dir}: train {splits['train']}, val {splits['val']}, test {splits['test']} studies, "
           f"{card['images']} images (skipped: {card['skipped']['no_findings']} without findings, "
