@@ -200,3 +200,43 @@ def test_traces_cli_writes_the_taught_errors(tmp_path, capsys):
     assert main(["traces", "--dataset_dir", str(root), "--out", str(out), "--draft_error_rate", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "draft_error_rate must be in [0, 1]" in err
+
+
+def test_sft_reads_a_traces_file_as_written_and_builds_the_rest(tmp_path, capsys):
+    """`train-sft --traces_file` (a `medr2 traces` JSONL, e.g. a teacher's): a listed study's trace is trained on as
+    written — its erroneous draft context-only — and a study not listed gets the trace built from its report."""
+    from medr2.cli import main
+    from medr2.data.datasets import DatasetError
+    from medr2.training.sft import MedR2SFTConfig, _dataset_rows
+
+    root = write_views_folder(tmp_path / "ds")
+    written = tmp_path / "traces.jsonl"
+    assert main(["traces", "--dataset_dir", str(root), "--out", str(written), "--draft_error_rate", "1", "--seed", "3"]) == 0
+    rows_in = [json.loads(line) for line in written.read_text().splitlines()]
+    # a teacher's wording of one study's perception, and one study left out of the file
+    edited = rows_in[0]["target"].replace("<perception>\n", "<perception>\nteacher line: the film was read by a teacher\n", 1)
+    rows_in[0] = {**rows_in[0], "target": edited, "source": "teacher"}
+    written.write_text("\n".join(json.dumps(r) for r in rows_in[:-1]) + "\n")
+    common = dict(output_dir=str(tmp_path / "o"), dataset_dir=str(root), report_to="none", target="medr2")
+    config = MedR2SFTConfig(traces_file=str(written), **common)
+    assert config.assistant_only_loss and not config.completion_only_loss
+    rows = _dataset_rows(config)
+    records = read_r2gen(root, splits=("train",))
+    assert len(rows) == len(records) == len(rows_in)
+    by_id = {r["id"]: r for r in rows_in[:-1]}
+    for row, record in zip(rows, records):
+        turns = [m for m in row["messages"] if m["role"] == "assistant"]
+        text = "\n".join(m["content"][0]["text"] for m in turns)
+        if record["id"] in by_id:
+            assert parse(text).output == parse(by_id[record["id"]]["target"]).output  # as written
+            assert turns[0]["context_only"] is bool(by_id[record["id"]]["draft_error"])
+        else:  # not in the file: built here, at this config's rate (0: the draft is the reference)
+            assert text == report_target(record_report(record)) and not turns[0]["context_only"]
+    assert "teacher line: the film was read by a teacher" in "\n".join(
+        m["content"][0]["text"] for m in rows[0]["messages"] if m["role"] == "assistant")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"id": rows_in[0]["id"], "target": "<perception>\nunfinished"}) + "\n")
+    with pytest.raises(DatasetError, match="does not parse"):
+        _dataset_rows(MedR2SFTConfig(traces_file=str(broken), **common))
+    with pytest.raises(ValueError, match="target=medr2 with dataset_dir"):
+        MedR2SFTConfig(traces_file=str(written), **{**common, "target": "direct"})

@@ -23,6 +23,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class MedR2SFTConfig(SFTConfig):
     kind_oversample: str = field(default="", metadata={"help": "per-kind repeats that override focal_oversample, e.g. 'opacity:3,pneumonia:3' (the findings still below the bar)"})
     error_rate: float = field(default=0.2, metadata={"help": "fraction of Med-R2 traces whose draft carries an error that reflection fixes"})
     draft_error_rate: float = field(default=0.0, metadata={"help": "with dataset_dir and target=medr2: fraction of report traces whose draft carries one error made from the reference's own findings (dropped, wrong side, wrong severity, or an added finding the report does not mention) that the reflection fixes; such a draft is a context-only turn (no loss); 0 = every draft is the reference"})
+    traces_file: str | None = field(default=None, metadata={"help": "with dataset_dir and target=medr2: a JSONL written by `medr2 traces` (e.g. with --teacher): each listed study's trace (`target`, with its `draft_error`) is trained on as written; studies not listed get the trace built here"})
     looks: bool = field(default=False, metadata={"help": "Med-R2 traces whose reflection looks again (magnified crops as extra images, the look heads' reading beside them; medr2.reflection); loss on every assistant turn"})
     look_heads: str | None = field(default=None, metadata={"help": "folder with look_heads.npz fitted on this model's tower (default: model_name_or_path); none found = looks without the heads' words"})
     film_size: int = field(default=256, metadata={"help": "phantom film side in px; looks need the detail of 512"})
@@ -74,7 +76,9 @@ class MedR2SFTConfig(SFTConfig):
         parse_kind_oversample(self.kind_oversample)  # fail on a bad spec before any data is built
         if not 0.0 <= self.draft_error_rate <= 1.0:
             raise ValueError(f"draft_error_rate must be in [0, 1], got {self.draft_error_rate}")
-        if self.draft_error_rate > 0:
+        if self.traces_file and (not self.dataset_dir or self.target != "medr2" or self.looks):
+            raise ValueError("traces_file holds Med-R2 traces of a real dataset: use target=medr2 with dataset_dir")
+        if self.draft_error_rate > 0 or self.traces_file:
             if not self.dataset_dir or self.target != "medr2" or self.looks:
                 raise ValueError("draft_error_rate is for Med-R2 traces read from real reports: use target=medr2 with "
                                  "dataset_dir (phantom traces use error_rate)")
@@ -166,8 +170,6 @@ def _dataset_rows(config: MedR2SFTConfig) -> list[dict]:
     Med-R2 trace read from it (`medr2.report.traces.build_report_trace`: no image ground truth exists, so perception,
     reasoning and reflection restate the reference). Each row carries the study's first `max_images` images, frontal
     first. With `draft_error_rate` the rows are chats (`report_trace_row`) and a share of drafts carry a taught error."""
-    from collections import Counter
-
     from PIL import Image
 
     from medr2.data.datasets import DatasetError, image_files, read_r2gen, record_report
@@ -175,6 +177,7 @@ def _dataset_rows(config: MedR2SFTConfig) -> list[dict]:
     from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT, report_target, report_trace
 
     medr2 = config.target == "medr2"
+    written = read_traces_file(config.traces_file) if config.traces_file else {}
     rows, skipped, errors = [], 0, Counter()
     for record in read_r2gen(config.dataset_dir, splits=("train",)):
         report = record_report(record)
@@ -185,7 +188,12 @@ def _dataset_rows(config: MedR2SFTConfig) -> list[dict]:
         if not paths:
             raise DatasetError(f"study {record['id']!r} has no image (a reports-only dataset?)")
         images = [Image.open(p).convert("L") for p in paths]
-        if config.draft_error_rate > 0:
+        if record["id"] in written:  # a trace written elsewhere (a teacher LVLM), trained on as written
+            output, error_kind = written[record["id"]]
+            errors[error_kind or "none"] += 1
+            rows.append(report_trace_row(MEDR2_PROMPT, output, error_kind is not None, images))
+            continue
+        if config.draft_error_rate > 0 or config.traces_file:
             output, error = report_trace(report, config.draft_error_rate, config.seed, record["id"])
             errors[error.kind if error else "none"] += 1
             rows.append(report_trace_row(MEDR2_PROMPT, output, error is not None, images))
@@ -200,6 +208,32 @@ def _dataset_rows(config: MedR2SFTConfig) -> list[dict]:
     if not rows:
         raise DatasetError(f"no train studies with a report in {config.dataset_dir} (see docs/datasets.md)")
     return rows
+
+
+def read_traces_file(path: str | Path) -> dict:
+    """study id -> (parsed Med-R2 output, taught draft-error kind or None) of a `medr2 traces` JSONL; a trace that does
+    not parse completely is a one-line DatasetError naming its study."""
+    from medr2.data.datasets import DatasetError
+    from medr2.report.schema import parse
+
+    out = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise DatasetError(f"cannot read traces_file {path}: {exc}") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            study, target = row["id"], row["target"]
+        except (ValueError, KeyError, TypeError):
+            raise DatasetError(f"{path} line {n}: not a `medr2 traces` row (JSON with id and target)") from None
+        parsed = parse(target)
+        if parsed.missing or parsed.problems or parsed.output.report is None:
+            raise DatasetError(f"{path}: the trace of study {study!r} does not parse as a Med-R2 trace")
+        out[study] = (parsed.output, (row.get("draft_error") or {}).get("kind"))
+    return out
 
 
 def sft_row(prompt_text: str, target_text: str, image) -> dict:
@@ -384,6 +418,10 @@ def train(config: MedR2SFTConfig) -> Path:
         traces = REPORT_TRACES if config.target == "medr2" else None
         if traces and config.draft_error_rate > 0:
             traces += f"; {config.draft_error_rate:.0%} of drafts drawn to carry a taught error that the reflection fixes"
+        if traces and config.traces_file:
+            sources = Counter(json.loads(line).get("source", "labeler") for line in Path(config.traces_file).read_text().splitlines() if line.strip())
+            traces += (f"; traces of {sum(sources.values())} studies read from {Path(config.traces_file).name} "
+                       f"({sources['teacher']} with a teacher LVLM's perception and reasoning)")
         source = dataset_source(config.dataset_dir, traces=traces)
     else:
         source = phantom_source(config.train_seed, config.n_train)
