@@ -11,13 +11,12 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from loopback import QuietHandler, serving
 
 from medr2.inference.pipeline import PipelineConfig, make_pipeline
 from medr2.inference.remote import RemoteError, RemotePipeline, SaliencyUnavailable, api_base, openai_messages, server_label
@@ -75,32 +74,20 @@ def test_unreachable_server_is_one_line_from_generate(capsys):
     assert "Traceback" not in err
 
 
-class _Garbage(BaseHTTPRequestHandler):
+class _Garbage(QuietHandler):
     """A server that lists a model and then answers chat requests with an HTML page."""
 
     def do_GET(self):
-        self._send(b'{"object": "list", "data": [{"id": "m"}]}', "application/json")
+        self.reply(b'{"object": "list", "data": [{"id": "m"}]}')
 
     def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self._send(b"<html><body>502 Bad Gateway</body></html>", "text/html")
-
-    def _send(self, body: bytes, kind: str):
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.read_body()
+        self.reply(b"<html><body>502 Bad Gateway</body></html>", "text/html")
 
 
 def test_garbage_answer_is_one_line_error():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        pipe = RemotePipeline(PipelineConfig(model="", base_url=f"http://127.0.0.1:{server.server_port}"))
+    with serving(_Garbage) as (_, url):
+        pipe = RemotePipeline(PipelineConfig(model="", base_url=url))
         assert pipe.served_model == "m"
         with pytest.raises(RemoteError, match="not a chat-completions stream") as info:
             pipe.run(phantom())
@@ -108,12 +95,10 @@ def test_garbage_answer_is_one_line_error():
         with pytest.raises(SaliencyUnavailable, match="weights are not given locally"):
             pipe.saliency(None)
         assert pipe.look_mode == "off"  # 'auto': no card saying the model was trained with looks
-        looking = RemotePipeline(PipelineConfig(model="", base_url=f"http://127.0.0.1:{server.server_port}", looks="proposed"))
+        looking = RemotePipeline(PipelineConfig(model="", base_url=url, looks="proposed"))
         with pytest.raises(RemoteError, match="not a chat-completions stream") as info:
             looking.run(phantom())
         assert "\n" not in str(info.value)
-    finally:
-        server.shutdown()
 
 
 # --------------------------------------------------------------- looks against a scripted server
@@ -130,7 +115,7 @@ def image_parts(body: dict) -> list[str]:
             for part in m["content"] if part.get("type") == "image_url"]
 
 
-class _Scripted(BaseHTTPRequestHandler):
+class _Scripted(QuietHandler):
     """A chat-completions server with scripted answers that records every request: the film alone gets a draft,
     a look (film + crop) an item, a continued assistant turn the report. `mode`: 'vllm' (takes the
     continue-final-message switch), 'one_image' (refuses a second image as vLLM does at --limit-mm-per-prompt 1),
@@ -140,50 +125,27 @@ class _Scripted(BaseHTTPRequestHandler):
     bodies: list[dict] = []
 
     def do_GET(self):
-        self._send(200, b'{"object": "list", "data": [{"id": "scripted"}]}', "application/json")
+        self.reply(b'{"object": "list", "data": [{"id": "scripted"}]}')
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        body = json.loads(self.read_body())
         type(self).bodies.append(body)
         continued = body["messages"][-1]["role"] == "assistant"
         if self.mode == "no_continue" and "continue_final_message" in body:
-            return self._send(422, b'{"detail": "Unexpected fields in the request: {\'continue_final_message\', '
-                                   b'\'add_generation_prompt\'}"}', "application/json")
+            return self.reply(b'{"detail": "Unexpected fields in the request: {\'continue_final_message\', '
+                              b'\'add_generation_prompt\'}"}', code=422)
         if len(image_parts(body)) > 1 and self.mode == "one_image":
-            return self._send(400, b'{"object": "error", "message": "At most 1 image(s) may be provided in one request.", '
-                                   b'"type": "BadRequestError", "code": 400}', "application/json")
+            return self.reply(b'{"object": "error", "message": "At most 1 image(s) may be provided in one request.", '
+                              b'"type": "BadRequestError", "code": 400}', code=400)
         answer = REST if continued else ITEM if len(image_parts(body)) > 1 else DRAFT_TRACE
-        chunks = [{"choices": [{"delta": {"content": line}}]} for line in answer.splitlines(keepends=True)]
-        events = [f"data: {json.dumps(c)}\n\n" for c in chunks]
-        events += ['data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n', "data: [DONE]\n\n"]
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        try:
-            for event in events:
-                self.wfile.write(event.encode())
-                self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):  # the client stops reading at its stop tag
-            pass
-
-    def _send(self, code: int, body: bytes, kind: str):
-        self.send_response(code)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.stream(answer.splitlines(keepends=True))
 
 
 @pytest.fixture
 def scripted():
     _Scripted.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server, f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
+    with serving(_Scripted) as served:
+        yield served
 
 
 def decode_image(url: str):
