@@ -1,4 +1,4 @@
-"""Med-R2 on real reports: traces read from a reference report (`medr2.report.traces.build_report_trace`), SFT and
+"""Med-R2 on real reports: traces read from a reference report (`medr2.report.report_traces.build_report_trace`), SFT and
 GRPO rows from an R2Gen-layout folder with every view of a study, and the card that says what the traces are.
 
 The IU X-Ray reports are read from the torchxrayvision wheel at test time (CC BY-NC-ND: never committed); the tiny
@@ -20,8 +20,8 @@ from PIL import Image
 from medr2.data.datasets import read_r2gen, record_report, write_r2gen
 from medr2.evaluation.evaluate import SIDE_WORDS, ZONE_WORDS
 from medr2.labeler.findings import OBSERVATIONS, find_mentions, label_report
+from medr2.report.report_traces import build_report_trace, report_findings, report_target
 from medr2.report.schema import Report, parse, render
-from medr2.report.traces import build_report_trace, report_findings, report_target
 
 SCORED = tuple(o for o in OBSERVATIONS if o != "No Finding")
 # A region slot with no line of its own must be spoken of in another line ("Heart size and mediastinal contours are

@@ -1,4 +1,4 @@
-"""Taught errors in Med-R2 traces read from real reports (`medr2.report.traces.report_trace` / `draft_errors`): the
+"""Taught errors in Med-R2 traces read from real reports (`medr2.report.report_traces.report_trace` / `draft_errors`): the
 draft carries one error made from the reference's own findings, the reflection fixes it, the final report stays the
 reference; SFT puts such a draft in a context-only turn; `medr2 traces` writes the errors out.
 
@@ -17,8 +17,8 @@ from medr2.data.datasets import read_r2gen, record_report
 from medr2.evaluation.evaluate import stated_details
 from medr2.labeler.findings import label_report
 from medr2.reflection.consistency import check_consistency
+from medr2.report.report_traces import build_report_trace, draft_errors, report_target, report_trace
 from medr2.report.schema import Report, parse, render
-from medr2.report.traces import build_report_trace, draft_errors, report_target, report_trace
 
 ACTION_OF = {"missed": "added", "hallucinated": "removed", "wrong_side": "revised", "wrong_severity": "revised"}
 
@@ -126,7 +126,7 @@ def test_sft_rows_with_taught_errors_keep_the_erroneous_draft_out_of_the_loss(tm
 
     from medr2.modeling.model import TinyVLMConfig, build_tiny_vlm
     from medr2.modeling.tokenizer import IM_END, train_tokenizer
-    from medr2.report.traces import split_at_draft
+    from medr2.report.report_traces import split_at_draft
     from medr2.training.sft import MedR2SFTConfig, _dataset_rows
 
     root = write_views_folder(tmp_path / "ds")

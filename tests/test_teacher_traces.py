@@ -10,19 +10,18 @@ chat-completions server on loopback (the served path's request). The embedded mo
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from loopback import QuietHandler, serving
 from test_real_reports import OWN_REPORTS, write_views_folder
 
 from medr2.data.datasets import read_r2gen, record_report
 from medr2.data.teacher_traces import DISAGREES, UNPARSED, Teacher, teacher_sections, teacher_system_prompt
 from medr2.data.traces_export import write_traces
 from medr2.inference.pipeline import PipelineConfig
+from medr2.report.report_traces import build_report_trace, report_target, report_trace
 from medr2.report.schema import Report, parse
-from medr2.report.traces import build_report_trace, report_target, report_trace
 
 NORMAL_ANSWER = ("<perception>\nheart: normal size on this film.\nlungs: clear to the periphery.\n</perception>\n<reasoning>\n"
                  "no abnormal sign in any region -> no acute cardiopulmonary abnormality [rule: normal_study]\n</reasoning>")
@@ -123,40 +122,24 @@ def test_a_random_tiny_teacher_is_asked_for_every_study_and_every_study_falls_ba
     assert "context of 512" in err and "use a teacher with a longer context" in err
 
 
-class _ServedTeacher(BaseHTTPRequestHandler):
+class _ServedTeacher(QuietHandler):
     """A scripted chat-completions server (loopback) that records each request and streams `NORMAL_ANSWER`."""
 
     bodies: list[dict] = []
 
     def do_GET(self):
-        body = b'{"object": "list", "data": [{"id": "scripted-teacher"}]}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply(b'{"object": "list", "data": [{"id": "scripted-teacher"}]}')
 
     def do_POST(self):
-        type(self).bodies.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
-        events = [f"data: {json.dumps({'choices': [{'delta': {'content': line}}]})}\n\n" for line in NORMAL_ANSWER.splitlines(keepends=True)]
-        events += ['data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n', "data: [DONE]\n\n"]
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        for event in events:
-            self.wfile.write(event.encode())
-
-    def log_message(self, *args):
-        pass
+        type(self).bodies.append(json.loads(self.read_body()))
+        self.stream(NORMAL_ANSWER.splitlines(keepends=True))
 
 
 @pytest.fixture
 def served_teacher():
     _ServedTeacher.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ServedTeacher)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
+    with serving(_ServedTeacher) as (_, url):
+        yield url
 
 
 def test_a_served_teacher_gets_the_prompt_the_views_and_the_report(served_teacher, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """A teacher LVLM writes the perception and reasoning of a real study's Med-R2 trace.
 
-The labeler path (`medr2.report.traces.build_report_trace`) restates the reference report region by region. A
+The labeler path (`medr2.report.report_traces.build_report_trace`) restates the reference report region by region. A
 teacher — any image-text-to-text model loaded like every other model (`medr2.inference.pipeline.make_pipeline`: a
 local path or hub id, or a model served by an OpenAI-compatible server) — is shown the study's image(s) and the
 report the trace's draft holds, and asked in prompted mode for the two sections a reader writes before that report:

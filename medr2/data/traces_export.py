@@ -2,7 +2,7 @@
 
 Reads an R2Gen-layout folder (IU X-Ray after `medr2 convert-iu`, MIMIC-CXR) and writes one JSON object per study
 of a split: `id`, `target` (the tagged Med-R2 trace `medr2 train-sft --dataset_dir DIR --target medr2` trains on,
-read from the reference report by `medr2.report.traces.build_report_trace`), `labels` (the reference's CheXpert
+read from the reference report by `medr2.report.report_traces.build_report_trace`), `labels` (the reference's CheXpert
 labels by the project's labeler), `source` (who wrote perception and reasoning: "labeler", or "teacher") and
 `draft_error` (the taught error the draft carries, `{"kind", "observation"}`, or null). Studies without report text
 are skipped and counted.
@@ -74,8 +74,8 @@ def write_traces(dataset_dir: str | Path, split: str, out: str | Path, *, draft_
     from medr2.data.datasets import DatasetError, image_files, read_r2gen, record_report
     from medr2.data.teacher_traces import teacher_sections
     from medr2.labeler.findings import label_report
+    from medr2.report.report_traces import report_trace
     from medr2.report.schema import render
-    from medr2.report.traces import report_trace
 
     records = read_r2gen(dataset_dir, splits=(split,), check_images=teacher is not None)
     records = records[:n] if n else records

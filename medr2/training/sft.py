@@ -4,7 +4,7 @@ Load -> build -> train -> save:
 1. phantom studies (same seeds as stage 0) -> prompt/completion rows with the image
    (`target=medr2`: perceive -> reason -> draft -> reflect -> report; `target=direct`: report only); or an R2Gen-layout
    dataset's train split (`dataset_dir`), whose Med-R2 traces are read from each reference report
-   (`medr2.report.traces.build_report_trace`; `draft_error_rate`: a share of drafts carry a taught error, in a
+   (`medr2.report.report_traces.build_report_trace`; `draft_error_rate`: a share of drafts carry a taught error, in a
    context-only turn), with up to `max_images` views a study;
 2. the embedded tiny LLaVA (own tokenizer trained on the targets, stage-0 tower loaded and frozen) or any
    image-text-to-text model by path/hub id, with LoRA for large ones;
@@ -167,14 +167,15 @@ def study_repeats(study, focal_oversample: int, kind_repeats: dict[str, int]) ->
 
 def _dataset_rows(config: MedR2SFTConfig) -> list[dict]:
     """Prompt/completion rows from an R2Gen-layout dataset's train split: the reference report alone (direct), or the
-    Med-R2 trace read from it (`medr2.report.traces.build_report_trace`: no image ground truth exists, so perception,
+    Med-R2 trace read from it (`medr2.report.report_traces.build_report_trace`: no image ground truth exists, so perception,
     reasoning and reflection restate the reference). Each row carries the study's first `max_images` images, frontal
     first. With `draft_error_rate` the rows are chats (`report_trace_row`) and a share of drafts carry a taught error."""
     from PIL import Image
 
     from medr2.data.datasets import DatasetError, image_files, read_r2gen, record_report
+    from medr2.report.report_traces import report_target, report_trace
     from medr2.report.schema import render_direct
-    from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT, report_target, report_trace
+    from medr2.report.traces import DIRECT_PROMPT, MEDR2_PROMPT
 
     medr2 = config.target == "medr2"
     written = read_traces_file(config.traces_file) if config.traces_file else {}
@@ -255,8 +256,8 @@ def report_trace_row(prompt_text: str, output, context_draft: bool, image) -> di
     (no loss: the model must not learn to write the error, only to revise it), as look traces mark theirs; the
     assistant turns joined by a newline are the rendered trace."""
     from medr2.data.datasets import study_chat
+    from medr2.report.report_traces import split_at_draft
     from medr2.report.schema import render
-    from medr2.report.traces import split_at_draft
 
     images = list(image) if isinstance(image, (list, tuple)) else [image]
     text = render(output)
