@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("medr2.evaluation.compare", "cli_compare", "paired bootstrap: is model B's CE-F1 really above model A's?"),
     "saliency-depth": ("medr2.saliency.depth", "cli_saliency_depth", "choose per-finding vision-block weights for a model's saliency maps"),
     "fit-gate": ("medr2.trust.gate", "cli_fit_gate", "fit a model's input gate (training-film statistics + threshold) and store them in its folder"),
-    "fit-look-heads": ("medr2.reflection.heads", "cli_fit_look_heads", "fit the reflection's look heads (per-patch finding heads) on a model's frozen vision tower"),
+    "fit-look-heads": ("medr2.reflection.fit_heads", "cli_fit_look_heads", "fit the reflection's look heads (per-patch finding heads) on a model's frozen vision tower"),
     "feedback": ("medr2.feedback.store", "cli_feedback", "export reviewer feedback (jsonl/csv, or as SFT/DPO data)"),
     "study": ("medr2.study.cli", "cli_study", "reader studies: freeze cases and reports, readers, statistics and exports"),
 }

@@ -26,7 +26,7 @@ def _parser_for(recipe: Path):
         return perception.parse_config
     if recipe.name.startswith(("look_reader", "look_region")):  # medr2 fit-look-heads
         from medr2.cli import parse_config
-        from medr2.reflection.heads import LookHeadsConfig
+        from medr2.reflection.fit_heads import LookHeadsConfig
 
         return lambda argv: parse_config("medr2 fit-look-heads", LookHeadsConfig, argv)
     return grpo.parse_config if recipe.name.startswith("grpo") else sft.parse_config
