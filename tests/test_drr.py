@@ -249,3 +249,37 @@ def test_film_measurements_match_a_row_by_row_scan():
         r, le = np.nonzero(right[y])[0], np.nonzero(left[y])[0]
         between = int(le.min() - r.max() - 1) if a.apex_y <= y <= a.heart_box[1] and len(r) and len(le) else 0
         assert m[y].sum() == between and (between == 0 or m[y, r.max() + 1] and m[y, le.min() - 1])
+
+
+def test_a_mix_renders_its_share_of_studies_from_the_ct_and_each_study_as_its_renderer_would(ct):
+    """`--renderer mix` picks the renderer per study seed (a stream of its own): about `drr_fraction` of the studies
+    come from the CT, and each is the very study the pure renderer makes from that seed."""
+    from medr2.phantom.generator import generate_study, renders_from_ct, study_seeds
+
+    mix = PhantomConfig(renderer="mix", drr_fraction=0.3)
+    seeds = study_seeds(2000, 77)
+    share = np.mean([renders_from_ct(s, mix) for s in seeds])
+    assert 0.27 < share < 0.33
+    assert not any(renders_from_ct(s, PhantomConfig(renderer="mix", drr_fraction=0.0)) for s in seeds[:200])
+    picked = {renders_from_ct(s, mix): s for s in seeds[:20]}
+    for from_ct, seed in picked.items():
+        mixed = generate_study(seed, mix)
+        alone = generate_study(seed, PhantomConfig(renderer="drr" if from_ct else "procedural"))
+        assert mixed.study_id == alone.study_id and mixed.study_id.startswith("drr-" if from_ct else "phantom-")
+        assert np.array_equal(mixed.image, alone.image) and mixed.report == alone.report
+    with pytest.raises(ValueError, match="renderer must be one of procedural, drr, mix"):
+        PhantomConfig(renderer="ct")
+    with pytest.raises(ValueError, match="drr_fraction"):
+        PhantomConfig(renderer="mix", drr_fraction=1.5)
+
+
+def test_stage0_caches_mixed_films_apart_from_procedural_ones(ct, tmp_path):
+    from medr2.training.perception import PerceptionConfig, build_examples
+
+    procedural = PerceptionConfig(output_dir=str(tmp_path), workers=1)
+    mixed = PerceptionConfig(output_dir=str(tmp_path), workers=1, renderer="mix", drr_fraction=1.0)
+    a = build_examples(4, 5, procedural)
+    b = build_examples(4, 5, mixed)
+    names = sorted(p.name for p in tmp_path.glob("examples_*.npz"))
+    assert len(names) == 2 and any("_mix1_5_4_" in n for n in names)
+    assert not np.array_equal(a["image"], b["image"])  # the CT's films, not the procedural cache read back

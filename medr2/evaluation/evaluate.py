@@ -24,6 +24,7 @@ from pathlib import Path
 
 from medr2.evaluation import metrics
 from medr2.labeler.findings import find_mentions
+from medr2.phantom.specs import DRR_FRACTION_HELP, RENDERER_HELP
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class EvalConfig:
     nlg: bool = field(default=True, metadata={"help": "compute BLEU/METEOR/ROUGE-L/CIDEr"})
     output_dir: str = field(default="runs/eval", metadata={"help": "output folder", "aliases": ["--out"]})
     film_size: int = field(default=256, metadata={"help": "phantom film side in px (512 gives the reflection's magnified looks real detail)"})
+    renderer: str = field(default="procedural", metadata={"help": RENDERER_HELP})
+    drr_fraction: float = field(default=0.5, metadata={"help": DRR_FRACTION_HELP})
     looks: str = field(default="auto", metadata={"help": "reflection looks: auto | proposed | model | off (medr2.reflection)"})
     max_looks: int = field(default=3, metadata={"help": "most looks per study"})
     base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server to evaluate (see `medr2 generate --help`)"})
@@ -167,9 +170,12 @@ def load_eval_set(config: EvalConfig, max_images: int | None = None):
                     raise DatasetError(f"study {r['id']!r} has no image (a reports-only dataset?)")
                 images.append([Image.open(path).convert("L") for path in paths])
         return [r["id"] for r in records], images, [r["report"] for r in records]
-    from medr2.phantom.generator import PhantomConfig, generate_studies
+    from tqdm import tqdm
 
-    studies = list(generate_studies(config.n, config.seed, PhantomConfig(size=config.film_size)))
+    from medr2.phantom.generator import film_config, generate_studies
+
+    films = film_config(config.renderer, config.drr_fraction, size=config.film_size)
+    studies = list(tqdm(generate_studies(config.n, config.seed, films), total=config.n, desc="phantoms", disable=config.n < 50))
     return [s.study_id for s in studies], [Image.fromarray(s.image) for s in studies], [s.report for s in studies]
 
 
@@ -366,10 +372,11 @@ def cli_evaluate(argv: list[str]) -> int:
         return fail("medr2 evaluate", exc)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from medr2.modeling.model import ModelLoadError
+    from medr2.phantom.ct_volume import CTUnavailable
 
     try:
         summary = run(config)
-    except (ValueError, OSError, ModelLoadError) as exc:
+    except (ValueError, OSError, ModelLoadError, CTUnavailable) as exc:
         return fail("medr2 evaluate", exc)
     print(format_summary(summary))
     return 0

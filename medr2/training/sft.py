@@ -29,6 +29,8 @@ from pathlib import Path
 
 from trl import SFTConfig
 
+from medr2.phantom.specs import DRR_FRACTION_HELP, RENDERER_HELP, PhantomConfig
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,6 +56,8 @@ class MedR2SFTConfig(SFTConfig):
     looks: bool = field(default=False, metadata={"help": "Med-R2 traces whose reflection looks again (magnified crops as extra images, the look heads' reading beside them; medr2.reflection); loss on every assistant turn"})
     look_heads: str | None = field(default=None, metadata={"help": "folder with look_heads.npz fitted on this model's tower (default: model_name_or_path); none found = looks without the heads' words"})
     film_size: int = field(default=256, metadata={"help": "phantom film side in px; looks need the detail of 512"})
+    renderer: str = field(default="procedural", metadata={"help": RENDERER_HELP})
+    drr_fraction: float = field(default=0.5, metadata={"help": DRR_FRACTION_HELP})
     look_error_weights: str = field(default="", metadata={"help": "with looks: the draft error kinds in these proportions, e.g. 'missed:0.52,hallucinated:0.30,wrong_zone:0.13,wrong_side:0.04' (as the model's own drafts err on validation); empty = uniform over the kinds a study allows"})
     normal_look_rate: float = field(default=0.5, metadata={"help": "with looks: share of traces with one extra look at a region the draft calls normal"})
     max_looks: int = field(default=4, metadata={"help": "with looks: most looks per trace"})
@@ -74,6 +78,7 @@ class MedR2SFTConfig(SFTConfig):
         if self.max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {self.max_images}")
         parse_kind_oversample(self.kind_oversample)  # fail on a bad spec before any data is built
+        PhantomConfig(renderer=self.renderer, drr_fraction=self.drr_fraction)  # the generator validates both
         if not 0.0 <= self.draft_error_rate <= 1.0:
             raise ValueError(f"draft_error_rate must be in [0, 1], got {self.draft_error_rate}")
         if self.traces_file and (not self.dataset_dir or self.target != "medr2" or self.looks):
@@ -108,7 +113,8 @@ def _phantom_rows(config: MedR2SFTConfig) -> list[dict]:
     kind_repeats = parse_kind_oversample(config.kind_oversample)
     prompt = MEDR2_PROMPT if config.target == "medr2" else DIRECT_PROMPT
     rows = []
-    for study in tqdm(phantom.generate_studies(config.n_train, config.train_seed), total=config.n_train, desc="phantom traces"):
+    films = phantom.film_config(config.renderer, config.drr_fraction)
+    for study in tqdm(phantom.generate_studies(config.n_train, config.train_seed, films), total=config.n_train, desc="phantom traces"):
         if config.target == "medr2":
             text = medr2_target(study, trace_config)
         else:
@@ -425,7 +431,7 @@ def train(config: MedR2SFTConfig) -> Path:
                        f"({sources['teacher']} with a teacher LVLM's perception and reasoning)")
         source = dataset_source(config.dataset_dir, traces=traces)
     else:
-        source = phantom_source(config.train_seed, config.n_train)
+        source = phantom_source(config.train_seed, config.n_train, config.renderer, config.drr_fraction)
     card = training_card(config.target, source, init=config.model_name_or_path)
     if config.looks:
         card["reflection"] = "looks"  # the pipeline runs the look loop for this model (medr2.reflection)
@@ -457,9 +463,10 @@ def cli_train_sft(argv: list[str]) -> int:
     except UsageError as exc:
         return fail("medr2 train-sft", exc)
     from medr2.data.datasets import DatasetError
+    from medr2.phantom.ct_volume import CTUnavailable
 
     try:
         print(train(config))
-    except (FileNotFoundError, DatasetError, UsageError) as exc:  # a missing input, a bad dataset folder, a model that cannot take the rows
+    except (FileNotFoundError, DatasetError, UsageError, CTUnavailable) as exc:  # a missing input, a bad dataset folder, a model that cannot take the rows, no CT for rendered films
         return fail("medr2 train-sft", exc)
     return 0
