@@ -217,8 +217,24 @@ def test_examples_are_labelled_with_truth_or_the_distribution_caveat():
     assert "outside the demo model's training distribution" in ui.example_label(None, "rg1_chest.dcm")
     truth = json.loads((EXAMPLES / "phantom_effusion.json").read_text())
     assert ui.example_label(truth, "x") == "Synthetic phantom — Moderate left pleural effusion."
+    rendered = {"renderer": "drr", "report": "Findings: Large left pneumothorax. Impression: Large left pneumothorax."}
+    assert ui.example_label(rendered, "x") == "Rendered from a real chest CT, synthetic findings — Large left pneumothorax."
     md = ui.ground_truth_markdown(truth)
     assert "moderate left Pleural Effusion" in md and truth["report"] in md
+
+
+def test_examples_list_rendered_films_then_phantoms_with_their_truth_then_real_dicoms(tmp_path):
+    from medr2.app.service import find_examples
+
+    for name in ("phantom_effusion", "rendered_nodule"):
+        (tmp_path / f"{name}.png").write_bytes(b"png " + name.encode())
+        (tmp_path / f"{name}.json").write_text(json.dumps({"report": f"Impression: {name}.", "renderer": name[:3]}))
+    (tmp_path / "rg1_chest.dcm").write_bytes(b"dcm")
+    (tmp_path / "rg1_chest.json").write_text("{}")  # a real film's truth is never read, even if a file is there
+    found = find_examples(tmp_path)
+    assert [e.name for e in found] == ["rendered_nodule.png", "phantom_effusion.png", "rg1_chest.dcm"]
+    assert found[0].truth["report"] == "Impression: rendered_nodule." and found[2].truth is None
+    assert len({e.sha256 for e in found}) == 3
 
 
 def test_stage_html_marks_done_active_and_failed():

@@ -76,11 +76,13 @@ class Example:
 
 
 def find_examples(folder: Path = EXAMPLES_DIR) -> list[Example]:
-    """Bundled examples: phantoms (with their ground-truth JSON) first, then real DICOMs; [] if absent."""
+    """Bundled examples: films rendered from the real CT and drawn phantoms (each with its ground-truth JSON) first,
+    then real DICOMs; [] if absent."""
     found = []
-    for path in sorted(folder.glob("phantom_*.png")) + sorted(folder.glob("*.dcm")):
+    synthetic = sorted(folder.glob("rendered_*.png")) + sorted(folder.glob("phantom_*.png"))
+    for path in synthetic + sorted(folder.glob("*.dcm")):
         meta = path.with_suffix(".json")
-        truth = json.loads(meta.read_text()) if path.name.startswith("phantom_") and meta.is_file() else None
+        truth = json.loads(meta.read_text()) if path in synthetic and meta.is_file() else None
         found.append(Example(path.name, path, ui.example_label(truth, path.name), truth,
                              hashlib.sha256(path.read_bytes()).hexdigest()))
     return found

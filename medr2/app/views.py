@@ -333,6 +333,8 @@ def example_label(truth: dict | None, name: str) -> str:
     if truth is None:
         return f"Real radiograph ({name}) — outside the demo model's training distribution"
     impression = re.split(r"impression\s*:", truth.get("report", ""), flags=re.IGNORECASE)[-1].strip()
+    if truth.get("renderer") == "drr":
+        return f"Rendered from a real chest CT, synthetic findings — {impression or name}"
     return f"Synthetic phantom — {impression or name}"
 
 

@@ -1,10 +1,12 @@
-"""Figures and bundled examples from phantom studies: the contact sheet and `assets/examples/phantom_*`.
+"""Figures and bundled examples from phantom studies: the contact sheet and `assets/examples/{phantom,rendered}_*`.
 
 `contact_sheet` draws a grid of studies with every finding's mask outlined in its own colour and the
 labels as captions (docs/phantom_contact_sheet.png). `write_examples` writes a few studies as PNG + ground
-truth JSON (no masks) for the app's example gallery. Regenerate both with:
+truth JSON (no masks) for the app's example gallery: `phantom_*` drawn films, `rendered_*` films projected from the
+real chest CT (docs/drr.md). Regenerate them with:
 
     python -m medr2.phantom.sheet --sheet docs/phantom_contact_sheet.png --examples assets/examples
+    python -m medr2.phantom.sheet --renderer drr --examples assets/examples      # the rendered examples only
 """
 from __future__ import annotations
 
@@ -83,19 +85,30 @@ def pick_example_seeds(wanted: Sequence[str], config: PhantomConfig | None = Non
     return found
 
 
-def write_examples(out_dir: str | Path, seeds: dict[str, int]) -> list[Path]:
-    """`phantom_<name>.png` + `phantom_<name>.json` (ground truth without masks) per example."""
+EXAMPLE_PREFIX = {"procedural": "phantom", "drr": "rendered"}  # file names of the bundled examples per renderer
+EXAMPLE_NOTE = {
+    "procedural": "synthetic phantom (medr2.phantom.generator, default config); regenerate with generate_study(seed)",
+    "drr": "synthetic findings on a film projected from a real chest CT (medr2.phantom.drr, docs/drr.md); regenerate "
+           "with generate_study(seed, PhantomConfig(renderer='drr'))",
+}
+
+
+def write_examples(out_dir: str | Path, seeds: dict[str, int], config: PhantomConfig | None = None) -> list[Path]:
+    """`<prefix>_<name>.png` + `<prefix>_<name>.json` (ground truth without masks) per example; the prefix is
+    `phantom` for drawn films, `rendered` for films projected from the CT."""
     from PIL import Image
 
+    config = config or PhantomConfig()
+    prefix = EXAMPLE_PREFIX[config.renderer]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, seed in seeds.items():
-        st = generate_study(seed)
-        Image.fromarray(st.image).save(out / f"phantom_{name}.png")
-        gt = {**st.ground_truth(), "note": "synthetic phantom (medr2.phantom.generator, default config); regenerate with generate_study(seed)"}
-        (out / f"phantom_{name}.json").write_text(json.dumps(gt, indent=1))
-        written.append(out / f"phantom_{name}.png")
+        st = generate_study(seed, config)
+        Image.fromarray(st.image).save(out / f"{prefix}_{name}.png")
+        gt = {**st.ground_truth(), "renderer": config.renderer, "note": EXAMPLE_NOTE[config.renderer]}
+        (out / f"{prefix}_{name}.json").write_text(json.dumps(gt, indent=1))
+        written.append(out / f"{prefix}_{name}.png")
     return written
 
 
@@ -105,13 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--examples", default="assets/examples")
     ap.add_argument("--seed", type=int, default=2024, help="base seed of the contact-sheet studies")
     ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--renderer", choices=tuple(EXAMPLE_PREFIX), default="procedural",
+                    help="procedural: the contact sheet and phantom_* examples; drr: the rendered_* examples only "
+                         "(their contact sheet is python -m medr2.phantom.drr_figures)")
     args = ap.parse_args(argv)
-    from medr2.phantom.generator import generate_studies
+    from medr2.phantom.generator import film_config, generate_studies
 
-    contact_sheet(list(generate_studies(args.n, args.seed)), args.sheet)
-    seeds = pick_example_seeds(EXAMPLE_KINDS)
-    write_examples(args.examples, seeds)
-    print(f"wrote {args.sheet} and {len(seeds)} examples to {args.examples}: {seeds}")
+    config = film_config(args.renderer)
+    if args.renderer == "procedural":
+        contact_sheet(list(generate_studies(args.n, args.seed)), args.sheet)
+    seeds = pick_example_seeds(EXAMPLE_KINDS, config)
+    write_examples(args.examples, seeds, config)
+    sheet = f"{args.sheet} and " if args.renderer == "procedural" else ""
+    print(f"wrote {sheet}{len(seeds)} {EXAMPLE_PREFIX[args.renderer]} examples to {args.examples}: {seeds}")
     return 0
 
 
