@@ -223,3 +223,20 @@ def test_fit_gate_reads_the_whole_film_view_of_multi_view_architectures(arch, tm
     a = G.features(pipe.model, pipe.processor, [film])
     b = G.features(pipe.model, pipe.processor, [film, next(G.phantom_images(2, 12))])[:1]
     assert a.shape[0] == 1 and np.allclose(a, b, atol=1e-4)  # a film's features do not depend on its batch
+
+
+def test_fit_gate_on_mixed_films_records_them_and_refuses_an_unknown_renderer(tmp_path, capsys):
+    """A model trained on films rendered from the CT must not call them out of distribution: the gate is fitted on
+    the same mix (`--renderer mix`), and its statistics say so."""
+    from medr2.modeling.model import cli_build_tiny
+
+    folder = tmp_path / "micro"
+    assert cli_build_tiny(["--micro", "--out", str(folder)]) == 0
+    capsys.readouterr()
+    assert G.cli_fit_gate(["--model", str(folder), "--renderer", "ct"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medr2 fit-gate:") and "renderer must be one of procedural, drr, mix" in err and "\n" not in err
+    assert G.cli_fit_gate(["--model", str(folder), "--n", "6", "--val_n", "4", "--renderer", "mix",
+                           "--drr_fraction", "0.5"]) == 0, capsys.readouterr().err
+    stats = G.load_gate(folder)
+    assert stats.info["renderer"] == "mix" and stats.info["drr_fraction"] == 0.5 and np.isfinite(stats.threshold)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medr2.phantom.specs import DRR_FRACTION_HELP, RENDERER_HELP
+
 logger = logging.getLogger(__name__)
 
 GATE_JSON = "input_gate.json"
@@ -289,20 +291,25 @@ class FitGateConfig:
     batch_size: int = field(default=32, metadata={"help": "images per tower forward"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     output_dir: str | None = field(default=None, metadata={"help": "write the statistics here instead of the model folder"})
+    renderer: str = field(default="procedural", metadata={"help": RENDERER_HELP + "; the films the model was trained on"})
+    drr_fraction: float = field(default=0.5, metadata={"help": DRR_FRACTION_HELP})
 
 
-def phantom_images(n: int, seed: int):
-    """Phantom films as the pipeline sees them: PNG-encoded and loaded back (`as_loaded`), so pixels match."""
+def phantom_images(n: int, seed: int, films=None):
+    """Phantom films (`films`: a `PhantomConfig`, default the procedural one) as the pipeline sees them: PNG-encoded
+    and loaded back (`as_loaded`), so pixels match."""
     from medr2.inference.pipeline import as_loaded
     from medr2.phantom.generator import generate_studies
 
-    for study in generate_studies(n, seed=seed):
+    for study in generate_studies(n, seed=seed, config=films):
         yield as_loaded(study.image)
 
 
 def cli_fit_gate(argv: list[str]) -> int:
     """`medr2 fit-gate --model DIR`: fit the input gate's statistics on phantoms and store them in the model folder."""
     from medr2.cli import UsageError, fail, parse_config
+    from medr2.phantom.ct_volume import CTUnavailable
+    from medr2.phantom.generator import film_config
 
     prog = "medr2 fit-gate"
     try:
@@ -315,7 +322,8 @@ def cli_fit_gate(argv: list[str]) -> int:
             raise UsageError("--seed and --val_seed must differ: the threshold is chosen on held-out films")
         if config.n < 2 or config.val_n < 1 or not 0.5 <= config.quantile < 1:
             raise UsageError("--n >= 2, --val_n >= 1 and 0.5 <= --quantile < 1 are needed")
-    except UsageError as exc:
+        films = film_config(config.renderer, config.drr_fraction)
+    except (UsageError, ValueError, CTUnavailable) as exc:
         return fail(prog, exc)
     import torch
 
@@ -328,13 +336,15 @@ def cli_fit_gate(argv: list[str]) -> int:
         return fail(prog, exc)
     t0 = time.perf_counter()
     info = {"fit_seed": config.seed, "val_seed": config.val_seed, "weights_sha256": weights_sha256(config.model),
-            "command": " ".join([prog, *argv])}
-    stats = fit_gate(model, processor, phantom_images(config.n, config.seed),
-                     phantom_images(config.val_n, config.val_seed), quantile=config.quantile,
+            "renderer": config.renderer, "command": " ".join([prog, *argv])}
+    if config.renderer == "mix":
+        info["drr_fraction"] = config.drr_fraction
+    stats = fit_gate(model, processor, phantom_images(config.n, config.seed, films),
+                     phantom_images(config.val_n, config.val_seed, films), quantile=config.quantile,
                      batch_size=config.batch_size, info=info)
     out = Path(config.output_dir or config.model)
     stats.save(out)
-    print(f"fitted on {config.n} phantoms (seed {config.seed}), threshold {stats.threshold:.3f} = "
+    print(f"fitted on {config.n} {config.renderer} phantoms (seed {config.seed}), threshold {stats.threshold:.3f} = "
           f"{config.quantile:g} quantile of {config.val_n} validation phantoms (seed {config.val_seed}); "
           f"{time.perf_counter() - t0:.0f} s; wrote {out / GATE_JSON} and {out / GATE_TENSORS}", file=sys.stderr)
     print(json.dumps({"threshold": stats.threshold, **stats.info}, indent=2))
