@@ -2,8 +2,9 @@
 # Train the embedded demo model's lineage from scratch, on the current film generator, with the recipes in
 # recipes/demo/ (docs/training.md explains each stage, the CPU time and how to ship a run):
 #
-#   stage0 -> sft -> sft_tower -> stage0_deepen -> sft_deep -> candidate (float16) -> saliency depths
-#          -> evaluation (validation seed 2, test seed 3) -> export (the candidate with its test table on the card)
+#   stage0 -> sft -> sft_tower -> stage0_deepen -> sft_deep -> stage0_mix -> sft_mix -> candidate (float16)
+#          -> saliency depths -> evaluation (validation seed 2, test seed 3; procedural and rendered films)
+#          -> export (the candidate with its test table on the card) -> input gate (on the same film mix)
 #
 #   bash scripts/train_demo_model.sh [--smoke] [--output_dir DIR]
 #
@@ -41,12 +42,13 @@ if [ $SMOKE = 1 ]; then
   STAGE0_SMOKE=(--max_steps 4 --save_steps 2 --n_train 24 --n_val 8 --workers 1)
   DEEPEN_SMOKE=(--max_steps 4 --save_steps 2 --n_train 24 --n_val 8 --workers 1 --head_warmup_steps 2)
   SFT_SMOKE=(--max_steps 4 --save_steps 2 --n_train 16 --logging_steps 1)
+  MIX_SMOKE=(--max_steps 4 --save_steps 2 --n_train 16 --n_val 8 --workers 1 --head_warmup_steps 2)
   SALIENCY=(--n 4 --max_new_tokens 64 --threads 2)
   GATE=(--n 16 --val_n 16)
   EVAL_VAL=(--n 4 --max_new_tokens 64)
   EVAL_TEST=(--n 4 --max_new_tokens 64)
 else
-  STAGE0_SMOKE=() DEEPEN_SMOKE=() SFT_SMOKE=()
+  STAGE0_SMOKE=() DEEPEN_SMOKE=() SFT_SMOKE=() MIX_SMOKE=()
   SALIENCY=(--n 1800 --threads 2)
   GATE=(--n 2000 --val_n 1000)
   EVAL_VAL=(--n 1000)
@@ -75,11 +77,20 @@ stage sft_deep sft_deep/training_summary.json -- \
   "$PY" -m medr2 train-sft --config recipes/demo/sft_deep.yaml --model_name_or_path "$OUT/sft_tower" \
   --perception_dir "$OUT/stage0_deepen" --output_dir "$OUT/sft_deep" "${SFT_SMOKE[@]}" $(resume_flag sft_deep)
 
+# The films rendered from the real chest CT (docs/drr.md) join the procedural ones: stage 0 and SFT again on a mix.
+stage stage0_mix stage0_mix/perception_metrics.json -- \
+  "$PY" -m medr2 train-perception --config recipes/demo/stage0_mix.yaml --init_from "$OUT/sft_deep" \
+  --output_dir "$OUT/stage0_mix" "${MIX_SMOKE[@]}"
+# shellcheck disable=SC2046
+stage sft_mix sft_mix/training_summary.json -- \
+  "$PY" -m medr2 train-sft --config recipes/demo/sft_mix.yaml --model_name_or_path "$OUT/sft_deep" \
+  --perception_dir "$OUT/stage0_mix" --output_dir "$OUT/sft_mix" "${SFT_SMOKE[@]}" $(resume_flag sft_mix)
+
 RECIPES=(recipes/demo/stage0.yaml recipes/demo/sft.yaml recipes/demo/sft_tower.yaml recipes/demo/stage0_deepen.yaml
-         recipes/demo/sft_deep.yaml)
+         recipes/demo/sft_deep.yaml recipes/demo/stage0_mix.yaml recipes/demo/sft_mix.yaml)
 # The candidate: float16 weights (the 6-block model is 26.8 MB in float32; the asset budget is 25 MB), run in float32.
 stage candidate candidate/medr2_model.json -- \
-  "$PY" -m medr2 export --run_dir "$OUT/sft_deep" --output_dir "$OUT/candidate" --store_dtype float16 --recipe "${RECIPES[@]}"
+  "$PY" -m medr2 export --run_dir "$OUT/sft_mix" --output_dir "$OUT/candidate" --store_dtype float16 --recipe "${RECIPES[@]}"
 # Per-finding vision-block weights of the saliency maps, chosen on validation phantoms, stored beside the weights.
 # A smoke model (a few steps) finds nothing, and `saliency-depth` rightly refuses to choose; only then, and only in
 # smoke mode, the chain goes on without saliency.json (the pipeline then fuses every block, as for any export without
@@ -96,15 +107,21 @@ saliency_depth() {
 }
 stage saliency_depth saliency_depth.done -- saliency_depth
 # Validation (seed 2) decides whether the run ships; the test set (seed 3) is read after, for the model card.
+# Both kinds of film: the rule in recipes/demo/sft_mix.yaml reads the two validation sets.
 stage eval_val eval_val/eval.json -- \
   "$PY" -m medr2 evaluate --model "$OUT/candidate" --seed 2 --no_nlg --output_dir "$OUT/eval_val" "${EVAL_VAL[@]}"
+stage eval_val_drr eval_val_drr/eval.json -- \
+  "$PY" -m medr2 evaluate --model "$OUT/candidate" --seed 2 --no_nlg --renderer drr --output_dir "$OUT/eval_val_drr" "${EVAL_VAL[@]}"
 stage eval_test eval_test/eval.json -- \
   "$PY" -m medr2 evaluate --model "$OUT/candidate" --seed 3 --output_dir "$OUT/eval_test" "${EVAL_TEST[@]}"
+stage eval_test_drr eval_test_drr/eval.json -- \
+  "$PY" -m medr2 evaluate --model "$OUT/candidate" --seed 3 --renderer drr --output_dir "$OUT/eval_test_drr" "${EVAL_TEST[@]}"
 # The one export: the measured candidate (its weights and saliency.json, unchanged) with the test table on its card.
 stage export export/medr2_model.json -- \
   "$PY" -m medr2 export --run_dir "$OUT/candidate" --output_dir "$OUT/export" --store_dtype float16 \
   --eval "$OUT/eval_test/eval.json" --recipe "${RECIPES[@]}"
-# The input gate's statistics of the exported weights (training seed 1, threshold on validation seed 2).
+# The input gate's statistics of the exported weights on the films it was trained on (training seed 1, threshold on
+# validation seed 2; half of them rendered from the CT, as in the last two stages).
 stage input_gate export/input_gate.json -- \
-  "$PY" -m medr2 fit-gate --model "$OUT/export" "${GATE[@]}"
+  "$PY" -m medr2 fit-gate --model "$OUT/export" --renderer mix "${GATE[@]}"
 log "done: $OUT/export (compare with the shipped model: medr2 compare <shipped validation eval> $OUT/eval_val)"
