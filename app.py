@@ -70,7 +70,8 @@ def build_demo(service: AppService | None = None, concurrency: int = 1, queue_si
                                  file_count="single", type="filepath", height=110, elem_id="upload")
                 if service.examples:
                     gr.Examples([[str(e.path)] for e in service.examples], inputs=[upload], label="Examples",
-                                example_labels=[e.label for e in service.examples], examples_per_page=8)
+                                example_labels=[e.label for e in service.examples],
+                                examples_per_page=len(service.examples))  # all on one page: rendered, phantom, real
                 truth = gr.Markdown(visible=False, elem_id="truth")
             with gr.Column(scale=4, min_width=320):
                 stages = gr.HTML(ui.stage_html([]), elem_id="stages")

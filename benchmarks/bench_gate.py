@@ -1,8 +1,9 @@
 """Input gate, measured: how many held-out phantoms it flags, how many real non-chest-radiograph files it flags.
 
 Sets (none used to fit or to choose the threshold, which came from seeds 1 and 2):
-- 1,000 test phantoms (seed 3): training-like films; target <= 1 % flagged;
-- the six bundled phantom examples (assets/examples/phantom_*.png): must pass;
+- 1,000 test phantoms (seed 3): training-like films; target <= 1 % flagged; and, for a model whose gate was fitted
+  on films rendered from the chest CT too (`fit-gate --renderer mix|drr`), `--n_rendered` test films rendered from it;
+- the bundled synthetic examples (assets/examples/phantom_*.png and rendered_*.png): must pass;
 - every file of pydicom's test files and pydicom-data (`pydicom.data.get_testdata_files()`) that decodes through
   `load_image` and is not a frontal chest radiograph by its tags (CT, MR, US, NM, SEG, RTDOSE, secondary-capture
   colour test patterns, an extremity CR, a c-spine CR) plus matplotlib's sample photo of a face (grace_hopper.jpg):
@@ -138,6 +139,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "assets" / "model"))
     parser.add_argument("--n", type=int, default=1000, help="test phantoms (seed 3)")
+    parser.add_argument("--n_rendered", type=int, default=500,
+                        help="test films rendered from the CT (seed 3), when the gate was fitted on such films")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--choose_feature", action="store_true",
                         help="also compare candidate features on validation outliers (LLaVA; ~4 more minutes)")
@@ -153,8 +156,15 @@ def main() -> int:
     t0 = time.perf_counter()
 
     test = stats.score(G.batched_features(model, processor, G.phantom_images(args.n, G.TEST_SEED)))
+    rendered = None
+    if stats.info.get("renderer", "procedural") != "procedural" and args.n_rendered:
+        from medr2.phantom.generator import film_config
+
+        films = G.phantom_images(args.n_rendered, G.TEST_SEED, film_config("drr"))
+        rendered = stats.score(G.batched_features(model, processor, films))
     examples = [row(Path(p).name, load_image(p), model, processor, stats)
-                for p in sorted(glob.glob(str(ROOT / "assets" / "examples" / "phantom_*.png")))]
+                for kind in ("phantom", "rendered")
+                for p in sorted(glob.glob(str(ROOT / "assets" / "examples" / f"{kind}_*.png")))]
 
     corpus, rg1, skipped = [], [], 0
     for name, path in corpus_files():
@@ -184,6 +194,10 @@ def main() -> int:
                           "flagged_rate": float((test > thr).mean()),
                           "score_median": float(np.median(test)), "score_p99": float(np.quantile(test, 0.99)),
                           "score_max": float(test.max())},
+        "test_rendered": None if rendered is None else {
+            "n": len(rendered), "seed": G.TEST_SEED, "flagged": int((rendered > thr).sum()),
+            "flagged_rate": float((rendered > thr).mean()), "score_median": float(np.median(rendered)),
+            "score_max": float(rendered.max())},
         "bundled_phantoms": examples,
         "corpus": {"n": len(corpus), "not_decodable_skipped": skipped,
                    "flagged_rate": rate(corpus, "flagged"), "tag_flagged_rate": rate(corpus, "tag_flag"),
@@ -204,14 +218,17 @@ def main() -> int:
           f"{stats.info.get('n_val')} validation phantoms, seed {stats.info.get('val_seed')})\n")
     print(f"{'set':52s} {'n':>5s} {'tags':>7s} {'content':>8s} {'gate':>7s}  target")
     print(f"{'test phantoms (seed 3)':52s} {len(test):5d} {0:7.1%} {(test > thr).mean():8.1%} {(test > thr).mean():7.1%}  <= 1 %")
-    print(f"{'bundled phantom examples':52s} {len(examples):5d} {rate(examples, 'tag_flag'):7.1%} "
+    if rendered is not None:
+        print(f"{'test films rendered from the CT (seed 3)':52s} {len(rendered):5d} {0:7.1%} {(rendered > thr).mean():8.1%} "
+              f"{(rendered > thr).mean():7.1%}  <= 1 %")
+    print(f"{'bundled synthetic examples (drawn + rendered)':52s} {len(examples):5d} {rate(examples, 'tag_flag'):7.1%} "
           f"{rate(examples, 'content_flag'):8.1%} {rate(examples, 'flagged'):7.1%}  0 %")
     print(f"{'pydicom + pydicom-data + face photo, not frontal CXR':52s} {len(corpus):5d} {rate(corpus, 'tag_flag'):7.1%} "
           f"{rate(corpus, 'content_flag'):8.1%} {rate(corpus, 'flagged'):7.1%}  100 %")
     print(f"{'RG1 real frontal chest CR (+ its pydicom-data copies)':52s} {len(rg1):5d} {rate(rg1, 'tag_flag'):7.1%} "
           f"{rate(rg1, 'content_flag'):8.1%} {rate(rg1, 'flagged'):7.1%}  flagged (phantom-trained model)")
     shown = ", ".join(f"{r['score']:.1f}" for r in examples)
-    print(f"\nscores: test phantoms median {np.median(test):.1f}, max {test.max():.1f}; bundled phantoms "
+    print(f"\nscores: test phantoms median {np.median(test):.1f}, max {test.max():.1f}; bundled examples "
           f"{shown}; RG1 {rg1[0]['score']:.1f}; corpus min "
           f"{result['corpus']['content_score_min']:.1f}")
     print(f"cost: {result['cost_ms_per_study']['median']:.1f} ms per study on {args.threads} threads "

@@ -18,7 +18,7 @@ Thresholds are the heads' own (chosen on validation films of seed 2); run it on 
 the rules' numbers are optimistic for the heads — a ceiling, not an estimate.
 
   python benchmarks/look_signal_probe.py --predictions runs/look/eval_p14_val/predictions.jsonl \
-      --heads runs/look/heads [--model assets/model] [--seed 2] [--n 300] [--film_size 512]
+      --heads runs/look/heads [--model assets/model] [--seed 2] [--n 300] [--film_size 512] [--renderer drr]
 -> table on stdout, JSON in benchmarks/results/look_signal_probe.json
 """
 from __future__ import annotations
@@ -47,6 +47,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--film_size", type=int, default=512)
+    parser.add_argument("--renderer", default="procedural", choices=("procedural", "drr", "mix"),
+                        help="the films of the evaluate run (its --renderer): drawn or projected from the chest CT")
+    parser.add_argument("--drr_fraction", type=float, default=0.5, help="with --renderer mix: the share rendered from the CT")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/look_signal_probe.json"))
     args = parser.parse_args()
 
@@ -54,7 +57,7 @@ def main() -> int:
     from medr2.labeler.findings import OBSERVATIONS as LABELS
     from medr2.labeler.findings import label_report
     from medr2.modeling.loading import load_model
-    from medr2.phantom.generator import PhantomConfig, generate_studies
+    from medr2.phantom.generator import film_config, generate_studies
     from medr2.reflection.heads import OBSERVATIONS, LookHeads, patch_targets, region_max, tower_of
     from medr2.reflection.looks import propose_looks
     from medr2.reflection.regions import LOOK_REGIONS, crop_region, region_box, regions_for
@@ -67,7 +70,7 @@ def main() -> int:
     if heads is None:
         raise SystemExit(f"{args.heads}: no look heads fitted on the tower of {args.model}")
     predictions = [json.loads(line) for line in Path(args.predictions).read_text().splitlines()][: args.n]
-    studies = list(generate_studies(len(predictions), args.seed, PhantomConfig(size=args.film_size)))
+    studies = list(generate_studies(len(predictions), args.seed, film_config(args.renderer, args.drr_fraction, size=args.film_size)))
     if [s.study_id for s in studies] != [p["id"] for p in predictions]:
         raise SystemExit("the predictions are not the studies of this seed and size: pass the evaluate run's --seed")
     regions = list(LOOK_REGIONS)
@@ -138,7 +141,7 @@ def main() -> int:
                 swap = c in lung and any(o in lung for o in others)
                 key = f"{kind} {'as a sibling' if swap else 'plain'}: {LABELS[c]}"
                 errors[key] = errors.get(key, 0) + 1
-    result = {"predictions": args.predictions, "draft_errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])), "heads": args.heads, "reads_crops": heads.reads_crops, "reads_regions": heads.reads_regions, "seed": args.seed,
+    result = {"predictions": args.predictions, "draft_errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])), "heads": args.heads, "reads_crops": heads.reads_crops, "reads_regions": heads.reads_regions, "seed": args.seed, "renderer": args.renderer,
               "n": n, "film_size": args.film_size, "draft_example_f1": round(float(base.mean()), 4),
               "draft_wrong_presence_cells": int(wrong.sum()), "region_f1": region_f1, "rules": rules,
               "seconds": round(time.time() - t0, 1)}

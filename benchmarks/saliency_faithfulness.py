@@ -18,7 +18,7 @@ per-finding block weights from its `saliency.json`, the default; `uniform`: all 
 the last block alone; the projector) and the target: a finding's report sentences + the perception line where its sign was read (the default), the
 report sentences alone (`report-only`), the perception line alone (`perception`), draft + report.
 
-Run (the embedded model; ~25 min on one thread for n=300):
+Run (the embedded model; ~25 min on one thread for n=300; `--renderer drr` for films projected from the CT):
   python benchmarks/saliency_faithfulness.py --model assets/model --n 300
 -> table on stdout, JSON in benchmarks/results/saliency_faithfulness.json, figure docs/saliency_overlays.png.
 `--source reference` teacher-forces the ground-truth trace instead of the model's own (for development
@@ -42,7 +42,8 @@ from scipy import ndimage
 from medr2 import saliency as S
 from medr2.evaluation.evaluate import stated_location
 from medr2.inference.pipeline import Pipeline, PipelineConfig
-from medr2.phantom.generator import DEVICE_KINDS, generate_studies
+from medr2.phantom.generator import DEVICE_KINDS, film_config, generate_studies
+from medr2.phantom.specs import DRR_FRACTION_HELP, RENDERER_HELP, RENDERERS, PhantomConfig
 from medr2.report.traces import region_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -348,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="generated", choices=("generated", "reference"))
     parser.add_argument("--look_heads", default="", help="look-heads folders (comma-separated) whose per-patch maps are "
                                                          "scored as methods 'heads:<folder name>' beside the others")
+    parser.add_argument("--renderer", default="procedural", choices=RENDERERS, help=RENDERER_HELP)
+    parser.add_argument("--drr_fraction", type=float, default=PhantomConfig.drr_fraction, help=DRR_FRACTION_HELP)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--figure", type=lambda v: Path(v) if v else None, default=FIGURE, help="overlay figure ('' for none)")
     args = parser.parse_args(argv)
@@ -364,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     pipe = Pipeline(PipelineConfig(model=args.model, threads=args.threads))
-    studies = list(generate_studies(args.n, args.seed))
+    studies = list(generate_studies(args.n, args.seed, film_config(args.renderer, args.drr_fraction)))
     results = (generate(pipe, studies, args.batch) if args.source == "generated"
                else [reference_result(pipe, s) for s in studies])
     t_gen = time.perf_counter() - t0
@@ -376,11 +379,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows, shown = evaluate(pipe, studies, results, methods, variants, args.seed, heads)
     summary, cover = summarise(rows), coverage(studies, results)
-    print(f"saliency faithfulness: {args.n} held-out phantoms (seed {args.seed}), {args.source} text, model {args.model}")
+    print(f"saliency faithfulness: {args.n} held-out {args.renderer} phantoms (seed {args.seed}), {args.source} text, model {args.model}")
     print_table(summary, cover)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "model": str(args.model), "n_studies": args.n, "seed": args.seed, "source": args.source,
+        "model": str(args.model), "n_studies": args.n, "seed": args.seed, "renderer": args.renderer,
+        **({"drr_fraction": args.drr_fraction} if args.renderer == "mix" else {}), "source": args.source,
         "methods": methods, "layer": args.layer, "depth_weights": pipe.saliency_config.get("depth_weights"), "variants": [f"{l}|{'+'.join(s)}" for l, s in variants], "ig_steps": args.ig_steps,
         "delete_fraction": DELETE_FRACTION, "focal_types": FOCAL, "coverage_gt_tp": cover, "summary": summary,
         "seconds": {"generate": t_gen, "total": time.perf_counter() - t0},

@@ -1,6 +1,6 @@
 """Screenshots of the reviewer app running the embedded demo model, for the README.
 
-Launches the app on 127.0.0.1 with `assets/model`, uploads a phantom example and the real RG1 DICOM in
+Launches the app on 127.0.0.1 with `assets/model`, uploads a film rendered from the chest CT (an example, as a user file) and the real RG1 DICOM in
 Debian's headless chromium, waits for the saliency stage, and writes docs/screenshots/model_*.png.
 
 Run: `.venv/bin/python scripts/screenshots.py`
@@ -29,7 +29,7 @@ def main() -> int:
     with sync_playwright() as p, tempfile.TemporaryDirectory() as tmp:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        for name, source in (("model_phantom", "phantom_pneumothorax.png"), ("model_rg1_dicom", "rg1_chest.dcm")):
+        for name, source in (("model_rendered", "rendered_effusion.png"), ("model_rg1_dicom", "rg1_chest.dcm")):
             upload = Path(tmp) / ("IM0001" if source.endswith(".dcm") else source)  # extension-less DICOM, as PACS export
             data = bytearray((ROOT / "assets" / "examples" / source).read_bytes())
             data[-1] ^= 1  # a user upload, not the bundled example

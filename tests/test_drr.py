@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import struct
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -283,3 +285,44 @@ def test_stage0_caches_mixed_films_apart_from_procedural_ones(ct, tmp_path):
     names = sorted(p.name for p in tmp_path.glob("examples_*.npz"))
     assert len(names) == 2 and any("_mix1_5_4_" in n for n in names)
     assert not np.array_equal(a["image"], b["image"])  # the CT's films, not the procedural cache read back
+
+
+def test_fit_look_heads_on_rendered_films_says_so_and_refuses_an_unknown_renderer(ct, tmp_path, capsys):
+    """A model trained on films projected from the CT gets look heads fitted on such films (`--renderer`), and its
+    heads' record says which films they were."""
+    from medr2.cli import main
+    from medr2.modeling.loading import load_model
+    from medr2.modeling.model import cli_build_tiny
+    from medr2.reflection.heads import LookHeads, tower_of
+
+    model_dir, out = tmp_path / "micro", tmp_path / "heads"
+    assert cli_build_tiny(["--micro", "--out", str(model_dir)]) == 0
+    capsys.readouterr()  # the build's progress bars
+    common = ["fit-look-heads", "--model", str(model_dir), "--out", str(out), "--n_train", "4", "--n_val", "2",
+              "--film_size", "256", "--steps", "2"]
+    assert main([*common, "--renderer", "ct"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medr2 fit-look-heads:") and "procedural, drr, mix" in err and "\n" not in err
+    assert main([*common, "--renderer", "drr"]) == 0
+    heads = LookHeads.load(out, tower_of(load_model(str(model_dir))[0]))
+    assert heads.meta["fitted_on"].startswith("CT-rendered phantom films 256 px, seed 31, n=4")
+
+
+def test_bundled_rendered_examples_are_reproducible(ct):
+    """The app's rendered_* examples are exactly what the renderer makes of their seeds today (films, labels, report)."""
+    from PIL import Image
+
+    from medr2.phantom.generator import generate_study
+
+    files = sorted((Path(__file__).resolve().parents[1] / "assets" / "examples").glob("rendered_*.json"))
+    assert len(files) == 6, "run: python -m medr2.phantom.sheet --renderer drr"
+    kinds = set()
+    for path in files:
+        gt = json.loads(path.read_text())
+        assert gt["renderer"] == "drr"
+        st = generate_study(gt["seed"], PhantomConfig(renderer="drr"))
+        stale = f"{path.name} is stale: run python -m medr2.phantom.sheet --renderer drr"
+        assert gt["labels"] == st.labels and gt["report"] == st.report, stale
+        assert np.array_equal(np.asarray(Image.open(path.with_suffix(".png"))), st.image), stale
+        kinds |= {f["kind"] for f in gt["findings"]} or {"normal"}
+    assert kinds >= {"normal", "nodule", "effusion", "cardiomegaly", "consolidation", "pneumothorax"}

@@ -187,14 +187,17 @@ def test_fit_gate_refuses_the_test_seed(capsys):
 
 # ------------------------------------------------------------------------------------------------ shipped model
 @pytest.mark.slow
-def test_shipped_gate_passes_bundled_phantoms_and_flags_rg1_and_a_ct():
+def test_shipped_gate_passes_bundled_phantoms_and_rendered_films_and_flags_rg1_and_a_ct():
     from medr2.modeling.loading import load_model
 
     model_dir = ROOT / "assets" / "model"
     stats = G.load_gate(model_dir)
     assert stats is not None and stats.info["fit_seed"] == 1 and stats.info["val_seed"] == 2
+    assert stats.info["renderer"] == "mix"  # fitted on the films the model learned from: drawn and CT-rendered
     model, processor = load_model(str(model_dir), device="cpu")
-    for path in sorted(EXAMPLES.glob("phantom_*.png")):
+    examples = sorted(EXAMPLES.glob("phantom_*.png")) + sorted(EXAMPLES.glob("rendered_*.png"))
+    assert len(examples) == 12
+    for path in examples:
         check = G.check_input(load_image(path), model, processor, stats)
         assert check.in_distribution is True and check.reasons == [], (path.name, check)
     for path in (EXAMPLES / "rg1_chest.dcm", EXAMPLES / "rg1_chest.png"):

@@ -65,6 +65,18 @@ def test_a_model_fine_tuned_on_rendered_films_says_their_anatomy_is_one_real_ct(
     assert provenance(card)["training_data"] == card["training_data"]  # the export adds nothing contradictory
 
 
+def test_the_card_of_a_model_trained_on_rendered_films_says_what_its_films_were():
+    from medr2.training.export import CT_ANATOMY, model_card
+
+    rendered = {"target": "medr2", "demo": True, "recipe": [], "commit": "x",
+                "training_data": f"synthetic chest-radiograph phantoms (50% projected from a CT); {CT_ANATOMY}"}
+    readme = model_card(rendered, None, "")
+    assert "trained only on synthetic films" in readme and "one public chest CT" in readme
+    assert "never seen a real\nradiograph or a real report" in readme
+    procedural = {**rendered, "training_data": f"synthetic chest-radiograph phantoms; {NO_PATIENT_DATA}"}
+    assert "trained only on synthetic phantoms" in model_card(procedural, None, "") and "CT" not in model_card(procedural, None, "")
+
+
 def test_a_model_trained_on_a_dataset_folder_names_it_and_is_not_a_demo(iu_folder):
     card = training_card("direct", dataset_source(iu_folder), init="Qwen/Qwen2.5-VL-3B-Instruct")
     assert card["demo"] is False and card["base_model"] == "Qwen/Qwen2.5-VL-3B-Instruct"

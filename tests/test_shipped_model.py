@@ -1,11 +1,13 @@
-"""Golden test of the shipped demo model (`assets/model`) on the six bundled phantoms (`assets/examples`).
+"""Golden test of the shipped demo model (`assets/model`) on the twelve bundled examples (`assets/examples`): six
+procedural phantoms (`phantom_*`) and six films rendered from the real chest CT (`rendered_*`).
 
 Decoding is greedy, so the model's answer to each example is fixed. For every example the answer must parse
 with all its sections, and its final report must state exactly the ground truth's findings (the labeler's
 positives), each on the ground truth's side, in its zone and with its severity where the ground-truth report
-names one. The model card, the weights' hash, the saliency block weights (`saliency.json`) and the saliency
-maps of the lateral findings are pinned too. A change of weights, tokenizer, prompt, parser, labeler or
-saliency that alters a clinical fact on these films fails here.
+names one — except where `KNOWN_DIFFERENCES` pins what the shipped model says instead. The model card, the weights'
+hash, the saliency block weights (`saliency.json`) and the saliency maps of the lateral findings are pinned too. A
+change of weights, tokenizer, prompt, parser, labeler or saliency that alters a clinical fact on these films fails
+here.
 """
 from __future__ import annotations
 
@@ -20,23 +22,33 @@ from medr2.inference.pipeline import Pipeline, PipelineConfig, read_model_card
 from medr2.labeler.findings import POSITIVE, UNCERTAIN
 from medr2.report.schema import SECTIONS
 from medr2.saliency import DEFAULT_METHOD, DEPTH_FILE, EVIDENCE_MIN, layers_for
+from medr2.training.export import CT_ANATOMY
 
-pytestmark = pytest.mark.slow  # loads the 13 MB model and generates six reports (~15 s on two CPU cores)
+pytestmark = pytest.mark.slow  # loads the 13 MB model and generates twelve reports (~30 s on two CPU cores)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "assets" / "model"
 EXAMPLES = ROOT / "assets" / "examples"
-NAMES = ("cardiomegaly", "consolidation", "effusion", "nodule", "normal", "pneumothorax")
+FINDINGS = ("cardiomegaly", "consolidation", "effusion", "nodule", "normal", "pneumothorax")
+NAMES = tuple(f"{kind}_{finding}" for kind in ("phantom", "rendered") for finding in FINDINGS)
 # sha256 of assets/model/model.safetensors: the shipped weights never change (the provenance line shows it)
-SHIPPED_SHA256 = "86c4881e3952fbe7075f80496293b7531ffc6149afad6ae9c39819b1ea83d975"
-# Where the shipped model differs from the ground truth: example -> observation -> (sides, zones, severities)
-# it states. The nodule (18 mm, right MID zone) is reported as a 16 mm nodule in the right UPPER zone: the
-# side is right, the zone is not. Pinned as it is; a model that fixes it should update this line.
-KNOWN_DIFFERENCES = {"nodule": {"Lung Lesion": (frozenset({"right"}), frozenset({"upper"}), frozenset())}}
+SHIPPED_SHA256 = "fa68b6206c632f776e765dea12ce26751ee9516cfaaf8ed8170d79782b09a454"
+# Where the shipped model (demo-p16) differs from the ground truth, pinned as it is; a model that fixes one should
+# update its line. example -> what it states instead: "stated" (the observations, when they differ) and "details"
+# (observation -> (sides, zones, severities) it states).
+KNOWN_DIFFERENCES = {
+    # the consolidation lies in the left LOWER zone; the report puts it in the left MID zone (side right, zone not)
+    "phantom_consolidation": {"details": {"Consolidation": (frozenset({"left"}), frozenset({"mid"}), frozenset())}},
+    # the 18 mm right mid-zone nodule rendered from the CT is missed: the report reads a normal film
+    "rendered_nodule": {"stated": {"No Finding"}, "details": {}},
+    # the large left pneumothorax rendered from the CT is read as plate-like atelectasis in the left lower zone
+    "rendered_pneumothorax": {"stated": {"Atelectasis"},
+                              "details": {"Atelectasis": (frozenset({"left"}), frozenset({"lower"}), frozenset())}},
+}
 
 
 def truth(name: str) -> dict:
-    return json.loads((EXAMPLES / f"phantom_{name}.json").read_text())
+    return json.loads((EXAMPLES / f"{name}.json").read_text())
 
 
 def stated(labels: dict) -> set[str]:
@@ -51,11 +63,13 @@ def pipe() -> Pipeline:
 
 @pytest.fixture(scope="module")
 def results(pipe) -> dict:
-    return {name: pipe.run(str(EXAMPLES / f"phantom_{name}.png")) for name in NAMES}
+    return {name: pipe.run(str(EXAMPLES / f"{name}.png")) for name in NAMES}
 
 
-def test_the_six_examples_are_the_bundled_ones():
-    assert sorted(p.stem.removeprefix("phantom_") for p in EXAMPLES.glob("phantom_*.png")) == list(NAMES)
+def test_the_twelve_examples_are_the_bundled_ones():
+    bundled = sorted(p.stem for p in EXAMPLES.glob("*.png") if p.stem.startswith(("phantom_", "rendered_")))
+    assert bundled == sorted(NAMES)
+    assert all(truth(name)["renderer"] == "drr" for name in NAMES if name.startswith("rendered_"))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -73,44 +87,56 @@ def test_answer_parses_with_every_section(results, name):
 def test_final_report_states_exactly_the_ground_truth_findings(results, name):
     gt = truth(name)
     final = results[name].final_labels
-    assert stated(final) == stated(gt["labels"]), results[name].output.report.text
-    negated = {obs for obs, value in gt["labels"].items() if value == 0}
-    assert not negated & stated(final)  # nothing the film rules out is reported
+    expected = KNOWN_DIFFERENCES.get(name, {}).get("stated", stated(gt["labels"]))
+    assert stated(final) == expected, results[name].output.report.text
+    if "stated" not in KNOWN_DIFFERENCES.get(name, {}):
+        negated = {obs for obs, value in gt["labels"].items() if value == 0}
+        assert not negated & stated(final)  # nothing the film rules out is reported
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_side_zone_and_severity_follow_the_ground_truth(results, name):
-    expected = {**stated_details(truth(name)["report"]), **KNOWN_DIFFERENCES.get(name, {})}
+    known = KNOWN_DIFFERENCES.get(name, {})
     said = stated_details(results[name].output.report.text)
+    if "stated" in known:  # a different reading: exactly what it says instead
+        assert said == known["details"], results[name].output.report.text
+        return
+    expected = {**stated_details(truth(name)["report"]), **known.get("details", {})}
     for observation, details in expected.items():
         assert said.get(observation) == details, (observation, results[name].output.report.text)
 
 
 def test_the_named_findings(results):
     """The same facts in words, so a failure reads clinically."""
-    def report(name: str) -> str:
-        return results[name].output.report.text
+    def impression(name: str) -> str:
+        return results[name].output.report.text.split("Impression:")[-1].strip()
 
-    assert results["normal"].final_labels["No Finding"] == POSITIVE
-    assert "Impression: No acute cardiopulmonary abnormality." in report("normal")
-    assert "Impression: Moderate left pneumothorax." in report("pneumothorax")
-    assert "Impression: Moderate left pleural effusion." in report("effusion")
-    assert "Impression: Severe cardiomegaly." in report("cardiomegaly")
-    assert "Impression: Focal consolidation in the left lower zone." in report("consolidation")
-    assert "Impression: 16 mm nodule in the right upper zone." in report("nodule")  # truth: 18 mm, right mid zone
+    assert results["phantom_normal"].final_labels["No Finding"] == POSITIVE
+    assert results["rendered_normal"].final_labels["No Finding"] == POSITIVE
+    assert impression("phantom_normal") == impression("rendered_normal") == "No acute cardiopulmonary process."
+    assert impression("phantom_pneumothorax") == "Moderate left pneumothorax."
+    assert impression("phantom_effusion") == "Moderate left pleural effusion."
+    assert impression("rendered_effusion") == "Large right pleural effusion."
+    assert impression("phantom_cardiomegaly") == impression("rendered_cardiomegaly") == "Severe cardiomegaly."
+    assert impression("phantom_consolidation") == "Consolidation in the left mid zone."  # truth: left lower zone
+    assert impression("rendered_consolidation") == "Focal consolidation in the left lower zone."
+    assert impression("phantom_nodule") == "14 mm nodule in the right mid zone."  # truth: 18 mm
+    assert impression("rendered_nodule") == "No acute cardiopulmonary process."  # truth: 18 mm nodule, right mid zone
+    assert impression("rendered_pneumothorax") == "Plate-like atelectasis in the left lower zone."  # truth: large left PTX
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_draft_already_right_and_reflection_keeps_it(results, name):
-    """On these six films the draft already states the final findings, so reflection only confirms."""
+def test_draft_and_final_agree_and_reflection_keeps_it(results, name):
+    """The draft already states the final findings on every example, so the reflection only confirms — on the two
+    rendered films it misreads as well: it re-reads the same film and cannot see what the draft missed (#23)."""
     result = results[name]
     assert stated(result.draft_labels) == stated(result.final_labels)
     assert {item.action for item in result.output.reflection} == {"kept"}
 
 
 def test_generation_is_deterministic(pipe, results):
-    again = pipe.run(str(EXAMPLES / "phantom_pneumothorax.png"))
-    assert again.raw_text == results["pneumothorax"].raw_text
+    again = pipe.run(str(EXAMPLES / "rendered_effusion.png"))
+    assert again.raw_text == results["rendered_effusion"].raw_text
 
 
 # ---------------------------------------------------------------- model card, provenance, saliency
@@ -118,7 +144,9 @@ def test_model_card_says_demo_on_synthetic_phantoms(pipe):
     card = json.loads((MODEL / "medr2_model.json").read_text())
     assert pipe.card == card and card["target"] == "medr2" and card["demo"] is True
     assert "synthetic" in card["training_data"] and "phantom" in card["training_data"]
-    assert "no patient data" in card["training_data"] and "NOT for clinical use" in card["intended_use"]
+    # part of its films are projections of one real (public, de-identified) chest CT: the card says so
+    assert CT_ANATOMY in card["training_data"] and "no patient data" not in card["training_data"]
+    assert "NOT for clinical use" in card["intended_use"]
     prov = pipe.provenance
     assert prov.demo is True and prov.training_data == card["training_data"]
     assert "DEMO MODEL trained on synthetic phantoms, not for clinical use" in prov.line()
@@ -145,34 +173,33 @@ def test_saliency_json_is_read_and_fits_the_vision_tower(pipe, results, monkeypa
         return maps.SaliencyResult([], maps.DEFAULT_METHOD, 0.0)
 
     monkeypatch.setattr(maps, "explain", explain)
-    pipe.saliency(results["pneumothorax"])
-    pipe.saliency(results["pneumothorax"], depth_weights={"Pneumothorax": [1.0] * 6})
+    pipe.saliency(results["phantom_pneumothorax"])
+    pipe.saliency(results["phantom_pneumothorax"], depth_weights={"Pneumothorax": [1.0] * 6})
     assert seen == [weights, {"Pneumothorax": [1.0] * 6}]
 
 
-# finding -> (example, the side of the image its map's energy must mostly lie on, weak visual evidence of the
-# gradient map?) Patient left is image right on a frontal film. The nodule's gradient map falls outside the right
-# upper zone the report names (and off the real nodule), so the app marks it weak evidence: pinned as it is. Its look
-# heads' map, listed first, lies on the nodule's side and is not weak.
-SALIENCY = {"Pneumothorax": ("pneumothorax", "image right", False),
-            "Pleural Effusion": ("effusion", "image right", False),
-            "Consolidation": ("consolidation", "image right", False),
-            "Lung Lesion": ("nodule", "image left", True)}
+# (example, finding) -> (the side of the image its maps' energy must mostly lie on, is the look heads' map weak
+# evidence?, is the gradient map weak evidence?). Patient left is image right on a frontal film. Pinned as they are:
+# the phantom consolidation's gradient map and the rendered consolidation's heads map are too diffuse to count as
+# evidence (the app marks them weak), though both lie on the finding's side.
+SALIENCY = {("phantom_pneumothorax", "Pneumothorax"): ("image right", False, False),
+            ("phantom_effusion", "Pleural Effusion"): ("image right", False, False),
+            ("phantom_consolidation", "Consolidation"): ("image right", False, True),
+            ("phantom_nodule", "Lung Lesion"): ("image left", False, False),
+            ("rendered_consolidation", "Consolidation"): ("image right", True, False),
+            ("rendered_effusion", "Pleural Effusion"): ("image left", False, False)}
 
 
-@pytest.mark.parametrize("finding", sorted(SALIENCY))
-def test_saliency_of_lateral_findings(pipe, results, finding):
+@pytest.mark.parametrize("case", sorted(SALIENCY), ids="-".join)
+def test_saliency_of_lateral_findings(pipe, results, case):
     from medr2.inference.pipeline import HEADS_MAP_METHOD
 
-    name, side, weak = SALIENCY[finding]
+    name, finding = case
+    side, heads_weak, gradients_weak = SALIENCY[case]
     found = pipe.saliency(results[name], targets=[finding]).maps
     assert [m.method for m in found] == [HEADS_MAP_METHOD, DEFAULT_METHOD], f"maps for {finding}: {found}"
-    heads, gradients = found
-    w = heads.heatmap.shape[1]
-    right_share = float(heads.heatmap[:, w // 2:].sum() / heads.heatmap.sum())
-    assert (right_share > 0.5) if side == "image right" else (right_share < 0.5), right_share
-    assert not heads.weak_evidence and heads.evidence >= EVIDENCE_MIN
-    right_share = float(gradients.heatmap[:, w // 2:].sum() / gradients.heatmap.sum())
-    if not weak:
-        assert (right_share > 0.5) if side == "image right" else (right_share < 0.5), right_share
-    assert gradients.weak_evidence is weak and (gradients.evidence < EVIDENCE_MIN) is weak, gradients.evidence
+    for grid, weak in zip(found, (heads_weak, gradients_weak)):
+        w = grid.heatmap.shape[1]
+        right_share = float(grid.heatmap[:, w // 2:].sum() / grid.heatmap.sum())
+        assert (right_share > 0.5) if side == "image right" else (right_share < 0.5), (grid.method, right_share)
+        assert grid.weak_evidence is weak and (grid.evidence < EVIDENCE_MIN) is weak, (grid.method, grid.evidence)

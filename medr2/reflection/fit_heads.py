@@ -6,12 +6,15 @@ per-patch truth of the phantom masks; thresholds per observation are chosen on v
 F1-best of the region-max probability (of the crop maximum for a reader, of the classifier's reading for a region
 classifier). Hands on a `look_heads.npz` that `medr2.reflection.heads.LookHeads.load` reads.
 
-Hands on: `LookHeadsConfig`, `fit_look_heads`, `fit_region_classifier`, `tune_reader`, `view_images`,
+`--renderer drr|mix` fits them on films projected from the real chest CT too (as a model trained on them needs).
+
+Hands on: `LookHeadsConfig`, `films_of`, `fit_look_heads`, `fit_region_classifier`, `tune_reader`, `view_images`,
 `cli_fit_look_heads`.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import random
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medr2.phantom.specs import DRR_FRACTION_HELP, RENDERER_HELP, PhantomConfig
 from medr2.reflection.heads import (
     OBSERVATIONS,
     LookHeads,
@@ -49,14 +53,14 @@ def study_views(study, rng: random.Random, n_random: int = 1) -> list[tuple[np.n
     return views
 
 
-def choose_thresholds(heads: LookHeads, tower, n: int, seed: int, film_size: int) -> tuple[np.ndarray, dict]:
+def choose_thresholds(heads: LookHeads, tower, n: int, seed: int, films: PhantomConfig) -> tuple[np.ndarray, dict]:
     """Per-observation thresholds: the F1-best cut of the whole-film maximum probability on validation films. Whole
     films, because that is where the reflection reads the heads (crops are out of the tower's training scale and
     read much worse: measured in docs/reflection.md)."""
-    from medr2.phantom.generator import PhantomConfig, generate_studies
+    from medr2.phantom.generator import generate_studies
 
     scores, truth = [], []
-    for study in generate_studies(n, seed, PhantomConfig(size=film_size)):
+    for study in generate_studies(n, seed, films):
         scores.append(heads.read(tower, [study.image])[0].max(axis=0))
         truth.append((patch_targets(study.findings, study.image.shape, None) > 0.5).any(axis=0))
     score, truth = np.array(scores), np.array(truth)
@@ -77,14 +81,14 @@ def _best_cut(score: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return best
 
 
-def choose_crop_thresholds(heads: LookHeads, tower, n: int, seed: int, film_size: int) -> tuple[np.ndarray, dict]:
+def choose_crop_thresholds(heads: LookHeads, tower, n: int, seed: int, films: PhantomConfig) -> tuple[np.ndarray, dict]:
     """Per-observation thresholds of the look reader on region crops: the F1-best cut of a crop's maximum
     probability against the crop's mask truth, over every look region of `n` validation films."""
-    from medr2.phantom.generator import PhantomConfig, generate_studies
+    from medr2.phantom.generator import generate_studies
     from medr2.reflection.regions import region_box
 
     scores, truth = [], []
-    for study in generate_studies(n, seed, PhantomConfig(size=film_size)):
+    for study in generate_studies(n, seed, films):
         probs = heads.read(tower, [crop_region(study.image, r) for r in LOOK_REGIONS])
         scores.append(probs.max(axis=1))
         truth.append([(patch_targets(study.findings, study.image.shape, region_box(r, study.image.shape)) > 0.5).any(axis=0)
@@ -109,6 +113,8 @@ class LookHeadsConfig:
     n_val: int = field(default=400, metadata={"help": "validation studies (thresholds)"})
     val_seed: int = field(default=2, metadata={"help": "validation seed"})
     film_size: int = field(default=512, metadata={"help": "phantom film side in px (crops keep the extra detail)"})
+    renderer: str = field(default="procedural", metadata={"help": RENDERER_HELP + "; the films the model was trained on"})
+    drr_fraction: float = field(default=PhantomConfig.drr_fraction, metadata={"help": DRR_FRACTION_HELP})
     random_crops: int = field(default=1, metadata={"help": "crops of random regions per study besides its findings' regions (normal looks must read as normal)"})
     steps: int = field(default=600, metadata={"help": "full-batch optimizer steps of the linear heads on the frozen tower"})
     tune_tower: bool = field(default=False, metadata={"help": "then tune a copy of the tower with the heads on films and crops: a look reader that reads each crop itself"})
@@ -121,15 +127,27 @@ class LookHeadsConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
 
 
-def _study_views(args) -> list[tuple[np.ndarray, np.ndarray]]:
-    from medr2.phantom.generator import PhantomConfig, generate_study
+def films_of(config: LookHeadsConfig) -> PhantomConfig:
+    """The fitting and validation films of `config`: its renderer at its film size (the CT prepared once, here)."""
+    return _film_config(config.renderer, config.drr_fraction, config.film_size)
 
-    study_seed, film_size, random_crops = args
-    study = generate_study(study_seed, PhantomConfig(size=film_size))
+
+@functools.lru_cache(maxsize=4)
+def _film_config(renderer: str, drr_fraction: float, film_size: int) -> PhantomConfig:
+    from medr2.phantom.generator import film_config
+
+    return film_config(renderer, drr_fraction, size=film_size)
+
+
+def _study_views(args) -> list[tuple[np.ndarray, np.ndarray]]:
+    from medr2.phantom.generator import generate_study
+
+    study_seed, films, random_crops = args
+    study = generate_study(study_seed, films)
     return [(to_input(image), target) for image, target in study_views(study, random.Random(study_seed), random_crops)]
 
 
-def view_images(n: int, seed: int, film_size: int, random_crops: int = 1, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def view_images(n: int, seed: int, films: PhantomConfig, random_crops: int = 1, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Every view (film and region crops) of `n` phantom studies of `seed` at the tower's input size: uint8
     [V, 224, 224] and their per-patch truth [V, 64, 13]."""
     from multiprocessing import Pool
@@ -140,7 +158,7 @@ def view_images(n: int, seed: int, film_size: int, random_crops: int = 1, worker
 
     images, targets = [], []
     with Pool(workers) as pool:
-        jobs = [(s, film_size, random_crops) for s in study_seeds(n, seed)]
+        jobs = [(s, films, random_crops) for s in study_seeds(n, seed)]
         for views in tqdm(pool.imap(_study_views, jobs, chunksize=8), total=n, desc="look heads: views", mininterval=10):
             for image, target in views:
                 images.append(image)
@@ -185,18 +203,18 @@ def tune_reader(tower: torch.nn.Module, head: torch.nn.Linear, images: np.ndarra
 
 
 def _region_views(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from medr2.phantom.generator import PhantomConfig, generate_study
+    from medr2.phantom.generator import generate_study
     from medr2.reflection.regions import region_box
 
-    study_seed, film_size = args
-    study = generate_study(study_seed, PhantomConfig(size=film_size))
+    study_seed, films = args
+    study = generate_study(study_seed, films)
     crops = np.stack([to_input(crop_region(study.image, r)) for r in LOOK_REGIONS])
     truth = np.stack([(patch_targets(study.findings, study.image.shape, region_box(r, study.image.shape)) > 0.5).any(axis=0)
                       for r in LOOK_REGIONS])
     return to_input(study.image), crops, truth
 
 
-def region_features(heads: LookHeads, tower, n: int, seed: int, film_size: int, workers: int = 2):
+def region_features(heads: LookHeads, tower, n: int, seed: int, films: PhantomConfig, workers: int = 2):
     """Every look region of `n` phantom studies of `seed`: crop features (the look reader) [N*R, 64, D], film
     features (the model's tower) [N, 64, D], region index [N*R] and truth [N*R, 13] (mask inside the window)."""
     from multiprocessing import Pool
@@ -207,7 +225,7 @@ def region_features(heads: LookHeads, tower, n: int, seed: int, film_size: int, 
 
     films, crops, truth = [], [], []
     with Pool(workers) as pool:
-        jobs = [(s, film_size) for s in study_seeds(n, seed)]
+        jobs = [(s, films) for s in study_seeds(n, seed)]
         for film, crop, t in tqdm(pool.imap(_region_views, jobs, chunksize=8), total=n, desc="region classifier: views", mininterval=10):
             films.append(film)
             crops.append(crop)
@@ -230,7 +248,7 @@ def fit_region_classifier(heads: LookHeads, tower, config: LookHeadsConfig) -> d
     if heads.reader is None:
         raise ValueError("a region classifier reads the look reader's crop features: fit the reader first (--tune_tower true)")
     r = len(LOOK_REGIONS)
-    crop, film, index, truth = region_features(heads, tower, config.n_train, config.train_seed, config.film_size)
+    crop, film, index, truth = region_features(heads, tower, config.n_train, config.train_seed, films_of(config))
     classifier = RegionClassifier(crop.shape[-1])
     positive = truth.mean(0).clamp_min(1e-3)
     pos_weight = ((1 - positive) / positive).clamp(1.0, 20.0)
@@ -250,7 +268,7 @@ def fit_region_classifier(heads: LookHeads, tower, config: LookHeadsConfig) -> d
             optimizer.step()
     classifier.eval()
     del crop, film
-    v_crop, v_film, v_index, v_truth = region_features(heads, tower, config.n_val, config.val_seed, config.film_size)
+    v_crop, v_film, v_index, v_truth = region_features(heads, tower, config.n_val, config.val_seed, films_of(config))
     with torch.no_grad():
         score = torch.sigmoid(_region_logits(classifier, v_crop, v_film, v_index, torch.arange(len(v_truth)), r)).numpy()
         baseline = heads.probabilities(v_crop.float()).max(axis=1)
@@ -274,6 +292,7 @@ def fit_region_classifier(heads: LookHeads, tower, config: LookHeadsConfig) -> d
 def fit_look_heads(config: LookHeadsConfig) -> dict:
     from medr2.modeling.loading import load_model
 
+    films_of(config)  # a bad renderer or a missing CT fails here, before the model loads
     torch.manual_seed(config.seed)
     model, _ = load_model(config.model)
     tower = tower_of(model).float().eval()
@@ -290,7 +309,7 @@ def fit_look_heads(config: LookHeadsConfig) -> dict:
             raise FileNotFoundError(f"no look heads for this tower in {out}")
         fit_region_classifier(heads, tower, config)
         return {"path": str(heads.save(out)), **heads.meta}
-    images, targets = view_images(config.n_train, config.train_seed, config.film_size, config.random_crops)
+    images, targets = view_images(config.n_train, config.train_seed, films_of(config), config.random_crops)
     x, y = tower_features(tower, images), torch.from_numpy(targets)
     d = x.shape[-1]
     head = torch.nn.Linear(d, len(OBSERVATIONS))
@@ -308,7 +327,9 @@ def fit_look_heads(config: LookHeadsConfig) -> dict:
     reader = tune_reader(tower, head, images, targets, config) if config.tune_tower else None
     heads = LookHeads(head.weight.detach().numpy(), head.bias.detach().numpy(), np.full(len(OBSERVATIONS), 0.5, np.float32),
                       tower_checksum(tower), {}, reader=reader)
-    heads.meta = {"fitted_on": f"phantom films {config.film_size} px, seed {config.train_seed}, n={config.n_train}, whole films and region crops",
+    kind = "phantom" if config.renderer == "procedural" else (
+        "CT-rendered" if config.renderer == "drr" else f"mixed ({config.drr_fraction:.0%} CT-rendered)")
+    heads.meta = {"fitted_on": f"{kind} phantom films {config.film_size} px, seed {config.train_seed}, n={config.n_train}, whole films and region crops",
                   "observations": list(OBSERVATIONS)}
     if reader is not None:
         heads.meta["look_reader"] = (f"a copy of the model's vision tower tuned {config.tune_steps} steps of {config.batch_size} views "
@@ -322,11 +343,11 @@ def fit_look_heads(config: LookHeadsConfig) -> dict:
 
 
 def _choose_thresholds(heads: LookHeads, tower, config: LookHeadsConfig) -> None:
-    heads.thresholds, per_obs = choose_thresholds(heads, tower, config.n_val, config.val_seed, config.film_size)
+    heads.thresholds, per_obs = choose_thresholds(heads, tower, config.n_val, config.val_seed, films_of(config))
     heads.meta.update(thresholds_from=f"validation seed {config.val_seed}, n={config.n_val}: F1-best of the whole-film maximum",
                       per_observation=per_obs)
     if heads.reader is not None:
-        heads.crop_thresholds, per_crop = choose_crop_thresholds(heads, tower, config.n_val, config.val_seed, config.film_size)
+        heads.crop_thresholds, per_crop = choose_crop_thresholds(heads, tower, config.n_val, config.val_seed, films_of(config))
         heads.meta["crop_thresholds_from"] = (f"validation seed {config.val_seed}, n={config.n_val}: F1-best of a region crop's "
                                               "maximum against the crop's mask truth, every look region")
         for obs, row in per_crop.items():
@@ -343,9 +364,11 @@ def cli_fit_look_heads(argv: list[str]) -> int:
         return fail("medr2 fit-look-heads", exc)
     if config.output_dir:
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    from medr2.phantom.ct_volume import CTUnavailable
+
     try:
         result = fit_look_heads(config)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, CTUnavailable) as exc:
         return fail("medr2 fit-look-heads", exc)
     for obs, row in result["per_observation"].items():
         crop = f" | crops F1 {row['val_crop_f1']:.3f} at {row['crop_threshold']:.3f}" if "val_crop_f1" in row else ""

@@ -223,7 +223,12 @@ def describe_architecture(config_json: Path) -> str:
 
 def model_card(card: dict, metrics: dict | None, notes: str) -> str:
     demo = bool(card.get("demo"))
-    if demo:
+    if demo and CT_ANATOMY in card.get("training_data", ""):
+        lines = ["# medr2 embedded demo model", "",
+                 "**Demo model trained only on synthetic films. Not for clinical use.** Its films are procedural phantoms",
+                 "and projections of one public chest CT with synthetic findings placed in it; it has never seen a real",
+                 "radiograph or a real report, and on real films (e.g. the bundled RG1 DICOM) its output is not meaningful.", ""]
+    elif demo:
         lines = ["# medr2 embedded demo model", "",
                  "**Demo model trained only on synthetic phantoms. Not for clinical use.** It has never seen a real",
                  "radiograph; on real films (e.g. the bundled RG1 DICOM) its output is meaningless.", ""]
