@@ -218,6 +218,9 @@ def plot(test: dict[str, np.ndarray], raw_name: str, cal: C.Calibration, path: P
     plt.close(fig)
 
 
+MIN_FINDINGS = 20
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="assets/model")
@@ -227,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=4, help="sampled reports per study for agreement")
     ap.add_argument("--n_cost", type=int, default=12, help="studies timed one at a time")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max_new_tokens", type=int, default=None,
+                    help="token budget per report (default: the app's); a smoke run of the training chain lowers it")
     ap.add_argument("--work_dir", default="/tmp/medr2_confidence", help="cache of generated rows (resumable)")
     ap.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "confidence.json"))
     ap.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "reliability.png"))
@@ -241,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir) / weights_sha256(args.model)[:12]
     work.mkdir(parents=True, exist_ok=True)
-    pipe = Pipeline(PipelineConfig(model=args.model, threads=args.threads))
+    budget = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+    pipe = Pipeline(PipelineConfig(model=args.model, threads=args.threads, **budget))
     val_rows = collect_greedy(pipe, VAL_SEED, args.n_val, work / "val.jsonl")
     val_agree = collect_agreement(pipe, VAL_SEED, args.n_agree, args.k, work / f"val_agree_k{args.k}.jsonl")
     cost_path = work / f"cost_k{args.k}_n{args.n_cost}.json"
@@ -250,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     cost = json.loads(cost_path.read_text())
 
     val = findings_table(val_rows, val_agree)
+    if len(val["correct"]) < MIN_FINDINGS:  # five cross-fitting folds need a few findings each
+        print(f"bench_confidence: too few stated findings on validation ({len(val['correct'])} < {MIN_FINDINGS}) to "
+              "choose and fit a calibration", file=sys.stderr)
+        return 2
     candidates, winner = choose(val, cost)
     score, method = winner["score"], winner["calibrator"]
     low_below = round(1 - 2 * (1 - float(val["correct"].mean())), 2)

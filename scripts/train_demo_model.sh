@@ -5,6 +5,7 @@
 #   stage0 -> sft -> sft_tower -> stage0_deepen -> sft_deep -> stage0_mix -> sft_mix -> candidate (float16)
 #          -> saliency depths -> evaluation (validation seed 2, test seed 3; procedural and rendered films)
 #          -> export (the candidate with its test table on the card) -> input gate (on the same film mix)
+#          -> look heads (the localisation maps, fitted on the same film mix) -> calibrated confidence
 #
 #   bash scripts/train_demo_model.sh [--smoke] [--output_dir DIR]
 #
@@ -47,12 +48,16 @@ if [ $SMOKE = 1 ]; then
   GATE=(--n 16 --val_n 16)
   EVAL_VAL=(--n 4 --max_new_tokens 64)
   EVAL_TEST=(--n 4 --max_new_tokens 64)
+  HEADS=(--n_train 6 --n_val 4 --film_size 256 --steps 2)
+  CONFIDENCE=(--n_val 6 --n_test 4 --n_agree 2 --k 2 --n_cost 2 --max_new_tokens 64)
 else
   STAGE0_SMOKE=() DEEPEN_SMOKE=() SFT_SMOKE=() MIX_SMOKE=()
   SALIENCY=(--n 1800 --threads 2)
   GATE=(--n 2000 --val_n 1000)
   EVAL_VAL=(--n 1000)
   EVAL_TEST=(--n 500)
+  HEADS=()
+  CONFIDENCE=(--n_val 400 --n_test 500 --n_agree 100 --k 4 --n_cost 10)
 fi
 
 # shellcheck source=scripts/stages.sh
@@ -124,4 +129,23 @@ stage export export/medr2_model.json -- \
 # validation seed 2; half of them rendered from the CT, as in the last two stages).
 stage input_gate export/input_gate.json -- \
   "$PY" -m medr2 fit-gate --model "$OUT/export" --renderer mix "${GATE[@]}"
+# The look heads: per-patch finding heads on the exported tower, fitted on the same film mix (the findings' first
+# localisation maps in the app; docs/saliency.md).
+stage look_heads export/look_heads.npz -- \
+  "$PY" -m medr2 fit-look-heads --model "$OUT/export" --renderer mix "${HEADS[@]}"
+# Calibrated per-finding confidence (docs/confidence.md): the raw score and calibrator chosen on validation films
+# (seed 2), written as export/confidence.json; the test films (seed 3) give the table in $OUT/confidence.json.
+# A smoke model states too few findings to calibrate; only then, and only in smoke mode, the chain goes on without
+# confidence.json (the app then shows uncalibrated confidence). The marker records which happened.
+confidence() {
+  if "$PY" benchmarks/bench_confidence.py --model "$OUT/export" --output "$OUT/confidence.json" \
+      --figure "$OUT/reliability.png" --work_dir "$OUT/confidence_work" "${CONFIDENCE[@]}"; then
+    echo "fitted: $OUT/export/confidence.json" > "$OUT/confidence.done"
+  elif [ $SMOKE = 1 ] && grep -q "too few" "$OUT/confidence.log"; then
+    echo "smoke: too few stated findings, no confidence.json" > "$OUT/confidence.done"
+  else
+    return 1
+  fi
+}
+stage confidence confidence.done -- confidence
 log "done: $OUT/export (compare with the shipped model: medr2 compare <shipped validation eval> $OUT/eval_val)"

@@ -116,6 +116,12 @@ def test_smoke_runs_train_every_stage_export_a_working_model_skip_on_rerun_and_f
     pipe = Pipeline(PipelineConfig(model=str(out / "export"), max_new_tokens=48))
     assert pipe.provenance.demo and pipe.model.config.vision_config.num_hidden_layers == 6
     assert pipe.gate_stats is not None  # the export carries its own input-gate statistics (fitted on its weights)
+    from medr2.reflection.heads import LookHeads, tower_of
+
+    heads = LookHeads.load(out / "export", tower_of(pipe.model))  # fitted on the exported tower, on the film mix
+    assert heads is not None and heads.meta["fitted_on"].startswith("mixed (50% CT-rendered) phantom films")
+    # four steps state too few findings to calibrate: the chain says so and goes on (a full run writes confidence.json)
+    assert (out / "confidence.done").read_text().startswith("smoke: too few stated findings")
     from medr2.modeling.model import weights_sha256
 
     assert pipe.provenance.weights_sha256 == weights_sha256(str(out / "export"))
@@ -127,7 +133,7 @@ def test_smoke_runs_train_every_stage_export_a_working_model_skip_on_rerun_and_f
     again = _run_smoke(out)
     assert again.returncode == 0, again.stderr[-4000:]
     stages = ("stage0", "sft", "sft_tower", "stage0_deepen", "sft_deep", "stage0_mix", "sft_mix", "candidate",
-              "saliency_depth", "eval_val", "eval_val_drr", "eval_test", "eval_test_drr", "export", "input_gate")
+              "saliency_depth", "eval_val", "eval_val_drr", "eval_test", "eval_test_drr", "export", "input_gate", "look_heads", "confidence")
     assert all(f"{stage}: finished earlier" in again.stderr for stage in stages), again.stderr
     assert "running" not in again.stderr
 

@@ -149,7 +149,7 @@ def test_model_card_says_demo_on_synthetic_phantoms(pipe):
     assert "NOT for clinical use" in card["intended_use"]
     prov = pipe.provenance
     assert prov.demo is True and prov.training_data == card["training_data"]
-    assert "DEMO MODEL trained on synthetic phantoms, not for clinical use" in prov.line()
+    assert "DEMO MODEL trained on synthetic films, not for clinical use" in prov.line()
 
 
 def test_shipped_weights_are_unchanged(pipe):

@@ -21,7 +21,8 @@ from medr2.report.knowledge import perception_tree, rule
 from medr2.report.schema import PerceptionItem, ReasoningStep, ReflectionItem
 
 NOTICE = "Research demo — not for clinical use; upload de-identified images only."
-DEMO_NOTICE = "The demo model was trained on synthetic phantoms only: its reports on real radiographs are not meaningful."
+DEMO_NOTICE = ("The demo model was trained on synthetic films only (drawn phantoms, projections of one public CT with "
+               "synthetic findings): its reports on real radiographs are not meaningful.")
 # Said when the input gate (medr2.trust.gate) flags a film: the report is folded behind REPORT_ANYWAY.
 OUT_OF_DISTRIBUTION = "outside what the model learned: read its report, if at all, as a demonstration only."
 REPORT_ANYWAY = "Show the model's report anyway"
@@ -278,7 +279,7 @@ def provenance_markdown(prov: dict, metadata: dict | None = None, warnings: Sequ
     if prov.get("decoding"):
         lines.append(f"**Reproduce** {stamp(prov)}")
     if prov.get("demo"):
-        lines.append("**Demo model** trained on synthetic phantoms only")
+        lines.append("**Demo model** trained on synthetic films only")
         if in_distribution is False:  # the input gate flagged the film
             lines.insert(0, f"⚠ **This image is {OUT_OF_DISTRIBUTION}**")
     if metadata:

@@ -107,7 +107,7 @@ class Provenance:
                 f"max {d.get('max_new_tokens')} new tokens")
 
     def line(self) -> str:
-        flag = " — DEMO MODEL trained on synthetic phantoms, not for clinical use" if self.demo else ""
+        flag = " — DEMO MODEL trained on synthetic films, not for clinical use" if self.demo else ""
         return f"{self.model} (weights {self.weights_sha256[:12]}){flag}"
 
 
