@@ -24,3 +24,19 @@ stage() {
 resume_flag() {
   if compgen -G "$OUT/$1/checkpoint-*" > /dev/null; then echo "--resume_from_checkpoint last"; fi
 }
+
+# refusable NAME PATTERN DONE_TEXT SMOKE_TEXT -- command...: run as `stage NAME NAME.done -- refusable ...` a step that
+# rightly refuses a smoke model (too little to choose or fit on). It writes $OUT/NAME.done with DONE_TEXT when the
+# command succeeds; in smoke mode only, a refusal whose message matches PATTERN in $OUT/NAME.log is recorded as
+# "smoke: SMOKE_TEXT" and the chain goes on. Any other failure fails the stage.
+refusable() {
+  local name=$1 pattern=$2 done_text=$3 smoke_text=$4
+  shift 5
+  if "$@"; then
+    echo "$done_text" > "$OUT/$name.done"
+  elif [ "${SMOKE:-0}" = 1 ] && grep -q "$pattern" "$OUT/$name.log"; then
+    echo "smoke: $smoke_text" > "$OUT/$name.done"
+  else
+    return 1
+  fi
+}

@@ -100,17 +100,10 @@ stage candidate candidate/medr2_model.json -- \
 # A smoke model (a few steps) finds nothing, and `saliency-depth` rightly refuses to choose; only then, and only in
 # smoke mode, the chain goes on without saliency.json (the pipeline then fuses every block, as for any export without
 # one). The marker records which happened.
-saliency_depth() {
-  if "$PY" -m medr2 saliency-depth --model "$OUT/candidate" --seed 2 --write "$OUT/candidate/saliency.json" \
-      --out "$OUT/saliency_depth.json" "${SALIENCY[@]}"; then
-    echo "chosen: $OUT/candidate/saliency.json" > "$OUT/saliency_depth.done"
-  elif [ $SMOKE = 1 ] && grep -q "no true-positive finding" "$OUT/saliency_depth.log"; then
-    echo "smoke: no true positives, no saliency.json" > "$OUT/saliency_depth.done"
-  else
-    return 1
-  fi
-}
-stage saliency_depth saliency_depth.done -- saliency_depth
+stage saliency_depth saliency_depth.done -- refusable saliency_depth "no true-positive finding" \
+  "chosen: $OUT/candidate/saliency.json" "no true positives, no saliency.json" -- \
+  "$PY" -m medr2 saliency-depth --model "$OUT/candidate" --seed 2 --write "$OUT/candidate/saliency.json" \
+  --out "$OUT/saliency_depth.json" "${SALIENCY[@]}"
 # Validation (seed 2) decides whether the run ships; the test set (seed 3) is read after, for the model card.
 # Both kinds of film: the rule in recipes/demo/sft_mix.yaml reads the two validation sets.
 stage eval_val eval_val/eval.json -- \
@@ -137,15 +130,8 @@ stage look_heads export/look_heads.npz -- \
 # (seed 2), written as export/confidence.json; the test films (seed 3) give the table in $OUT/confidence.json.
 # A smoke model states too few findings to calibrate; only then, and only in smoke mode, the chain goes on without
 # confidence.json (the app then shows uncalibrated confidence). The marker records which happened.
-confidence() {
-  if "$PY" benchmarks/bench_confidence.py --model "$OUT/export" --output "$OUT/confidence.json" \
-      --figure "$OUT/reliability.png" --work_dir "$OUT/confidence_work" "${CONFIDENCE[@]}"; then
-    echo "fitted: $OUT/export/confidence.json" > "$OUT/confidence.done"
-  elif [ $SMOKE = 1 ] && grep -q "too few" "$OUT/confidence.log"; then
-    echo "smoke: too few stated findings, no confidence.json" > "$OUT/confidence.done"
-  else
-    return 1
-  fi
-}
-stage confidence confidence.done -- confidence
+stage confidence confidence.done -- refusable confidence "too few" \
+  "fitted: $OUT/export/confidence.json" "too few stated findings, no confidence.json" -- \
+  "$PY" benchmarks/bench_confidence.py --model "$OUT/export" --output "$OUT/confidence.json" \
+  --figure "$OUT/reliability.png" --work_dir "$OUT/confidence_work" "${CONFIDENCE[@]}"
 log "done: $OUT/export (compare with the shipped model: medr2 compare <shipped validation eval> $OUT/eval_val)"
