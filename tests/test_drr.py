@@ -306,6 +306,15 @@ def test_fit_look_heads_on_rendered_films_says_so_and_refuses_an_unknown_rendere
     assert main([*common, "--renderer", "drr"]) == 0
     heads = LookHeads.load(out, tower_of(load_model(str(model_dir))[0]))
     assert heads.meta["fitted_on"].startswith("CT-rendered phantom films 256 px, seed 31, n=4")
+    # the views it fits on are the CT renderer's films of those seeds (the whole film comes first)
+    from medr2.phantom.generator import generate_study, study_seeds
+    from medr2.reflection.fit_heads import LookHeadsConfig, films_of, view_images
+    from medr2.reflection.heads import to_input
+
+    images, _ = view_images(1, 31, films_of(LookHeadsConfig(renderer="drr", film_size=256)), random_crops=0, workers=1)
+    film = generate_study(study_seeds(1, 31)[0], PhantomConfig(renderer="drr", size=256)).image
+    drawn = generate_study(study_seeds(1, 31)[0], PhantomConfig(size=256)).image
+    assert np.array_equal(images[0], to_input(film)) and not np.array_equal(images[0], to_input(drawn))
 
 
 def test_bundled_rendered_examples_are_reproducible(ct):
