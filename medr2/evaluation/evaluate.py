@@ -24,7 +24,7 @@ from pathlib import Path
 
 from medr2.evaluation import metrics
 from medr2.labeler.findings import find_mentions
-from medr2.phantom.specs import DRR_FRACTION_HELP, RENDERER_HELP
+from medr2.phantom.specs import FilmSourceArguments
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ PHANTOM_TEST_SEED = 3  # training uses seed 1, stage-0 validation seed 2: the te
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(FilmSourceArguments):
     """`medr2 evaluate` options (flags or a `--config` YAML file)."""
 
     model: str = field(default="", metadata={"help": "model path or hub id (default: $MEDR2_MODEL or the embedded model)"})
@@ -49,8 +49,6 @@ class EvalConfig:
     nlg: bool = field(default=True, metadata={"help": "compute BLEU/METEOR/ROUGE-L/CIDEr"})
     output_dir: str = field(default="runs/eval", metadata={"help": "output folder", "aliases": ["--out"]})
     film_size: int = field(default=256, metadata={"help": "phantom film side in px (512 gives the reflection's magnified looks real detail)"})
-    renderer: str = field(default="procedural", metadata={"help": RENDERER_HELP})
-    drr_fraction: float = field(default=0.5, metadata={"help": DRR_FRACTION_HELP})
     looks: str = field(default="auto", metadata={"help": "reflection looks: auto | proposed | model | off (medr2.reflection)"})
     max_looks: int = field(default=3, metadata={"help": "most looks per study"})
     base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server to evaluate (see `medr2 generate --help`)"})
@@ -172,9 +170,9 @@ def load_eval_set(config: EvalConfig, max_images: int | None = None):
         return [r["id"] for r in records], images, [r["report"] for r in records]
     from tqdm import tqdm
 
-    from medr2.phantom.generator import film_config, generate_studies
+    from medr2.phantom.generator import generate_studies
 
-    films = film_config(config.renderer, config.drr_fraction, size=config.film_size)
+    films = config.films(size=config.film_size)
     studies = list(tqdm(generate_studies(config.n, config.seed, films), total=config.n, desc="phantoms", disable=config.n < 50))
     return [s.study_id for s in studies], [Image.fromarray(s.image) for s in studies], [s.report for s in studies]
 

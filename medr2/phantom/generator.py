@@ -36,6 +36,7 @@ from medr2.phantom.specs import (  # noqa: F401
     OBSERVATION_OF,
     OPACITY_MERGES_INTO,
     RENDERER_HELP,
+    FilmSourceArguments,
     PhantomConfig,
     Spec,
     make_spec,
@@ -250,7 +251,7 @@ def film_config(renderer: str = "procedural", drr_fraction: float = PhantomConfi
 
 
 @dataclass
-class PhantomDatasetConfig:
+class PhantomDatasetConfig(FilmSourceArguments):
     """`medr2 phantom` options (flags or a `--config` YAML file)."""
 
     output_dir: str | None = field(default=None, metadata={"help": "output folder (annotation.json, images/, ground_truth.jsonl, masks/)",
@@ -263,8 +264,6 @@ class PhantomDatasetConfig:
     masks: bool = field(default=True, metadata={"help": "write masks/<id>.npz (--no_masks to skip)"})
     subtle_fraction: float = field(default=PhantomConfig.subtle_fraction, metadata={"help": "findings drawn at the edge of visibility"})
     normal_fraction: float = field(default=PhantomConfig.normal_fraction, metadata={"help": "studies with no finding and no device"})
-    renderer: str = field(default="procedural", metadata={"help": RENDERER_HELP})
-    drr_fraction: float = field(default=PhantomConfig.drr_fraction, metadata={"help": DRR_FRACTION_HELP})
 
 
 def cli_phantom(argv: list[str]) -> int:
@@ -283,8 +282,7 @@ def cli_phantom(argv: list[str]) -> int:
             raise ValueError(f"--n must be >= 1, got {args.n}")
         if not (0 <= args.val_frac and 0 <= args.test_frac and args.val_frac + args.test_frac < 1):
             raise ValueError(f"--val_frac + --test_frac must be in [0, 1), got {args.val_frac} + {args.test_frac}")
-        config = film_config(args.renderer, args.drr_fraction, size=args.size, subtle_fraction=args.subtle_fraction,
-                             normal_fraction=args.normal_fraction)
+        config = args.films(size=args.size, subtle_fraction=args.subtle_fraction, normal_fraction=args.normal_fraction)
     except (UsageError, ValueError, RuntimeError) as exc:
         return fail(prog, exc)
     studies = tqdm(generate_studies(args.n, args.seed, config), total=args.n, desc="phantoms", unit="study")

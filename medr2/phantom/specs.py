@@ -78,6 +78,25 @@ class PhantomConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
+@dataclass(kw_only=True)
+class FilmSourceArguments:
+    """The `--renderer` / `--drr_fraction` pair of every entry point that generates films (one spelling, one default,
+    one validation): entry-point configs inherit it, and `films()` hands the generator's config on."""
+
+    renderer: str = field(default="procedural", metadata={"help": RENDERER_HELP})
+    drr_fraction: float = field(default=PhantomConfig.drr_fraction, metadata={"help": DRR_FRACTION_HELP})
+
+    def check_film_source(self) -> None:
+        """Raise ValueError on an unknown renderer or a share outside [0, 1], before any work starts."""
+        PhantomConfig(renderer=self.renderer, drr_fraction=self.drr_fraction)
+
+    def films(self, **kwargs) -> PhantomConfig:
+        """The generator's config for these films (`film_config`: the CT prepared now when it is used)."""
+        from medr2.phantom.generator import film_config  # the generator needs scipy: loaded only when films are made
+
+        return film_config(self.renderer, self.drr_fraction, **kwargs)
+
+
 @dataclass
 class Spec:
     """A finding decided before drawing."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medr2.phantom.specs import DRR_FRACTION_HELP, RENDERER_HELP, PhantomConfig
+from medr2.phantom.specs import FilmSourceArguments, PhantomConfig
 from medr2.reflection.heads import (
     OBSERVATIONS,
     LookHeads,
@@ -102,9 +102,9 @@ def choose_crop_thresholds(heads: LookHeads, tower, n: int, seed: int, films: Ph
 
 
 @dataclass
-class LookHeadsConfig:
+class LookHeadsConfig(FilmSourceArguments):
     """`medr2 fit-look-heads`: fit the look heads on a model's vision tower (frozen), and optionally tune a copy of
-    the tower at the look scale (the look reader)."""
+    the tower at the look scale (the look reader); the renderer is that of the films the model was trained on."""
 
     model: str = field(default="assets/model", metadata={"help": "model folder whose vision tower the heads read"})
     output_dir: str | None = field(default=None, metadata={"help": "where look_heads.npz goes (default: the model folder)", "aliases": ["--out"]})
@@ -113,8 +113,6 @@ class LookHeadsConfig:
     n_val: int = field(default=400, metadata={"help": "validation studies (thresholds)"})
     val_seed: int = field(default=2, metadata={"help": "validation seed"})
     film_size: int = field(default=512, metadata={"help": "phantom film side in px (crops keep the extra detail)"})
-    renderer: str = field(default="procedural", metadata={"help": RENDERER_HELP + "; the films the model was trained on"})
-    drr_fraction: float = field(default=PhantomConfig.drr_fraction, metadata={"help": DRR_FRACTION_HELP})
     random_crops: int = field(default=1, metadata={"help": "crops of random regions per study besides its findings' regions (normal looks must read as normal)"})
     steps: int = field(default=600, metadata={"help": "full-batch optimizer steps of the linear heads on the frozen tower"})
     tune_tower: bool = field(default=False, metadata={"help": "then tune a copy of the tower with the heads on films and crops: a look reader that reads each crop itself"})

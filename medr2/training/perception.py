@@ -34,7 +34,7 @@ from PIL import Image
 from torch import nn
 
 from medr2.labeler.findings import OBSERVATIONS
-from medr2.phantom.specs import DRR_FRACTION_HELP, FOCAL_KINDS, RENDERER_HELP, PhantomConfig
+from medr2.phantom.specs import FOCAL_KINDS, FilmSourceArguments, PhantomConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ ZONES = ("outside", "right upper", "right mid", "right lower", "left upper", "le
 
 
 @dataclass
-class PerceptionConfig:
+class PerceptionConfig(FilmSourceArguments):
     """Stage-0 perception pretraining (one config per entry point; every field documented)."""
 
     output_dir: str = field(default="runs/perception", metadata={"help": "output folder (also the film cache and the checkpoint)",
@@ -68,8 +68,6 @@ class PerceptionConfig:
     seed: int = field(default=0, metadata={"help": "torch seed"})
     init_from: str = field(default="", metadata={"help": "continue from an earlier stage-0 output folder (tower + heads), or take the tower of a trained VLM folder (e.g. assets/model; heads start fresh); a fresh LR schedule"})
     head_warmup_steps: int = field(default=0, metadata={"help": "train only the heads (tower frozen) for this many first steps: fresh heads must not push random gradients into a trained tower"})
-    renderer: str = field(default="procedural", metadata={"help": RENDERER_HELP})
-    drr_fraction: float = field(default=0.5, metadata={"help": DRR_FRACTION_HELP})
     photometric_augment: float = field(default=0.0, metadata={"help": "strength of label-preserving exposure jitter (gamma, contrast, noise) on training films; 0 = off"})
 
     def __post_init__(self) -> None:
@@ -81,7 +79,7 @@ class PerceptionConfig:
             raise ValueError(f"max_steps must be >= 1 and save_steps >= 0, got {self.max_steps} and {self.save_steps}")
         if not 0.0 <= self.photometric_augment <= 1.0:
             raise ValueError(f"photometric_augment must be in [0, 1], got {self.photometric_augment}")
-        PhantomConfig(renderer=self.renderer, drr_fraction=self.drr_fraction)  # the generator validates both
+        self.check_film_source()
 
     @property
     def grid(self) -> int:
@@ -375,9 +373,7 @@ def train(config: PerceptionConfig) -> dict:
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.renderer != "procedural":
-        from medr2.phantom.generator import film_config
-
-        film_config(config.renderer, config.drr_fraction)  # the CT, prepared once before the workers fork
+        config.films()  # the CT, prepared once before the workers fork
     train_data = build_examples(config.n_train, config.train_seed, config)
     val_data = build_examples(config.n_val, config.val_seed, config)
     net = PerceptionNet(config)

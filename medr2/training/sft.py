@@ -29,13 +29,13 @@ from pathlib import Path
 
 from trl import SFTConfig
 
-from medr2.phantom.specs import DRR_FRACTION_HELP, RENDERER_HELP, PhantomConfig
+from medr2.phantom.specs import FilmSourceArguments
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class MedR2SFTConfig(SFTConfig):
+class MedR2SFTConfig(SFTConfig, FilmSourceArguments):
     """SFT entry point: TRL's SFTConfig plus what medr2 needs to build data and model."""
 
     target: str = field(default="medr2", metadata={"help": "training target: 'medr2' (structured trace) or 'direct' (report only)"})
@@ -56,8 +56,6 @@ class MedR2SFTConfig(SFTConfig):
     looks: bool = field(default=False, metadata={"help": "Med-R2 traces whose reflection looks again (magnified crops as extra images, the look heads' reading beside them; medr2.reflection); loss on every assistant turn"})
     look_heads: str | None = field(default=None, metadata={"help": "folder with look_heads.npz fitted on this model's tower (default: model_name_or_path); none found = looks without the heads' words"})
     film_size: int = field(default=256, metadata={"help": "phantom film side in px; looks need the detail of 512"})
-    renderer: str = field(default="procedural", metadata={"help": RENDERER_HELP})
-    drr_fraction: float = field(default=0.5, metadata={"help": DRR_FRACTION_HELP})
     look_error_weights: str = field(default="", metadata={"help": "with looks: the draft error kinds in these proportions, e.g. 'missed:0.52,hallucinated:0.30,wrong_zone:0.13,wrong_side:0.04' (as the model's own drafts err on validation); empty = uniform over the kinds a study allows"})
     normal_look_rate: float = field(default=0.5, metadata={"help": "with looks: share of traces with one extra look at a region the draft calls normal"})
     max_looks: int = field(default=4, metadata={"help": "with looks: most looks per trace"})
@@ -78,7 +76,7 @@ class MedR2SFTConfig(SFTConfig):
         if self.max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {self.max_images}")
         parse_kind_oversample(self.kind_oversample)  # fail on a bad spec before any data is built
-        PhantomConfig(renderer=self.renderer, drr_fraction=self.drr_fraction)  # the generator validates both
+        self.check_film_source()
         if not 0.0 <= self.draft_error_rate <= 1.0:
             raise ValueError(f"draft_error_rate must be in [0, 1], got {self.draft_error_rate}")
         if self.traces_file and (not self.dataset_dir or self.target != "medr2" or self.looks):
@@ -113,7 +111,7 @@ def _phantom_rows(config: MedR2SFTConfig) -> list[dict]:
     kind_repeats = parse_kind_oversample(config.kind_oversample)
     prompt = MEDR2_PROMPT if config.target == "medr2" else DIRECT_PROMPT
     rows = []
-    films = phantom.film_config(config.renderer, config.drr_fraction)
+    films = config.films()
     for study in tqdm(phantom.generate_studies(config.n_train, config.train_seed, films), total=config.n_train, desc="phantom traces"):
         if config.target == "medr2":
             text = medr2_target(study, trace_config)

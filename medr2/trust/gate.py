@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medr2.phantom.specs import DRR_FRACTION_HELP, RENDERER_HELP
+from medr2.phantom.specs import FilmSourceArguments
 
 logger = logging.getLogger(__name__)
 
@@ -279,8 +279,9 @@ def check_input(loaded, model=None, processor=None, stats: GateStats | None = No
 
 # ------------------------------------------------------------------------------------------------ command
 @dataclass
-class FitGateConfig:
-    """`medr2 fit-gate` options (flags or a `--config` YAML file)."""
+class FitGateConfig(FilmSourceArguments):
+    """`medr2 fit-gate` options (flags or a `--config` YAML file); the renderer is that of the films the model was
+    trained on."""
 
     model: str | None = field(default=None, metadata={"help": "model folder; the statistics are written into it"})
     n: int = field(default=2000, metadata={"help": "training-like phantom films to fit mean and covariance on"})
@@ -291,8 +292,6 @@ class FitGateConfig:
     batch_size: int = field(default=32, metadata={"help": "images per tower forward"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     output_dir: str | None = field(default=None, metadata={"help": "write the statistics here instead of the model folder"})
-    renderer: str = field(default="procedural", metadata={"help": RENDERER_HELP + "; the films the model was trained on"})
-    drr_fraction: float = field(default=0.5, metadata={"help": DRR_FRACTION_HELP})
 
 
 def phantom_images(n: int, seed: int, films=None):
@@ -309,7 +308,6 @@ def cli_fit_gate(argv: list[str]) -> int:
     """`medr2 fit-gate --model DIR`: fit the input gate's statistics on phantoms and store them in the model folder."""
     from medr2.cli import UsageError, fail, parse_config
     from medr2.phantom.ct_volume import CTUnavailable
-    from medr2.phantom.generator import film_config
 
     prog = "medr2 fit-gate"
     try:
@@ -322,7 +320,7 @@ def cli_fit_gate(argv: list[str]) -> int:
             raise UsageError("--seed and --val_seed must differ: the threshold is chosen on held-out films")
         if config.n < 2 or config.val_n < 1 or not 0.5 <= config.quantile < 1:
             raise UsageError("--n >= 2, --val_n >= 1 and 0.5 <= --quantile < 1 are needed")
-        films = film_config(config.renderer, config.drr_fraction)
+        films = config.films()
     except (UsageError, ValueError, CTUnavailable) as exc:
         return fail(prog, exc)
     import torch
