@@ -510,8 +510,10 @@ def test_a_region_classifier_reads_crop_and_film_together_and_round_trips(tmp_pa
     assert np.allclose(again.read_regions(tower, film, ["left lower zone"])[0], probs, atol=2e-3)  # float16 copy
 
 
-def test_fit_look_heads_adds_a_region_classifier_to_an_existing_reader(tmp_path, capsys):
+def test_fit_look_heads_adds_a_region_classifier_to_an_existing_reader(tmp_path, capsys, monkeypatch):
     from medr2.cli import main
+    from medr2.phantom import generator
+    from medr2.reflection.fit_heads import region_features
     from medr2.modeling.loading import load_model
     from medr2.modeling.model import cli_build_tiny
     from medr2.reflection.heads import LookHeads, tower_checksum, tower_of
@@ -529,6 +531,12 @@ def test_fit_look_heads_adds_a_region_classifier_to_an_existing_reader(tmp_path,
     assert heads.reads_regions and tower_checksum(heads.reader) == reader_before  # added beside the reader it reads
     assert "region_classifier" in heads.meta
     assert {"val_region_f1", "val_crop_max_f1"} <= set(heads.meta["per_observation"]["Lung Opacity"])
+    # the regions are cut from the films asked for (their renderer and size), not from default films
+    seen, real = [], generator.generate_study
+    monkeypatch.setattr(generator, "generate_study", lambda seed, config=None: seen.append(config) or real(seed, config))
+    films = generator.PhantomConfig(size=192)
+    region_features(heads, tower, 3, 5, films, workers=1)
+    assert seen == [films] * 3
     film = np.random.default_rng(0).integers(0, 255, size=(256, 256), dtype=np.uint8)
     probs, thresholds = heads.region_reading(tower, film, heads.read(tower, [film])[0], "right mid zone")
     assert np.allclose(thresholds, heads.region_thresholds) and np.all((probs >= 0) & (probs <= 1))

@@ -13,6 +13,7 @@ Hands on: `LookHeadsConfig`, `films_of`, `fit_look_heads`, `fit_region_classifie
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
@@ -221,15 +222,16 @@ def region_features(heads: LookHeads, tower, n: int, seed: int, films: PhantomCo
 
     from medr2.phantom.generator import study_seeds
 
-    films, crops, truth = [], [], []
-    with Pool(workers) as pool:
-        jobs = [(s, films) for s in study_seeds(n, seed)]
-        for film, crop, t in tqdm(pool.imap(_region_views, jobs, chunksize=8), total=n, desc="region classifier: views", mininterval=10):
-            films.append(film)
+    jobs = [(s, films) for s in study_seeds(n, seed)]
+    whole_films, crops, truth = [], [], []
+    with Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        views = pool.imap(_region_views, jobs, chunksize=8) if pool else map(_region_views, jobs)
+        for film, crop, t in tqdm(views, total=n, desc="region classifier: views", mininterval=10):
+            whole_films.append(film)
             crops.append(crop)
             truth.append(t)
     r = len(LOOK_REGIONS)
-    film_features = tower_features(tower, np.stack(films)).half()
+    film_features = tower_features(tower, np.stack(whole_films)).half()
     crop_features = tower_features(heads.reader, np.concatenate(crops)).half()
     index = torch.arange(r).repeat(n)
     return crop_features, film_features, index, torch.from_numpy(np.concatenate(truth)).float()
