@@ -287,6 +287,25 @@ def test_stage0_caches_mixed_films_apart_from_procedural_ones(ct, tmp_path):
     assert not np.array_equal(a["image"], b["image"])  # the CT's films, not the procedural cache read back
 
 
+def test_look_traces_of_a_mixed_renderer_are_cut_from_its_films(ct):
+    """`train-sft --looks true --renderer mix`: the look traces' studies, film and crops, are the renderer's."""
+    from medr2.phantom.generator import generate_study, renders_from_ct, study_seeds
+    from medr2.reflection.traces import look_rows
+    from medr2.report.traces import TraceConfig
+
+    films = PhantomConfig(renderer="mix", drr_fraction=0.5, size=256)
+    rows = look_rows(6, 43, None, None, TraceConfig(error_rate=0.0, seed=1), films=films, normal_look_rate=0.0,
+                     max_looks=2, workers=1)
+    seeds = study_seeds(6, 43)
+    assert {renders_from_ct(s, films) for s in seeds} == {True, False}  # both kinds among these six
+    for (row, study), seed in zip(rows, seeds):
+        assert study.study_id.startswith("drr-" if renders_from_ct(seed, films) else "phantom-")
+        assert np.array_equal(study.image, generate_study(seed, films).image)
+        image_parts = [p for m in row["messages"] if isinstance(m["content"], list) for p in m["content"] if p.get("type") == "image"]
+        assert len(row["images"]) == len(image_parts)  # the film, then one crop per look
+    assert max(len(row["images"]) for row, _ in rows) >= 2
+
+
 def test_fit_look_heads_on_rendered_films_says_so_and_refuses_an_unknown_renderer(ct, tmp_path, capsys):
     """A model trained on films projected from the CT gets look heads fitted on such films (`--renderer`), and its
     heads' record says which films they were."""

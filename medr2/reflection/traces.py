@@ -12,6 +12,7 @@ Hands on: `look_rows(n, seed, ...)` -> rows for TRL's SFTTrainer (`messages` + `
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from multiprocessing import Pool
 
@@ -24,10 +25,10 @@ from medr2.reflection.regions import LOOK_REGIONS, crop_region, regions_for
 
 
 def _study(args):
-    from medr2.phantom.generator import PhantomConfig, generate_study
+    from medr2.phantom.generator import generate_study
 
-    seed, size = args
-    return generate_study(seed, PhantomConfig(size=size))
+    seed, films = args
+    return generate_study(seed, films)
 
 
 def _normal_look(study, film_probs: np.ndarray | None, heads: LookHeads | None, rng: random.Random) -> str:
@@ -73,17 +74,19 @@ def look_row(study, heads: LookHeads | None, tower, trace_config, normal_look_ra
     return {"messages": messages, "images": images}
 
 
-def look_rows(n: int, seed: int, heads: LookHeads | None, tower, trace_config, film_size: int = 512,
+def look_rows(n: int, seed: int, heads: LookHeads | None, tower, trace_config, films=None,
               normal_look_rate: float = 0.5, max_looks: int = 4, workers: int = 2) -> list[tuple[dict, object]]:
-    """(row, study) for `n` phantom studies of `seed` rendered at `film_size` px (the study is kept for oversampling
-    decisions; its masks are dropped)."""
+    """(row, study) for `n` phantom studies of `seed` drawn with `films` (a `PhantomConfig`: renderer and size; default
+    drawn films at 512 px, whose detail the crops magnify). The study is kept for oversampling decisions."""
     from tqdm import tqdm
 
-    from medr2.phantom.generator import study_seeds
+    from medr2.phantom.generator import PhantomConfig, study_seeds
 
+    films = films or PhantomConfig(size=512)
     out = []
-    jobs = [(s, film_size) for s in study_seeds(n, seed)]
-    with Pool(workers) as pool:
-        for study in tqdm(pool.imap(_study, jobs, chunksize=8), total=n, desc="look traces", mininterval=10):
+    jobs = [(s, films) for s in study_seeds(n, seed)]
+    with Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        studies = pool.imap(_study, jobs, chunksize=8) if pool else map(_study, jobs)
+        for study in tqdm(studies, total=n, desc="look traces", mininterval=10):
             out.append((look_row(study, heads, tower, trace_config, normal_look_rate, max_looks), study))
     return out

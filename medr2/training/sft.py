@@ -137,8 +137,9 @@ def _look_rows(config: MedR2SFTConfig, model) -> list[dict]:
     kind_repeats = parse_kind_oversample(config.kind_oversample)
     rows = []
     trace_config = TraceConfig(error_rate=config.error_rate, seed=config.seed, look_error_weights=config.look_error_weights)
-    for row, study in look_rows(config.n_train, config.train_seed, heads, tower, trace_config,
-                                film_size=config.film_size, normal_look_rate=config.normal_look_rate, max_looks=config.max_looks):
+    films = config.films(size=config.film_size)  # the renderer's films at the look scale's detail
+    for row, study in look_rows(config.n_train, config.train_seed, heads, tower, trace_config, films=films,
+                                normal_look_rate=config.normal_look_rate, max_looks=config.max_looks):
         rows += [row] * study_repeats(study, config.focal_oversample, kind_repeats)
     random.Random(config.seed).shuffle(rows)
     return rows
