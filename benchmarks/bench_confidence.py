@@ -249,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     budget = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
     pipe = Pipeline(PipelineConfig(model=args.model, threads=args.threads, **budget))
     val_rows = collect_greedy(pipe, VAL_SEED, args.n_val, work / "val.jsonl")
+    # refused before the sampled reports and the timing are collected: they cost more than the greedy reports
+    stated = len(findings_table(val_rows)["correct"])
+    if stated < MIN_FINDINGS:  # five cross-fitting folds need a few findings each
+        print(f"bench_confidence: too few stated findings on validation ({stated} < {MIN_FINDINGS}) to "
+              "choose and fit a calibration", file=sys.stderr)
+        return 2
     val_agree = collect_agreement(pipe, VAL_SEED, args.n_agree, args.k, work / f"val_agree_k{args.k}.jsonl")
     cost_path = work / f"cost_k{args.k}_n{args.n_cost}.json"
     if not cost_path.is_file():
@@ -256,10 +262,6 @@ def main(argv: list[str] | None = None) -> int:
     cost = json.loads(cost_path.read_text())
 
     val = findings_table(val_rows, val_agree)
-    if len(val["correct"]) < MIN_FINDINGS:  # five cross-fitting folds need a few findings each
-        print(f"bench_confidence: too few stated findings on validation ({len(val['correct'])} < {MIN_FINDINGS}) to "
-              "choose and fit a calibration", file=sys.stderr)
-        return 2
     candidates, winner = choose(val, cost)
     score, method = winner["score"], winner["calibrator"]
     low_below = round(1 - 2 * (1 - float(val["correct"].mean())), 2)

