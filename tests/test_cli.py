@@ -84,8 +84,10 @@ def test_evaluate_runs_from_a_config_file(tmp_path) -> None:
     assert summary["config"]["max_new_tokens"] == 4 and "nlg" not in summary
     from medr2.phantom.generator import generate_studies
 
-    predictions = (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
-    assert [json.loads(p)["id"] for p in predictions] == [s.study_id for s in generate_studies(2, 31)]
+    predictions = [json.loads(p) for p in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    studies = list(generate_studies(2, 31))
+    assert [p["id"] for p in predictions] == [s.study_id for s in studies]
+    assert [p["reference"] for p in predictions] == [s.report for s in studies]  # what `medr2 compare` scores against
 
 
 def test_label_starts_without_torch_or_trl(tmp_path) -> None:

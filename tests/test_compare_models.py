@@ -112,3 +112,32 @@ def test_cli_compare_refuses_runs_of_different_sets_in_one_line(tmp_path, capsys
     assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
     assert "not a `medr2 evaluate` folder" in capsys.readouterr().err
     assert not (tmp_path / "compare.json").exists()
+
+
+def test_stored_references_are_compared_without_drawing_the_films_again(tmp_path, monkeypatch, capsys):
+    """An evaluation stores each study's reference beside its prediction: `medr2 compare` scores against those, so it
+    draws no film (a rendered set took minutes) and a set of an older generator version stays comparable."""
+    from medr2.evaluation import evaluate
+
+    n, seed = 12, 3
+    ids, _, refs = load_eval_set(EvalConfig(n=n, seed=seed))
+    old = {**EvalConfig(n=n, seed=seed).__dict__, "phantom_generator_version": GENERATOR_VERSION - 1}
+    runs = {}
+    for name, texts in (("normal", ["<report>\nNo acute cardiopulmonary process.\n</report>"] * n),
+                        ("perfect", [f"<report>\n{r}\n</report>" for r in refs])):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "eval.json").write_text(json.dumps({"config": old}))
+        (folder / "predictions.jsonl").write_text("".join(json.dumps({"id": i, "text": t, "reference": r}) + "\n"
+                                                          for i, t, r in zip(ids, texts, refs)))
+        runs[name] = folder
+    monkeypatch.setattr(evaluate, "load_eval_set", lambda *a, **k: pytest.fail("the films were drawn again"))
+    assert main(["compare", str(runs["normal"]), str(runs["perfect"]), "--n_boot", "100", "--out", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["example_f1"]["difference"] > 0.3
+    # references that disagree mean different films behind the same seed: refused in one line
+    rows = (runs["perfect"] / "predictions.jsonl").read_text().splitlines()
+    rows[0] = json.dumps({**json.loads(rows[0]), "reference": "Small left pleural effusion."})
+    (runs["perfect"] / "predictions.jsonl").write_text("\n".join(rows) + "\n")
+    assert main(["compare", str(runs["normal"]), str(runs["perfect"])]) == 2
+    assert "different references" in capsys.readouterr().err

@@ -6,9 +6,10 @@ one evaluation set (the same resample for both models: a paired bootstrap) and r
 and macro-F1 over the 14 observations (hedged = found), the difference B - A with its 95 % interval and the share
 of resamples where B wins.
 
-Each folder holds `predictions.jsonl` and `eval.json` from `medr2 evaluate`; the references are regenerated from
-the phantom seed the evaluation used (or read from its `--dataset_dir` folder), so both runs must share the set, and
-a phantom set must have been drawn by the current film generator.
+Each folder holds `predictions.jsonl` and `eval.json` from `medr2 evaluate`; both runs must share the set. The
+references are those the evaluation stored beside each prediction; for an older evaluation that did not store them
+they are regenerated from its phantom seed (then the set must have been drawn by the current film generator) or read
+from its `--dataset_dir` folder.
 
 Run: `medr2 compare runs/eval/A runs/eval/B [--n_boot 2000] [--out FILE.json | --out -]`
 Hands on: a table on stdout and the result, keyed "B vs A", added to a JSON file (default `compare.json` beside
@@ -71,6 +72,15 @@ def check_reproducible(config: dict) -> None:
         raise ValueError(f"the evaluation ran on phantom generator v{version} films"
                          f"{' with ' + str(old_options) if old_options else ''}; the current generator is "
                          f"v{GENERATOR_VERSION}: re-run `medr2 evaluate` on both models")
+
+
+def stored_references(run: Path) -> tuple[list[str], list[str]] | None:
+    """(study ids, reference reports) as `medr2 evaluate` stored them in `predictions.jsonl`; None for an older run
+    that did not."""
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    if not rows or any("reference" not in row for row in rows):
+        return None
+    return [row["id"] for row in rows], [row["reference"] for row in rows]
 
 
 def final_reports(run: Path) -> tuple[list[str], list[str]]:
@@ -138,9 +148,13 @@ def compare(run_a: str | Path, run_b: str | Path, n_boot: int = 2000, seed: int 
         raise ValueError("the two runs were evaluated on different sets: compare runs of the same "
                          "--dataset_dir/--split/--seed/--n and phantom generator version")
     (ids_a, reports_a), (ids_b, reports_b) = final_reports(run_a), final_reports(run_b)
-    ref_ids, refs = reference_reports(configs[0])
+    stored = [s for s in (stored_references(run_a), stored_references(run_b)) if s is not None]
+    if len(stored) == 2 and stored[0] != stored[1]:
+        raise ValueError("the two runs stored different references for the same set: they were drawn by different "
+                         "film generators; re-run `medr2 evaluate` on both models")
+    ref_ids, refs = stored[0] if stored else reference_reports(configs[0])
     if not ids_a == ids_b == ref_ids:
-        raise ValueError("study ids of the runs and of the regenerated set differ")
+        raise ValueError("study ids of the runs and of the reference set differ")
     ref = label_arrays(refs)
     result = paired_bootstrap(label_arrays(reports_a), label_arrays(reports_b), ref, n_boot, seed)
     return {"a": str(run_a), "b": str(run_b), "set": _set_of(configs[0]), "n_boot": n_boot, **result}

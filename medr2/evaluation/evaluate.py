@@ -353,8 +353,10 @@ def run(config: EvalConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(summary, indent=2))
     with (out / "predictions.jsonl").open("w") as fh:
-        for i, r in zip(ids, results):
-            fh.write(json.dumps({"id": i, "text": r.raw_text, "looks": [lk.to_json() for lk in r.looks],
+        # the reference each study was scored against travels with it: `medr2 compare` reads it instead of drawing
+        # the films again (and a phantom set stays comparable after the generator changes)
+        for i, r, reference in zip(ids, results, references):
+            fh.write(json.dumps({"id": i, "text": r.raw_text, "reference": reference, "looks": [lk.to_json() for lk in r.looks],
                                  "consistency": r.consistency.to_json() if r.consistency is not None else None,
                                  **({"images": len(r.images)} if n_images > 1 else {})}) + "\n")
     plot_per_observation(summary, out / "per_observation.png", f"{Path(pipe.config.model).name or pipe.provenance.model}: per-observation F1")
