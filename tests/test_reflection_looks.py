@@ -512,10 +512,10 @@ def test_a_region_classifier_reads_crop_and_film_together_and_round_trips(tmp_pa
 
 def test_fit_look_heads_adds_a_region_classifier_to_an_existing_reader(tmp_path, capsys, monkeypatch):
     from medr2.cli import main
-    from medr2.phantom import generator
-    from medr2.reflection.fit_heads import region_features
     from medr2.modeling.loading import load_model
     from medr2.modeling.model import cli_build_tiny
+    from medr2.phantom import generator
+    from medr2.reflection.fit_heads import region_features
     from medr2.reflection.heads import LookHeads, tower_checksum, tower_of
 
     model_dir, out = tmp_path / "micro", tmp_path / "heads"
