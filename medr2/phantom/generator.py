@@ -291,6 +291,18 @@ def cli_phantom(argv: list[str]) -> int:
     return 0
 
 
+def map_in_workers(func, jobs: list, workers: int = 2, chunksize: int = 8) -> Iterator:
+    """`func` over `jobs` (each a study seed and its film config, say), in order: in `workers` processes, or in this
+    one when workers <= 1 (where a test can watch what reaches the generator)."""
+    if workers <= 1:
+        yield from map(func, jobs)
+        return
+    from multiprocessing import Pool
+
+    with Pool(workers) as pool:
+        yield from pool.imap(func, jobs, chunksize=chunksize)
+
+
 def study_seeds(n: int, seed: int) -> list[int]:
     """Seeds of the n studies of the set `seed` (what `generate_studies` and `medr2 phantom` use)."""
     return [study_seed(seed, i) for i in range(n)]

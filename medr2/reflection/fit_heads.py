@@ -13,7 +13,6 @@ Hands on: `LookHeadsConfig`, `films_of`, `fit_look_heads`, `fit_region_classifie
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import logging
@@ -216,20 +215,17 @@ def _region_views(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def region_features(heads: LookHeads, tower, n: int, seed: int, films: PhantomConfig, workers: int = 2):
     """Every look region of `n` phantom studies of `seed`: crop features (the look reader) [N*R, 64, D], film
     features (the model's tower) [N, 64, D], region index [N*R] and truth [N*R, 13] (mask inside the window)."""
-    from multiprocessing import Pool
-
     from tqdm import tqdm
 
-    from medr2.phantom.generator import study_seeds
+    from medr2.phantom.generator import map_in_workers, study_seeds
 
     jobs = [(s, films) for s in study_seeds(n, seed)]
     whole_films, crops, truth = [], [], []
-    with Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
-        views = pool.imap(_region_views, jobs, chunksize=8) if pool else map(_region_views, jobs)
-        for film, crop, t in tqdm(views, total=n, desc="region classifier: views", mininterval=10):
-            whole_films.append(film)
-            crops.append(crop)
-            truth.append(t)
+    views = map_in_workers(_region_views, jobs, workers)
+    for film, crop, t in tqdm(views, total=n, desc="region classifier: views", mininterval=10):
+        whole_films.append(film)
+        crops.append(crop)
+        truth.append(t)
     r = len(LOOK_REGIONS)
     film_features = tower_features(tower, np.stack(whole_films)).half()
     crop_features = tower_features(heads.reader, np.concatenate(crops)).half()

@@ -12,9 +12,7 @@ Hands on: `look_rows(n, seed, ...)` -> rows for TRL's SFTTrainer (`messages` + `
 """
 from __future__ import annotations
 
-import contextlib
 import random
-from multiprocessing import Pool
 
 import numpy as np
 from PIL import Image
@@ -80,13 +78,11 @@ def look_rows(n: int, seed: int, heads: LookHeads | None, tower, trace_config, f
     drawn films at 512 px, whose detail the crops magnify). The study is kept for oversampling decisions."""
     from tqdm import tqdm
 
-    from medr2.phantom.generator import PhantomConfig, study_seeds
+    from medr2.phantom.generator import PhantomConfig, map_in_workers, study_seeds
 
     films = films or PhantomConfig(size=512)
     out = []
     jobs = [(s, films) for s in study_seeds(n, seed)]
-    with Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
-        studies = pool.imap(_study, jobs, chunksize=8) if pool else map(_study, jobs)
-        for study in tqdm(studies, total=n, desc="look traces", mininterval=10):
-            out.append((look_row(study, heads, tower, trace_config, normal_look_rate, max_looks), study))
+    for study in tqdm(map_in_workers(_study, jobs, workers), total=n, desc="look traces", mininterval=10):
+        out.append((look_row(study, heads, tower, trace_config, normal_look_rate, max_looks), study))
     return out
