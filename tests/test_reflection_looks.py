@@ -548,3 +548,109 @@ def test_fit_look_heads_adds_a_region_classifier_to_an_existing_reader(tmp_path,
                  "--film_size", "256", "--region_classifier", "true", "--region_epochs", "1"]) != 0
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the INFO log lines: one error line
     assert last.startswith("medr2 fit-look-heads: ") and "fit the reader first" in last
+
+
+def _own_draft_cases(n: int = 30, seed: int = 17):
+    """(study, injected kind, the finding it concerns, draft text) for drafts of phantom studies made wrong in one
+    known way (kind None: the right draft)."""
+    import random as _random
+
+    from medr2.phantom.generator import generate_studies
+    from medr2.report.traces import inject_look_error, write_report
+
+    for study in generate_studies(n, seed):
+        yield study, None, None, study.report
+        for kind in ("missed", "hallucinated", "wrong_side", "wrong_zone"):
+            draft, injected, true, wrong = inject_look_error(list(study.findings), _random.Random(study.study_id), {kind: 1.0})
+            if injected is not None:
+                yield study, injected, true or wrong, write_report(draft, _random.Random(0)).text
+
+
+def test_an_own_draft_is_read_back_into_the_errors_it_holds():
+    from medr2.evaluation.evaluate import stated_details
+    from medr2.labeler.findings import label_report
+    from medr2.report.traces import draft_from_text
+
+    recovered = set()
+    for study, injected, finding, text in _own_draft_cases():
+        draft = draft_from_text(study, text)
+        if injected is None:
+            assert draft.errors == [] and draft.report == Report(study.findings_text, study.impression_text)
+            continue
+        # the text shows an error only where its observation's reading changes (a hallucinated second nodule, a
+        # missed one beside another, a zone moved inside "bibasilar" read like the truth), and a moved side or
+        # zone only names its finding when the observation has one
+        same = [f for f in study.findings if f.observation == finding.observation and f is not finding]
+        obs = finding.observation
+        changed = (label_report(text).get(obs) in (1, -1)) != (label_report(study.report).get(obs) in (1, -1)) \
+            or stated_details(text).get(obs) != stated_details(study.report).get(obs)
+        readable = changed and not same
+        assert [kind for kind, _, _ in draft.errors] == ([injected] if readable else []), (study.study_id, injected, text)
+        for kind, true, wrong in draft.errors:
+            assert (true is None) == (kind == "hallucinated") and (wrong is None) == (kind == "missed")
+            assert (true in study.findings) if true is not None else wrong not in study.findings
+            assert wrong is None or wrong in draft.findings
+            assert (wrong or true).observation == finding.observation
+        recovered.add(injected)
+    assert recovered == {"missed", "hallucinated", "wrong_side", "wrong_zone"}
+
+
+def test_a_trace_on_an_own_draft_corrects_only_the_errors_its_looks_reach():
+    from medr2.report.traces import build_look_trace_on_draft, draft_from_text, look_region
+
+    checked = set()
+    for study, injected, _, text in _own_draft_cases(20, 19):
+        draft = draft_from_text(study, text)
+        if injected is None or len(draft.errors) != 1:
+            continue
+        kind, true, wrong = draft.errors[0]
+        region = look_region(wrong if wrong is not None else true)
+        if region is None:
+            continue
+        truth = Report(study.findings_text, study.impression_text)
+        looked, counts = build_look_trace_on_draft(study, draft, [region])
+        assert counts == {"errors": 1, "corrected": 1}
+        assert looked.draft == draft.report and looked.report == truth
+        assert [i.action for i in looked.reflection if i.look] in (["removed"], ["revised"], ["added"], ["kept"])
+        assert {i.action for i in looked.reflection} - {"kept"}, "the error's look carries its correction"
+        elsewhere = next(r for r in LOOK_REGIONS if r != region and r not in {look_region(f) for f in study.findings})
+        unseen, counts = build_look_trace_on_draft(study, draft, [elsewhere])
+        assert counts == {"errors": 1, "corrected": 0}
+        assert unseen.report == draft.report and all(i.action == "kept" for i in unseen.reflection)
+        for output in (looked, unseen):
+            assert check_consistency(output).holds
+            assert render(parse(render(output)).output) == render(output)
+        checked.add(kind)
+    assert {"missed", "hallucinated", "wrong_side"} <= checked
+
+
+def test_look_rows_on_own_drafts_read_the_evaluation_and_hide_only_wrong_drafts(tmp_path):
+    from medr2.phantom.generator import PhantomConfig, generate_studies
+    from medr2.reflection.traces import look_rows, read_drafts
+    from medr2.report.traces import TraceConfig, draft_from_text
+
+    studies = list(generate_studies(6, 23, PhantomConfig(size=256)))
+    texts = [s.report if i % 2 else "Findings: Large left pleural effusion. Impression: Left effusion." for i, s in enumerate(studies)]
+    rows = [{"id": s.study_id, "text": f"<think>\n<draft>\n{t}\n</draft>\n</think>\n<report>\n{t}\n</report>"} for s, t in zip(studies, texts)]
+    (tmp_path / "predictions.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:5]) + "\n")
+    with pytest.raises(ValueError, match="drafts for 5 of the 6 training studies"):
+        read_drafts(str(tmp_path), 6, 23)
+    (tmp_path / "predictions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    drafts = read_drafts(str(tmp_path), 6, 23)
+    assert drafts == {s.study_id: t for s, t in zip(studies, texts)}
+    with pytest.raises(ValueError, match="no predictions file"):
+        read_drafts(str(tmp_path / "missing"), 6, 23)
+    out = look_rows(6, 23, None, None, TraceConfig(), films=PhantomConfig(size=256), max_looks=3, workers=1, drafts=drafts)
+    for (row, study), text in zip(out, texts):
+        wrong = bool(draft_from_text(study, text).errors)
+        assistants = [m for m in row["messages"] if m["role"] == "assistant"]
+        assert assistants[0]["context_only"] is wrong
+        assert len(row["images"]) == len(assistants)  # the film, then one crop per look
+    assert {bool(draft_from_text(s, t).errors) for s, t in zip(studies, texts)} == {True, False}
+
+
+def test_own_drafts_are_for_look_traces_only(tmp_path):
+    from medr2.training.sft import MedR2SFTConfig
+
+    with pytest.raises(ValueError, match="set looks true"):
+        MedR2SFTConfig(output_dir=str(tmp_path), look_drafts=str(tmp_path), report_to="none")

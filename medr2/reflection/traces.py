@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from medr2.reflection.heads import OBSERVATIONS, LookHeads, region_max, to_input
-from medr2.reflection.looks import evidence_text, look_conversation, split_at_looks
+from medr2.reflection.looks import evidence_text, look_conversation, propose_looks, split_at_looks
 from medr2.reflection.regions import LOOK_REGIONS, crop_region, regions_for
 
 
@@ -44,25 +44,45 @@ def _normal_look(study, film_probs: np.ndarray | None, heads: LookHeads | None, 
 
 
 def look_row(study, heads: LookHeads | None, tower, trace_config, normal_look_rate: float, max_looks: int) -> dict:
-    from medr2.modeling.model import build_chat
-    from medr2.report.schema import render
-    from medr2.report.traces import MEDR2_PROMPT, build_look_trace
+    from medr2.report.traces import build_look_trace
 
     rng = random.Random(f"normal-look:{trace_config.seed}:{study.study_id}")
     film_probs = heads.read(tower, [study.image])[0] if heads is not None else None
     normal = _normal_look(study, film_probs, heads, rng) if rng.random() < normal_look_rate else ""
     output, error_kind = build_look_trace(study, trace_config, normal_look=normal or None, max_looks=max_looks)
     looks = [item.look for item in output.reflection if item.look]
+    return _row(study, output, looks, film_probs, heads, tower, context_draft=error_kind is not None)
+
+
+def look_row_on_draft(study, draft_text: str, heads: LookHeads | None, tower, max_looks: int) -> tuple[dict, dict[str, int]]:
+    """The row of `study` whose draft is a model's own (`draft_text`, its `<draft>` section) and whose looks are the
+    ones the pipeline proposes for it (`propose_looks`, the heads' reading of this film), with the trace's counts of
+    draft errors and of those its looks correct (`build_look_trace_on_draft`)."""
+    from medr2.report.traces import build_look_trace_on_draft, draft_from_text
+
+    film_probs = heads.read(tower, [study.image])[0] if heads is not None else None
+    draft = draft_from_text(study, draft_text)
+    thresholds = heads.thresholds if heads is not None else None
+    looks = propose_looks(draft.report.text, film_probs, thresholds, OBSERVATIONS, max_looks)
+    output, counts = build_look_trace_on_draft(study, draft, looks)
+    return _row(study, output, looks, film_probs, heads, tower, context_draft=bool(draft.errors)), counts
+
+
+def _row(study, output, looks: list[str], film_probs, heads: LookHeads | None, tower, context_draft: bool) -> dict:
+    """The chat of a trace with looks: a crop and the heads' words per look; a wrong draft is context only."""
+    from medr2.modeling.model import build_chat
+    from medr2.report.schema import render
+    from medr2.report.traces import MEDR2_PROMPT
+
     crops = [crop_region(study.image, r) for r in looks]
     if film_probs is not None:
         evidences = [evidence_text(r, *heads.region_reading(tower, study.image, film_probs, r), OBSERVATIONS) for r in looks]
     else:
         evidences = [evidence_text(r) for r in looks]
-    turns = split_at_looks(render(output))
-    messages = look_conversation(build_chat(MEDR2_PROMPT), turns, evidences)
-    if error_kind is not None:
-        # the draft carries the injected error: context for the reflection, no loss (the model must not learn to
-        # write it); every message gets the key so the rows share one schema
+    messages = look_conversation(build_chat(MEDR2_PROMPT), split_at_looks(render(output)), evidences)
+    if context_draft:
+        # the draft carries an error: context for the reflection, no loss (the model must not learn to write it);
+        # every message gets the key so the rows share one schema
         first = next(m for m in messages if m["role"] == "assistant")
         first["context_only"] = True
     for message in messages:
@@ -72,17 +92,61 @@ def look_row(study, heads: LookHeads | None, tower, trace_config, normal_look_ra
     return {"messages": messages, "images": images}
 
 
+def read_drafts(predictions: str, n: int, seed: int) -> dict[str, str]:
+    """study id -> the `<draft>` section a model wrote for it, from a `medr2 evaluate` folder or its
+    `predictions.jsonl`; ValueError (one line) unless every study of the set (`n`, `seed`) has a draft."""
+    import json
+    from pathlib import Path
+
+    from medr2.phantom.generator import study_seeds
+
+    path = Path(predictions)
+    path = path / "predictions.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise ValueError(f"look_drafts: no predictions file at {path} (a `medr2 evaluate` output folder)")
+    drafts = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        text = row.get("text") or ""
+        if "<draft>" in text and "</draft>" in text:
+            drafts[row["id"]] = text.split("<draft>", 1)[1].split("</draft>", 1)[0].strip()
+    wanted = {f"{prefix}-{s}" for s in study_seeds(n, seed) for prefix in ("phantom", "drr")}
+    found = len(wanted & drafts.keys())
+    if found < n:
+        raise ValueError(f"look_drafts: {path} has drafts for {found} of the {n} training studies (seed {seed}): "
+                         f"evaluate the parent with --seed {seed} --n {n} and the training films' renderer and size")
+    return drafts
+
+
 def look_rows(n: int, seed: int, heads: LookHeads | None, tower, trace_config, films=None,
-              normal_look_rate: float = 0.5, max_looks: int = 4, workers: int = 2) -> list[tuple[dict, object]]:
+              normal_look_rate: float = 0.5, max_looks: int = 4, workers: int = 2,
+              drafts: dict[str, str] | None = None) -> list[tuple[dict, object]]:
     """(row, study) for `n` phantom studies of `seed` drawn with `films` (a `PhantomConfig`: renderer and size; default
-    drawn films at 512 px, whose detail the crops magnify). The study is kept for oversampling decisions."""
+    drawn films at 512 px, whose detail the crops magnify). The study is kept for oversampling decisions. With
+    `drafts` (`read_drafts`) each trace is built on the model's own draft of the study (`look_row_on_draft`)
+    instead of an injected error."""
+    import logging
+
     from tqdm import tqdm
 
     from medr2.phantom.generator import PhantomConfig, map_in_workers, study_seeds
 
     films = films or PhantomConfig(size=512)
-    out = []
+    out, totals = [], {"errors": 0, "corrected": 0, "studies_with_errors": 0}
     jobs = [(s, films) for s in study_seeds(n, seed)]
     for study in tqdm(map_in_workers(_study, jobs, workers), total=n, desc="look traces", mininterval=10):
-        out.append((look_row(study, heads, tower, trace_config, normal_look_rate, max_looks), study))
+        if drafts is None:
+            out.append((look_row(study, heads, tower, trace_config, normal_look_rate, max_looks), study))
+            continue
+        if study.study_id not in drafts:
+            raise ValueError(f"look_drafts: no draft for study {study.study_id} (drafts of other films?)")
+        row, counts = look_row_on_draft(study, drafts[study.study_id], heads, tower, max_looks)
+        totals["errors"] += counts["errors"]
+        totals["corrected"] += counts["corrected"]
+        totals["studies_with_errors"] += counts["errors"] > 0
+        out.append((row, study))
+    if drafts is not None:
+        logging.getLogger(__name__).info("own-draft look traces: %d studies, %d with draft errors, %d errors, %d of them "
+                                         "corrected by a proposed look", n, totals["studies_with_errors"],
+                                         totals["errors"], totals["corrected"])
     return out

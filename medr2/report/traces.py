@@ -396,3 +396,146 @@ def build_look_trace(study, config: TraceConfig | None = None, normal_look: str 
     if not reflection:
         reflection = _confirmations([])
     return _trace_output(study, draft_findings, reflection, final, error_kind, rng), error_kind
+
+
+# ---------------------------------------------------------------- traces on a model's own draft
+# A finding a draft states where the truth has none, made concrete for the trace: the kind a reader most plausibly
+# imagines for the observation, with the severity or size the phantom report writer needs.
+_STATED_KIND = {"Lung Lesion": "nodule", "Support Devices": "central_line"}
+_DEFAULT_SEVERITY = {"effusion": "small", "pneumothorax": "small", "cardiomegaly": "mild", "edema": "mild"}
+_DEFAULT_SIZE_MM = {"nodule": 12.0, "mass": 35.0}
+
+
+@dataclass
+class OwnDraft:
+    """A model's draft of a phantom study as phantom findings: `findings` are the truth's, changed where the draft
+    differs; `errors` are (kind, the true finding or None, the draft's version or None), kind one of missed,
+    hallucinated, wrong_side, wrong_zone; `report` is the draft rendered from `findings`."""
+
+    findings: list
+    errors: list[tuple[str, object, object]]
+    report: Report
+
+
+def _only(values, allowed: tuple[str, ...]) -> str | None:
+    picked = [v for v in values if v in allowed]
+    return picked[0] if len(picked) == 1 else None
+
+
+def _stated_finding(observation: str, sides, zones, severities):
+    """The finding a draft states for `observation` (which the truth lacks), at the side and zone it names."""
+    from medr2.phantom.generator import OBSERVATION_OF, FindingRecord
+
+    kind = _STATED_KIND.get(observation) or next(k for k, o in OBSERVATION_OF.items() if o == observation)
+    side = _only(sides, ("right", "left")) or ("bilateral" if sides else None)
+    if kind in DEVICE_KINDS or kind in ("cardiomegaly", "widened_mediastinum", "edema"):
+        side = None
+    zone = _only(zones, ("upper", "mid", "lower")) if kind in LUNG_KINDS or kind == "fracture" else None
+    if kind == "fracture":
+        side, zone = side if side in ("right", "left") else "right", zone or "mid"
+    severity = _only(severities, tuple(SEVERITY_SWAP)) or _DEFAULT_SEVERITY.get(kind)
+    return FindingRecord(observation=observation, kind=kind, code=1, side=side, zone=zone, severity=severity,
+                         size_mm=_DEFAULT_SIZE_MM.get(kind), subtle=True, mask=np.zeros((1, 1), dtype=bool))
+
+
+def draft_from_text(study, draft_text: str) -> OwnDraft:
+    """`draft_text` (a model's draft of `study`, read by the project's labeler and location reader, hedged = stated)
+    as the study's findings changed at each cell the evaluation counts wrong: an observation the draft omits drops
+    its true findings (missed), one it states without truth gets a finding where it says (hallucinated), and a true
+    positive stated on the other side or in another lung zone moves there (only for an observation with one true
+    finding: with several, which one moved cannot be read from the text)."""
+    from medr2.evaluation.evaluate import stated_details
+    from medr2.labeler.findings import label_report
+
+    labels = label_report(draft_text)
+    details = stated_details(draft_text)
+    stated = {o for o, v in labels.items() if v in (1, -1) and o != "No Finding"}
+    truth: dict[str, list] = {}
+    for f in study.findings:
+        truth.setdefault(f.observation, []).append(f)
+    findings, errors = list(study.findings), []
+    for observation in sorted(stated | set(truth)):
+        sides, zones, severities = details.get(observation, (frozenset(), frozenset(), frozenset()))
+        true_findings = truth.get(observation, [])
+        if observation not in stated:
+            for f in true_findings:
+                findings.remove(f)
+                errors.append(("missed", f, None))
+        elif not true_findings:
+            f = _stated_finding(observation, sides, zones, severities)
+            findings.append(f)
+            errors.append(("hallucinated", None, f))
+        elif len(true_findings) == 1 and true_findings[0].kind not in DEVICE_KINDS:
+            f = true_findings[0]
+            side, zone = _only(sides, ("right", "left")), _only(zones, ("upper", "mid", "lower"))
+            if f.side in ("right", "left") and side and side != f.side:
+                wrong, kind = dataclasses.replace(f, side=side), "wrong_side"
+            elif f.kind in LUNG_KINDS and f.zone in ("upper", "mid", "lower") and zone and zone != f.zone:
+                wrong, kind = dataclasses.replace(f, zone=zone), "wrong_zone"
+            else:
+                continue
+            findings[findings.index(f)] = wrong
+            errors.append((kind, f, wrong))
+    rng = random.Random(f"own-draft:{study.study_id}")
+    report = write_report(findings, rng) if errors else Report(study.findings_text, study.impression_text)
+    return OwnDraft(findings, errors, report)
+
+
+def build_look_trace_on_draft(study, draft: OwnDraft, looks: Sequence[str]) -> tuple[MedR2Output, dict[str, int]]:
+    """The Med-R2 output whose draft is `draft` (a model's own) and whose reflection looks at `looks` (the regions
+    the pipeline proposes for that draft), and counts of its errors: `errors`, `corrected`.
+
+    Each look gets an item for every draft finding in its region (kept, or removed / revised where the draft is
+    wrong) and one for every finding the draft missed there (added); a look where the draft and the truth have
+    nothing says so. An error in a region no look reaches stays in the final report: the reflection corrects only
+    what a look shows, so the model is not taught to add or drop findings without new evidence. Diffuse findings
+    and devices are confirmed without a look, after the looks, as in `build_look_trace`."""
+    wrong_of = {id(wrong): (kind, true) for kind, true, wrong in draft.errors if wrong is not None}
+    by_region: dict[str, list[ReflectionItem]] = {region: [] for region in looks}
+    final, plain, corrected = list(draft.findings), [], 0
+    for f in draft.findings:
+        region = look_region(f)
+        if region is None:
+            plain.append(ReflectionItem("kept", SIGNS[f.kind][2], f"re-checked the {region_of(f)}, {_sign(f)} confirmed."))
+            continue
+        if region not in by_region:
+            continue
+        kind, true = wrong_of.get(id(f), (None, None))
+        if kind == "hallucinated":
+            item = _look_item("removed", f, region, f"no {_sign(f)}; overlapping normal structures.")
+            final.remove(f)
+        elif kind == "wrong_side":
+            item = _look_item("revised", f, region, f"no {_sign(f)} on the {f.side}; it is on the {true.side}.")
+            final[final.index(f)] = true
+        elif kind == "wrong_zone":
+            item = _look_item("revised", f, region, f"no {_sign(f)} in the {f.zone} zone; it is in the {true.zone} zone.")
+            final[final.index(f)] = true
+        else:
+            item = _look_item("kept", f, region, f"{_sign(f)} confirmed.")
+        corrected += kind is not None
+        by_region[region].append(item)
+    for kind, true, _ in draft.errors:
+        region = look_region(true) if kind == "missed" else None
+        if region in by_region:
+            by_region[region].append(_look_item("added", true, region, f"{_sign(true)}, missed in the draft."))
+            final.append(true)
+            corrected += 1
+    reflection: list[ReflectionItem] = []
+    for region in looks:
+        items = by_region[region] or [ReflectionItem("kept", NORMAL_LOOK_TARGET, f"magnified {region}: no abnormal sign.", region)]
+        # one crop per region: the items after the first belong to the same look
+        reflection += [items[0]] + [dataclasses.replace(item, look=None) for item in items[1:]]
+    reflection += plain
+    if not reflection:
+        reflection = _confirmations([])
+    if not draft.errors:
+        report = draft.report
+    elif {id(f) for f in final} == {id(f) for f in study.findings} and len(final) == len(study.findings):
+        report = Report(study.findings_text, study.impression_text)
+    elif corrected == 0:
+        report = draft.report
+    else:
+        report = write_report(final, random.Random(f"own-final:{study.study_id}"))
+    output = MedR2Output(perception=build_perception(draft.findings, study.anatomy), reasoning=build_reasoning(draft.findings),
+                         draft=draft.report, reflection=reflection, report=report)
+    return output, {"errors": len(draft.errors), "corrected": corrected}
