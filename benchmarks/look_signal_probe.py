@@ -13,6 +13,8 @@ held-out phantoms (the `predictions.jsonl` of a `medr2 evaluate` run) and a look
    certainty), and removes one the draft states when p is below remove x t.
    Per rule: wrong presence cells of the draft fixed, right ones broken, and the change of example-based CE-F1
    (hedged = found), against the draft itself as the baseline.
+3. The ceiling of a look model taught on its own drafts (`train-sft --look_drafts`): every error of the draft in a
+   region a proposed look reaches corrected, the others left as they are.
 
 Thresholds are the heads' own (chosen on validation films of seed 2); run it on the seed the heads chose them on and
 the rules' numbers are optimistic for the heads — a ceiling, not an estimate.
@@ -127,6 +129,20 @@ def main() -> int:
         diff = example_f1_matrix(new, ref) - base
         rules.append({"reading": name, "add_at": add, "remove_below": remove, "f1_change": round(float(diff.mean()), 4),
                       "wrong_fixed": int(((new == ref) & wrong).sum()), "right_broken": int(((new != ref) & ~wrong).sum())})
+    # The ceiling of a look model taught on its own drafts (train-sft --look_drafts): every error of the draft that
+    # a proposed look reaches corrected, the rest left (medr2.report.traces.build_look_trace_on_draft).
+    from medr2.report.traces import build_look_trace_on_draft, draft_from_text
+
+    oracle = draft.copy()
+    for i, study in enumerate(studies):
+        own = draft_from_text(study, drafts[i])
+        looks = propose_looks(own.report.text, film_probs[i], heads.thresholds, OBSERVATIONS, 3)
+        output, _ = build_look_trace_on_draft(study, own, looks)
+        oracle[i] = binarize(label_report(output.report.text), True)
+    diff = example_f1_matrix(oracle, ref) - base
+    rules.append({"reading": "oracle on proposed looks", "add_at": None, "remove_below": None,
+                  "f1_change": round(float(diff.mean()), 4), "wrong_fixed": int(((oracle == ref) & wrong).sum()),
+                  "right_broken": int(((oracle != ref) & ~wrong).sum())})
     # what kind of errors the draft makes: a lung finding named as another (a missed lung observation beside a
     # hallucinated one in the same study) or a plain miss / false alarm
     lung = [LABELS.index(o) for o in ("Lung Opacity", "Consolidation", "Pneumonia", "Atelectasis", "Lung Lesion")]
@@ -152,6 +168,10 @@ def main() -> int:
     for key, count in result["draft_errors"].items():
         print(f"  {key}: {count}")
     for rule in rules:
+        if rule["add_at"] is None:
+            print(f"{rule['reading']}: every error a look reaches corrected: F1 {rule['f1_change']:+.4f}, "
+                  f"fixed {rule['wrong_fixed']}, broken {rule['right_broken']}")
+            continue
         print(f"{rule['reading']}: add at p >= t + {rule['add_at']} (1 - t), remove below {rule['remove_below']} t: "
               f"F1 {rule['f1_change']:+.4f}, fixed {rule['wrong_fixed']}, broken {rule['right_broken']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

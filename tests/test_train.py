@@ -496,3 +496,12 @@ def test_grpo_on_a_dataset_folder_uses_its_reports_and_says_so_on_the_card(sft_c
     missing = _medr2("train-grpo", "--init", str(sft_checkpoint), "--output_dir", str(tmp_path / "x"),
                      "--dataset_dir", str(tmp_path / "nowhere"), "--max_steps", "1", cwd=Path.cwd())
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("film_size", [128, 384])
+def test_phantom_sft_rows_are_drawn_at_the_recipes_film_size(tmp_path, film_size):
+    from medr2.training.sft import MedR2SFTConfig, _phantom_rows
+
+    config = MedR2SFTConfig(output_dir=str(tmp_path), n_train=3, train_seed=5, film_size=film_size, report_to="none")
+    rows = _phantom_rows(config)
+    assert rows and {row["images"][0].size for row in rows} == {(film_size, film_size)}

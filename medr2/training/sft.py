@@ -55,7 +55,7 @@ class MedR2SFTConfig(SFTConfig, FilmSourceArguments):
     traces_file: str | None = field(default=None, metadata={"help": "with dataset_dir and target=medr2: a JSONL written by `medr2 traces` (e.g. with --teacher): each listed study's trace (`target`, with its `draft_error`) is trained on as written; studies not listed get the trace built here"})
     looks: bool = field(default=False, metadata={"help": "Med-R2 traces whose reflection looks again (magnified crops as extra images, the look heads' reading beside them; medr2.reflection); loss on every assistant turn"})
     look_heads: str | None = field(default=None, metadata={"help": "folder with look_heads.npz fitted on this model's tower (default: model_name_or_path); none found = looks without the heads' words"})
-    film_size: int = field(default=256, metadata={"help": "phantom film side in px; looks need the detail of 512"})
+    film_size: int = field(default=256, metadata={"help": "phantom film side in px (the processor resizes each film to the model's input); looks need the detail of 512"})
     look_error_weights: str = field(default="", metadata={"help": "with looks: the draft error kinds in these proportions, e.g. 'missed:0.52,hallucinated:0.30,wrong_zone:0.13,wrong_side:0.04' (as the model's own drafts err on validation); empty = uniform over the kinds a study allows"})
     normal_look_rate: float = field(default=0.5, metadata={"help": "with looks: share of traces with one extra look at a region the draft calls normal"})
     max_looks: int = field(default=4, metadata={"help": "with looks: most looks per trace"})
@@ -114,7 +114,7 @@ def _phantom_rows(config: MedR2SFTConfig) -> list[dict]:
     kind_repeats = parse_kind_oversample(config.kind_oversample)
     prompt = MEDR2_PROMPT if config.target == "medr2" else DIRECT_PROMPT
     rows = []
-    films = config.films()
+    films = config.films(size=config.film_size)
     for study in tqdm(phantom.generate_studies(config.n_train, config.train_seed, films), total=config.n_train, desc="phantom traces"):
         if config.target == "medr2":
             text = medr2_target(study, trace_config)
