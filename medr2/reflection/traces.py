@@ -8,6 +8,10 @@ regions are looked at follows the pipeline's rule: every draft finding, the regi
 in a share of studies one region the draft calls normal — the one the heads flag most, when they flag one — so a look
 does not mean a finding.
 
+With a model's own drafts of the training films (`read_drafts`: a `medr2 evaluate` run on them), each trace is built
+on that draft instead of an injected error, and its looks are the ones the pipeline proposes for it
+(`look_row_on_draft`): draft errors, evidence and looks then come together as they do at inference.
+
 Hands on: `look_rows(n, seed, ...)` -> rows for TRL's SFTTrainer (`messages` + `images`, loss on assistant turns).
 """
 from __future__ import annotations

@@ -10,6 +10,10 @@ hallucinated finding, the wrong side, or the wrong severity — and the reflecti
 region, names the error and fixes it, so the final report is always the ground-truth report. Otherwise
 the reflection confirms each finding.
 
+A trace can also be built on a model's own draft (`draft_from_text` reads it back into findings,
+`build_look_trace_on_draft` writes the reflection of the looks the pipeline proposed): there the final report
+corrects only the errors a look reaches, so it is the ground truth only where the looks could show it.
+
 Real datasets have no image ground truth: their traces are read from the reference report
 (`medr2.report.report_traces`).
 """
