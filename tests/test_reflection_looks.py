@@ -649,8 +649,70 @@ def test_look_rows_on_own_drafts_read_the_evaluation_and_hide_only_wrong_drafts(
     assert {bool(draft_from_text(s, t).errors) for s, t in zip(studies, texts)} == {True, False}
 
 
-def test_own_drafts_are_for_look_traces_only(tmp_path):
+@pytest.mark.parametrize("option", [{"look_drafts": "runs/x"}, {"evidence_names_draft": True}])
+def test_own_drafts_and_draft_evidence_are_for_look_traces_only(tmp_path, option):
     from medr2.training.sft import MedR2SFTConfig
 
     with pytest.raises(ValueError, match="set looks true"):
-        MedR2SFTConfig(output_dir=str(tmp_path), look_drafts=str(tmp_path), report_to="none")
+        MedR2SFTConfig(output_dir=str(tmp_path), report_to="none", **option)
+
+
+def test_the_evidence_names_the_drafts_findings_the_heads_do_not_see():
+    from medr2.reflection.heads import OBSERVATIONS
+    from medr2.reflection.looks import stated_here
+
+    draft = "Findings: 12 mm nodule in the left upper zone. Small left pleural effusion. Impression: Nodule. Effusion."
+    assert stated_here(draft, "left upper zone") == ["Lung Lesion"]
+    assert stated_here(draft, "left lower zone") == ["Pleural Effusion"] and stated_here(draft, "heart") == []
+    thresholds = np.full(len(OBSERVATIONS), 0.4)
+    probs = np.zeros(len(OBSERVATIONS))
+    probs[OBSERVATIONS.index("Pleural Effusion")] = 0.3  # "possible": above half its threshold
+    plain = evidence_text("left upper zone", probs, thresholds, OBSERVATIONS)
+    assert plain == "magnified left upper zone (2.2x); finding heads here: pleural effusion possible."  # as before
+    named = evidence_text("left upper zone", probs, thresholds, OBSERVATIONS, ["Lung Lesion", "Pleural Effusion"])
+    assert named == "magnified left upper zone (2.2x); finding heads here: pleural effusion possible; not seen here: lung lesion."
+
+
+class _FlatHeads:
+    """Look heads that read nothing anywhere: every region's evidence is 'nothing'."""
+
+    thresholds = np.full(13, 0.5)
+
+    def read(self, tower, films):
+        return np.zeros((len(films), 64, 13))
+
+    def region_reading(self, tower, film, film_probs, region):
+        return np.zeros(13), self.thresholds
+
+
+@pytest.mark.parametrize("names_draft", [False, True])
+def test_the_loop_names_the_drafts_unseen_findings_only_for_a_model_taught_so(look_pipeline, monkeypatch, names_draft):
+    from medr2.inference.pipeline import as_loaded
+    from medr2.reflection.loop import LookRunner
+
+    monkeypatch.setitem(look_pipeline.card, "look_evidence_names_draft", names_draft)
+    draft = ("<think>\n<perception>\nheart: normal.\n</perception>\n<reasoning>\nx -> y\n</reasoning>\n<draft>\n"
+             "Findings: 12 mm pulmonary nodule in the left upper zone. Impression: Pulmonary nodule.\n</draft>")
+    film = np.full((512, 512), 90, dtype=np.uint8)
+    runner = LookRunner(look_pipeline, _FlatHeads())
+    [(_, looks)] = runner.run([as_loaded(film)], "proposed", max_looks=1, drafts=[draft])
+    assert [lk.region for lk in looks] == ["left upper zone"]
+    expected = "magnified left upper zone (2.2x); finding heads here: nothing"
+    assert looks[0].evidence == expected + ("; not seen here: lung lesion." if names_draft else ".")
+
+
+def test_look_rows_word_the_evidence_as_the_pipeline_does_for_a_model_taught_to_read_the_draft():
+    from medr2.phantom.generator import PhantomConfig, generate_studies
+    from medr2.reflection.traces import look_rows
+
+    [study] = generate_studies(1, 29, PhantomConfig(size=256))
+    drafts = {study.study_id: "Findings: Large left pleural effusion. Impression: Left pleural effusion."}
+    evidence = {}
+    for names_draft in (False, True):
+        [(row, _)] = look_rows(1, 29, _FlatHeads(), None, None, films=PhantomConfig(size=256), max_looks=3, workers=1,
+                               drafts=drafts, evidence_names_draft=names_draft)
+        users = [m for m in row["messages"] if m["role"] == "user"][1:]  # the look turns after the prompt
+        evidence[names_draft] = [part["text"] for m in users for part in m["content"] if part["type"] == "text"]
+    looked = "magnified left lower zone (2.2x); finding heads here: nothing"
+    assert evidence[False][0] == looked + "."
+    assert evidence[True][0] == looked + "; not seen here: pleural effusion."

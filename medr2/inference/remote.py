@@ -238,7 +238,7 @@ class RemoteLookRunner(LookLoop):
     server's generation as well."""
 
     def __init__(self, pipeline: RemotePipeline, heads=None, tower=None, on_text=None):
-        super().__init__(heads, tower)
+        super().__init__(heads, tower, evidence_names_draft=bool(pipeline.card.get("look_evidence_names_draft")))
         self.pipeline = pipeline
         self.on_text = on_text  # on_text(study, trace so far) as text arrives: the stream's token events
         self.pieces: dict[int, int] = {}  # id(study) -> streamed pieces (its token count: usage ends the stream)

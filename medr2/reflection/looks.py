@@ -14,7 +14,11 @@ The full trace is the assistant turns joined by newlines, which `medr2.report.sc
 its look). The evidence line states the look heads' reading of the region in words calibrated on validation
 ("likely" at or above an observation's threshold, "possible" above half of it), never raw logits.
 
-Hands on: `evidence_text`, `look_turn`, `join_turns`, `propose_looks`, `look_conversation`.
+A look model trained with `--evidence_names_draft` also reads which of the draft's findings in the region the heads do
+not see ("not seen here: lung lesion"): the words a tiny language model needs to remove a finding the evidence does
+not support (docs/reflection.md, sixth candidate).
+
+Hands on: `evidence_text`, `stated_here`, `look_turn`, `join_turns`, `propose_looks`, `look_conversation`.
 """
 from __future__ import annotations
 
@@ -28,12 +32,14 @@ MAGNIFICATION = f"{1 / WINDOW:.1f}x"
 
 
 def evidence_text(region: str, region_probs: np.ndarray | None = None, thresholds: np.ndarray | None = None,
-                  observations: Sequence[str] = ()) -> str:
+                  observations: Sequence[str] = (), stated: Sequence[str] = ()) -> str:
     """The text beside a look's crop: the region and magnification, and (with heads) what the look heads read
     there. `region_probs` is the per-observation maximum [13] with its `thresholds`, from
     `LookHeads.region_reading`: the crop itself when the heads have a look reader (a tower tuned at the look
     scale), else the region's patches of the whole film (the model's own tower reads crops far worse than films:
-    docs/reflection.md)."""
+    docs/reflection.md). `stated`: the observations the draft states in this region (`stated_here`); those the heads
+    read below half their threshold are named as not seen there (for a look model trained with these words:
+    `train-sft --evidence_names_draft`)."""
     text = f"magnified {region} ({MAGNIFICATION})"
     if region_probs is None or thresholds is None:
         return text + "."
@@ -42,7 +48,10 @@ def evidence_text(region: str, region_probs: np.ndarray | None = None, threshold
                 if o != "Support Devices" and t / 2 <= p < t]
     words = [f"{o.lower()} likely" for _, o in sorted(likely, reverse=True)[:3]]
     words += [f"{o.lower()} possible" for _, o in sorted(possible, reverse=True)[:max(0, 3 - len(words))]]
-    return f"{text}; finding heads here: {', '.join(words) if words else 'nothing'}."
+    unseen = [o.lower() for p, t, o in zip(region_probs, thresholds, observations)
+              if o in stated and o != "Support Devices" and p < t / 2]
+    return (f"{text}; finding heads here: {', '.join(words) if words else 'nothing'}"
+            + (f"; not seen here: {', '.join(unseen)}" if unseen else "") + ".")
 
 
 def look_turn(evidence: str) -> dict:
@@ -83,22 +92,33 @@ def look_conversation(prompt_messages: list[dict], turns: Sequence[str], evidenc
     return messages
 
 
-def draft_regions(draft_text: str) -> list[str]:
-    """The regions of the findings a draft states (read by the project's labeler), in report order, deduplicated."""
+def _stated_regions(draft_text: str) -> list[tuple[str, list[str]]]:
+    """(observation, its regions as the draft states it) for every observation the draft states, hedged too (a
+    hedged finding is re-checked as well), read by the project's labeler and location reader."""
     from medr2.evaluation.evaluate import stated_details
     from medr2.labeler.findings import label_report
 
     labels = label_report(draft_text)
     details = stated_details(draft_text)
-    out: list[str] = []
+    out = []
     for observation, value in labels.items():
-        if value not in (1, -1):  # a hedged finding is re-checked as well
-            continue
-        sides, zones, _ = details.get(observation, (frozenset(), frozenset(), frozenset()))
-        for region in regions_for(observation, sorted(sides), sorted(zones)):
-            if region not in out:
-                out.append(region)
+        if value in (1, -1):
+            sides, zones, _ = details.get(observation, (frozenset(), frozenset(), frozenset()))
+            out.append((observation, regions_for(observation, sorted(sides), sorted(zones))))
     return out
+
+
+def draft_regions(draft_text: str) -> list[str]:
+    """The regions of the findings a draft states (read by the project's labeler), in report order, deduplicated."""
+    out: list[str] = []
+    for _, regions in _stated_regions(draft_text):
+        out += [r for r in regions if r not in out]
+    return out
+
+
+def stated_here(draft_text: str, region: str) -> list[str]:
+    """The observations a draft states in `region` (hedged too)."""
+    return [observation for observation, regions in _stated_regions(draft_text) if region in regions]
 
 
 def propose_looks(draft_text: str, film_probs: np.ndarray | None, thresholds: np.ndarray | None,

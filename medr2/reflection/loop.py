@@ -32,7 +32,7 @@ from PIL import Image
 from transformers import LogitsProcessor
 
 from medr2.reflection.heads import OBSERVATIONS, LookHeads, tower_of
-from medr2.reflection.looks import evidence_text, join_turns, look_conversation, propose_looks
+from medr2.reflection.looks import evidence_text, join_turns, look_conversation, propose_looks, stated_here
 from medr2.reflection.regions import crop_region, normalise_region, region_box
 from medr2.report.schema import LOOK_CLOSE, LOOK_OPEN, LOOK_RE
 
@@ -72,6 +72,7 @@ class LookStudy:
     phase: str = "draft"  # draft -> reflect -> rest -> done
     film_probs: np.ndarray | None = None
     looks_closed: bool = False  # a request was refused: the model goes on with the look tag banned
+    draft: str = ""  # the draft's text (inside <draft>), once written
 
     def conversation(self, prompt_messages: list[dict]) -> list[dict]:
         """The chat up to the turn being written: the prompt, then assistant turn / look turn alternating (the last
@@ -112,9 +113,11 @@ class LookLoop:
 
     can_ban_looks = False  # whether `generate` can keep a study whose looks are closed from asking again
 
-    def __init__(self, heads: LookHeads | None = None, tower=None):
+    def __init__(self, heads: LookHeads | None = None, tower=None, evidence_names_draft: bool = False):
         self.heads = heads
         self.tower = tower
+        # a look model trained with the draft's unseen findings named in the evidence (its card says so) gets them
+        self.evidence_names_draft = evidence_names_draft
         self.stop_tags = STOP_TAGS
         self.studies: list[LookStudy] = []  # the last run's studies, for backends that report on them
 
@@ -126,8 +129,9 @@ class LookLoop:
         """End the assistant turn at the look request and add the crop + evidence turn."""
         crop = crop_region(study.film, region)
         if self.heads is not None and study.film_probs is not None:
+            stated = stated_here(study.draft, region) if self.evidence_names_draft else ()
             evidence = evidence_text(region, *self.heads.region_reading(self.tower, study.film, study.film_probs, region),
-                                     OBSERVATIONS)
+                                     OBSERVATIONS, stated)
         else:
             evidence = evidence_text(region)
         study.turns.append(study.current)
@@ -180,10 +184,10 @@ class LookLoop:
                 s.phase = "done"  # stopped at the end of the answer or the token budget: nothing to reflect on
                 return
             s.current = s.current.rstrip() + "\n<reflection>\n"
+            s.draft = s.current.rsplit("<draft>", 1)[-1].split("</draft>")[0]
             if mode == "proposed":
-                draft = s.current.rsplit("<draft>", 1)[-1].split("</draft>")[0]
                 thresholds = self.heads.thresholds if self.heads is not None else None
-                s.queue = propose_looks(draft, s.film_probs, thresholds, OBSERVATIONS, max_looks)
+                s.queue = propose_looks(s.draft, s.film_probs, thresholds, OBSERVATIONS, max_looks)
             s.phase = "reflect"
             if mode != "off":
                 self._force_next(s, max_looks)
@@ -243,7 +247,8 @@ class LookRunner(LookLoop):
     """Runs the look loop with one pipeline's model, processor and (optional) look heads, in this process."""
 
     def __init__(self, pipeline, heads: LookHeads | None):
-        super().__init__(heads, tower_of(pipeline.model) if heads is not None else None)
+        super().__init__(heads, tower_of(pipeline.model) if heads is not None else None,
+                         evidence_names_draft=bool(pipeline.card.get("look_evidence_names_draft")))
         self.pipeline = pipeline
         tok = pipeline.processor.tokenizer
         vocab = tok.get_vocab()

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from medr2.reflection.heads import OBSERVATIONS, LookHeads, region_max, to_input
-from medr2.reflection.looks import evidence_text, look_conversation, propose_looks, split_at_looks
+from medr2.reflection.looks import evidence_text, look_conversation, propose_looks, split_at_looks, stated_here
 from medr2.reflection.regions import LOOK_REGIONS, crop_region, regions_for
 
 
@@ -47,7 +47,8 @@ def _normal_look(study, film_probs: np.ndarray | None, heads: LookHeads | None, 
     return rng.choice(free)
 
 
-def look_row(study, heads: LookHeads | None, tower, trace_config, normal_look_rate: float, max_looks: int) -> dict:
+def look_row(study, heads: LookHeads | None, tower, trace_config, normal_look_rate: float, max_looks: int,
+             evidence_names_draft: bool = False) -> dict:
     from medr2.report.traces import build_look_trace
 
     rng = random.Random(f"normal-look:{trace_config.seed}:{study.study_id}")
@@ -55,10 +56,12 @@ def look_row(study, heads: LookHeads | None, tower, trace_config, normal_look_ra
     normal = _normal_look(study, film_probs, heads, rng) if rng.random() < normal_look_rate else ""
     output, error_kind = build_look_trace(study, trace_config, normal_look=normal or None, max_looks=max_looks)
     looks = [item.look for item in output.reflection if item.look]
-    return _row(study, output, looks, film_probs, heads, tower, context_draft=error_kind is not None)
+    return _row(study, output, looks, film_probs, heads, tower, context_draft=error_kind is not None,
+                names_draft=evidence_names_draft)
 
 
-def look_row_on_draft(study, draft_text: str, heads: LookHeads | None, tower, max_looks: int) -> tuple[dict, dict[str, int]]:
+def look_row_on_draft(study, draft_text: str, heads: LookHeads | None, tower, max_looks: int,
+                      evidence_names_draft: bool = False) -> tuple[dict, dict[str, int]]:
     """The row of `study` whose draft is a model's own (`draft_text`, its `<draft>` section) and whose looks are the
     ones the pipeline proposes for it (`propose_looks`, the heads' reading of this film), with the trace's counts of
     draft errors and of those its looks correct (`build_look_trace_on_draft`)."""
@@ -69,18 +72,23 @@ def look_row_on_draft(study, draft_text: str, heads: LookHeads | None, tower, ma
     thresholds = heads.thresholds if heads is not None else None
     looks = propose_looks(draft.report.text, film_probs, thresholds, OBSERVATIONS, max_looks)
     output, counts = build_look_trace_on_draft(study, draft, looks)
-    return _row(study, output, looks, film_probs, heads, tower, context_draft=bool(draft.errors)), counts
+    row = _row(study, output, looks, film_probs, heads, tower, context_draft=bool(draft.errors), names_draft=evidence_names_draft)
+    return row, counts
 
 
-def _row(study, output, looks: list[str], film_probs, heads: LookHeads | None, tower, context_draft: bool) -> dict:
-    """The chat of a trace with looks: a crop and the heads' words per look; a wrong draft is context only."""
+def _row(study, output, looks: list[str], film_probs, heads: LookHeads | None, tower, context_draft: bool,
+         names_draft: bool = False) -> dict:
+    """The chat of a trace with looks: a crop and the heads' words per look (`names_draft`: with the draft's findings
+    there that the heads do not see, as the pipeline words them for such a model); a wrong draft is context only."""
     from medr2.modeling.model import build_chat
     from medr2.report.schema import render
     from medr2.report.traces import MEDR2_PROMPT
 
     crops = [crop_region(study.image, r) for r in looks]
     if film_probs is not None:
-        evidences = [evidence_text(r, *heads.region_reading(tower, study.image, film_probs, r), OBSERVATIONS) for r in looks]
+        draft = output.draft.text if names_draft and output.draft is not None else ""
+        evidences = [evidence_text(r, *heads.region_reading(tower, study.image, film_probs, r), OBSERVATIONS,
+                                   stated_here(draft, r) if draft else ()) for r in looks]
     else:
         evidences = [evidence_text(r) for r in looks]
     messages = look_conversation(build_chat(MEDR2_PROMPT), split_at_looks(render(output)), evidences)
@@ -124,7 +132,7 @@ def read_drafts(predictions: str, n: int, seed: int) -> dict[str, str]:
 
 def look_rows(n: int, seed: int, heads: LookHeads | None, tower, trace_config, films=None,
               normal_look_rate: float = 0.5, max_looks: int = 4, workers: int = 2,
-              drafts: dict[str, str] | None = None) -> list[tuple[dict, object]]:
+              drafts: dict[str, str] | None = None, evidence_names_draft: bool = False) -> list[tuple[dict, object]]:
     """(row, study) for `n` phantom studies of `seed` drawn with `films` (a `PhantomConfig`: renderer and size; default
     drawn films at 512 px, whose detail the crops magnify). The study is kept for oversampling decisions. With
     `drafts` (`read_drafts`) each trace is built on the model's own draft of the study (`look_row_on_draft`)
@@ -140,11 +148,11 @@ def look_rows(n: int, seed: int, heads: LookHeads | None, tower, trace_config, f
     jobs = [(s, films) for s in study_seeds(n, seed)]
     for study in tqdm(map_in_workers(_study, jobs, workers), total=n, desc="look traces", mininterval=10):
         if drafts is None:
-            out.append((look_row(study, heads, tower, trace_config, normal_look_rate, max_looks), study))
+            out.append((look_row(study, heads, tower, trace_config, normal_look_rate, max_looks, evidence_names_draft), study))
             continue
         if study.study_id not in drafts:
             raise ValueError(f"look_drafts: no draft for study {study.study_id} (drafts of other films?)")
-        row, counts = look_row_on_draft(study, drafts[study.study_id], heads, tower, max_looks)
+        row, counts = look_row_on_draft(study, drafts[study.study_id], heads, tower, max_looks, evidence_names_draft)
         totals["errors"] += counts["errors"]
         totals["corrected"] += counts["corrected"]
         totals["studies_with_errors"] += counts["errors"] > 0

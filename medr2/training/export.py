@@ -132,6 +132,15 @@ def describe_sources(sources: list[dict]) -> str:
     return "; ".join(f"{name} ({'; then '.join(details)})" if details else name for name, details in groups)
 
 
+# what a look model's card tells the pipeline: that it runs the look loop, and how its evidence lines are worded
+LOOK_CARD_KEYS = ("reflection", "look_evidence_names_draft")
+
+
+def look_card(card: dict) -> dict:
+    """The look keys of a run's card (`LOOK_CARD_KEYS`) that are set: what export and GRPO carry to their own card."""
+    return {key: card[key] for key in LOOK_CARD_KEYS if card.get(key)}
+
+
 def training_card(target: str, source: dict, *, init: str | Path | None = None) -> dict:
     """`medr2_model.json` of a training stage's output: what it was trained on, from where it started.
 
@@ -208,7 +217,7 @@ def export(run_dir: str | Path, dest: str | Path, *, target: str, recipe: list[s
     card = {
         "target": target,
         **trained_on,
-        **({"reflection": run_card["reflection"]} if run_card.get("reflection") else {}),
+        **look_card(run_card),
         "intended_use": ("research demo of shown-work report generation" if trained_on["demo"] else
                          "research on shown-work report generation") + "; NOT for clinical use",
         "recipe": recipe,

@@ -150,13 +150,12 @@ def train(config: MedR2GRPOConfig) -> Path:
     out = Path(config.output_dir)
     trainer.save_model(str(out))
     processor.save_pretrained(str(out))
-    from medr2.training.export import dataset_source, phantom_source, training_card
+    from medr2.training.export import dataset_source, look_card, phantom_source, training_card
 
     # what the policy has now seen: its init's sources plus this run's prompts (demo only if all are phantoms)
     source = dataset_source(config.dataset_dir) if config.dataset_dir else phantom_source(config.prompt_seed, config.n_prompts)
     grpo_card = training_card(card.get("target", "medr2"), source, init=config.init)
-    if card.get("reflection"):
-        grpo_card["reflection"] = card["reflection"]
+    grpo_card.update(look_card(card))
     if config.dataset_dir and config.max_images > 1:  # prompts with several views a study; the pipeline sends one
         grpo_card["images_per_study"] = config.max_images
     (out / "medr2_model.json").write_text(json.dumps(grpo_card, indent=2))

@@ -59,6 +59,7 @@ class MedR2SFTConfig(SFTConfig, FilmSourceArguments):
     look_error_weights: str = field(default="", metadata={"help": "with looks: the draft error kinds in these proportions, e.g. 'missed:0.52,hallucinated:0.30,wrong_zone:0.13,wrong_side:0.04' (as the model's own drafts err on validation); empty = uniform over the kinds a study allows"})
     normal_look_rate: float = field(default=0.5, metadata={"help": "with looks: share of traces with one extra look at a region the draft calls normal"})
     max_looks: int = field(default=4, metadata={"help": "with looks: most looks per trace"})
+    evidence_names_draft: bool = field(default=False, metadata={"help": "with looks: each look's evidence line also names the draft's findings in that region that the heads do not see ('not seen here: lung lesion'); the model card records it so the pipeline words its evidence the same way"})
     look_drafts: str | None = field(default=None, metadata={"help": "with looks: a `medr2 evaluate` folder (or its predictions.jsonl) of the parent model on the training films (--seed train_seed, --n n_train, same renderer and film_size): each trace is built on the parent's own draft, its looks where the pipeline proposes them, instead of an injected error (error_rate, look_error_weights and normal_look_rate are then unused)"})
     vocab_size: int = field(default=2000, metadata={"help": "tokenizer vocabulary of the tiny model"})
     arch: str = field(default="llava", metadata={"help": "tiny architecture: llava | qwen2_vl | qwen2_5_vl"})
@@ -89,8 +90,8 @@ class MedR2SFTConfig(SFTConfig, FilmSourceArguments):
             # a row whose draft holds a taught error is a chat with the draft in a context-only turn: the loss covers
             # the assistant turns that carry it (every row, so the dataset has one format)
             self.assistant_only_loss, self.completion_only_loss = True, False
-        if self.look_drafts and not self.looks:
-            raise ValueError("look_drafts builds look traces on a model's own drafts: set looks true")
+        if (self.look_drafts or self.evidence_names_draft) and not self.looks:
+            raise ValueError("look_drafts and evidence_names_draft are options of look traces: set looks true")
         if self.looks:
             if self.target != "medr2" or self.dataset_dir:
                 raise ValueError("looks are part of the Med-R2 trace on phantoms: use target=medr2 without dataset_dir")
@@ -143,7 +144,8 @@ def _look_rows(config: MedR2SFTConfig, model) -> list[dict]:
     films = config.films(size=config.film_size)  # the renderer's films at the look scale's detail
     drafts = read_drafts(config.look_drafts, config.n_train, config.train_seed) if config.look_drafts else None
     for row, study in look_rows(config.n_train, config.train_seed, heads, tower, trace_config, films=films,
-                                normal_look_rate=config.normal_look_rate, max_looks=config.max_looks, drafts=drafts):
+                                normal_look_rate=config.normal_look_rate, max_looks=config.max_looks, drafts=drafts,
+                                evidence_names_draft=config.evidence_names_draft):
         rows += [row] * study_repeats(study, config.focal_oversample, kind_repeats)
     random.Random(config.seed).shuffle(rows)
     return rows
@@ -438,6 +440,8 @@ def train(config: MedR2SFTConfig) -> Path:
     card = training_card(config.target, source, init=config.model_name_or_path)
     if config.looks:
         card["reflection"] = "looks"  # the pipeline runs the look loop for this model (medr2.reflection)
+        if config.evidence_names_draft:  # the pipeline words its evidence lines as this model was taught them
+            card["look_evidence_names_draft"] = True
     if config.dataset_dir and config.max_images > 1:  # trained on several views a study; the pipeline sends one
         card["images_per_study"] = config.max_images
     (out / "medr2_model.json").write_text(json.dumps(card, indent=2))
