@@ -716,3 +716,17 @@ def test_look_rows_word_the_evidence_as_the_pipeline_does_for_a_model_taught_to_
     looked = "magnified left lower zone (2.2x); finding heads here: nothing"
     assert evidence[False][0] == looked + "."
     assert evidence[True][0] == looked + "; not seen here: pleural effusion."
+
+
+def test_export_carries_how_a_look_model_was_taught_its_evidence(tmp_path):
+    from medr2.modeling.model import cli_build_tiny
+    from medr2.training.export import export
+
+    run = tmp_path / "run"
+    assert cli_build_tiny(["--micro", "--out", str(run)]) == 0
+    card = {"target": "medr2", "demo": True, "training_data": "synthetic phantoms", "reflection": "looks",
+            "look_evidence_names_draft": True}
+    (run / "medr2_model.json").write_text(json.dumps(card))
+    export(run, tmp_path / "out", target="medr2", recipe=["recipes/experiments/sft_look_v7.yaml"])
+    exported = json.loads((tmp_path / "out" / "medr2_model.json").read_text())
+    assert exported["reflection"] == "looks" and exported["look_evidence_names_draft"] is True
