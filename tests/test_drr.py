@@ -298,12 +298,13 @@ def test_look_traces_of_a_mixed_renderer_are_cut_from_its_films(ct):
                      max_looks=2, workers=1)
     seeds = study_seeds(6, 43)
     assert {renders_from_ct(s, films) for s in seeds} == {True, False}  # both kinds among these six
-    for (row, study), seed in zip(rows, seeds):
+    for (row, study, corrections), seed in zip(rows, seeds):
+        assert corrections == 0  # error_rate 0: no draft error to correct
         assert study.study_id.startswith("drr-" if renders_from_ct(seed, films) else "phantom-")
         assert np.array_equal(study.image, generate_study(seed, films).image)
         image_parts = [p for m in row["messages"] if isinstance(m["content"], list) for p in m["content"] if p.get("type") == "image"]
         assert len(row["images"]) == len(image_parts)  # the film, then one crop per look
-    assert max(len(row["images"]) for row, _ in rows) >= 2
+    assert max(len(row["images"]) for row, _, _ in rows) >= 2
 
 
 def test_fit_look_heads_on_rendered_films_says_so_and_refuses_an_unknown_renderer(ct, tmp_path, capsys):

@@ -641,15 +641,21 @@ def test_look_rows_on_own_drafts_read_the_evaluation_and_hide_only_wrong_drafts(
     with pytest.raises(ValueError, match="no predictions file"):
         read_drafts(str(tmp_path / "missing"), 6, 23)
     out = look_rows(6, 23, None, None, TraceConfig(), films=PhantomConfig(size=256), max_looks=3, workers=1, drafts=drafts)
-    for (row, study), text in zip(out, texts):
-        wrong = bool(draft_from_text(study, text).errors)
+    corrected = 0
+    for (row, study, corrections), text in zip(out, texts):
+        errors = draft_from_text(study, text).errors
         assistants = [m for m in row["messages"] if m["role"] == "assistant"]
-        assert assistants[0]["context_only"] is wrong
+        assert assistants[0]["context_only"] is bool(errors)
         assert len(row["images"]) == len(assistants)  # the film, then one crop per look
+        assert 0 <= corrections <= len(errors)
+        removed = sum(1 for m in assistants for part in m["content"] if "removed:" in part["text"])
+        assert corrections >= removed  # every removal the reflection writes is a counted correction
+        corrected += corrections
     assert {bool(draft_from_text(s, t).errors) for s, t in zip(studies, texts)} == {True, False}
+    assert corrected > 0  # the hallucinated effusions sit where the draft's own look goes
 
 
-@pytest.mark.parametrize("option", [{"look_drafts": "runs/x"}, {"evidence_names_draft": True}])
+@pytest.mark.parametrize("option", [{"look_drafts": "runs/x"}, {"evidence_names_draft": True}, {"correction_oversample": 3}])
 def test_own_drafts_and_draft_evidence_are_for_look_traces_only(tmp_path, option):
     from medr2.training.sft import MedR2SFTConfig
 
@@ -709,7 +715,7 @@ def test_look_rows_word_the_evidence_as_the_pipeline_does_for_a_model_taught_to_
     drafts = {study.study_id: "Findings: Large left pleural effusion. Impression: Left pleural effusion."}
     evidence = {}
     for names_draft in (False, True):
-        [(row, _)] = look_rows(1, 29, _FlatHeads(), None, None, films=PhantomConfig(size=256), max_looks=3, workers=1,
+        [(row, _, _)] = look_rows(1, 29, _FlatHeads(), None, None, films=PhantomConfig(size=256), max_looks=3, workers=1,
                                drafts=drafts, evidence_names_draft=names_draft)
         users = [m for m in row["messages"] if m["role"] == "user"][1:]  # the look turns after the prompt
         evidence[names_draft] = [part["text"] for m in users for part in m["content"] if part["type"] == "text"]
@@ -730,3 +736,19 @@ def test_export_carries_how_a_look_model_was_taught_its_evidence(tmp_path):
     export(run, tmp_path / "out", target="medr2", recipe=["recipes/experiments/sft_look_v7.yaml"])
     exported = json.loads((tmp_path / "out" / "medr2_model.json").read_text())
     assert exported["reflection"] == "looks" and exported["look_evidence_names_draft"] is True
+
+
+def test_correcting_look_traces_are_repeated_as_the_recipe_says(tmp_path, monkeypatch):
+    import medr2.reflection.heads as heads_module
+    import medr2.reflection.traces as traces_module
+    from medr2.phantom.generator import generate_studies
+    from medr2.training import sft
+
+    normal = next(s for s in generate_studies(40, 31) if not s.findings)  # no focal finding: focal_oversample leaves it once
+    made = [({"id": "corrects"}, normal, 2), ({"id": "confirms"}, normal, 0)]
+    monkeypatch.setattr(traces_module, "look_rows", lambda *args, **kwargs: made)
+    monkeypatch.setattr(heads_module, "tower_of", lambda model: torch.nn.Identity())
+    config = sft.MedR2SFTConfig(output_dir=str(tmp_path), report_to="none", looks=True, model_name_or_path=None,
+                                correction_oversample=3)
+    rows = sft._look_rows(config, model=None)
+    assert sorted(row["id"] for row in rows) == ["confirms", "corrects", "corrects", "corrects"]

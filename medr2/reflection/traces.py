@@ -132,9 +132,10 @@ def read_drafts(predictions: str, n: int, seed: int) -> dict[str, str]:
 
 def look_rows(n: int, seed: int, heads: LookHeads | None, tower, trace_config, films=None,
               normal_look_rate: float = 0.5, max_looks: int = 4, workers: int = 2,
-              drafts: dict[str, str] | None = None, evidence_names_draft: bool = False) -> list[tuple[dict, object]]:
-    """(row, study) for `n` phantom studies of `seed` drawn with `films` (a `PhantomConfig`: renderer and size; default
-    drawn films at 512 px, whose detail the crops magnify). The study is kept for oversampling decisions. With
+              drafts: dict[str, str] | None = None, evidence_names_draft: bool = False) -> list[tuple[dict, object, int]]:
+    """(row, study, corrections) for `n` phantom studies of `seed` drawn with `films` (a `PhantomConfig`: renderer and size; default
+    drawn films at 512 px, whose detail the crops magnify). The study and the number of draft errors the trace's
+reflection corrects are kept for oversampling decisions. With
     `drafts` (`read_drafts`) each trace is built on the model's own draft of the study (`look_row_on_draft`)
     instead of an injected error."""
     import logging
@@ -148,7 +149,9 @@ def look_rows(n: int, seed: int, heads: LookHeads | None, tower, trace_config, f
     jobs = [(s, films) for s in study_seeds(n, seed)]
     for study in tqdm(map_in_workers(_study, jobs, workers), total=n, desc="look traces", mininterval=10):
         if drafts is None:
-            out.append((look_row(study, heads, tower, trace_config, normal_look_rate, max_looks, evidence_names_draft), study))
+            row = look_row(study, heads, tower, trace_config, normal_look_rate, max_looks, evidence_names_draft)
+            injected = any(m["context_only"] for m in row["messages"])  # the draft holds an error its reflection fixes
+            out.append((row, study, int(injected)))
             continue
         if study.study_id not in drafts:
             raise ValueError(f"look_drafts: no draft for study {study.study_id} (drafts of other films?)")
@@ -156,7 +159,7 @@ def look_rows(n: int, seed: int, heads: LookHeads | None, tower, trace_config, f
         totals["errors"] += counts["errors"]
         totals["corrected"] += counts["corrected"]
         totals["studies_with_errors"] += counts["errors"] > 0
-        out.append((row, study))
+        out.append((row, study, counts["corrected"]))
     if drafts is not None:
         logging.getLogger(__name__).info("own-draft look traces: %d studies, %d with draft errors, %d errors, %d of them "
                                          "corrected by a proposed look", n, totals["studies_with_errors"],

@@ -49,6 +49,7 @@ class MedR2SFTConfig(SFTConfig, FilmSourceArguments):
     n_train: int = field(default=6000, metadata={"help": "phantom training studies"})
     train_seed: int = field(default=1, metadata={"help": "phantom seed (same as stage 0 so the tower saw these images)"})
     focal_oversample: int = field(default=2, metadata={"help": "studies with focal findings appear this many times"})
+    correction_oversample: int = field(default=1, metadata={"help": "with looks: a trace whose reflection corrects its draft appears at least this many times (the corrections are few among the confirmations)"})
     kind_oversample: str = field(default="", metadata={"help": "per-kind repeats that override focal_oversample, e.g. 'opacity:3,pneumonia:3' (the findings still below the bar)"})
     error_rate: float = field(default=0.2, metadata={"help": "fraction of Med-R2 traces whose draft carries an error that reflection fixes"})
     draft_error_rate: float = field(default=0.0, metadata={"help": "with dataset_dir and target=medr2: fraction of report traces whose draft carries one error made from the reference's own findings (dropped, wrong side, wrong severity, or an added finding the report does not mention) that the reflection fixes; such a draft is a context-only turn (no loss); 0 = every draft is the reference"})
@@ -90,8 +91,10 @@ class MedR2SFTConfig(SFTConfig, FilmSourceArguments):
             # a row whose draft holds a taught error is a chat with the draft in a context-only turn: the loss covers
             # the assistant turns that carry it (every row, so the dataset has one format)
             self.assistant_only_loss, self.completion_only_loss = True, False
-        if (self.look_drafts or self.evidence_names_draft) and not self.looks:
-            raise ValueError("look_drafts and evidence_names_draft are options of look traces: set looks true")
+        if self.correction_oversample < 1:
+            raise ValueError(f"correction_oversample must be >= 1, got {self.correction_oversample}")
+        if (self.look_drafts or self.evidence_names_draft or self.correction_oversample > 1) and not self.looks:
+            raise ValueError("look_drafts, evidence_names_draft and correction_oversample are options of look traces: set looks true")
         if self.looks:
             if self.target != "medr2" or self.dataset_dir:
                 raise ValueError("looks are part of the Med-R2 trace on phantoms: use target=medr2 without dataset_dir")
@@ -143,10 +146,11 @@ def _look_rows(config: MedR2SFTConfig, model) -> list[dict]:
     trace_config = TraceConfig(error_rate=config.error_rate, seed=config.seed, look_error_weights=config.look_error_weights)
     films = config.films(size=config.film_size)  # the renderer's films at the look scale's detail
     drafts = read_drafts(config.look_drafts, config.n_train, config.train_seed) if config.look_drafts else None
-    for row, study in look_rows(config.n_train, config.train_seed, heads, tower, trace_config, films=films,
+    for row, study, corrections in look_rows(config.n_train, config.train_seed, heads, tower, trace_config, films=films,
                                 normal_look_rate=config.normal_look_rate, max_looks=config.max_looks, drafts=drafts,
                                 evidence_names_draft=config.evidence_names_draft):
-        rows += [row] * study_repeats(study, config.focal_oversample, kind_repeats)
+        repeats = study_repeats(study, config.focal_oversample, kind_repeats)
+        rows += [row] * (max(repeats, config.correction_oversample) if corrections else repeats)
     random.Random(config.seed).shuffle(rows)
     return rows
 
