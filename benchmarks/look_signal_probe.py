@@ -130,8 +130,8 @@ def main() -> int:
         rules.append({"reading": name, "add_at": add, "remove_below": remove, "f1_change": round(float(diff.mean()), 4),
                       "wrong_fixed": int(((new == ref) & wrong).sum()), "right_broken": int(((new != ref) & ~wrong).sum())})
     # The ceiling of a look model taught on its own drafts (train-sft --look_drafts): every error of the draft that
-    # a proposed look reaches corrected, the rest left (medr2.report.traces.build_look_trace_on_draft).
-    from medr2.report.traces import build_look_trace_on_draft, draft_from_text
+    # a proposed look reaches corrected, the rest left (medr2.report.look_traces.build_look_trace_on_draft).
+    from medr2.report.look_traces import build_look_trace_on_draft, draft_from_text
 
     oracle = draft.copy()
     for i, study in enumerate(studies):

@@ -39,7 +39,7 @@ def main() -> int:
     from medr2.reflection.heads import OBSERVATIONS, LookHeads, tower_of
     from medr2.reflection.looks import propose_looks
     from medr2.reflection.traces import read_drafts
-    from medr2.report.traces import draft_from_text, look_region
+    from medr2.report.look_traces import draft_from_text, look_region
 
     model, _ = load_model(args.model)
     tower = tower_of(model).float().eval()

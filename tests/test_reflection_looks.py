@@ -79,7 +79,8 @@ def test_a_look_with_no_item_after_it_is_kept_as_a_note():
 # ---------------------------------------------------------------- traces
 def test_look_traces_teach_looks_at_findings_errors_and_normal_regions():
     from medr2.phantom.generator import generate_studies
-    from medr2.report.traces import TraceConfig, build_look_trace
+    from medr2.report.look_traces import build_look_trace
+    from medr2.report.traces import TraceConfig
 
     kinds = set()
     for study in generate_studies(40, 11):
@@ -351,7 +352,8 @@ def test_a_context_only_draft_carries_no_loss_and_renders_the_same():
 def test_look_rows_hide_only_a_draft_that_holds_an_injected_error():
     from medr2.phantom.generator import PhantomConfig, generate_study, study_seeds
     from medr2.reflection.traces import look_row
-    from medr2.report.traces import TraceConfig, build_look_trace
+    from medr2.report.look_traces import build_look_trace
+    from medr2.report.traces import TraceConfig
 
     seen = set()
     for seed in study_seeds(12, 13):
@@ -370,7 +372,8 @@ def test_look_error_kinds_follow_the_given_proportions():
     import random
 
     from medr2.phantom.generator import generate_studies
-    from medr2.report.traces import DEVICE_KINDS, TraceConfig, inject_look_error, parse_look_error_weights
+    from medr2.report.look_traces import inject_look_error
+    from medr2.report.traces import DEVICE_KINDS, TraceConfig, parse_look_error_weights
 
     assert parse_look_error_weights("missed:0.5, wrong_zone:0.25") == {"missed": 0.5, "wrong_zone": 0.25}
     for bad in ("missed", "missed:-1", "misread:0.2", "missed:0"):
@@ -556,7 +559,8 @@ def _own_draft_cases(n: int = 30, seed: int = 17):
     import random as _random
 
     from medr2.phantom.generator import generate_studies
-    from medr2.report.traces import inject_look_error, write_report
+    from medr2.report.look_traces import inject_look_error
+    from medr2.report.traces import write_report
 
     for study in generate_studies(n, seed):
         yield study, None, None, study.report
@@ -569,7 +573,7 @@ def _own_draft_cases(n: int = 30, seed: int = 17):
 def test_an_own_draft_is_read_back_into_the_errors_it_holds():
     from medr2.evaluation.evaluate import stated_details
     from medr2.labeler.findings import label_report
-    from medr2.report.traces import draft_from_text
+    from medr2.report.look_traces import draft_from_text
 
     recovered = set()
     for study, injected, finding, text in _own_draft_cases():
@@ -596,7 +600,7 @@ def test_an_own_draft_is_read_back_into_the_errors_it_holds():
 
 
 def test_a_trace_on_an_own_draft_corrects_only_the_errors_its_looks_reach():
-    from medr2.report.traces import build_look_trace_on_draft, draft_from_text, look_region
+    from medr2.report.look_traces import build_look_trace_on_draft, draft_from_text, look_region
 
     checked = set()
     for study, injected, _, text in _own_draft_cases(20, 19):
@@ -627,7 +631,8 @@ def test_a_trace_on_an_own_draft_corrects_only_the_errors_its_looks_reach():
 def test_look_rows_on_own_drafts_read_the_evaluation_and_hide_only_wrong_drafts(tmp_path):
     from medr2.phantom.generator import PhantomConfig, generate_studies
     from medr2.reflection.traces import look_rows, read_drafts
-    from medr2.report.traces import TraceConfig, draft_from_text
+    from medr2.report.look_traces import draft_from_text
+    from medr2.report.traces import TraceConfig
 
     studies = list(generate_studies(6, 23, PhantomConfig(size=256)))
     texts = [s.report if i % 2 else "Findings: Large left pleural effusion. Impression: Left effusion." for i, s in enumerate(studies)]

@@ -49,7 +49,7 @@ def _normal_look(study, film_probs: np.ndarray | None, heads: LookHeads | None, 
 
 def look_row(study, heads: LookHeads | None, tower, trace_config, normal_look_rate: float, max_looks: int,
              evidence_names_draft: bool = False) -> dict:
-    from medr2.report.traces import build_look_trace
+    from medr2.report.look_traces import build_look_trace
 
     rng = random.Random(f"normal-look:{trace_config.seed}:{study.study_id}")
     film_probs = heads.read(tower, [study.image])[0] if heads is not None else None
@@ -65,7 +65,7 @@ def look_row_on_draft(study, draft_text: str, heads: LookHeads | None, tower, ma
     """The row of `study` whose draft is a model's own (`draft_text`, its `<draft>` section) and whose looks are the
     ones the pipeline proposes for it (`propose_looks`, the heads' reading of this film), with the trace's counts of
     draft errors and of those its looks correct (`build_look_trace_on_draft`)."""
-    from medr2.report.traces import build_look_trace_on_draft, draft_from_text
+    from medr2.report.look_traces import build_look_trace_on_draft, draft_from_text
 
     film_probs = heads.read(tower, [study.image])[0] if heads is not None else None
     draft = draft_from_text(study, draft_text)
