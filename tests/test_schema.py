@@ -16,6 +16,7 @@ from medr2.report.schema import (
     render,
     render_direct,
     report_for_scoring,
+    section_body,
 )
 
 EXAMPLE = """<think>
@@ -53,6 +54,16 @@ def test_parse_example_into_dataclasses():
     assert out.report.impression == "Effusion and pneumothorax."
     assert result.complete_sections == ["perception", "reasoning", "draft", "reflection", "think", "report"]
     assert result.missing == [] and result.problems == [] and result.partial_section is None
+
+
+def test_section_body_reads_one_closed_section_as_parse_does():
+    assert section_body(EXAMPLE, "draft") == "Findings: Small right pleural effusion. Impression: Small right effusion."
+    assert section_body(EXAMPLE, "draft") == parse(EXAMPLE).output.draft.text
+    # a look loop's prefix: the draft is closed, the reflection is not
+    prefix = EXAMPLE[:EXAMPLE.index("<reflection>") + len("<reflection>\n")]
+    assert section_body(prefix, "draft") == section_body(EXAMPLE, "draft")
+    assert section_body(prefix, "reflection") is None
+    assert section_body("<draft>no end", "draft") is None
 
 
 def test_render_is_exact_and_round_trips_example():

@@ -74,26 +74,25 @@ def check_reproducible(config: dict) -> None:
                          f"v{GENERATOR_VERSION}: re-run `medr2 evaluate` on both models")
 
 
-def stored_references(run: Path) -> tuple[list[str], list[str]] | None:
-    """(study ids, reference reports) as `medr2 evaluate` stored them in `predictions.jsonl`; None for an older run
+def read_predictions(run: Path) -> list[dict]:
+    """The rows of one evaluation run's `predictions.jsonl`, in its order."""
+    return [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+
+
+def stored_references(rows: list[dict]) -> tuple[list[str], list[str]] | None:
+    """(study ids, reference reports) as `medr2 evaluate` stored them in its prediction rows; None for an older run
     that did not."""
-    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     if not rows or any("reference" not in row for row in rows):
         return None
     return [row["id"] for row in rows], [row["reference"] for row in rows]
 
 
-def final_reports(run: Path) -> tuple[list[str], list[str]]:
-    """(study ids, final report texts) of one evaluation run, in its order."""
+def final_reports(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """(study ids, final report texts) of one evaluation run's prediction rows, in its order."""
     from medr2.report.schema import parse
 
-    ids, reports = [], []
-    for line in (run / "predictions.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        report = parse(row["text"]).output.report
-        ids.append(row["id"])
-        reports.append(report.text if report else "")
-    return ids, reports
+    reports = [parse(row["text"]).output.report for row in rows]
+    return [row["id"] for row in rows], [report.text if report else "" for report in reports]
 
 
 def reference_reports(config: dict) -> tuple[list[str], list[str]]:
@@ -147,8 +146,9 @@ def compare(run_a: str | Path, run_b: str | Path, n_boot: int = 2000, seed: int 
     if not same_evaluation_set(*configs):
         raise ValueError("the two runs were evaluated on different sets: compare runs of the same "
                          "--dataset_dir/--split/--seed/--n and phantom generator version")
-    (ids_a, reports_a), (ids_b, reports_b) = final_reports(run_a), final_reports(run_b)
-    stored = [s for s in (stored_references(run_a), stored_references(run_b)) if s is not None]
+    rows_a, rows_b = read_predictions(run_a), read_predictions(run_b)
+    (ids_a, reports_a), (ids_b, reports_b) = final_reports(rows_a), final_reports(rows_b)
+    stored = [s for s in (stored_references(rows_a), stored_references(rows_b)) if s is not None]
     if len(stored) == 2 and stored[0] != stored[1]:
         raise ValueError("the two runs stored different references for the same set: they were drawn by different "
                          "film generators; re-run `medr2 evaluate` on both models")

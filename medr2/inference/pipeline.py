@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Generator, Iterator
 
 import numpy as np
 from PIL import Image
@@ -280,6 +280,36 @@ def clean_text(text: str, special: list[str]) -> str:
     return text.strip()
 
 
+def text_events(text: str, seen_sections: int) -> Generator[Event, None, int]:
+    """The events of a trace that grew to `text`: a token event, then one per section that closed since the
+    `seen_sections` already announced; returns the new count (`seen = yield from text_events(text, seen)`)."""
+    yield Event("token", text)
+    parsed = parse(text)
+    for name in parsed.complete_sections[seen_sections:]:
+        yield Event("section", text, section=name, parsed=parsed)
+    return max(seen_sections, len(parsed.complete_sections))
+
+
+def result_of_text(text: str, study: list, n_tokens: int, timings: dict, provenance: Provenance,
+                   saliency_inputs: dict | None = None) -> StudyResult:
+    """One study's generated text as its StudyResult, the same for every backend: the parsed sections, the labeler's
+    findings of draft and final, and the draft -> final consistency check (a reflection must explain the diff it
+    makes). `study`: its LoadedImages, frontal first."""
+    from medr2.reflection.consistency import check_consistency
+
+    t0 = time.perf_counter()
+    parsed = parse(text)
+    out = parsed.output
+    draft_labels = label_report(out.draft.text) if out.draft else None
+    final_labels = label_report(out.report.text) if out.report else None
+    timings["labels_s"] = time.perf_counter() - t0
+    result = StudyResult(text, parsed, draft_labels, final_labels, timings, provenance, n_tokens, study[0],
+                         saliency_inputs)
+    result.consistency = check_consistency(out)
+    result.images = study
+    return result
+
+
 class Pipeline:
     """Loads a model once; `stream(image)` / `run(image)` / `run_batch(images)` produce reports with shown work."""
 
@@ -403,19 +433,8 @@ class Pipeline:
         """The result of `text` for one study: `loaded` is its LoadedImage or the list of them (frontal first);
         `inputs` / `new_ids` are what saliency and confidence re-read (a one-image pass over the frontal)."""
         study = loaded if isinstance(loaded, list) else [loaded]
-        loaded = study[0]
-        t0 = time.perf_counter()
-        parsed = parse(text)
-        out = parsed.output
-        draft_labels = label_report(out.draft.text) if out.draft else None
-        final_labels = label_report(out.report.text) if out.report else None
-        timings["labels_s"] = time.perf_counter() - t0
         sal = {"inputs": inputs, "new_ids": new_ids} if inputs is not None else None
-        from medr2.reflection.consistency import check_consistency
-
-        result = StudyResult(text, parsed, draft_labels, final_labels, timings, self.provenance, n_tokens, loaded, sal)
-        result.consistency = check_consistency(out)  # every model: a reflection must explain the diff it makes
-        result.images = study
+        result = result_of_text(text, study, n_tokens, timings, self.provenance, sal)
         if len(study) > 1:
             result.notes.append(FRONTAL_ONLY.format(n=len(study)))
         return result
@@ -458,12 +477,7 @@ class Pipeline:
             if first_token is None:
                 first_token = time.perf_counter() - t1
             text += piece
-            clean = clean_text(text, self._strip)
-            yield Event("token", clean)
-            parsed = parse(clean)
-            for name in parsed.complete_sections[seen_sections:]:
-                yield Event("section", clean, section=name, parsed=parsed)
-            seen_sections = len(parsed.complete_sections)
+            seen_sections = yield from text_events(clean_text(text, self._strip), seen_sections)
         worker.join()
         if "error" in result:
             raise result["error"]

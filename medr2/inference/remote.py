@@ -50,14 +50,14 @@ from medr2.inference.pipeline import (
     merge_checks,
     note_frontal_only_looks,
     read_model_card,
+    result_of_text,
     study_messages,
+    text_events,
 )
-from medr2.labeler.findings import label_report
 from medr2.modeling.loading import ModelLoadError
 from medr2.reflection.heads import HEADS_FILE
 from medr2.reflection.looks import assistant_turn, join_turns
 from medr2.reflection.loop import ITEM_TOKENS, LookLoop, LookStudy, prompt_text
-from medr2.report.schema import parse
 from medr2.saliency.layers import SaliencyUnavailable
 
 log = logging.getLogger(__name__)
@@ -436,19 +436,6 @@ class RemotePipeline:
     def add_confidence(self, result: StudyResult) -> None:
         """No calibrated confidence for a served model (no token probabilities of its answer)."""
 
-    def _finish(self, text: str, loaded, n_tokens: int, timings: dict) -> StudyResult:
-        from medr2.reflection.consistency import check_consistency
-
-        t0 = time.perf_counter()
-        parsed = parse(text)
-        out = parsed.output
-        draft_labels = label_report(out.draft.text) if out.draft else None
-        final_labels = label_report(out.report.text) if out.report else None
-        timings["labels_s"] = time.perf_counter() - t0
-        result = StudyResult(text, parsed, draft_labels, final_labels, timings, self.provenance, n_tokens, loaded)
-        result.consistency = check_consistency(out)
-        return result
-
     def _look_results(self, loaded_images: list, on_text=None) -> list[StudyResult]:
         """Results of the look loop over the server for a batch of loaded films (the rounds' requests concurrent)."""
         runner = self.look_runner(on_text)
@@ -457,7 +444,8 @@ class RemotePipeline:
         per_study = (time.perf_counter() - t0) / max(len(loaded_images), 1)
         results = []
         for loaded, study, (text, looks) in zip(loaded_images, runner.studies, runs):
-            result = self._finish(text, loaded, runner.pieces.get(id(study), 0), {"generate_s": per_study})
+            result = result_of_text(text, [loaded], runner.pieces.get(id(study), 0), {"generate_s": per_study},
+                                    self.provenance)
             result.looks = looks
             results.append(result)
         return results
@@ -486,11 +474,7 @@ class RemotePipeline:
         while (text := updates.get()) is not None:
             if first_token is None:
                 first_token = time.perf_counter() - t1
-            yield Event("token", text)
-            parsed = parse(text)
-            for name in parsed.complete_sections[seen_sections:]:
-                yield Event("section", text, section=name, parsed=parsed)
-            seen_sections = max(seen_sections, len(parsed.complete_sections))
+            seen_sections = yield from text_events(text, seen_sections)
         worker.join()
         if "error" in done:
             raise done["error"]
@@ -509,13 +493,11 @@ class RemotePipeline:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         study = as_study(image)
-        loaded = study[0]
         body = self.request_body(study)
         timings["preprocess_s"] = time.perf_counter() - t0
         input_check = merge_checks([self.check_input(im) for im in study])
         t1 = time.perf_counter()
         text, seen_sections, first_token, usage, pieces = "", 0, None, None, 0
-        clean = ""
         for delta, chunk_usage in self.client.stream_chat(body):
             usage = chunk_usage or usage
             if not delta:
@@ -524,18 +506,13 @@ class RemotePipeline:
                 first_token = time.perf_counter() - t1
             text += delta
             pieces += 1
-            clean = clean_text(text, CHAT_MARKERS)
-            yield Event("token", clean)
-            parsed = parse(clean)
-            for name in parsed.complete_sections[seen_sections:]:
-                yield Event("section", clean, section=name, parsed=parsed)
-            seen_sections = len(parsed.complete_sections)
+            seen_sections = yield from text_events(clean_text(text, CHAT_MARKERS), seen_sections)
         timings["first_token_s"] = first_token or 0.0
         timings["generate_s"] = time.perf_counter() - t1
         n_tokens = int(usage["completion_tokens"]) if usage and usage.get("completion_tokens") else pieces
-        final = self._finish(clean_text(text, CHAT_MARKERS), loaded, n_tokens, timings)
+        # the server read every image; the result keeps them all, frontal first
+        final = result_of_text(clean_text(text, CHAT_MARKERS), study, n_tokens, timings, self.provenance)
         final.input_check = input_check
-        final.images = study
         yield Event("done", final.raw_text, parsed=final.parsed)
         yield final
 

@@ -34,7 +34,7 @@ from transformers import LogitsProcessor
 from medr2.reflection.heads import OBSERVATIONS, LookHeads, tower_of
 from medr2.reflection.looks import evidence_text, join_turns, look_conversation, propose_looks, stated_here
 from medr2.reflection.regions import crop_region, normalise_region, region_box
-from medr2.report.schema import LOOK_CLOSE, LOOK_OPEN, LOOK_RE
+from medr2.report.schema import LOOK_CLOSE, LOOK_OPEN, LOOK_RE, section_body
 
 MODES = ("proposed", "model", "off")
 ITEM_TOKENS = 120  # most new tokens for one reflection item (with its look request)
@@ -184,7 +184,7 @@ class LookLoop:
                 s.phase = "done"  # stopped at the end of the answer or the token budget: nothing to reflect on
                 return
             s.current = s.current.rstrip() + "\n<reflection>\n"
-            s.draft = s.current.rsplit("<draft>", 1)[-1].split("</draft>")[0]
+            s.draft = section_body(s.current, "draft") or ""
             if mode == "proposed":
                 thresholds = self.heads.thresholds if self.heads is not None else None
                 s.queue = propose_looks(s.draft, s.film_probs, thresholds, OBSERVATIONS, max_looks)

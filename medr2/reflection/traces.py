@@ -24,6 +24,7 @@ from PIL import Image
 from medr2.reflection.heads import OBSERVATIONS, LookHeads, region_max, to_input
 from medr2.reflection.looks import evidence_text, look_conversation, propose_looks, split_at_looks, stated_here
 from medr2.reflection.regions import LOOK_REGIONS, crop_region, regions_for
+from medr2.report.schema import section_body
 
 
 def _study(args):
@@ -119,9 +120,9 @@ def read_drafts(predictions: str, n: int, seed: int) -> dict[str, str]:
     drafts = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        text = row.get("text") or ""
-        if "<draft>" in text and "</draft>" in text:
-            drafts[row["id"]] = text.split("<draft>", 1)[1].split("</draft>", 1)[0].strip()
+        draft = section_body(row.get("text") or "", "draft")
+        if draft is not None:
+            drafts[row["id"]] = draft
     wanted = {f"{prefix}-{s}" for s in study_seeds(n, seed) for prefix in ("phantom", "drr")}
     found = len(wanted & drafts.keys())
     if found < n:

@@ -268,6 +268,13 @@ def _scan(text: str):
     return spans, closed, counts, stack, problems
 
 
+def section_body(text: str, name: str) -> str | None:
+    """The text inside the first complete `<name>…</name>` of `text` (the one `parse` reads), stripped; None when the
+    section is not closed. For callers that need one section of a trace, e.g. the draft the reflection re-checks."""
+    span = _scan(text)[0].get(name)
+    return text[span[0]:span[1]].strip() if span else None
+
+
 def _order_problems(spans: dict[str, tuple[int, int]]) -> list[str]:
     problems = []
     think = spans.get("think")
