@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-sft": ("medr2.training.sft", "cli_train_sft", "supervised fine-tuning on Med-R2 traces or direct reports (TRL SFTTrainer)"),
     "train-grpo": ("medr2.training.grpo", "cli_train_grpo", "GRPO with MCCS + format rewards (TRL GRPOTrainer)"),
     "export": ("medr2.training.export", "cli_export", "export a training run as a model folder with its model card"),
-    "generate": ("medr2.inference.pipeline", "cli_generate", "perceive, reason, reflect and report on one image"),
+    "generate": ("medr2.inference.generate", "cli_generate", "perceive, reason, reflect and report on one image"),
     "evaluate": ("medr2.evaluation.evaluate", "cli_evaluate", "CE + NLG evaluation of a model on a dataset split"),
     "compare": ("medr2.evaluation.compare", "cli_compare", "paired bootstrap: is model B's CE-F1 really above model A's?"),
     "saliency-depth": ("medr2.saliency.depth", "cli_saliency_depth", "choose per-finding vision-block weights for a model's saliency maps"),

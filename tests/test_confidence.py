@@ -116,7 +116,8 @@ def test_agreement_is_the_share_of_samples_stating_a_finding():
 @pytest.fixture(scope="module")
 def micro():
     """An untrained micro LLaVA and a result that 'answered' GENERATED on a film, as Pipeline.run hands it on."""
-    from medr2.inference.pipeline import StudyResult, as_loaded
+    from medr2.inference.pipeline import as_loaded
+    from medr2.inference.results import StudyResult
     from medr2.labeler.findings import label_report
     from medr2.modeling.model import TinyVLMConfig, build_chat, build_tiny_vlm, prepare_inputs
     from medr2.modeling.tokenizer import train_tokenizer

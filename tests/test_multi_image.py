@@ -18,7 +18,8 @@ from PIL import Image
 
 from medr2.cli import main
 from medr2.data.datasets import study_chat, write_r2gen
-from medr2.inference.pipeline import FRONTAL_ONLY, FRONTAL_ONLY_LOOKS, Pipeline, PipelineConfig, as_study, merge_checks
+from medr2.inference.pipeline import Pipeline, PipelineConfig, as_study
+from medr2.inference.results import FRONTAL_ONLY, FRONTAL_ONLY_LOOKS, merge_checks
 from medr2.modeling.model import build_chat, cli_build_tiny
 
 ARCHS = ("llava", "qwen2_vl", "gemma3")

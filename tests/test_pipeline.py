@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from medr2.evaluation.evaluate import location_scores, summarize
-from medr2.inference.pipeline import Event, Pipeline, PipelineConfig, StudyResult, format_result
+from medr2.inference.generate import format_result
+from medr2.inference.pipeline import Pipeline, PipelineConfig
+from medr2.inference.results import Event, StudyResult
 from medr2.phantom.generator import generate_studies
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +181,7 @@ def test_saliency_uses_the_model_folders_depth_weights(micro_model, tmp_path):
     np.testing.assert_allclose(override.for_target("Pleural Effusion").grid, fused, rtol=1e-5, atol=1e-6)
 
 def _fake_result(text: str) -> StudyResult:
-    from medr2.inference.pipeline import Provenance
+    from medr2.inference.results import Provenance
     from medr2.labeler.findings import label_report
     from medr2.report.schema import parse
 

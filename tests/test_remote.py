@@ -363,7 +363,8 @@ def test_served_looks_write_what_the_local_look_loop_writes(served, monkeypatch)
     same pixels), each look's crop sent as a further image, streamed as it is written."""
     import numpy as np
 
-    from medr2.inference.pipeline import Pipeline, format_result
+    from medr2.inference.generate import format_result
+    from medr2.inference.pipeline import Pipeline
     from medr2.inference.remote import ChatClient
 
     bodies = []

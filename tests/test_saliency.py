@@ -9,7 +9,8 @@ from captum.attr import IntegratedGradients, LayerGradCam, LayerGradientXActivat
 
 from medr2 import saliency as S
 from medr2.imaging.loader import load_image
-from medr2.inference.pipeline import StudyResult, as_loaded
+from medr2.inference.pipeline import as_loaded
+from medr2.inference.results import StudyResult
 from medr2.labeler.findings import label_report
 from medr2.modeling.model import TinyVLMConfig, build_chat, build_tiny_vlm, prepare_inputs
 from medr2.modeling.tokenizer import train_tokenizer

@@ -235,7 +235,7 @@ def findings_rows(draft: dict | None, final: dict | None, reviewer: dict | None,
 
 def stamp(prov: dict) -> str:
     """The reproducibility stamp of a provenance dict (as stored per study): version, weights, decoding."""
-    from medr2.inference.pipeline import Provenance
+    from medr2.inference.results import Provenance
 
     return Provenance(**{k: prov.get(k) for k in ("model", "weights_sha256", "demo", "training_data", "medr2_version")},
                       decoding=prov.get("decoding") or {}).stamp()

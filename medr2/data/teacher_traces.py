@@ -105,8 +105,8 @@ class Teacher:
         return self._served(messages, pil) if self.remote else self._local(messages, pil)
 
     def _served(self, messages: list[dict], images: list) -> str:
-        from medr2.inference.pipeline import clean_text
         from medr2.inference.remote import CHAT_MARKERS, image_data_url, openai_messages
+        from medr2.inference.results import clean_text
 
         cfg = self.config
         body = {"model": self.pipe.served_model, "messages": openai_messages(messages, [image_data_url(im) for im in images]),
@@ -120,7 +120,7 @@ class Teacher:
     def _local(self, messages: list[dict], images: list) -> str:
         import torch
 
-        from medr2.inference.pipeline import clean_text
+        from medr2.inference.results import clean_text
         from medr2.modeling.model import generation_kwargs, per_study_images
 
         cfg, model, processor = self.config, self.pipe.model, self.pipe.processor

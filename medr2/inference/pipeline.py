@@ -10,7 +10,8 @@ frontal first (`as_study`). Several images go to the model as one chat with one 
 turn the training rows carry (`medr2.data.datasets.study_chat`); the input gate checks each image, while saliency,
 confidence and the look loop read the first (frontal) one only, which the result's warnings say.
 
-Hands on: a stream of `Event`s (tokens, then each completed section), then the `StudyResult`.
+Hands on: a stream of `Event`s (tokens, then each completed section), then the `StudyResult`
+(`medr2.inference.results`, shared with the served pipeline, `medr2.inference.remote`).
 """
 from __future__ import annotations
 
@@ -19,15 +20,24 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generator, Iterator
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
-from medr2.labeler.findings import Labels, label_report
-from medr2.report.schema import MedR2Output, ParseResult, parse
+from medr2.inference.results import (
+    FRONTAL_ONLY,
+    Event,
+    Provenance,
+    StudyResult,
+    clean_text,
+    merge_checks,
+    note_frontal_only_looks,
+    result_of_text,
+    text_events,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,108 +93,6 @@ class PipelineConfig:
             raise ValueError(f"looks must be auto, proposed, model or off, got {self.looks!r}")
 
 
-@dataclass
-class Provenance:
-    """What produced a report: shown beside every report and stored with feedback."""
-
-    model: str
-    weights_sha256: str
-    demo: bool
-    training_data: str
-    medr2_version: str
-    # How the text was decoded: greedy decoding of the same file gives the same text; a sampled one is reproduced
-    # by the same seed, temperature and top-p.
-    decoding: dict = field(default_factory=dict)
-    # views per study the model was trained on (its card's `images_per_study`); 1 for single-image models
-    images_per_study: int = 1
-
-    def stamp(self) -> str:
-        """One line that lets anyone reproduce a report: medr2 version, weights hash, decoding settings."""
-        d = self.decoding
-        how = ("greedy" if d.get("greedy", True) else
-               f"sampled (temperature {d.get('temperature')}, top-p {d.get('top_p')}, seed {d.get('seed')})")
-        return (f"medr2 {self.medr2_version} · weights {self.weights_sha256[:12]} · {how} · "
-                f"max {d.get('max_new_tokens')} new tokens")
-
-    def line(self) -> str:
-        flag = " — DEMO MODEL trained on synthetic films, not for clinical use" if self.demo else ""
-        return f"{self.model} (weights {self.weights_sha256[:12]}){flag}"
-
-
-@dataclass
-class Event:
-    """One streamed step: kind is 'token' (text so far grew), 'section' (a section closed) or 'done'."""
-
-    kind: str
-    text: str
-    section: str | None = None
-    parsed: ParseResult | None = None
-
-
-@dataclass
-class StudyResult:
-    raw_text: str
-    parsed: ParseResult
-    draft_labels: Labels | None
-    final_labels: Labels | None
-    timings: dict[str, float]
-    provenance: Provenance
-    n_tokens: int
-    image: Any = None  # the LoadedImage that was read (pixels + allow-listed metadata), kept for saliency/UI
-    # what saliency needs to re-run the model on this answer: {"inputs": model inputs, "new_ids": [1, T] ids}
-    saliency_inputs: dict | None = field(default=None, repr=False)
-    # the input gate's verdict (medr2.trust.gate.InputCheck), taken before generation
-    input_check: Any = None
-    # observation -> calibrated probability that the stated finding is right (models with a calibration file),
-    # and the findings below the model's low-confidence line, which the reviewer should check first
-    confidence: dict[str, float] | None = None
-    low_confidence: list[str] = field(default_factory=list)
-    # the reflection's looks (medr2.reflection.loop.Look: region, box, crop, heads' reading) and the draft -> final
-    # consistency check (medr2.reflection.consistency.Consistency); empty / None for models without looks
-    looks: list = field(default_factory=list)
-    consistency: Any = None
-    # every LoadedImage of the study, frontal first (`image` is the first), and one line per part of the pipeline
-    # that read fewer of them than the model did (shown with the warnings)
-    images: list = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def output(self) -> MedR2Output:
-        return self.parsed.output
-
-    @property
-    def warnings(self) -> list[str]:
-        """The images' warnings, what read the frontal image only, then the input gate's verdict when it flags."""
-        warnings = list(getattr(self.image, "warnings", []) or [])
-        for k, other in enumerate(self.images[1:], start=2):
-            warnings += [f"image {k}: {w}" for w in getattr(other, "warnings", []) or []]
-        warnings += self.notes
-        if self.input_check is not None and self.input_check.flagged:
-            warnings.append("input outside the model's training distribution: " + "; ".join(self.input_check.reasons))
-        if self.consistency is not None and not self.consistency.holds:
-            warnings += ["reflection inconsistent with the draft -> final change: " + m for m in self.consistency.messages]
-        return warnings
-
-    def to_json(self) -> dict:
-        out = self.parsed.output
-        return {
-            "report": out.report.text if out.report else None,
-            "draft": out.draft.text if out.draft else None,
-            "perception": [asdict(p) for p in out.perception],
-            "reasoning": [asdict(r) for r in out.reasoning],
-            "reflection": [asdict(r) for r in out.reflection],
-            "missing_sections": list(self.parsed.missing),
-            "problems": list(self.parsed.problems),
-            "draft_labels": self.draft_labels, "final_labels": self.final_labels,
-            "timings": self.timings, "tokens": self.n_tokens, "provenance": asdict(self.provenance),
-            "warnings": self.warnings,
-            "input_check": self.input_check.to_json() if self.input_check is not None else None,
-            "confidence": self.confidence, "low_confidence": list(self.low_confidence),
-            "looks": [look.to_json() for look in self.looks],
-            "consistency": self.consistency.to_json() if self.consistency is not None else None,
-        }
-
-
 def as_loaded(image):
     """Accept a path, bytes, PIL image, uint8 array or LoadedImage; return a LoadedImage (imaging errors propagate)."""
     from medr2.imaging import loader as imaging
@@ -211,20 +119,6 @@ def as_study(study) -> list:
     return [as_loaded(study)]
 
 
-# What a result of a study with several images says about the parts that read its frontal image only (one line).
-FRONTAL_ONLY = ("this study has {n} images: the model read all {n}; saliency and confidence read the first "
-                "(frontal) only")
-FRONTAL_ONLY_LOOKS = ("this study has {n} images: the look loop reads the first (frontal) only, so its report, "
-                      "saliency and confidence come from that image alone")
-
-
-def note_frontal_only_looks(result, study: list) -> None:
-    """A look-loop result of a study with several images: it read the frontal alone, which its warnings say."""
-    if len(study) > 1:
-        result.images = study
-        result.notes = [FRONTAL_ONLY_LOOKS.format(n=len(study))]
-
-
 def study_messages(card: dict, n_images: int = 1) -> list[dict]:
     """The chat a model with this card gets for a study of `n_images` images (one placeholder each, frontal first):
     our trained prompt for our own weights (direct or Med-R2), else the prompted-mode system prompt for general
@@ -240,25 +134,6 @@ def study_messages(card: dict, n_images: int = 1) -> list[dict]:
     return study_chat(MEDR2_PROMPT, n_images, system=prompted_system_prompt())
 
 
-def merge_checks(checks: list):
-    """One input-gate verdict for a study from its images' verdicts: flagged when any image is, unknown when any is
-    unknown, the largest distance; reasons of the second and later images are prefixed with their number."""
-    from medr2.trust.gate import InputCheck
-
-    if len(checks) == 1:
-        return checks[0]
-    verdicts = [c.in_distribution for c in checks]
-    verdict = False if False in verdicts else None if None in verdicts else True
-    scores = [c.score for c in checks if c.score is not None]
-    reasons: list[str] = []
-    for k, check in enumerate(checks, start=1):
-        for reason in check.reasons:
-            line = reason if k == 1 or reason in checks[0].reasons else f"image {k}: {reason}"
-            if line not in reasons:
-                reasons.append(line)
-    return InputCheck(verdict, max(scores) if scores else None, checks[0].threshold, reasons)
-
-
 def _model_label(model: str) -> str:
     """What provenance shows: a hub id as given, a folder inside this repo relative to it, else the folder name.
 
@@ -271,43 +146,6 @@ def _model_label(model: str) -> str:
         return str(path.resolve().relative_to(REPO_ROOT))
     except ValueError:
         return path.resolve().name
-
-
-def clean_text(text: str, special: list[str]) -> str:
-    """Generated text without chat and padding markers (the schema tags stay)."""
-    for token in special:
-        text = text.replace(token, "")
-    return text.strip()
-
-
-def text_events(text: str, seen_sections: int) -> Generator[Event, None, int]:
-    """The events of a trace that grew to `text`: a token event, then one per section that closed since the
-    `seen_sections` already announced; returns the new count (`seen = yield from text_events(text, seen)`)."""
-    yield Event("token", text)
-    parsed = parse(text)
-    for name in parsed.complete_sections[seen_sections:]:
-        yield Event("section", text, section=name, parsed=parsed)
-    return max(seen_sections, len(parsed.complete_sections))
-
-
-def result_of_text(text: str, study: list, n_tokens: int, timings: dict, provenance: Provenance,
-                   saliency_inputs: dict | None = None) -> StudyResult:
-    """One study's generated text as its StudyResult, the same for every backend: the parsed sections, the labeler's
-    findings of draft and final, and the draft -> final consistency check (a reflection must explain the diff it
-    makes). `study`: its LoadedImages, frontal first."""
-    from medr2.reflection.consistency import check_consistency
-
-    t0 = time.perf_counter()
-    parsed = parse(text)
-    out = parsed.output
-    draft_labels = label_report(out.draft.text) if out.draft else None
-    final_labels = label_report(out.report.text) if out.report else None
-    timings["labels_s"] = time.perf_counter() - t0
-    result = StudyResult(text, parsed, draft_labels, final_labels, timings, provenance, n_tokens, study[0],
-                         saliency_inputs)
-    result.consistency = check_consistency(out)
-    result.images = study
-    return result
 
 
 class Pipeline:
@@ -666,101 +504,3 @@ SERVED_HELP = {
     "api_key": "server API key (default: $MEDR2_API_KEY, else $OPENAI_API_KEY; prefer the variable: flags show in `ps`)",
     "device_map": "'auto' spreads a model larger than one GPU over all GPUs (needs accelerate)",
 }
-
-
-@dataclass
-class GenerateConfig:
-    """`medr2 generate` options (flags or a `--config` YAML file)."""
-
-    image: list[str] | None = field(default=None, metadata={"help": "DICOM (any extension), PNG or JPEG; several files are "
-                                                                  "several views of one study, frontal first"})
-    model: str = field(default="", metadata={"help": "local path or hub id (default: $MEDR2_MODEL or the embedded demo model); "
-                                                     "with --base_url: the same weights locally, if at all (model card, saliency)"})
-    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder"})
-    base_url: str | None = field(default=None, metadata={"help": SERVED_HELP["base_url"]})
-    served_model: str | None = field(default=None, metadata={"help": SERVED_HELP["served_model"]})
-    api_key: str | None = field(default=None, metadata={"help": SERVED_HELP["api_key"]})
-    device_map: str | None = field(default=None, metadata={"help": SERVED_HELP["device_map"]})
-    json: bool = field(default=False, metadata={"help": "print the whole result as JSON"})
-    max_new_tokens: int = field(default=640, metadata={"help": "generation limit"})
-    sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
-    seed: int = field(default=0, metadata={"help": "sampling seed (with --sample): the same seed gives the same report"})
-    looks: str = field(default="auto", metadata={"help": "reflection looks: auto (on for models trained with looks) | proposed | model | off"})
-    max_looks: int = field(default=3, metadata={"help": "most looks per study"})
-
-
-def cli_generate(argv: list[str]) -> int:
-    from medr2.cli import UsageError, fail, parse_config
-
-    prog = "medr2 generate"
-    argv = list(argv)
-    lead = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
-    if lead > 1:  # `medr2 generate frontal.png lateral.png ...`: the leading files are one study's views
-        argv = ["--image", *argv[:lead], *argv[lead:]]
-    try:
-        args = parse_config(prog, GenerateConfig, argv,
-                            description="Perceive, reason, reflect and report on one chest radiograph study "
-                                        "(one image, or several views of the study, frontal first).",
-                            positionals=(("image", "DICOM (any extension), PNG or JPEG; several files (before any "
-                                                   "option, or after --image) are one study's views, frontal first"),))
-        images = [args.image] if isinstance(args.image, str) else list(args.image or [])
-        if not images:
-            raise UsageError(f"the following arguments are required: IMAGE (see `{prog} --help`)")
-    except UsageError as exc:
-        return fail(prog, exc)
-    from medr2.imaging.loader import ImageLoadError
-    from medr2.modeling.model import ModelLoadError
-
-    try:
-        served = args.base_url or str(args.model).startswith(("http://", "https://"))
-        pipe = make_pipeline(PipelineConfig(model=args.model or ("" if served else default_model()), adapter=args.adapter,
-                                            max_new_tokens=args.max_new_tokens, greedy=not args.sample, seed=args.seed,
-                                            looks=args.looks, max_looks=args.max_looks, device_map=args.device_map,
-                                            base_url=args.base_url, served_model=args.served_model, api_key=args.api_key))
-        if len(images) > 1 and not getattr(pipe, "multi_image", False):
-            raise ValueError(f"{type(pipe).__name__} takes one image a study: pass the frontal image only")
-        result = pipe.run(images[0] if len(images) == 1 else images)
-    except (ImageLoadError, ModelLoadError, ValueError) as exc:
-        return fail(prog, exc)
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-        return 0
-    print(format_result(result))
-    return 0
-
-
-def format_result(result: StudyResult) -> str:
-    """Human-readable shown work: perception, reasoning, draft, reflection, report, labels, provenance."""
-    out, lines = result.output, []
-    for w in result.warnings:
-        lines.append(f"WARNING: {w}")
-    lines.append("PERCEPTION")
-    lines += [f"  {p.region}: {p.text}" for p in out.perception]
-    lines.append("REASONING")
-    lines += [f"  {r.sign} -> {r.conclusion}" + (f"  [rule: {r.rule_id}]" if r.rule_id else "") for r in out.reasoning]
-    lines.append("DRAFT")
-    lines.append(f"  {out.draft.text if out.draft else '(none)'}")
-    lines.append("REFLECTION")
-    evidence = {look.region: look.evidence for look in result.looks}
-    for r in out.reflection:
-        if r.look:
-            lines.append(f"  look at the {r.look}: {evidence.get(r.look, 'no crop was shown')}")
-        lines.append(f"  {r.action}: {r.target} - {r.text}" if r.action else f"  {r.text}")
-    lines.append("REPORT")
-    lines.append(f"  {out.report.text if out.report else '(none: the model did not finish a report)'}")
-    if result.final_labels:
-        pos = [k for k, v in result.final_labels.items() if v in (1, -1)]
-        conf = result.confidence or {}
-
-        def finding(k: str) -> str:
-            p = f" {conf[k]:.2f}" + (" LOW" if k in result.low_confidence else "") if k in conf else ""
-            return f"{k}{'?' if result.final_labels[k] == -1 else ''}{p}"
-
-        lines.append("FINDINGS" + (" (calibrated confidence)" if conf else "") + ": "
-                     + (", ".join(finding(k) for k in pos) or "none"))
-    if result.parsed.problems:
-        lines.append("PARSE PROBLEMS: " + "; ".join(result.parsed.problems))
-    lines.append(f"MODEL: {result.provenance.line()}")
-    lines.append(f"REPRODUCE: {result.provenance.stamp()}")
-    lines.append(f"TIME: {sum(v for k, v in result.timings.items()):.2f} s, {result.n_tokens} tokens")
-    return "\n".join(lines)

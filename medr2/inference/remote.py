@@ -40,18 +40,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
-from medr2.inference.pipeline import (
+from medr2.inference.pipeline import PipelineConfig, as_study, read_model_card, study_messages
+from medr2.inference.results import (
     Event,
-    PipelineConfig,
     Provenance,
     StudyResult,
-    as_study,
     clean_text,
     merge_checks,
     note_frontal_only_looks,
-    read_model_card,
     result_of_text,
-    study_messages,
     text_events,
 )
 from medr2.modeling.loading import ModelLoadError

@@ -286,6 +286,6 @@ class LookRunner(LookLoop):
         with torch.no_grad():
             ids = pipe.model.generate(**inputs, **kwargs)
         new = ids[:, inputs["input_ids"].shape[1]:]
-        from medr2.inference.pipeline import clean_text
+        from medr2.inference.results import clean_text
 
         return [clean_text(proc.tokenizer.decode(row, skip_special_tokens=False), pipe._strip) for row in new]
