@@ -621,7 +621,15 @@ def test_a_trace_on_an_own_draft_corrects_only_the_errors_its_looks_reach():
         unseen, counts = build_look_trace_on_draft(study, draft, [elsewhere])
         assert counts == {"errors": 1, "corrected": 0}
         assert unseen.report == draft.report and all(i.action == "kept" for i in unseen.reflection)
-        for output in (looked, unseen):
+        # narrowed to the words: silent words leave the draft as it is; words that show the error correct it
+        silent, counts = build_look_trace_on_draft(study, draft, [region], shown={region: (set(), set())})
+        assert counts == {"errors": 1, "corrected": 0} and silent.report == draft.report
+        assert all(i.action == "kept" for i in silent.reflection)
+        named = {region: ({true.observation} if kind == "missed" else set(), set() if kind == "missed" else {wrong.observation})}
+        shown, counts = build_look_trace_on_draft(study, draft, [region], shown=named)
+        assert counts == {"errors": 1, "corrected": 1} and shown.report == truth
+        assert render(shown) == render(looked)
+        for output in (looked, unseen, silent, shown):
             assert check_consistency(output).holds
             assert render(parse(render(output)).output) == render(output)
         checked.add(kind)
@@ -658,6 +666,34 @@ def test_look_rows_on_own_drafts_read_the_evaluation_and_hide_only_wrong_drafts(
         corrected += corrections
     assert {bool(draft_from_text(s, t).errors) for s, t in zip(studies, texts)} == {True, False}
     assert corrected > 0  # the hallucinated effusions sit where the draft's own look goes
+
+
+def test_look_rows_that_need_evidence_correct_only_what_the_evidence_line_names():
+    from medr2.phantom.generator import PhantomConfig, generate_studies
+    from medr2.reflection.traces import look_rows
+
+    # a study without an effusion whose draft states one: a hallucination in the left lower zone, where the draft's look goes
+    study = next(s for s in generate_studies(12, 29, PhantomConfig(size=256))
+                 if not any(f.observation == "Pleural Effusion" for f in s.findings))
+    drafts = {study.study_id: "Findings: Large left pleural effusion. Impression: Left pleural effusion."}
+    reports = {}
+    for names_draft, need_evidence in ((False, False), (False, True), (True, True)):
+        [(row, _, corrections)] = look_rows(1, 29, _FlatHeads(), None, None, films=PhantomConfig(size=256), max_looks=3,
+                                            workers=1, drafts=drafts, evidence_names_draft=names_draft,
+                                            corrections_need_evidence=need_evidence)
+        answer = "\n".join(part["text"] for m in row["messages"] if m["role"] == "assistant" for part in m["content"])
+        reports[names_draft, need_evidence] = (corrections, "removed: pleural effusion" in answer.lower())
+    assert reports[False, False][1], "without the gate the truth alone removes the hallucinated effusion"
+    assert reports[False, True][1] is False  # "finding heads here: nothing" does not show that it is absent
+    assert reports[True, True][1], "'not seen here: pleural effusion' shows it"
+    assert reports[False, True][0] < reports[True, True][0]
+
+
+def test_corrections_that_need_evidence_are_for_own_draft_traces_only(tmp_path):
+    from medr2.training.sft import MedR2SFTConfig
+
+    with pytest.raises(ValueError, match="set look_drafts"):
+        MedR2SFTConfig(output_dir=str(tmp_path), report_to="none", looks=True, corrections_need_evidence=True)
 
 
 @pytest.mark.parametrize("option", [{"look_drafts": "runs/x"}, {"evidence_names_draft": True}, {"correction_oversample": 3}])

@@ -18,7 +18,7 @@ A look model trained with `--evidence_names_draft` also reads which of the draft
 not see ("not seen here: lung lesion"): the words a tiny language model needs to remove a finding the evidence does
 not support (docs/reflection.md, sixth candidate).
 
-Hands on: `evidence_text`, `stated_here`, `look_turn`, `join_turns`, `propose_looks`, `look_conversation`.
+Hands on: `evidence_text` (and `evidence_words`, what it says), `stated_here`, `look_turn`, `join_turns`, `propose_looks`, `look_conversation`.
 """
 from __future__ import annotations
 
@@ -31,10 +31,24 @@ from medr2.reflection.regions import WINDOW, regions_for
 MAGNIFICATION = f"{1 / WINDOW:.1f}x"
 
 
+def evidence_words(region_probs: np.ndarray, thresholds: np.ndarray, observations: Sequence[str],
+                   stated: Sequence[str] = ()) -> tuple[list[str], list[str], list[str]]:
+    """What an evidence line says, as observations: (likely, possible, not seen here). `likely` are at or above
+    their threshold and `possible` above half of it (at most three named, the strongest first, likely before
+    possible); `not seen here` are the observations of `stated` read below half their threshold. Devices are never
+    named: the heads read them too poorly to be evidence."""
+    # the comparisons are written as the model's training traces made them (p >= t, t / 2 <= p), to the last bit
+    read = [(p, t, o) for p, t, o in zip(region_probs, thresholds, observations) if o != "Support Devices"]
+    likely = [o for _, o in sorted(((p / t, o) for p, t, o in read if p >= t), reverse=True)[:3]]
+    possible = [o for _, o in sorted(((p / t, o) for p, t, o in read if t / 2 <= p < t), reverse=True)][:max(0, 3 - len(likely))]
+    unseen = [o for p, t, o in read if o in stated and p < t / 2]
+    return likely, possible, unseen
+
+
 def evidence_text(region: str, region_probs: np.ndarray | None = None, thresholds: np.ndarray | None = None,
                   observations: Sequence[str] = (), stated: Sequence[str] = ()) -> str:
     """The text beside a look's crop: the region and magnification, and (with heads) what the look heads read
-    there. `region_probs` is the per-observation maximum [13] with its `thresholds`, from
+    there (`evidence_words`). `region_probs` is the per-observation maximum [13] with its `thresholds`, from
     `LookHeads.region_reading`: the crop itself when the heads have a look reader (a tower tuned at the look
     scale), else the region's patches of the whole film (the model's own tower reads crops far worse than films:
     docs/reflection.md). `stated`: the observations the draft states in this region (`stated_here`); those the heads
@@ -43,15 +57,10 @@ def evidence_text(region: str, region_probs: np.ndarray | None = None, threshold
     text = f"magnified {region} ({MAGNIFICATION})"
     if region_probs is None or thresholds is None:
         return text + "."
-    likely = [(p / t, o) for p, t, o in zip(region_probs, thresholds, observations) if o != "Support Devices" and p >= t]
-    possible = [(p / t, o) for p, t, o in zip(region_probs, thresholds, observations)
-                if o != "Support Devices" and t / 2 <= p < t]
-    words = [f"{o.lower()} likely" for _, o in sorted(likely, reverse=True)[:3]]
-    words += [f"{o.lower()} possible" for _, o in sorted(possible, reverse=True)[:max(0, 3 - len(words))]]
-    unseen = [o.lower() for p, t, o in zip(region_probs, thresholds, observations)
-              if o in stated and o != "Support Devices" and p < t / 2]
+    likely, possible, unseen = evidence_words(region_probs, thresholds, observations, stated)
+    words = [f"{o.lower()} likely" for o in likely] + [f"{o.lower()} possible" for o in possible]
     return (f"{text}; finding heads here: {', '.join(words) if words else 'nothing'}"
-            + (f"; not seen here: {', '.join(unseen)}" if unseen else "") + ".")
+            + (f"; not seen here: {', '.join(o.lower() for o in unseen)}" if unseen else "") + ".")
 
 
 def look_turn(evidence: str) -> dict:

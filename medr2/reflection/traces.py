@@ -11,6 +11,8 @@ does not mean a finding.
 With a model's own drafts of the training films (`read_drafts`: a `medr2 evaluate` run on them), each trace is built
 on that draft instead of an injected error, and its looks are the ones the pipeline proposes for it
 (`look_row_on_draft`): draft errors, evidence and looks then come together as they do at inference.
+With `corrections_need_evidence` a look corrects only what its words show (`shown_by_words`): the model is taught
+the corrections a reader of the evidence line can make, not those only the phantom's truth knows.
 
 Hands on: `look_rows(n, seed, ...)` -> rows for TRL's SFTTrainer (`messages` + `images`, loss on assistant turns).
 """
@@ -22,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from medr2.reflection.heads import OBSERVATIONS, LookHeads, region_max, to_input
-from medr2.reflection.looks import evidence_text, look_conversation, propose_looks, split_at_looks, stated_here
+from medr2.reflection.looks import evidence_text, evidence_words, look_conversation, propose_looks, split_at_looks, stated_here
 from medr2.reflection.regions import LOOK_REGIONS, crop_region, regions_for
 from medr2.report.schema import section_body
 
@@ -62,34 +64,53 @@ def look_row(study, heads: LookHeads | None, tower, trace_config, normal_look_ra
 
 
 def look_row_on_draft(study, draft_text: str, heads: LookHeads | None, tower, max_looks: int,
-                      evidence_names_draft: bool = False) -> tuple[dict, dict[str, int]]:
+                      evidence_names_draft: bool = False, corrections_need_evidence: bool = False) -> tuple[dict, dict[str, int]]:
     """The row of `study` whose draft is a model's own (`draft_text`, its `<draft>` section) and whose looks are the
     ones the pipeline proposes for it (`propose_looks`, the heads' reading of this film), with the trace's counts of
-    draft errors and of those its looks correct (`build_look_trace_on_draft`)."""
+    draft errors and of those its looks correct (`build_look_trace_on_draft`). `corrections_need_evidence`: a look
+    corrects only what its evidence line shows (`shown_by_words`)."""
     from medr2.report.look_traces import build_look_trace_on_draft, draft_from_text
 
     film_probs = heads.read(tower, [study.image])[0] if heads is not None else None
     draft = draft_from_text(study, draft_text)
     thresholds = heads.thresholds if heads is not None else None
     looks = propose_looks(draft.report.text, film_probs, thresholds, OBSERVATIONS, max_looks)
-    output, counts = build_look_trace_on_draft(study, draft, looks)
-    row = _row(study, output, looks, film_probs, heads, tower, context_draft=bool(draft.errors), names_draft=evidence_names_draft)
+    readings = {r: heads.region_reading(tower, study.image, film_probs, r) for r in looks} if heads is not None else {}
+    shown = None
+    if corrections_need_evidence:
+        named = draft.report.text if evidence_names_draft else ""
+        shown = {r: shown_by_words(*readings[r], stated_here(named, r) if named else ()) if r in readings else (set(), set())
+                 for r in looks}
+    output, counts = build_look_trace_on_draft(study, draft, looks, shown=shown)
+    row = _row(study, output, looks, film_probs, heads, tower, context_draft=bool(draft.errors),
+               names_draft=evidence_names_draft, readings=readings)
     return row, counts
 
 
+def shown_by_words(region_probs: np.ndarray, thresholds: np.ndarray, stated) -> tuple[set[str], set[str]]:
+    """What a look's evidence line shows a reader of its words: (observations it calls likely — a missed one may be
+    added there; observations it names as not seen here — a stated one may be removed or moved from there). "Possible"
+    shows neither: on the model's own drafts, adding at half the threshold breaks as many cells as it fixes
+    (research/results/look_signal_probe_p16_drr_own.json)."""
+    likely, _, unseen = evidence_words(region_probs, thresholds, OBSERVATIONS, stated)
+    return set(likely), set(unseen)
+
+
 def _row(study, output, looks: list[str], film_probs, heads: LookHeads | None, tower, context_draft: bool,
-         names_draft: bool = False) -> dict:
+         names_draft: bool = False, readings: dict | None = None) -> dict:
     """The chat of a trace with looks: a crop and the heads' words per look (`names_draft`: with the draft's findings
-    there that the heads do not see, as the pipeline words them for such a model); a wrong draft is context only."""
+    there that the heads do not see, as the pipeline words them for such a model); a wrong draft is context only.
+    `readings`: the heads' reading of each looked-at region when already computed."""
     from medr2.modeling.model import build_chat
     from medr2.report.schema import render
     from medr2.report.traces import MEDR2_PROMPT
 
     crops = [crop_region(study.image, r) for r in looks]
     if film_probs is not None:
+        readings = readings or {}
         draft = output.draft.text if names_draft and output.draft is not None else ""
-        evidences = [evidence_text(r, *heads.region_reading(tower, study.image, film_probs, r), OBSERVATIONS,
-                                   stated_here(draft, r) if draft else ()) for r in looks]
+        evidences = [evidence_text(r, *(readings.get(r) or heads.region_reading(tower, study.image, film_probs, r)),
+                                   OBSERVATIONS, stated_here(draft, r) if draft else ()) for r in looks]
     else:
         evidences = [evidence_text(r) for r in looks]
     messages = look_conversation(build_chat(MEDR2_PROMPT), split_at_looks(render(output)), evidences)
@@ -133,7 +154,8 @@ def read_drafts(predictions: str, n: int, seed: int) -> dict[str, str]:
 
 def look_rows(n: int, seed: int, heads: LookHeads | None, tower, trace_config, films=None,
               normal_look_rate: float = 0.5, max_looks: int = 4, workers: int = 2,
-              drafts: dict[str, str] | None = None, evidence_names_draft: bool = False) -> list[tuple[dict, object, int]]:
+              drafts: dict[str, str] | None = None, evidence_names_draft: bool = False,
+              corrections_need_evidence: bool = False) -> list[tuple[dict, object, int]]:
     """(row, study, corrections) for `n` phantom studies of `seed` drawn with `films` (a `PhantomConfig`: renderer and size; default
     drawn films at 512 px, whose detail the crops magnify). The study and the number of draft errors the trace's
 reflection corrects are kept for oversampling decisions. With
@@ -156,7 +178,8 @@ reflection corrects are kept for oversampling decisions. With
             continue
         if study.study_id not in drafts:
             raise ValueError(f"look_drafts: no draft for study {study.study_id} (drafts of other films?)")
-        row, counts = look_row_on_draft(study, drafts[study.study_id], heads, tower, max_looks, evidence_names_draft)
+        row, counts = look_row_on_draft(study, drafts[study.study_id], heads, tower, max_looks, evidence_names_draft,
+                                        corrections_need_evidence)
         totals["errors"] += counts["errors"]
         totals["corrected"] += counts["corrected"]
         totals["studies_with_errors"] += counts["errors"] > 0

@@ -232,7 +232,8 @@ def draft_from_text(study, draft_text: str) -> OwnDraft:
     return OwnDraft(findings, errors, report)
 
 
-def build_look_trace_on_draft(study, draft: OwnDraft, looks: Sequence[str]) -> tuple[MedR2Output, dict[str, int]]:
+def build_look_trace_on_draft(study, draft: OwnDraft, looks: Sequence[str],
+                              shown: dict[str, tuple[set[str], set[str]]] | None = None) -> tuple[MedR2Output, dict[str, int]]:
     """The Med-R2 output whose draft is `draft` (a model's own) and whose reflection looks at `looks` (the regions
     the pipeline proposes for that draft), and counts of its errors: `errors`, `corrected`.
 
@@ -240,7 +241,12 @@ def build_look_trace_on_draft(study, draft: OwnDraft, looks: Sequence[str]) -> t
     wrong) and one for every finding the draft missed there (added); a look where the draft and the truth have
     nothing says so. An error in a region no look reaches stays in the final report: the reflection corrects only
     what a look shows, so the model is not taught to add or drop findings without new evidence. Diffuse findings
-    and devices are confirmed without a look, after the looks, as in `build_look_trace`."""
+    and devices are confirmed without a look, after the looks, as in `build_look_trace`.
+
+    `shown` (region -> the observations its evidence line calls likely, and those it names as not seen there) narrows
+    "what a look shows" to its words: a missed finding is added only where they call it likely, a stated one is
+    removed or moved only where they say it is not seen; elsewhere the draft's finding is kept and the miss stays, as
+    a reader of those words would leave them. Without it every error a look reaches is corrected."""
     wrong_of = {id(wrong): (kind, true) for kind, true, wrong in draft.errors if wrong is not None}
     by_region: dict[str, list[ReflectionItem]] = {region: [] for region in looks}
     final, plain, corrected = list(draft.findings), [], 0
@@ -252,6 +258,8 @@ def build_look_trace_on_draft(study, draft: OwnDraft, looks: Sequence[str]) -> t
         if region not in by_region:
             continue
         kind, true = wrong_of.get(id(f), (None, None))
+        if kind is not None and shown is not None and f.observation not in shown[region][1]:
+            kind = None  # the words do not say the draft is wrong here: the look confirms what it was told
         if kind == "hallucinated":
             item = _look_item("removed", f, region, f"no {_sign(f)}; overlapping normal structures.")
             final.remove(f)
@@ -267,7 +275,7 @@ def build_look_trace_on_draft(study, draft: OwnDraft, looks: Sequence[str]) -> t
         by_region[region].append(item)
     for kind, true, _ in draft.errors:
         region = look_region(true) if kind == "missed" else None
-        if region in by_region:
+        if region in by_region and (shown is None or true.observation in shown[region][0]):
             by_region[region].append(_look_item("added", true, region, f"{_sign(true)}, missed in the draft."))
             final.append(true)
             corrected += 1

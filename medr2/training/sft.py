@@ -61,6 +61,7 @@ class MedR2SFTConfig(SFTConfig, FilmSourceArguments):
     normal_look_rate: float = field(default=0.5, metadata={"help": "with looks: share of traces with one extra look at a region the draft calls normal"})
     max_looks: int = field(default=4, metadata={"help": "with looks: most looks per trace"})
     evidence_names_draft: bool = field(default=False, metadata={"help": "with looks: each look's evidence line also names the draft's findings in that region that the heads do not see ('not seen here: lung lesion'); the model card records it so the pipeline words its evidence the same way"})
+    corrections_need_evidence: bool = field(default=False, metadata={"help": "with look_drafts: a look corrects the draft only where its evidence line shows the error (adds a miss it calls likely, removes or moves a finding it names as not seen here); elsewhere the draft stands, as a reader of the words would leave it"})
     look_drafts: str | None = field(default=None, metadata={"help": "with looks: a `medr2 evaluate` folder (or its predictions.jsonl) of the parent model on the training films (--seed train_seed, --n n_train, same renderer and film_size): each trace is built on the parent's own draft, its looks where the pipeline proposes them, instead of an injected error (error_rate, look_error_weights and normal_look_rate are then unused)"})
     vocab_size: int = field(default=2000, metadata={"help": "tokenizer vocabulary of the tiny model"})
     arch: str = field(default="llava", metadata={"help": "tiny architecture: llava | qwen2_vl | qwen2_5_vl"})
@@ -95,6 +96,8 @@ class MedR2SFTConfig(SFTConfig, FilmSourceArguments):
             raise ValueError(f"correction_oversample must be >= 1, got {self.correction_oversample}")
         if (self.look_drafts or self.evidence_names_draft or self.correction_oversample > 1) and not self.looks:
             raise ValueError("look_drafts, evidence_names_draft and correction_oversample are options of look traces: set looks true")
+        if self.corrections_need_evidence and not self.look_drafts:
+            raise ValueError("corrections_need_evidence gates the corrections of traces built on a model's own drafts: set look_drafts")
         if self.looks:
             if self.target != "medr2" or self.dataset_dir:
                 raise ValueError("looks are part of the Med-R2 trace on phantoms: use target=medr2 without dataset_dir")
@@ -148,7 +151,8 @@ def _look_rows(config: MedR2SFTConfig, model) -> list[dict]:
     drafts = read_drafts(config.look_drafts, config.n_train, config.train_seed) if config.look_drafts else None
     for row, study, corrections in look_rows(config.n_train, config.train_seed, heads, tower, trace_config, films=films,
                                 normal_look_rate=config.normal_look_rate, max_looks=config.max_looks, drafts=drafts,
-                                evidence_names_draft=config.evidence_names_draft):
+                                evidence_names_draft=config.evidence_names_draft,
+                                corrections_need_evidence=config.corrections_need_evidence):
         repeats = study_repeats(study, config.focal_oversample, kind_repeats)
         rows += [row] * (max(repeats, config.correction_oversample) if corrections else repeats)
     random.Random(config.seed).shuffle(rows)
