@@ -287,6 +287,23 @@ def test_a_repeated_look_request_lets_the_model_write_the_items_it_still_owes():
                                                                       ("kept", "support devices", None)]
 
 
+@pytest.mark.parametrize("request_text", ["</look>", "<look>left\nlower zone</look>"])
+def test_a_closing_look_tag_without_a_well_formed_request_is_dropped_like_a_refused_one(request_text):
+    """A model may write the closing tag alone (or a region across lines): the loop drops that tag, looks nowhere and
+    lets the reflection go on, instead of failing the whole batch."""
+    from medr2.inference.pipeline import as_loaded
+
+    loop = ScriptedLoop.make(True, {
+        "reflect": ["kept: pleural effusion - magnified left lower zone: meniscus confirmed.\n" + request_text,
+                    "kept: support devices - endotracheal tube in place.\n</reflection>"],
+        "rest": ["</think>\n<report>\nFindings: Small left pleural effusion. Endotracheal tube in place.\n</report>"]})
+    [(text, looks)] = loop.run([as_loaded(np.full((256, 256), 90, dtype=np.uint8))], "proposed", max_looks=1,
+                               drafts=[REPEAT_DRAFT])
+    assert [lk.region for lk in looks] == ["left lower zone"]  # the proposed look only
+    assert "</look>" not in text.split("<look>left lower zone</look>", 1)[1]
+    assert "meniscus confirmed.\nkept: support devices - endotracheal tube in place.\n</reflection>" in text
+
+
 def test_where_looks_cannot_be_banned_a_refused_request_closes_the_reflection():
     """A served model's look tag is not one token the loop can ban: a refused request closes the reflection there."""
     from medr2.inference.pipeline import as_loaded

@@ -195,14 +195,22 @@ class LookLoop:
         if s.phase == "reflect":
             stripped = s.current.rstrip()
             if stripped.endswith(LOOK_CLOSE):  # the model asks for a look
-                request = list(LOOK_RE.finditer(stripped))[-1]
-                region = normalise_region(request["region"])
+                request = next((m for m in LOOK_RE.finditer(stripped) if m.end() == len(stripped)), None)
+                if request is not None:
+                    start = request.start()
+                else:
+                    # a closing tag without a well-formed request (no opening tag, a region across lines) asks for
+                    # nothing: it goes, with its opening tag if it has one after the last granted look
+                    after = max((m.end() for m in LOOK_RE.finditer(stripped)), default=0)
+                    opening = stripped.lower().rfind(LOOK_OPEN, after)
+                    start = opening if opening >= 0 else len(stripped) - len(LOOK_CLOSE)
+                region = normalise_region(request["region"]) if request else None
                 looked = {lk.region for lk in s.looks}
                 if mode != "off" and region and region not in looked and len(s.looks) < max_looks:
-                    s.current = stripped[:request.start()] + f"{LOOK_OPEN}{region}{LOOK_CLOSE}"
+                    s.current = stripped[:start] + f"{LOOK_OPEN}{region}{LOOK_CLOSE}"
                     self._look(s, region, "model")
                     return
-                s.current = stripped[:request.start()]  # no room, seen or unknown region: the request is dropped
+                s.current = stripped[:start]  # no room, seen or unknown region: the request is dropped
                 if self._force_next(s, max_looks):
                     return
                 if self.can_ban_looks and not s.looks_closed:
