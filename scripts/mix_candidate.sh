@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The next demo candidate for rendered films (recipes/experiments/sft_mix_long50.yaml, whose header holds its rule;
-# docs/drr.md), rebuilt and measured on a fresh checkout, each step kept once finished (a rerun does what is missing):
+# docs/drr.md), rebuilt and measured on a fresh checkout, each step kept once finished (a rerun does what is missing,
+# and the two training runs go on from their last checkpoint):
 #
 #   runs/mix/candidate              the parent, demo-p16 (assets/model, weights fa68b6206c63)
 #   runs/exp/stage0_mix_long        stage 0 continued on 24,000 fresh films, 70 % rendered (4,000 steps, ~2 h)
@@ -36,7 +37,9 @@ if [ ! -f runs/exp/stage0_mix_long/.done ]; then
 fi
 if [ ! -f runs/exp/sft_mix_long50/.done ]; then
   echo "[mix candidate] SFT on mixed studies (from $PARENT)"
-  medr2 train-sft --config recipes/experiments/sft_mix_long50.yaml --model_name_or_path "$PARENT" \
+  resume=()  # a run stopped part-way goes on from its newest checkpoint (the same rows, the same steps)
+  compgen -G "runs/exp/sft_mix_long50/checkpoint-*" > /dev/null && resume=(--resume_from_checkpoint last)
+  medr2 train-sft --config recipes/experiments/sft_mix_long50.yaml --model_name_or_path "$PARENT" "${resume[@]}" \
     && touch runs/exp/sft_mix_long50/.done
 fi
 if [ ! -f runs/exp/candidate50/medr2_model.json ]; then
