@@ -4,13 +4,13 @@
 # and the two training runs go on from their last checkpoint):
 #
 #   runs/mix/candidate              the parent, demo-p16 (assets/model, weights fa68b6206c63)
-#   runs/exp/stage0_mix_long        stage 0 continued on 24,000 fresh films, 70 % rendered (4,000 steps, ~2 h)
+#   runs/exp/stage0_mix_long        stage 0 continued on 24,000 fresh films, 70 % rendered (4,000 steps, ~45 min)
 #   runs/exp/sft_mix_long50         the SFT on 12,000 fresh studies, half rendered (1,500 steps, ~1 h 20 min)
 #   runs/exp/candidate50            its export
 #   runs/exp/eval50_val_{drr,proc}  validation, seed 2, 1,000 films of each kind, and demo-p16 on the same films
 #                                   (runs/mix/eval_cand_val_{drr,proc}); then the two `medr2 compare` tables the rule reads
 #
-#   bash scripts/mix_candidate.sh          # about 4 h on 2 cores, nothing else running
+#   bash scripts/mix_candidate.sh          # about 3 h on 2 cores, nothing else running
 #
 # Both recipes name demo-p16's training run (runs/demo/sft_mix) as their start; a fresh checkout has only the shipped
 # export of it, so the script starts from that (the same weights, stored at float16).
