@@ -17,15 +17,8 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || bash scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 medr2() { .venv/bin/python -m medr2 "$@"; }
-DEMO_P16=fa68b6206c63
 
-if [ ! -f runs/mix/candidate/model.safetensors ]; then
-  have=$(sha256sum assets/model/model.safetensors | cut -c1-12)
-  [ "$have" = "$DEMO_P16" ] || {
-    echo "look_inputs.sh: assets/model is no longer demo-p16 (weights $have, not $DEMO_P16): these experiments continue demo-p16" >&2
-    exit 2; }
-  mkdir -p runs/mix && cp -r assets/model runs/mix/candidate
-fi
+source scripts/demo_p16_parent.sh
 if [ ! -f runs/look/reader_mix/look_heads.npz ]; then
   echo "[look inputs] look reader (tower tuned at the look scale)"
   medr2 fit-look-heads --config recipes/experiments/look_reader_mix.yaml --model runs/mix/candidate

@@ -19,17 +19,10 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || bash scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 medr2() { .venv/bin/python -m medr2 "$@"; }
-DEMO_P16=fa68b6206c63
 PARENT=runs/demo/sft_mix
 [ -f "$PARENT/model.safetensors" ] || PARENT=runs/mix/candidate
 
-if [ ! -f runs/mix/candidate/model.safetensors ]; then
-  have=$(sha256sum assets/model/model.safetensors | cut -c1-12)
-  [ "$have" = "$DEMO_P16" ] || {
-    echo "mix_candidate.sh: assets/model is no longer demo-p16 (weights $have, not $DEMO_P16): this candidate continues demo-p16" >&2
-    exit 2; }
-  mkdir -p runs/mix && cp -r assets/model runs/mix/candidate
-fi
+source scripts/demo_p16_parent.sh
 if [ ! -f runs/exp/stage0_mix_long/.done ]; then
   echo "[mix candidate] stage 0 on mixed films (from $PARENT)"
   medr2 train-perception --config recipes/experiments/stage0_mix_long.yaml --init_from "$PARENT" \
