@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The next demo candidate for rendered films (recipes/experiments/sft_mix_long50.yaml, whose header holds its rule;
+# The next demo candidate for rendered films (recipes/demo/sft_mix_long50.yaml, whose header holds its rule;
 # docs/drr.md), rebuilt and measured on a fresh checkout, each step kept once finished (a rerun does what is missing,
 # and the two training runs go on from their last checkpoint):
 #
@@ -25,19 +25,21 @@ PARENT=runs/demo/sft_mix
 source scripts/demo_p16_parent.sh
 if [ ! -f runs/exp/stage0_mix_long/.done ]; then
   echo "[mix candidate] stage 0 on mixed films (from $PARENT)"
-  medr2 train-perception --config recipes/experiments/stage0_mix_long.yaml --init_from "$PARENT" \
+  medr2 train-perception --config recipes/demo/stage0_mix_long.yaml --init_from "$PARENT" \
+    --output_dir runs/exp/stage0_mix_long \
     && touch runs/exp/stage0_mix_long/.done
 fi
 if [ ! -f runs/exp/sft_mix_long50/.done ]; then
   echo "[mix candidate] SFT on mixed studies (from $PARENT)"
   resume=()  # a run stopped part-way goes on from its newest checkpoint (the same rows, the same steps)
   compgen -G "runs/exp/sft_mix_long50/checkpoint-*" > /dev/null && resume=(--resume_from_checkpoint last)
-  medr2 train-sft --config recipes/experiments/sft_mix_long50.yaml --model_name_or_path "$PARENT" "${resume[@]}" \
+  medr2 train-sft --config recipes/demo/sft_mix_long50.yaml --model_name_or_path "$PARENT" \
+    --perception_dir runs/exp/stage0_mix_long --output_dir runs/exp/sft_mix_long50 "${resume[@]}" \
     && touch runs/exp/sft_mix_long50/.done
 fi
 if [ ! -f runs/exp/candidate50/medr2_model.json ]; then
   medr2 export --run_dir runs/exp/sft_mix_long50 --output_dir runs/exp/candidate50 --store_dtype float16 \
-    --recipe recipes/experiments/stage0_mix_long.yaml recipes/experiments/sft_mix_long50.yaml
+    --recipe recipes/demo/stage0_mix_long.yaml recipes/demo/sft_mix_long50.yaml
 fi
 for kind in drr procedural; do
   short=$([ "$kind" = drr ] && echo drr || echo proc)

@@ -24,7 +24,8 @@ PARENT_RECIPES=$(.venv/bin/python -c "import json, sys; print(' '.join('--recipe
   # shellcheck disable=SC2086
   .venv/bin/python -m medr2 export --run_dir "$RUN" --output_dir "$CAND" --target medr2 --store_dtype float16 \
     $PARENT_RECIPES --recipe "$RECIPE"
-  cp "$PARENT"/input_gate.json "$PARENT"/input_gate.npz "$PARENT"/saliency.json "$CAND"/
+  # the parent's gate and saliency depths, where it has them (an unshipped candidate may not yet)
+  for f in input_gate.json input_gate.npz saliency.json; do [ ! -f "$PARENT/$f" ] || cp "$PARENT/$f" "$CAND"/; done
 }
 ev() { .venv/bin/python -m medr2 evaluate --film_size 512 --nlg false --renderer "$RENDERER" "$@"; }
 ev --model "$CAND" --seed 2 --n "$N" --looks proposed --output_dir "runs/look/eval_${NAME}_val${SUFFIX}"

@@ -2,7 +2,8 @@
 # Train the embedded demo model's lineage from scratch, on the current film generator, with the recipes in
 # recipes/demo/ (docs/training.md explains each stage, the CPU time and how to ship a run):
 #
-#   stage0 -> sft -> sft_tower -> stage0_deepen -> sft_deep -> stage0_mix -> sft_mix -> candidate (float16)
+#   stage0 -> sft -> sft_tower -> stage0_deepen -> sft_deep -> stage0_mix -> sft_mix -> stage0_mix_long
+#          -> sft_mix_long50 -> candidate (float16)
 #          -> saliency depths -> evaluation (validation seed 2, test seed 3; procedural and rendered films)
 #          -> export (the candidate with its test table on the card) -> input gate (on the same film mix)
 #          -> look heads (the localisation maps, fitted on the same film mix) -> calibrated confidence
@@ -91,11 +92,22 @@ stage sft_mix sft_mix/training_summary.json -- \
   "$PY" -m medr2 train-sft --config recipes/demo/sft_mix.yaml --model_name_or_path "$OUT/sft_deep" \
   --perception_dir "$OUT/stage0_mix" --output_dir "$OUT/sft_mix" "${SFT_SMOKE[@]}" $(resume_flag sft_mix)
 
+# Stage 0 again on fresh films, 70 % rendered (the kind the tower read worse), then the SFT on a half-rendered mix with
+# that tower (demo-p17; docs/drr.md).
+stage stage0_mix_long stage0_mix_long/perception_metrics.json -- \
+  "$PY" -m medr2 train-perception --config recipes/demo/stage0_mix_long.yaml --init_from "$OUT/sft_mix" \
+  --output_dir "$OUT/stage0_mix_long" "${MIX_SMOKE[@]}"
+# shellcheck disable=SC2046
+stage sft_mix_long50 sft_mix_long50/training_summary.json -- \
+  "$PY" -m medr2 train-sft --config recipes/demo/sft_mix_long50.yaml --model_name_or_path "$OUT/sft_mix" \
+  --perception_dir "$OUT/stage0_mix_long" --output_dir "$OUT/sft_mix_long50" "${SFT_SMOKE[@]}" $(resume_flag sft_mix_long50)
+
 RECIPES=(recipes/demo/stage0.yaml recipes/demo/sft.yaml recipes/demo/sft_tower.yaml recipes/demo/stage0_deepen.yaml
-         recipes/demo/sft_deep.yaml recipes/demo/stage0_mix.yaml recipes/demo/sft_mix.yaml)
+         recipes/demo/sft_deep.yaml recipes/demo/stage0_mix.yaml recipes/demo/sft_mix.yaml
+         recipes/demo/stage0_mix_long.yaml recipes/demo/sft_mix_long50.yaml)
 # The candidate: float16 weights (the 6-block model is 26.8 MB in float32; the asset budget is 25 MB), run in float32.
 stage candidate candidate/medr2_model.json -- \
-  "$PY" -m medr2 export --run_dir "$OUT/sft_mix" --output_dir "$OUT/candidate" --store_dtype float16 --recipe "${RECIPES[@]}"
+  "$PY" -m medr2 export --run_dir "$OUT/sft_mix_long50" --output_dir "$OUT/candidate" --store_dtype float16 --recipe "${RECIPES[@]}"
 # Per-finding vision-block weights of the saliency maps, chosen on validation phantoms, stored beside the weights.
 # A smoke model (a few steps) finds nothing, and `saliency-depth` rightly refuses to choose; only then, and only in
 # smoke mode, the chain goes on without saliency.json (the pipeline then fuses every block, as for any export without
@@ -105,7 +117,7 @@ stage saliency_depth saliency_depth.done -- refusable saliency_depth "no true-po
   "$PY" -m medr2 saliency-depth --model "$OUT/candidate" --seed 2 --write "$OUT/candidate/saliency.json" \
   --out "$OUT/saliency_depth.json" "${SALIENCY[@]}"
 # Validation (seed 2) decides whether the run ships; the test set (seed 3) is read after, for the model card.
-# Both kinds of film: the rule in recipes/demo/sft_mix.yaml reads the two validation sets.
+# Both kinds of film: the rule in recipes/demo/sft_mix_long50.yaml reads the two validation sets.
 stage eval_val eval_val/eval.json -- \
   "$PY" -m medr2 evaluate --model "$OUT/candidate" --seed 2 --no_nlg --output_dir "$OUT/eval_val" "${EVAL_VAL[@]}"
 stage eval_val_drr eval_val_drr/eval.json -- \

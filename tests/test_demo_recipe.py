@@ -63,10 +63,15 @@ def test_demo_recipes_chain_each_stage_into_the_next():
     assert mix0.init_from == deep.output_dir and mix0.vision_layers == 6
     assert mix.model_name_or_path == deep.output_dir and mix.perception_dir == mix0.output_dir and not mix.freeze_vision
     assert (mix0.renderer, mix.renderer) == ("mix", "mix") and mix0.train_seed != mix.train_seed  # fresh films each
+    long0 = perception.parse_config(["--config", str(DEMO / "stage0_mix_long.yaml")])
+    long = sft.parse_config(["--config", str(DEMO / "sft_mix_long50.yaml")])
+    assert long0.init_from == mix.output_dir and long0.vision_layers == 6 and long0.drr_fraction == 0.7
+    assert long.model_name_or_path == mix.output_dir and long.perception_dir == long0.output_dir and not long.freeze_vision
+    assert len({mix0.train_seed, mix.train_seed, long0.train_seed, long.train_seed}) == 4  # fresh films at every stage
     # the step budgets sum the shipped model's recorded phases (see each recipe's header)
     assert stage0.max_steps == 10449 + 7585 + 3893 + 6487 + 6581 + 8876 + 7839 + 7496
     assert (first.max_steps, tower.max_steps, deepen.max_steps, deep.max_steps) == (1600 + 5 * 950 + 2 * 1900, 1900, 7258, 2 * 1900)
-    for config in (first, tower, deep, mix):
+    for config in (first, tower, deep, mix, long):
         assert config.save_steps < config.max_steps and config.save_total_limit == 1  # a resumable checkpoint
     assert not any("assets/model" in p.read_text() for p in (ROOT / "recipes").rglob("*.yaml"))
 
@@ -95,11 +100,11 @@ def test_smoke_runs_train_every_stage_export_a_working_model_skip_on_rerun_and_f
     out = tmp_path / "demo"
     proc = _run_smoke(out)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for stage in ("stage0", "stage0_deepen", "stage0_mix"):
+    for stage in ("stage0", "stage0_deepen", "stage0_mix", "stage0_mix_long"):
         metrics = json.loads((out / stage / "perception_metrics.json").read_text())
         assert metrics["steps"] == SMOKE_STEPS and (out / stage / "vision_tower.safetensors").is_file()
     assert json.loads((out / "stage0_deepen" / "perception_config.json").read_text())["vision_layers"] == 6
-    for stage in ("sft", "sft_tower", "sft_deep", "sft_mix"):
+    for stage in ("sft", "sft_tower", "sft_deep", "sft_mix", "sft_mix_long50"):
         assert json.loads((out / stage / "training_summary.json").read_text())["steps"] == SMOKE_STEPS
     assert json.loads((out / "stage0_mix" / "perception_config.json").read_text())["renderer"] == "mix"
     config = json.loads((out / "sft_deep" / "config.json").read_text())
@@ -109,7 +114,7 @@ def test_smoke_runs_train_every_stage_export_a_working_model_skip_on_rerun_and_f
         assert summary["config"]["seed"] == seed and summary["n"] == 4
         assert summary["config"]["renderer"] == ("drr" if split.endswith("drr") else "procedural")
     card = json.loads((out / "export" / "medr2_model.json").read_text())
-    assert card["weights_stored_as"] == "float16" and card["recipe"][-2:] == ["recipes/demo/stage0_mix.yaml", "recipes/demo/sft_mix.yaml"]
+    assert card["weights_stored_as"] == "float16" and card["recipe"][-2:] == ["recipes/demo/stage0_mix_long.yaml", "recipes/demo/sft_mix_long50.yaml"]
     assert "n = 4 (phantom seed 3" in (out / "export" / "README.md").read_text()  # the test table is on the card
     assert not (ROOT / "assets" / "model").samefile(out / "export")
 
@@ -132,7 +137,8 @@ def test_smoke_runs_train_every_stage_export_a_working_model_skip_on_rerun_and_f
 
     again = _run_smoke(out)
     assert again.returncode == 0, again.stderr[-4000:]
-    stages = ("stage0", "sft", "sft_tower", "stage0_deepen", "sft_deep", "stage0_mix", "sft_mix", "candidate",
+    stages = ("stage0", "sft", "sft_tower", "stage0_deepen", "sft_deep", "stage0_mix", "sft_mix", "stage0_mix_long",
+              "sft_mix_long50", "candidate",
               "saliency_depth", "eval_val", "eval_val_drr", "eval_test", "eval_test_drr", "export", "input_gate", "look_heads", "confidence")
     assert all(f"{stage}: finished earlier" in again.stderr for stage in stages), again.stderr
     assert "running" not in again.stderr
