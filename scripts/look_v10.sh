@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 medr2() { .venv/bin/python -m medr2 "$@"; }
 CAND=runs/exp/candidate50
 [ -f "$CAND/model.safetensors" ] || { echo "look_v10.sh: $CAND is missing: run scripts/mix_candidate.sh first" >&2; exit 2; }
-[ -f runs/look/reader_region_mix/.done ] || {
+[ -f runs/look/reader_region_mix/look_heads.npz ] || {
   echo "look_v10.sh: demo-p16's heads (runs/look/reader_region_mix) are missing: run scripts/look_inputs.sh first" >&2; exit 2; }
 BASE=runs/look/eval_base_$(sha256sum "$CAND/model.safetensors" | cut -c1-12)_drr_val
 
